@@ -1,0 +1,231 @@
+//! The command line (DESIGN.md section 7): parsing with clap, dispatch, and the one place that
+//! turns an error into `error: ...` and an exit status.
+
+use std::io::Write;
+use std::path::PathBuf;
+
+use clap::{Parser, Subcommand};
+
+use crate::deploy::{self, DeployRequest};
+use crate::error::{EXIT_BAD_INPUT, EXIT_OK, Error};
+use crate::hook::{self, Repo};
+use crate::init::{self, InitRequest};
+use crate::project::Node;
+use crate::recipe::Mode;
+use crate::report::Reporter;
+use crate::status;
+
+#[derive(Debug, Parser)]
+#[command(name = "kiln", version, about = "A git-push PaaS node with transactional deploys")]
+struct Cli {
+    /// The node's root directory (default: $KILN_ROOT, else /srv/projects).
+    #[arg(long, global = true, value_name = "DIR")]
+    root: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Create a project (or repair a damaged one).
+    Init {
+        name: String,
+        /// editable, cooking or final (default: from node.yml's environment).
+        #[arg(long)]
+        mode: Option<String>,
+        /// The branch that deploys (default: master).
+        #[arg(long)]
+        branch: Option<String>,
+        /// Where a final-mode project pulls releases from.
+        #[arg(long)]
+        source: Option<String>,
+    },
+    /// Deploy the deploy branch (or --rev) by hand.
+    Deploy {
+        name: String,
+        #[arg(long)]
+        rev: Option<String>,
+    },
+    /// Mode, live release, last deploy, running deploy, drift.
+    Status {
+        name: String,
+        #[arg(long)]
+        json: bool,
+    },
+    /// The release log.
+    Releases {
+        name: String,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Switch back to the last good (or the named) release.
+    Rollback {
+        name: String,
+        release: Option<String>,
+        /// Also put data/ back as it was when that release was live.
+        #[arg(long)]
+        with_data: bool,
+    },
+    /// The log of a release (default: the newest).
+    Logs { name: String, release: Option<String> },
+    /// Change a project's mode (data/ is never touched).
+    Mode { name: String, mode: String },
+    /// Finish undoing an interrupted deploy.
+    Recover { name: String },
+    /// Invoked by the hooks installed in the bare repos.
+    Hook {
+        #[arg(value_parser = ["pre-receive", "post-receive"])]
+        which: String,
+        name: String,
+        #[arg(value_parser = ["project", "pillar"])]
+        repo: String,
+    },
+}
+
+pub fn main() -> i32 {
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => {
+            let code = if e.use_stderr() { EXIT_BAD_INPUT } else { EXIT_OK };
+            let _ = e.print();
+            return code;
+        }
+    };
+    let in_hook = matches!(cli.command, Command::Hook { .. });
+    match dispatch(cli) {
+        Ok(()) => EXIT_OK,
+        Err(error) => {
+            // A failed deploy already said so on its last output line; in a hook that line
+            // reaches the pusher, so do not repeat it there.
+            let announced = matches!(
+                error,
+                Error::DeployFailed { .. } | Error::RollbackFailed { .. }
+            );
+            if !(in_hook && announced) {
+                let _ = writeln!(std::io::stderr(), "error: {}", error_chain(&error));
+            }
+            error.exit_code()
+        }
+    }
+}
+
+fn error_chain(error: &Error) -> String {
+    let text = error.to_string();
+    // Lowercase first letter, as every kiln error line is.
+    let mut chars = text.chars();
+    match chars.next() {
+        Some(first) if !text.starts_with("deploy FAILED") && !text.starts_with("rollback FAILED") => {
+            first.to_lowercase().collect::<String>() + chars.as_str()
+        }
+        _ => text,
+    }
+}
+
+fn parse_mode(value: &str) -> Result<Mode, Error> {
+    value.parse().map_err(|_| Error::BadMode {
+        value: value.to_string(),
+    })
+}
+
+fn dispatch(cli: Cli) -> Result<(), Error> {
+    let node = Node::open(cli.root)?;
+    match cli.command {
+        Command::Init {
+            name,
+            mode,
+            branch,
+            source,
+        } => {
+            let mode = mode.as_deref().map(parse_mode).transpose()?;
+            let kiln = std::env::current_exe()
+                .map_err(|e| crate::error::io_error("find", std::path::Path::new("kiln"), e))?;
+            let report = init::init(
+                &node,
+                &InitRequest {
+                    name: name.clone(),
+                    mode,
+                    branch,
+                    source,
+                },
+                &kiln,
+            )?;
+            let verb = if report.existed { "repaired" } else { "created" };
+            println!("{verb} project `{name}` under {}", node.root.display());
+            for path in &report.created {
+                println!("  + {}", path.display());
+            }
+            println!("push to it with:");
+            println!(
+                "  git remote add kiln {}",
+                report.project_repo.display()
+            );
+            println!("  git push kiln master");
+            println!("pillar (private settings): {}", report.pillar_repo.display());
+            Ok(())
+        }
+        Command::Deploy { name, rev } => {
+            let project = node.project(&name)?;
+            let mut out = Reporter::to_stdout();
+            hook::keep_going_without_pusher();
+            deploy::deploy(
+                &node,
+                &project,
+                &DeployRequest {
+                    rev,
+                    who: hook::pusher(),
+                },
+                &mut out,
+            )
+            .map(|_| ())
+        }
+        Command::Status { name, json } => {
+            let project = node.project(&name)?;
+            status::status(&project, json)
+        }
+        Command::Releases { name, json } => {
+            let project = node.project(&name)?;
+            status::releases(&project, json)
+        }
+        Command::Logs { name, release } => {
+            let project = node.project(&name)?;
+            status::logs(&project, release.as_deref())
+        }
+        Command::Rollback {
+            name,
+            release,
+            with_data,
+        } => {
+            let project = node.project(&name)?;
+            let mut out = Reporter::to_stdout();
+            crate::rollback::rollback_to(&node, &project, release.as_deref(), with_data, &mut out)
+        }
+        Command::Mode { name, mode } => {
+            let mode = parse_mode(&mode)?;
+            let project = node.project(&name)?;
+            status::set_mode(&node, &project, mode)
+        }
+        Command::Recover { name } => {
+            let project = node.project(&name)?;
+            let mut out = Reporter::to_stdout();
+            let _lock = deploy::lock(&project, "recovery", &mut out)?;
+            if !crate::rollback::recover(&node, &project, &mut out)? {
+                println!("nothing to recover: no deploy of `{name}` was interrupted");
+            }
+            Ok(())
+        }
+        Command::Hook { which, name, repo } => {
+            let repo = if repo == "pillar" {
+                Repo::Pillar
+            } else {
+                Repo::Project
+            };
+            let updates = hook::parse_updates(std::io::stdin().lock());
+            if which == "pre-receive" {
+                hook::pre_receive(&node, &name, repo, &updates)
+            } else {
+                let mut out = Reporter::to_stdout();
+                hook::post_receive(&node, &name, repo, &updates, &mut out)
+            }
+        }
+    }
+}

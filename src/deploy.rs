@@ -1,0 +1,792 @@
+//! The deploy pipeline: gather, pre_install, configure, build, bundle, deploy, post_deploy
+//! (DESIGN.md section 3). Each stage does kiln's own work for the mode, then the project's
+//! commands. In cooking and final mode everything from the data snapshot on is journaled, and
+//! any failure hands over to [`crate::rollback`], which puts run/ and data/ back.
+
+use std::collections::BTreeMap;
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use chrono::Utc;
+use git2::Oid;
+use serde_json::json;
+
+use crate::backup;
+use crate::bake;
+use crate::error::{Error, io_error};
+use crate::git;
+use crate::journal::{Journal, Phase, UndoCommands};
+use crate::lock::ProjectLock;
+use crate::pillar::Pillar;
+use crate::project::{Node, Project};
+use crate::recipe::{Drift, Mode, Recipe, Stage};
+use crate::redact::Redactor;
+use crate::release::{self, Manifest};
+use crate::release_log::{Record, ReleaseLog, Status};
+use crate::report::{Reporter, seconds};
+use crate::rollback;
+use crate::settings;
+use crate::stage::{self, CheckSpec, CommandSpec};
+use crate::switch::{self, Method};
+use crate::sync::{self, SyncOptions};
+use crate::tree;
+
+pub const RECIPE_FILE: &str = "kiln.yml";
+
+/// What to deploy and on whose behalf.
+pub struct DeployRequest {
+    /// A revision of git/project.git; None: the tip of the deploy branch.
+    pub rev: Option<String>,
+    pub who: String,
+}
+
+pub struct Deployed {
+    pub release: String,
+    pub commit: Oid,
+}
+
+/// Why a deploy stopped: the stage and a short reason for the final line.
+#[derive(Debug)]
+pub struct Failure {
+    pub stage: Stage,
+    pub reason: String,
+}
+
+impl Failure {
+    fn new(stage: Stage, error: impl Into<Error>) -> Failure {
+        let error = error.into();
+        let reason = match &error {
+            Error::Stage(e) => e.summary(),
+            other => other.to_string(),
+        };
+        Failure { stage, reason }
+    }
+}
+
+/// Reads and validates kiln.yml of a commit (no kiln.yml: no project commands).
+pub fn read_recipe(repo: &git2::Repository, commit: Oid) -> Result<Recipe, Error> {
+    match git::read_file(repo, commit, RECIPE_FILE)? {
+        Some(bytes) => {
+            let text = String::from_utf8(bytes).map_err(|_| Error::Refused {
+                message: format!("{RECIPE_FILE}: not valid UTF-8"),
+            })?;
+            Ok(Recipe::parse(&text, Path::new(RECIPE_FILE))?)
+        }
+        None => Ok(Recipe::parse("", Path::new(RECIPE_FILE))?),
+    }
+}
+
+/// Takes the project lock, telling the user whom it waits for.
+pub fn lock(project: &Project, action: &str, out: &mut Reporter) -> Result<ProjectLock, Error> {
+    ProjectLock::acquire(&project.paths.state, action, &mut |holder| match holder {
+        Some(h) => out.headline(&format!(
+            "waiting for the {} of {} (pid {}) to finish",
+            h.action,
+            h.release.as_deref().unwrap_or("this project"),
+            h.pid
+        )),
+        None => out.headline("waiting for another kiln command on this project to finish"),
+    })
+}
+
+/// Runs a whole deploy of `project` under its lock.
+pub fn deploy(
+    node: &Node,
+    project: &Project,
+    request: &DeployRequest,
+    out: &mut Reporter,
+) -> Result<Deployed, Error> {
+    let lock = lock(project, "deploy", out)?;
+    rollback::recover(node, project, out)?;
+    let started = Instant::now();
+    let paths = &project.paths;
+    let repo = git::open_bare(&paths.project_repo)?;
+    let rev = request
+        .rev
+        .clone()
+        .unwrap_or_else(|| project.config.branch.clone());
+    let commit = git::resolve(&repo, &rev)?;
+    let recipe = read_recipe(&repo, commit)?;
+    let pillar = Pillar::current(paths)?;
+    let mode = project.config.mode;
+    let release = release::new_id(Utc::now());
+    lock.set_holder("deploy", Some(&release))?;
+    paths.ensure()?;
+
+    let mut log = ReleaseLog::load(&paths.release_log())?;
+    let live = log.current.clone();
+    let merged = settings::merge(
+        json!({
+            "project": paths.name,
+            "mode": mode.as_str(),
+            "release": release,
+            "commit": commit.to_string(),
+            "environment": node.config.environment.as_str(),
+        }),
+        &recipe.defaults,
+        pillar.settings.as_ref(),
+        node.config.environment.as_str(),
+    );
+    let secrets = pillar
+        .settings
+        .as_ref()
+        .map(settings::secrets)
+        .unwrap_or_default();
+    let user_env = settings::env_vars(&merged)?;
+
+    out.open_logs(&paths.log_file(&release), &paths.events_file(&release))?;
+    out.headline(&format!(
+        "deploying {} ({}) of {} in {} mode as {release}",
+        git::short(commit),
+        git::summary(&repo, commit),
+        paths.name,
+        mode.as_str()
+    ));
+    out.event(json!({"event": "deploy_start", "release": release, "commit": commit.to_string(),
+        "mode": mode.as_str(), "who": request.who, "time": crate::report::now()}));
+
+    log.records.push(Record {
+        id: release.clone(),
+        commit: commit.to_string(),
+        pillar_rev: pillar.rev.clone(),
+        mode: mode.as_str().to_string(),
+        status: Status::Running,
+        who: request.who.clone(),
+        started: Utc::now(),
+        finished: None,
+        failure: None,
+        snapshot_at: None,
+    });
+    log.save(&paths.release_log())?;
+
+    let common = paths.state.join(format!("common-{release}.json"));
+    crate::durable::write_atomic(
+        &common,
+        &serde_json::to_vec_pretty(&merged).unwrap_or_default(),
+        0o600,
+    )?;
+
+    let mut run = Run {
+        node,
+        project,
+        repo: &repo,
+        recipe: &recipe,
+        mode,
+        release: release.clone(),
+        commit,
+        live,
+        pillar_rev: pillar.rev.clone(),
+        redactor: Redactor::new(&secrets),
+        base_env: base_env(node, project, &release, commit, mode, &common, user_env),
+        journal: None,
+        log,
+        archive: paths.archive_dir(&release),
+        out,
+    };
+    let outcome = run.pipeline(&secrets);
+    let _ = fs::remove_file(&common);
+    match outcome {
+        Ok(()) => {
+            run.out.headline(&format!(
+                "deployed {release} ({}) in {}",
+                git::short(commit),
+                seconds(started.elapsed())
+            ));
+            run.out.event(json!({"event": "deploy_end", "release": release, "status": "good",
+                "seconds": started.elapsed().as_secs_f64()}));
+            run.out.close_logs();
+            Ok(Deployed { release, commit })
+        }
+        Err(failure) => {
+            let result = run.fail(failure);
+            run.out.close_logs();
+            Err(result)
+        }
+    }
+}
+
+/// The documented environment of project commands (DESIGN.md section 4), minus KILN_STAGE.
+fn base_env(
+    node: &Node,
+    project: &Project,
+    release: &str,
+    commit: Oid,
+    mode: Mode,
+    common: &Path,
+    user_env: BTreeMap<String, String>,
+) -> BTreeMap<String, String> {
+    let p = &project.paths;
+    let mut env = BTreeMap::new();
+    let path = std::env::var("PATH").unwrap_or_else(|_| "/usr/local/bin:/usr/bin:/bin".into());
+    env.insert("PATH".into(), path);
+    if let Ok(home) = std::env::var("HOME") {
+        env.insert("HOME".into(), home);
+    }
+    env.insert("LANG".into(), "C.UTF-8".into());
+    let dir = |p: &Path| p.display().to_string();
+    env.insert("KILN_PROJECT".into(), p.name.clone());
+    env.insert("KILN_MODE".into(), mode.as_str().into());
+    env.insert("KILN_RELEASE".into(), release.into());
+    env.insert("KILN_COMMIT".into(), commit.to_string());
+    env.insert("KILN_ROOT".into(), dir(&node.root));
+    env.insert("KILN_PROJECT_DIR".into(), dir(&p.project));
+    env.insert("KILN_BUILD_DIR".into(), dir(&p.build));
+    env.insert("KILN_DEPLOY_DIR".into(), dir(&p.release_dir(release)));
+    env.insert("KILN_RUN_DIR".into(), dir(&p.run));
+    env.insert("KILN_DATA_DIR".into(), dir(&p.data));
+    env.insert("KILN_PILLAR_DIR".into(), dir(&p.pillar));
+    env.insert(
+        "KILN_BACKUP_DIR".into(),
+        dir(&p.archive_dir(release).join("backup")),
+    );
+    env.insert("KILN_COMMON".into(), dir(common));
+    // The merged `env:` settings come last but may not override kiln's own variables.
+    for (key, value) in user_env {
+        if !key.starts_with("KILN_") {
+            env.insert(key, value);
+        }
+    }
+    env
+}
+
+/// One deploy in progress.
+struct Run<'a> {
+    node: &'a Node,
+    project: &'a Project,
+    repo: &'a git2::Repository,
+    recipe: &'a Recipe,
+    mode: Mode,
+    release: String,
+    commit: Oid,
+    /// The release live before this deploy.
+    live: Option<String>,
+    pillar_rev: Option<String>,
+    redactor: Redactor,
+    base_env: BTreeMap<String, String>,
+    journal: Option<Journal>,
+    log: ReleaseLog,
+    /// archives/<release> for a deploy; archives/<release>-rollback-<id> for a rollback, so a
+    /// rollback never overwrites what the release's own deploy kept.
+    archive: PathBuf,
+    out: &'a mut Reporter,
+}
+
+impl Run<'_> {
+    fn paths(&self) -> &crate::layout::ProjectPaths {
+        &self.project.paths
+    }
+
+    fn pipeline(&mut self, secrets: &[String]) -> Result<(), Failure> {
+        if self.mode != Mode::Editable {
+            self.begin_journal("deploy", secrets)
+                .map_err(|e| Failure::new(Stage::Gather, e))?;
+        }
+        for stage in Stage::ALL {
+            let started = Instant::now();
+            self.out.stage_start(stage.as_str());
+            self.stage(stage)?;
+            self.out.stage_end(stage.as_str(), started.elapsed());
+        }
+        Ok(())
+    }
+
+    fn begin_journal(&mut self, action: &str, secrets: &[String]) -> Result<(), Error> {
+        {
+            let journal = Journal {
+                release: self.release.clone(),
+                action: action.into(),
+                previous: self.live.clone(),
+                phase: Phase::Started,
+                run_inode: None,
+                switch: Method::Exchange.as_str().into(),
+                snapshot: None,
+                undo: UndoCommands {
+                    stop: self.recipe.services.stop.clone(),
+                    start: self.recipe.services.start.clone(),
+                    restore: self.recipe.restore.clone(),
+                    env: self.env_for(Stage::Deploy),
+                    secrets: secrets.to_vec(),
+                    timeout: self.timeout(Stage::Deploy),
+                    cwd: self.paths().run.clone(),
+                },
+                pid: std::process::id(),
+            };
+            self.journal = Some(journal);
+        }
+        self.record(Phase::Started)
+    }
+
+    fn stage(&mut self, stage: Stage) -> Result<(), Failure> {
+        let fail = |e: Error| Failure::new(stage, e);
+        let paths = self.paths().clone();
+        match (stage, self.mode) {
+            (Stage::Gather, _) => self.commands(stage, &paths.base),
+            (Stage::PreInstall, Mode::Editable) => {
+                paths.ensure().map_err(fail)?;
+                self.checkout(true).map_err(fail)?;
+                self.link_run_to_project().map_err(fail)?;
+                self.commands(stage, &paths.project)
+            }
+            (Stage::PreInstall, _) => {
+                paths.ensure().map_err(fail)?;
+                self.checkout(false).map_err(fail)?;
+                if self.mode == Mode::Cooking {
+                    wipe_dir(&paths.build).map_err(fail)?;
+                }
+                self.commands(stage, &paths.project)
+            }
+            (Stage::Configure | Stage::Build, Mode::Editable) => {
+                self.commands(stage, &paths.project)
+            }
+            (Stage::Configure, Mode::Cooking) => {
+                let files = git::export(self.repo, self.commit, &paths.build).map_err(fail)?;
+                self.out.note(&format!(
+                    "exported {} ({files} files) into build/",
+                    git::short(self.commit)
+                ));
+                self.commands(stage, &paths.build)
+            }
+            (Stage::Build, Mode::Cooking) => self.commands(stage, &paths.build),
+            (Stage::Configure, Mode::Final) => {
+                crate::fetch::fetch_release(self.node, self.project, self.commit, &self.release, self.out)
+                    .map_err(fail)?;
+                self.commands(stage, &paths.release_dir(&self.release))
+            }
+            (Stage::Build, Mode::Final) => {
+                self.out.note("skipped: final mode never builds");
+                Ok(())
+            }
+            (Stage::Bundle, Mode::Editable) => self.commands(stage, &paths.project),
+            (Stage::Bundle, Mode::Cooking) => {
+                self.commands(stage, &paths.build)?;
+                self.bundle().map_err(fail)
+            }
+            (Stage::Bundle, Mode::Final) => {
+                self.commands(stage, &paths.release_dir(&self.release))
+            }
+            (Stage::Deploy, Mode::Editable) => self.restart_in_place(),
+            (Stage::Deploy, _) => self.go_live(),
+            (Stage::PostDeploy, Mode::Editable) => {
+                self.commands(stage, &paths.project)?;
+                self.commit_release().map_err(fail)
+            }
+            (Stage::PostDeploy, _) => {
+                self.commands(stage, &paths.run)?;
+                self.commit_release().map_err(fail)
+            }
+        }
+    }
+
+    fn timeout(&self, stage: Stage) -> Duration {
+        self.recipe
+            .timeout(stage, self.node.config.limits.stage_timeout)
+    }
+
+    fn env_for(&self, stage: Stage) -> BTreeMap<String, String> {
+        let mut env = self.base_env.clone();
+        env.insert("KILN_STAGE".into(), stage.as_str().into());
+        env
+    }
+
+    fn commands(&mut self, stage: Stage, cwd: &Path) -> Result<(), Failure> {
+        let commands: Vec<String> = self.recipe.commands(self.mode, stage).to_vec();
+        for command in &commands {
+            self.shell(stage, command, cwd)?;
+        }
+        Ok(())
+    }
+
+    fn shell(&mut self, stage: Stage, command: &str, cwd: &Path) -> Result<(), Failure> {
+        let env = self.env_for(stage);
+        self.out.command(stage.as_str(), command);
+        let spec = CommandSpec {
+            stage: stage.as_str(),
+            command,
+            cwd,
+            env: &env,
+            timeout: self.timeout(stage),
+        };
+        stage::run_command(&spec, &self.redactor, self.out)
+            .map(|_| ())
+            .map_err(|e| Failure::new(stage, e))
+    }
+
+    fn record(&mut self, phase: Phase) -> Result<(), Error> {
+        let path = self.paths().journal();
+        match &mut self.journal {
+            Some(journal) => journal.record(&path, phase),
+            None => Ok(()),
+        }
+    }
+
+    /// Updates project/ to the commit. In editable mode project/ is the live tree: manual
+    /// edits there would be lost, so they make the deploy refuse.
+    fn checkout(&mut self, refuse_edits: bool) -> Result<(), Error> {
+        let paths = self.paths();
+        let checkout = git::Checkout::open_or_init(&paths.project, &paths.project_repo)?;
+        if refuse_edits {
+            let edits = checkout.local_edits()?;
+            if !edits.is_empty() {
+                return Err(Error::LocalEdits { files: edits });
+            }
+        }
+        checkout.checkout(self.commit)
+    }
+
+    /// Editable mode: run/ shows project/.
+    fn link_run_to_project(&mut self) -> Result<(), Error> {
+        let paths = self.paths().clone();
+        let target = Path::new(
+            paths
+                .project
+                .file_name()
+                .unwrap_or_else(|| std::ffi::OsStr::new("project")),
+        )
+        .to_path_buf();
+        match fs::symlink_metadata(&paths.run) {
+            Ok(meta) if meta.file_type().is_symlink() => {
+                if fs::read_link(&paths.run).ok().as_deref() == Some(target.as_path()) {
+                    return Ok(());
+                }
+            }
+            Ok(meta) if meta.is_dir() => {
+                // A tree left by cooking or final mode: keep it, never delete it silently.
+                let empty = fs::read_dir(&paths.run)
+                    .map(|mut d| d.next().is_none())
+                    .unwrap_or(false);
+                if empty {
+                    fs::remove_dir(&paths.run).map_err(|e| io_error("remove", &paths.run, e))?;
+                } else {
+                    let keep = paths.archive_dir(&self.release).join("run-before-editable");
+                    fs::create_dir_all(paths.archive_dir(&self.release))
+                        .map_err(|e| io_error("create", &keep, e))?;
+                    fs::rename(&paths.run, &keep).map_err(|e| io_error("move", &paths.run, e))?;
+                    self.out.note(&format!(
+                        "moved the previous run/ tree to {}",
+                        keep.display()
+                    ));
+                }
+            }
+            _ => {}
+        }
+        crate::durable::replace_symlink(&target, &paths.run)
+    }
+
+    /// Cooking mode: build/ becomes the immutable release tree, baked into a tarball.
+    fn bundle(&mut self) -> Result<(), Error> {
+        let paths = self.paths().clone();
+        let tree_dir = paths.release_dir(&self.release);
+        fs::rename(&paths.build, &tree_dir).map_err(|e| io_error("move", &paths.build, e))?;
+        fs::create_dir(&paths.build).map_err(|e| io_error("create", &paths.build, e))?;
+        let digest = tree::digest(&tree_dir)?;
+        let tarball = paths.tarball(&self.release);
+        let info = bake::bake(&tree_dir, &tarball, 3)?;
+        let manifest = Manifest {
+            format: 1,
+            release: self.release.clone(),
+            project: paths.name.clone(),
+            commit: self.commit.to_string(),
+            pillar_rev: self.pillar_rev.clone(),
+            created: Utc::now(),
+            sha256: info.sha256.clone(),
+            files: info.files,
+            bytes: info.bytes,
+            tree_digest: digest,
+        };
+        manifest.save(&paths.manifest(&self.release))?;
+        crate::signing::sign_manifest_if_keyed(self.node, &paths.manifest(&self.release))?;
+        self.out.note(&format!(
+            "baked releases/{}.tar.zst: {} files, {} bytes, sha256 {}",
+            self.release,
+            info.files,
+            info.bytes,
+            &info.sha256[..16]
+        ));
+        Ok(())
+    }
+
+    /// Editable mode: the tree is already live; restart the services around the project's
+    /// deploy commands so the app runs the pushed code.
+    fn restart_in_place(&mut self) -> Result<(), Failure> {
+        let project_dir = self.paths().project.clone();
+        if let Some(stop) = self.recipe.services.stop.clone() {
+            self.shell(Stage::Deploy, &stop, &project_dir)?;
+        }
+        if let Some(start) = self.recipe.services.start.clone() {
+            self.shell(Stage::Deploy, &start, &project_dir)?;
+        }
+        self.commands(Stage::Deploy, &project_dir)?;
+        self.check(&project_dir)
+    }
+
+    fn check(&mut self, cwd: &Path) -> Result<(), Failure> {
+        let Some(check) = self.recipe.check.clone() else {
+            return Ok(());
+        };
+        let env = self.env_for(Stage::Deploy);
+        self.out.note(&format!("check: {}", check.command));
+        let spec = CheckSpec {
+            command: &check.command,
+            cwd,
+            env: &env,
+            timeout: check.timeout,
+            interval: check.interval,
+        };
+        let attempts = stage::run_check(&spec, &self.redactor, self.out)
+            .map_err(|e| Failure::new(Stage::Deploy, e))?;
+        self.out.note(&format!("check passed (attempt {attempts})"));
+        Ok(())
+    }
+
+    /// Cooking and final mode: drift check, shadow tree, data snapshot, stop, switch, start,
+    /// deploy commands, health check. Everything that can be prepared is prepared before the
+    /// services stop.
+    fn go_live(&mut self) -> Result<(), Failure> {
+        let tree_dir = self.paths().release_dir(&self.release);
+        self.go_live_with(&tree_dir, None)
+    }
+
+    /// Takes `tree_dir` live. `data_from`: a snapshot to put data/ back to once the services
+    /// are stopped (a rollback `--with-data`).
+    fn go_live_with(&mut self, tree_dir: &Path, data_from: Option<&Path>) -> Result<(), Failure> {
+        let fail = |e: Error| Failure::new(Stage::Deploy, e);
+        let paths = self.paths().clone();
+        self.save_drift().map_err(fail)?;
+        ensure_run_dir(&paths.run).map_err(fail)?;
+
+        let method = switch::method(&paths.run, &paths.shadow);
+        let prepare_from = match method {
+            Method::Exchange => tree_dir,
+            // Keep a copy of the live tree to switch back to.
+            Method::InPlace => &paths.run,
+        };
+        let t = Instant::now();
+        let stats = sync::sync_tree(prepare_from, &paths.shadow, &SyncOptions::default())
+            .map_err(|e| fail(e.into()))?;
+        self.out.note(&format!(
+            "prepared the next tree ({} copied, {} removed, {} unchanged) in {}",
+            stats.copied,
+            stats.removed,
+            stats.unchanged,
+            seconds(t.elapsed())
+        ));
+        if let Some(journal) = &mut self.journal {
+            journal.switch = method.as_str().into();
+            journal.run_inode = switch::inode(&paths.run);
+        }
+
+        let snapshot = self.archive.join("data");
+        let base = self
+            .log
+            .last_snapshot(&self.release)
+            .and_then(|r| {
+                let dir = paths.archive_dir(&r.id).join("data");
+                dir.is_dir().then(|| (dir, r.snapshot_at))
+            })
+            .and_then(|(dir, at)| at.map(|at| (dir, std::time::SystemTime::from(at))));
+        let t = Instant::now();
+        let taken_at = Utc::now();
+        let stats = backup::snapshot(
+            &paths.data,
+            &snapshot,
+            base.as_ref().map(|(d, at)| (d.as_path(), *at)),
+        )
+        .map_err(fail)?;
+        self.out.note(&format!(
+            "data snapshot: {} copied, {} shared with the previous snapshot, in {}",
+            stats.copied,
+            stats.linked,
+            seconds(t.elapsed())
+        ));
+        fs::create_dir_all(self.archive.join("backup"))
+            .map_err(|e| fail(io_error("create", &paths.archives, e)))?;
+        for command in self.recipe.backup.clone() {
+            self.shell(Stage::Deploy, &command, &paths.run)?;
+        }
+        if self.journal.as_ref().map(|j| j.action.as_str()) == Some("deploy") {
+            if let Some(record) = self.log.get_mut(&self.release) {
+                record.snapshot_at = Some(taken_at);
+            }
+            self.log.save(&paths.release_log()).map_err(fail)?;
+        }
+        if let Some(journal) = &mut self.journal {
+            journal.snapshot = Some(snapshot.clone());
+        }
+        self.record(Phase::Snapshotted).map_err(fail)?;
+        crate::failpoint("after-snapshot");
+
+        self.record(Phase::Stopping).map_err(fail)?;
+        let window = Instant::now();
+        if let Some(stop) = self.recipe.services.stop.clone() {
+            self.shell(Stage::Deploy, &stop, &paths.run)?;
+        }
+        // Writes the app made between the snapshot and the stop belong in the snapshot too.
+        backup::catch_up(&paths.data, &snapshot).map_err(fail)?;
+        crate::failpoint("after-stop");
+        self.record(Phase::Switching).map_err(fail)?;
+        match method {
+            Method::Exchange => switch::exchange(&paths.run, &paths.shadow).map_err(fail)?,
+            Method::InPlace => {
+                sync::sync_tree(tree_dir, &paths.run, &SyncOptions::default())
+                    .map_err(|e| fail(e.into()))?;
+            }
+        }
+        if let Some(data) = data_from {
+            backup::restore(data, &paths.data).map_err(fail)?;
+            self.out.note(&format!("data/ put back from {}", data.display()));
+        }
+        crate::failpoint("after-switch");
+        self.record(Phase::Switched).map_err(fail)?;
+        if let Some(start) = self.recipe.services.start.clone() {
+            self.shell(Stage::Deploy, &start, &paths.run)?;
+        }
+        self.out.note(&format!(
+            "switched run/ to {} ({}); services were stopped for {}",
+            self.release,
+            method.as_str(),
+            seconds(window.elapsed())
+        ));
+        self.out.event(json!({"event": "switched", "release": self.release, "method": method.as_str(),
+            "stopped_seconds": window.elapsed().as_secs_f64()}));
+        self.commands(Stage::Deploy, &paths.run)?;
+        crate::failpoint("after-deploy-commands");
+        self.check(&paths.run)
+    }
+
+    /// Manual edits in run/ are saved under archives/<release>/drift and reported, or refused.
+    fn save_drift(&mut self) -> Result<(), Error> {
+        let paths = self.paths().clone();
+        let live_tree = self.live.as_ref().map(|r| paths.release_dir(r));
+        let drift = backup::find_drift(&paths.run, live_tree.as_deref())?;
+        if drift.is_empty() {
+            return Ok(());
+        }
+        let listed = drift.paths();
+        if self.recipe.drift == Drift::Refuse {
+            return Err(Error::DriftRefused { files: listed });
+        }
+        let dest = self.archive.join("drift");
+        backup::save_drift(&paths.run, &drift, &dest)?;
+        self.out.note(&format!(
+            "manual edits found in run/ were saved under {}:",
+            dest.display()
+        ));
+        for line in &listed {
+            self.out.note(&format!("  {line}"));
+        }
+        self.out.event(json!({"event": "drift", "changes": listed, "saved": dest}));
+        Ok(())
+    }
+
+    /// The commit point: the release log says the release is good and live.
+    fn commit_release(&mut self) -> Result<(), Error> {
+        let paths = self.paths().clone();
+        crate::failpoint("before-commit");
+        let previous = self.log.current.clone();
+        if let Some(record) = self.log.get_mut(&self.release) {
+            record.status = Status::Good;
+            record.finished = Some(Utc::now());
+        }
+        let is_rollback = self.journal.as_ref().map(|j| j.action.as_str()) == Some("rollback");
+        if let Some(previous) = previous.filter(|p| is_rollback && *p != self.release) {
+            if let Some(record) = self.log.get_mut(&previous) {
+                record.status = Status::RolledBack;
+            }
+        }
+        self.log.current = Some(self.release.clone());
+        self.log.save(&paths.release_log())?;
+        crate::failpoint("after-commit");
+        Journal::remove(&paths.journal())?;
+        self.journal = None;
+        if self.mode != Mode::Editable {
+            crate::durable::replace_symlink(Path::new(&self.release), &paths.deploy.join("current"))?;
+        }
+        let pruned = prune(&paths, &self.log, self.recipe.keep as usize);
+        if !pruned.is_empty() {
+            self.out.note(&format!("pruned {} old release(s)", pruned.len()));
+        }
+        Ok(())
+    }
+
+    /// Undoes the failed deploy and builds the error for the final line.
+    fn fail(&mut self, failure: Failure) -> Error {
+        let paths = self.paths().clone();
+        self.out.event(json!({"event": "failure", "stage": failure.stage.as_str(), "reason": failure.reason}));
+        let outcome = match self.journal.take() {
+            Some(journal) => rollback::undo(&paths, &journal, &failure.reason, self.out),
+            None => {
+                // Editable mode: nothing was switched; the tree stays as pushed.
+                rollback::mark_failed(&paths, &self.release, &failure.reason)
+                    .map(|_| String::from("the tree is left as pushed"))
+            }
+        };
+        match outcome {
+            Ok(outcome) => {
+                let error = Error::DeployFailed {
+                    stage: failure.stage.as_str().into(),
+                    reason: failure.reason,
+                    outcome,
+                };
+                self.out.headline(&error.to_string());
+                error
+            }
+            Err(e) => {
+                let error = Error::RollbackFailed {
+                    reason: format!(
+                        "deploy of {} failed at {} ({}), then undoing it failed: {e}",
+                        self.release,
+                        failure.stage.as_str(),
+                        failure.reason
+                    ),
+                    hint: format!(
+                        "the journal is kept in {}; fix the cause and run `kiln recover {}`",
+                        paths.journal().display(),
+                        paths.name
+                    ),
+                };
+                self.out.headline(&error.to_string());
+                error
+            }
+        }
+    }
+}
+
+/// Leftovers of releases beyond `keep` (deploy dirs, tarballs, archives) go; see
+/// [`ReleaseLog::prunable`] for what is always kept.
+pub fn prune(paths: &crate::layout::ProjectPaths, log: &ReleaseLog, keep: usize) -> Vec<String> {
+    let prunable = log.prunable(keep);
+    for id in &prunable {
+        let _ = fs::remove_dir_all(paths.release_dir(id));
+        let _ = fs::remove_file(paths.tarball(id));
+        let _ = fs::remove_file(paths.manifest(id));
+        let _ = fs::remove_file(paths.releases.join(format!("{id}.json.sig")));
+        let _ = fs::remove_dir_all(paths.archive_dir(id));
+    }
+    prunable
+}
+
+fn wipe_dir(dir: &Path) -> Result<(), Error> {
+    if fs::symlink_metadata(dir).is_ok() {
+        fs::remove_dir_all(dir).map_err(|e| io_error("wipe", dir, e))?;
+    }
+    fs::create_dir_all(dir).map_err(|e| io_error("create", dir, e))
+}
+
+/// run/ must be a directory in cooking and final mode (editable mode leaves a symlink).
+fn ensure_run_dir(run: &Path) -> Result<(), Error> {
+    match fs::symlink_metadata(run) {
+        Ok(meta) if meta.file_type().is_symlink() => {
+            fs::remove_file(run).map_err(|e| io_error("remove", run, e))?;
+            fs::create_dir(run).map_err(|e| io_error("create", run, e))
+        }
+        Ok(_) => Ok(()),
+        Err(_) => fs::create_dir(run).map_err(|e| io_error("create", run, e)),
+    }
+}
+
+/// Paths a release may keep in archives, for status and tests.
+pub fn failed_tree(paths: &crate::layout::ProjectPaths, release: &str) -> PathBuf {
+    paths.archive_dir(release).join("failed")
+}
+

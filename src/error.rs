@@ -1,0 +1,123 @@
+//! Every way kiln can fail, with the wording users see. Keeping the messages in one place keeps
+//! them consistent: lowercase, naming the file, stage, command or release, saying what to do next.
+
+use std::io;
+use std::path::{Path, PathBuf};
+
+use crate::recipe::ConfigError;
+
+/// Exit statuses (DESIGN.md section 7).
+pub const EXIT_OK: i32 = 0;
+pub const EXIT_DEPLOY_FAILED: i32 = 1;
+pub const EXIT_BAD_INPUT: i32 = 2;
+pub const EXIT_ROLLBACK_FAILED: i32 = 3;
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error(
+        "`{name}` is not a valid project name: use 1 to 63 lowercase letters, digits, `.`, `_` or `-`, starting with a letter or digit"
+    )]
+    BadName { name: String },
+
+    #[error("`{value}` is not a mode: use `editable`, `cooking` or `final`")]
+    BadMode { value: String },
+
+    #[error("project `{name}` does not exist under `{}`: create it with `kiln init {name}`", root.display())]
+    NoProject { name: String, root: PathBuf },
+
+    #[error("{}: {message}", file.display())]
+    BadLayout { file: PathBuf, message: String },
+
+    #[error("{0}")]
+    Config(#[from] ConfigError),
+
+    #[error("{0}")]
+    Settings(#[from] crate::settings::SettingsError),
+
+    #[error("could not {action} `{}`: {source}", path.display())]
+    Io {
+        action: &'static str,
+        path: PathBuf,
+        source: io::Error,
+    },
+
+    #[error("git: could not {action}: {}", source.message())]
+    Git {
+        action: String,
+        source: git2::Error,
+    },
+
+    #[error("unknown revision `{rev}` in `{}`", repo.display())]
+    UnknownRev { rev: String, repo: PathBuf },
+
+    #[error(
+        "project/ has uncommitted manual edits ({}): commit them to the repo or remove them, then push again",
+        files.join(", ")
+    )]
+    LocalEdits { files: Vec<String> },
+
+    #[error("manual edits found in run/ ({}) and kiln.yml says `drift: refuse`: save or undo them, then deploy again", files.join(", "))]
+    DriftRefused { files: Vec<String> },
+
+    #[error("unknown release `{release}` of project `{project}`")]
+    UnknownRelease { project: String, release: String },
+
+    #[error("no good release of project `{project}` to roll back to")]
+    NothingToRollBack { project: String },
+
+    #[error("{0}")]
+    Stage(#[from] crate::stage::StageError),
+
+    #[error("{0}")]
+    Sync(#[from] crate::sync::SyncError),
+
+    #[error("{0}")]
+    Tree(#[from] crate::tree::TreeError),
+
+    #[error("{0}")]
+    Bake(#[from] crate::bake::BakeError),
+
+    #[error("{0}")]
+    Unpack(#[from] crate::unpack::UnpackError),
+
+    #[error("{message}")]
+    Refused { message: String },
+
+    /// The deploy failed and everything was put back: exit 1.
+    #[error("deploy FAILED at {stage} ({reason}); {outcome}")]
+    DeployFailed {
+        stage: String,
+        reason: String,
+        outcome: String,
+    },
+
+    /// Undoing a failed deploy failed too: an operator must look (exit 3).
+    #[error("rollback FAILED: {reason}; {hint}")]
+    RollbackFailed { reason: String, hint: String },
+
+    #[error("{0}")]
+    Usage(String),
+}
+
+impl Error {
+    pub fn exit_code(&self) -> i32 {
+        match self {
+            Error::DeployFailed { .. } => EXIT_DEPLOY_FAILED,
+            Error::RollbackFailed { .. } => EXIT_ROLLBACK_FAILED,
+            _ => EXIT_BAD_INPUT,
+        }
+    }
+}
+
+pub fn io_error(action: &'static str, path: &Path, source: io::Error) -> Error {
+    Error::Io {
+        action,
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+pub fn git_error(action: impl Into<String>) -> impl FnOnce(git2::Error) -> Error {
+    let action = action.into();
+    move |source| Error::Git { action, source }
+}

@@ -1,0 +1,149 @@
+//! The git hooks installed in the bare repos call `kiln hook pre-receive|post-receive`.
+//! pre-receive refuses a push whose kiln.yml (or pillar.yml) is invalid, so the branch does
+//! not move; post-receive deploys a push of the deploy branch and says other refs are ignored.
+
+use std::io::BufRead;
+
+use crate::deploy::{self, DeployRequest};
+use crate::error::Error;
+use crate::git;
+use crate::project::Node;
+use crate::report::Reporter;
+
+const ZERO: &str = "0000000000000000000000000000000000000000";
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Repo {
+    Project,
+    Pillar,
+}
+
+/// One line of a hook's stdin: `<old> <new> <ref>`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RefUpdate {
+    pub old: String,
+    pub new: String,
+    pub name: String,
+}
+
+impl RefUpdate {
+    pub fn is_delete(&self) -> bool {
+        self.new == ZERO
+    }
+}
+
+pub fn parse_updates(input: impl BufRead) -> Vec<RefUpdate> {
+    input
+        .lines()
+        .map_while(Result::ok)
+        .filter_map(|line| {
+            let mut parts = line.split_whitespace();
+            Some(RefUpdate {
+                old: parts.next()?.to_string(),
+                new: parts.next()?.to_string(),
+                name: parts.next()?.to_string(),
+            })
+        })
+        .collect()
+}
+
+/// Who pushed: the SSH layer sets KILN_USER; a local push is the Unix user.
+pub fn pusher() -> String {
+    std::env::var("KILN_USER")
+        .or_else(|_| std::env::var("USER"))
+        .unwrap_or_else(|_| "unknown".into())
+}
+
+pub fn pre_receive(node: &Node, name: &str, repo: Repo, updates: &[RefUpdate]) -> Result<(), Error> {
+    let project = node.project(name)?;
+    match repo {
+        Repo::Project => {
+            let deploy_ref = format!("refs/heads/{}", project.config.branch);
+            let bare = git::open_bare(&project.paths.project_repo)?;
+            for update in updates.iter().filter(|u| u.name == deploy_ref && !u.is_delete()) {
+                let oid = git2::Oid::from_str(&update.new).map_err(|_| Error::UnknownRev {
+                    rev: update.new.clone(),
+                    repo: project.paths.project_repo.clone(),
+                })?;
+                deploy::read_recipe(&bare, oid)?;
+            }
+            Ok(())
+        }
+        Repo::Pillar => crate::pillar::validate_push(&project, updates),
+    }
+}
+
+/// Deploys the pushed deploy branch; returns the exit status.
+pub fn post_receive(
+    node: &Node,
+    name: &str,
+    repo: Repo,
+    updates: &[RefUpdate],
+    out: &mut Reporter,
+) -> Result<(), Error> {
+    let project = node.project(name)?;
+    if repo == Repo::Pillar {
+        return crate::pillar::after_push(node, &project, updates, out);
+    }
+    let deploy_ref = format!("refs/heads/{}", project.config.branch);
+    let mut target = None;
+    for update in updates {
+        if update.name == deploy_ref && !update.is_delete() {
+            target = Some(update.new.clone());
+        } else if update.is_delete() {
+            out.headline(&format!("ignoring the deletion of {}", update.name));
+        } else {
+            out.headline(&format!(
+                "ignoring {}: only {} deploys",
+                update.name, project.config.branch
+            ));
+        }
+    }
+    let Some(commit) = target else {
+        return Ok(());
+    };
+    keep_going_without_pusher();
+    deploy::deploy(
+        node,
+        &project,
+        &DeployRequest {
+            rev: Some(commit),
+            who: pusher(),
+        },
+        out,
+    )
+    .map(|_| ())
+}
+
+/// A pusher who disconnects (SIGHUP, closed pipe) must not abort a deploy halfway. A handler
+/// rather than SIG_IGN: handlers are reset on exec, so the app's own processes still get
+/// SIGHUP normally (nginx and friends reload on it).
+pub fn keep_going_without_pusher() {
+    if let Ok(rt) = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        rt.block_on(async {
+            use tokio::signal::unix::{SignalKind, signal};
+            // Leaking the stream keeps the handler installed for the process's lifetime.
+            if let Ok(stream) = signal(SignalKind::hangup()) {
+                std::mem::forget(stream);
+            }
+        });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_hook_input() {
+        let input = format!("{ZERO} abc refs/heads/master\nabc {ZERO} refs/tags/v1\nbad\n");
+        let updates = parse_updates(input.as_bytes());
+        assert_eq!(updates.len(), 2);
+        assert_eq!(updates[0].name, "refs/heads/master");
+        assert!(!updates[0].is_delete());
+        assert!(updates[1].is_delete());
+    }
+}

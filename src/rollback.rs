@@ -1,0 +1,181 @@
+//! Undoing deploys: after a failure (called by the pipeline), after a crash (the next kiln
+//! command on the project finds the journal and finishes the job), and by hand
+//! (`kiln rollback`). Every path leaves run/ and data/ exactly as they were before the deploy.
+
+use std::fs;
+use std::path::Path;
+
+use chrono::Utc;
+use serde_json::json;
+
+use crate::backup;
+use crate::error::{Error, io_error};
+use crate::journal::{Journal, Phase};
+use crate::layout::ProjectPaths;
+use crate::project::{Node, Project};
+use crate::redact::Redactor;
+use crate::release_log::{ReleaseLog, Status};
+use crate::report::Reporter;
+use crate::stage::{self, CommandSpec};
+use crate::switch::{self, Method};
+use crate::sync::{self, SyncOptions};
+
+/// Puts the node back as it was before the journaled deploy; returns the outcome for the final
+/// line ("rolled back to <release>"). On error the journal stays, for `kiln recover`.
+pub fn undo(
+    paths: &ProjectPaths,
+    journal: &Journal,
+    reason: &str,
+    out: &mut Reporter,
+) -> Result<String, Error> {
+    let release = &journal.release;
+    out.headline(&format!("rolling back {release}"));
+    let redactor = Redactor::new(&journal.undo.secrets);
+    let stopped = journal.phase >= Phase::Stopping;
+    let mut run = |label: &str, command: &str, out: &mut Reporter| -> Result<(), Error> {
+        out.command(label, command);
+        let spec = CommandSpec {
+            stage: label,
+            command,
+            cwd: &journal.undo.cwd,
+            env: &journal.undo.env,
+            timeout: journal.undo.timeout,
+        };
+        stage::run_command(&spec, &redactor, out)?;
+        Ok(())
+    };
+
+    if stopped {
+        if let Some(stop) = &journal.undo.stop {
+            // The app of the failed release may be running: stop it before touching its files.
+            if let Err(e) = run("rollback", stop, out) {
+                out.note(&format!("stopping the services failed ({e}); carrying on"));
+            }
+        }
+    }
+    let failed = paths.archive_dir(release).join("failed");
+    let method = Method::parse(&journal.switch);
+    let switched = match method {
+        Method::Exchange => {
+            journal.run_inode.is_some() && switch::inode(&paths.run) != journal.run_inode
+        }
+        Method::InPlace => journal.phase >= Phase::Switching,
+    };
+    fs::create_dir_all(paths.archive_dir(release))
+        .map_err(|e| io_error("create", &paths.archives, e))?;
+    if switched {
+        match method {
+            Method::Exchange => {
+                switch::exchange(&paths.run, &paths.shadow)?;
+                crate::failpoint("rollback-after-exchange");
+                // The shadow now holds the failed live tree: keep it for inspection.
+                keep_failed(&paths.shadow, &failed)?;
+            }
+            Method::InPlace => {
+                if !failed.exists() {
+                    sync::sync_tree(&paths.run, &failed, &SyncOptions::default())?;
+                }
+                sync::sync_tree(&paths.shadow, &paths.run, &SyncOptions::default())?;
+            }
+        }
+        out.note("run/ switched back");
+    } else {
+        let tree = paths.release_dir(release);
+        if tree.exists() {
+            keep_failed(&tree, &failed)?;
+        } else if fs::read_dir(&paths.build)
+            .map(|mut d| d.next().is_some())
+            .unwrap_or(false)
+        {
+            keep_failed(&paths.build, &failed)?;
+            fs::create_dir_all(&paths.build).map_err(|e| io_error("create", &paths.build, e))?;
+        }
+    }
+    if stopped {
+        if let Some(snapshot) = &journal.snapshot {
+            let stats = backup::restore(snapshot, &paths.data)?;
+            out.note(&format!(
+                "data/ restored from the snapshot ({} files put back, {} removed)",
+                stats.copied, stats.removed
+            ));
+            for command in &journal.undo.restore {
+                run("restore", command, out)?;
+            }
+        }
+        if let Some(start) = &journal.undo.start {
+            run("rollback", start, out)?;
+        }
+    }
+    mark_failed(paths, release, reason)?;
+    Journal::remove(&paths.journal())?;
+    out.event(json!({"event": "rolled_back", "release": release, "to": journal.previous}));
+    Ok(match &journal.previous {
+        Some(previous) => format!("rolled back to {previous}"),
+        None => "rolled back (no release was live before)".to_string(),
+    })
+}
+
+fn keep_failed(tree: &Path, failed: &Path) -> Result<(), Error> {
+    if failed.exists() {
+        fs::remove_dir_all(failed).map_err(|e| io_error("replace", failed, e))?;
+    }
+    fs::rename(tree, failed).map_err(|e| io_error("keep", tree, e))
+}
+
+/// Records in the release log that `release` failed.
+pub fn mark_failed(paths: &ProjectPaths, release: &str, reason: &str) -> Result<(), Error> {
+    let mut log = ReleaseLog::load(&paths.release_log())?;
+    if let Some(record) = log.get_mut(release) {
+        record.status = Status::Failed;
+        record.finished = Some(Utc::now());
+        record.failure = Some(reason.to_string());
+    }
+    log.save(&paths.release_log())
+}
+
+/// Finishes an interrupted deploy, if there is one: run by every command that takes the lock.
+pub fn recover(_node: &Node, project: &Project, out: &mut Reporter) -> Result<bool, Error> {
+    let paths = &project.paths;
+    let journal = Journal::load(&paths.journal())?;
+    let mut log = ReleaseLog::load(&paths.release_log())?;
+    let Some(journal) = journal else {
+        // A deploy without journal (editable mode) that died: nothing to undo, but the log
+        // must not say it is still running.
+        let mut changed = false;
+        for record in log.records.iter_mut().filter(|r| r.status == Status::Running) {
+            record.status = Status::Failed;
+            record.finished = Some(Utc::now());
+            record.failure = Some("interrupted".into());
+            changed = true;
+        }
+        if changed {
+            log.save(&paths.release_log())?;
+        }
+        return Ok(false);
+    };
+    if log.get(&journal.release).map(|r| r.status) == Some(Status::Good) {
+        // The crash came after the commit point: the deploy is complete.
+        Journal::remove(&paths.journal())?;
+        return Ok(false);
+    }
+    let _ = out.open_logs(
+        &paths.log_file(&journal.release),
+        &paths.events_file(&journal.release),
+    );
+    out.headline(&format!(
+        "recovering the interrupted {} of {} (pid {}, stopped at {:?})",
+        journal.action, journal.release, journal.pid, journal.phase
+    ));
+    let reason = format!("interrupted during {:?}", journal.phase).to_lowercase();
+    let outcome = undo(paths, &journal, &reason, out).map_err(|e| Error::RollbackFailed {
+        reason: format!("recovering {} failed: {e}", journal.release),
+        hint: format!(
+            "the journal is kept in {}; fix the cause and run `kiln recover {}`",
+            paths.journal().display(),
+            paths.name
+        ),
+    })?;
+    out.headline(&format!("recovered: {outcome}"));
+    out.close_logs();
+    Ok(true)
+}

@@ -1,0 +1,193 @@
+//! What operators read: `kiln status`, `kiln releases`, `kiln logs`, and `kiln mode`.
+
+use std::fs;
+use std::path::Path;
+
+use serde_json::json;
+
+use crate::backup;
+use crate::error::{Error, io_error};
+use crate::journal::Journal;
+use crate::lock;
+use crate::project::{Node, Project};
+use crate::recipe::Mode;
+use crate::release_log::ReleaseLog;
+use crate::switch;
+
+/// How run/ shows the live tree.
+pub fn run_kind(project: &Project) -> String {
+    let run = &project.paths.run;
+    match fs::symlink_metadata(run) {
+        Ok(meta) if meta.file_type().is_symlink() => format!(
+            "symlink to {}",
+            fs::read_link(run).map(|t| t.display().to_string()).unwrap_or_default()
+        ),
+        Ok(_) => match switch::method(run, &project.paths.shadow) {
+            switch::Method::Exchange => "own tree, switched atomically (rename exchange)".into(),
+            switch::Method::InPlace => {
+                "own tree, synced in place while services are stopped (no atomic exchange on this filesystem)".into()
+            }
+        },
+        Err(_) => "missing".into(),
+    }
+}
+
+pub fn status(project: &Project, as_json: bool) -> Result<(), Error> {
+    let paths = &project.paths;
+    let log = ReleaseLog::load(&paths.release_log())?;
+    let last = log.records.last();
+    let running = lock::current_holder(&paths.state);
+    let interrupted = Journal::load(&paths.journal())?.filter(|_| running.is_none());
+    let drift = if project.config.mode == Mode::Editable {
+        crate::git::Checkout::open_or_init(&paths.project, &paths.project_repo)
+            .and_then(|c| c.local_edits())
+            .unwrap_or_default()
+    } else {
+        let live_tree = log.current.as_ref().map(|r| paths.release_dir(r));
+        backup::find_drift(&paths.run, live_tree.as_deref())?.paths()
+    };
+    let run = run_kind(project);
+    if as_json {
+        let value = json!({
+            "project": paths.name,
+            "mode": project.config.mode.as_str(),
+            "branch": project.config.branch,
+            "live": log.current,
+            "last_good": log.last_good().map(|r| &r.id),
+            "last_deploy": last,
+            "running": running,
+            "interrupted": interrupted.as_ref().map(|j| &j.release),
+            "drift": drift,
+            "run": run,
+        });
+        println!("{}", serde_json::to_string_pretty(&value).unwrap_or_default());
+        return Ok(());
+    }
+    println!("project:     {}", paths.name);
+    println!("mode:        {}", project.config.mode.as_str());
+    println!("branch:      {}", project.config.branch);
+    println!("run/:        {run}");
+    println!("live:        {}", log.current.as_deref().unwrap_or("none"));
+    if let Some(last) = last {
+        println!(
+            "last deploy: {} ({}) {} by {} at {}{}",
+            last.id,
+            &last.commit[..last.commit.len().min(7)],
+            last.status.as_str(),
+            last.who,
+            last.started.format("%Y-%m-%d %H:%M:%SZ"),
+            last.failure
+                .as_ref()
+                .map(|f| format!(": {f}"))
+                .unwrap_or_default()
+        );
+    }
+    match &running {
+        Some(h) => println!(
+            "running:     {} of {} (pid {}) since {}",
+            h.action,
+            h.release.as_deref().unwrap_or("-"),
+            h.pid,
+            h.since.format("%H:%M:%SZ")
+        ),
+        None => println!("running:     nothing"),
+    }
+    if let Some(journal) = interrupted {
+        println!(
+            "interrupted: the deploy of {} was interrupted; the next kiln command (or `kiln recover {}`) undoes it",
+            journal.release, paths.name
+        );
+    }
+    if drift.is_empty() {
+        println!("drift:       none");
+    } else {
+        println!("drift:       {} manual change(s), saved at the next deploy:", drift.len());
+        for line in drift {
+            println!("  {line}");
+        }
+    }
+    Ok(())
+}
+
+pub fn releases(project: &Project, as_json: bool) -> Result<(), Error> {
+    let log = ReleaseLog::load(&project.paths.release_log())?;
+    if as_json {
+        let value = json!({"current": log.current, "releases": log.records});
+        println!("{}", serde_json::to_string_pretty(&value).unwrap_or_default());
+        return Ok(());
+    }
+    println!(
+        "  {:<25}  {:<7}  {:<7}  {:<11}  {:<10}  {:<20}  note",
+        "release", "commit", "pillar", "status", "who", "started"
+    );
+    for r in log.records.iter().rev() {
+        let live = if log.current.as_deref() == Some(r.id.as_str()) {
+            "*"
+        } else {
+            " "
+        };
+        let short = |s: &str| s[..s.len().min(7)].to_string();
+        println!(
+            "{live} {:<25}  {:<7}  {:<7}  {:<11}  {:<10}  {:<20}  {}",
+            r.id,
+            short(&r.commit),
+            r.pillar_rev.as_deref().map(short).unwrap_or_else(|| "-".into()),
+            r.status.as_str(),
+            r.who,
+            r.started.format("%Y-%m-%d %H:%M:%SZ").to_string(),
+            r.failure.as_deref().unwrap_or("")
+        );
+    }
+    Ok(())
+}
+
+pub fn logs(project: &Project, release: Option<&str>) -> Result<(), Error> {
+    let log = ReleaseLog::load(&project.paths.release_log())?;
+    let id = match release {
+        Some(id) => {
+            if log.get(id).is_none() {
+                return Err(Error::UnknownRelease {
+                    project: project.paths.name.clone(),
+                    release: id.to_string(),
+                });
+            }
+            id.to_string()
+        }
+        None => match log.records.last() {
+            Some(r) => r.id.clone(),
+            None => {
+                println!("no deploys of `{}` yet", project.paths.name);
+                return Ok(());
+            }
+        },
+    };
+    let path = project.paths.log_file(&id);
+    let text = fs::read(&path).map_err(|e| io_error("read", &path, e))?;
+    use std::io::Write;
+    let _ = std::io::stdout().write_all(&text);
+    Ok(())
+}
+
+/// `kiln mode`: rewrites project.yml. data/ is never touched; run/ changes shape at the next
+/// deploy (a tree left by cooking mode is kept under archives/ when editable mode links run/).
+pub fn set_mode(node: &Node, project: &Project, mode: Mode) -> Result<(), Error> {
+    let mut config = project.config.clone();
+    if mode == Mode::Final && config.source.is_none() {
+        return Err(Error::Usage(
+            "final mode needs a release source: run `kiln init <name> --mode final --source URL`".into(),
+        ));
+    }
+    config.mode = mode;
+    let _ = node;
+    crate::durable::write_atomic(&project.paths.project_yml, config.to_yaml().as_bytes(), 0o644)?;
+    println!(
+        "project `{}` is now in {} mode; the next deploy uses it",
+        project.paths.name,
+        mode.as_str()
+    );
+    Ok(())
+}
+
+pub fn exists(path: &Path) -> bool {
+    fs::symlink_metadata(path).is_ok()
+}
