@@ -4,3 +4,7 @@
 pub fn run() -> i32 {
     0
 }
+
+pub mod config_error;
+pub mod duration;
+pub mod recipe;
