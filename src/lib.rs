@@ -7,4 +7,6 @@ pub fn run() -> i32 {
 
 pub mod config_error;
 pub mod duration;
+pub mod node_config;
+pub mod project_config;
 pub mod recipe;
