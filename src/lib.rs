@@ -10,3 +10,4 @@ pub mod duration;
 pub mod node_config;
 pub mod project_config;
 pub mod recipe;
+pub mod settings;
