@@ -104,7 +104,7 @@ impl ProjectConfig {
 /// quoted (a JSON string is a valid YAML double-quoted scalar).
 fn scalar(text: &str) -> String {
     let plain_safe = text.chars().next().is_some_and(|first| {
-        first.is_ascii_alphanumeric() || "/.~_".contains(first) && text != "~"
+        first.is_ascii_alphanumeric() || ("/.~_".contains(first) && text != "~")
     }) && text
         .chars()
         .all(|c| c.is_ascii_alphanumeric() || "._-/:@+=~%".contains(c))

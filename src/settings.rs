@@ -221,6 +221,9 @@ pub fn mask_text(text: &str, secrets: &[String]) -> String {
 /// The `env` mapping of the merged settings as environment variables. Strings pass as they
 /// are, numbers and booleans as they print; a null leaves the variable out (so a pillar can
 /// remove a default with `NAME: ~`). A missing or null `env` gives no variables.
+///
+/// YAML has already read unquoted numbers as numbers: `1.10` prints as `1.1` and `0x1F` as
+/// `31` (leading zeros, as in `0755`, are kept). Values whose spelling matters are quoted.
 pub fn env_vars(settings: &Value) -> Result<BTreeMap<String, String>, SettingsError> {
     let env = match settings.get("env") {
         None | Some(Value::Null) => return Ok(BTreeMap::new()),
@@ -523,6 +526,26 @@ mod tests {
             env_vars(&json!({"env": null}))
                 .expect("null env")
                 .is_empty()
+        );
+    }
+
+    #[test]
+    fn env_vars_from_yaml_keep_integers_leading_zeros_and_quoted_text() {
+        let settings = pillar(
+            "env:\n  PORT: 8000\n  MODE: 0755\n  VERSION: '1.10'\n  LOOSE: 1.10\n  FLAG: no\n",
+        )
+        .expect("pillar parses");
+        let vars = env_vars(&settings).expect("valid env");
+        let shown: Vec<(&str, &str)> = vars.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+        assert_eq!(
+            shown,
+            [
+                ("FLAG", "no"),
+                ("LOOSE", "1.1"),
+                ("MODE", "0755"),
+                ("PORT", "8000"),
+                ("VERSION", "1.10"),
+            ]
         );
     }
 
