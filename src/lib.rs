@@ -50,3 +50,10 @@ pub fn failpoint(name: &str) {
         let _ = nix::sys::signal::raise(nix::sys::signal::Signal::SIGKILL);
     });
 }
+
+pub mod config_error;
+pub mod duration;
+pub mod node_config;
+pub mod project_config;
+pub mod recipe;
+pub mod settings;
