@@ -4,7 +4,7 @@
 use std::io;
 use std::path::{Path, PathBuf};
 
-use crate::recipe::ConfigError;
+use crate::config_error::ConfigError;
 
 /// Exit statuses (DESIGN.md section 7).
 pub const EXIT_OK: i32 = 0;

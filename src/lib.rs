@@ -6,6 +6,7 @@
 pub mod backup;
 pub mod bake;
 pub mod cli;
+pub mod config_error;
 pub mod deploy;
 pub mod duration;
 pub mod durable;
@@ -51,9 +52,3 @@ pub fn failpoint(name: &str) {
     });
 }
 
-pub mod config_error;
-pub mod duration;
-pub mod node_config;
-pub mod project_config;
-pub mod recipe;
-pub mod settings;
