@@ -4,3 +4,6 @@
 pub fn run() -> i32 {
     0
 }
+
+pub mod redact;
+pub mod stage;
