@@ -13,7 +13,7 @@ use std::io;
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use nix::fcntl::AT_FDCWD;
@@ -50,10 +50,20 @@ pub struct SyncStats {
     pub linked: u64,
     /// Entries deleted from dst; a deleted directory counts once, with its content.
     pub removed: u64,
-    /// Entries kept, including those whose mode or mtime only needed fixing.
+    /// Entries kept (directories included), also those whose mode or mtime only needed fixing.
     pub unchanged: u64,
     /// Bytes of file content copied.
     pub bytes_copied: u64,
+}
+
+impl SyncStats {
+    fn add(&mut self, other: &SyncStats) {
+        self.copied += other.copied;
+        self.linked += other.linked;
+        self.removed += other.removed;
+        self.unchanged += other.unchanged;
+        self.bytes_copied += other.bytes_copied;
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -111,15 +121,14 @@ pub fn sync_tree(src: &Path, dst: &Path, opts: &SyncOptions) -> Result<SyncStats
 
     let syncer = Syncer::new(opts);
     let mut stats = SyncStats::default();
-    let base = opts.link_base.as_ref().map(|b| b.path.to_path_buf());
-    syncer.sync_dir(
-        src,
-        dst,
-        base.as_deref(),
-        &src_meta,
-        dst_meta.as_ref(),
-        &mut stats,
-    )?;
+    let root = DirJob {
+        src: src.to_path_buf(),
+        dst: dst.to_path_buf(),
+        base: opts.link_base.as_ref().map(|b| b.path.to_path_buf()),
+        src_meta,
+        dst_meta,
+    };
+    syncer.sync_dir(&root, true, &mut stats)?;
 
     if opts.durable {
         let dir = File::open(dst).map_err(|e| io_err("open", dst, e))?;
@@ -172,6 +181,16 @@ fn resolve_missing(path: &Path) -> io::Result<PathBuf> {
     }
 }
 
+/// One directory to sync. A subdirectory that is already in dst carries its lstat so it is
+/// not read twice; a new one has `dst_meta: None`.
+struct DirJob {
+    src: PathBuf,
+    dst: PathBuf,
+    base: Option<PathBuf>,
+    src_meta: Metadata,
+    dst_meta: Option<Metadata>,
+}
+
 struct Child {
     name: OsString,
     meta: Metadata,
@@ -182,9 +201,13 @@ struct Syncer {
     racy_from_ns: i128,
     temp_seq: AtomicU64,
     pid: u32,
+    threads: usize,
+    /// Set by a worker thread that failed, so that the others stop early.
+    failed: AtomicBool,
 }
 
 const RACY_WINDOW_NS: i128 = 2_000_000_000;
+const MAX_THREADS: usize = 4;
 
 impl Syncer {
     fn new(opts: &SyncOptions) -> Syncer {
@@ -196,20 +219,28 @@ impl Syncer {
             racy_from_ns,
             temp_seq: AtomicU64::new(0),
             pid: std::process::id(),
+            // Most of the time goes into the kernel (stat, open, copy_file_range), which runs
+            // in parallel across cores; more threads than cores only adds contention.
+            threads: std::thread::available_parallelism().map_or(1, |n| n.get().min(MAX_THREADS)),
+            failed: AtomicBool::new(false),
         }
     }
 
     /// Sync one directory's entries, recursing into subdirectories, then give the directory
     /// its mode and mtime: last, because every entry created or removed changes its mtime.
+    ///
+    /// With `fan_out`, subdirectories are synced on worker threads once the tree branches.
     fn sync_dir(
         &self,
-        src: &Path,
-        dst: &Path,
-        base: Option<&Path>,
-        src_meta: &Metadata,
-        dst_meta: Option<&Metadata>,
+        job: &DirJob,
+        fan_out: bool,
         stats: &mut SyncStats,
     ) -> Result<(), SyncError> {
+        if self.failed.load(Ordering::Relaxed) {
+            return Ok(()); // another worker failed; its error is the one reported
+        }
+        let (src, dst, base) = (job.src.as_path(), job.dst.as_path(), job.base.as_deref());
+        let (src_meta, dst_meta) = (&job.src_meta, job.dst_meta.as_ref());
         let src_children = read_children(src)?;
         // Refuse before touching this directory rather than half way through it.
         if let Some(c) = src_children
@@ -234,6 +265,7 @@ impl Syncer {
             dst_mode = Some(mode | 0o700);
         }
         let mut touched = false;
+        let mut subdirs = Vec::new();
 
         let mut d_iter = dst_children.iter().peekable();
         for s in &src_children {
@@ -244,13 +276,15 @@ impl Syncer {
                 touched = true;
             }
             let d = d_iter.next_if(|d| d.name == s.name);
-            touched |= self.sync_entry(src, dst, base, s, d.map(|d| &d.meta), stats)?;
+            touched |=
+                self.sync_entry(src, dst, base, s, d.map(|d| &d.meta), &mut subdirs, stats)?;
         }
         for d in d_iter {
             remove_entry(&dst.join(&d.name), &d.meta)?;
             stats.removed += 1;
             touched = true;
         }
+        self.sync_subdirs(&subdirs, fan_out, stats)?;
 
         let mode = src_meta.mode() & 0o7777;
         if dst_mode != Some(mode) {
@@ -262,7 +296,53 @@ impl Syncer {
         Ok(())
     }
 
+    /// Sync the subdirectories of one directory: on this thread, or, with `fan_out`, on
+    /// worker threads as soon as there are two or more of them. Below a single subdirectory
+    /// the search for a branching point goes on, so `app/` alone at the top still fans out.
+    fn sync_subdirs(
+        &self,
+        jobs: &[DirJob],
+        fan_out: bool,
+        stats: &mut SyncStats,
+    ) -> Result<(), SyncError> {
+        if !fan_out || self.threads < 2 || jobs.len() < 2 {
+            for job in jobs {
+                self.sync_dir(job, fan_out && jobs.len() == 1, stats)?;
+            }
+            return Ok(());
+        }
+        let next = AtomicUsize::new(0);
+        let worker = || {
+            let mut stats = SyncStats::default();
+            while let Some(job) = jobs.get(next.fetch_add(1, Ordering::Relaxed)) {
+                if let Err(e) = self.sync_dir(job, false, &mut stats) {
+                    self.failed.store(true, Ordering::Relaxed);
+                    return Err(e);
+                }
+            }
+            Ok(stats)
+        };
+        let results: Vec<_> = std::thread::scope(|scope| {
+            let workers: Vec<_> = (0..self.threads.min(jobs.len()))
+                .map(|_| scope.spawn(worker))
+                .collect();
+            workers
+                .into_iter()
+                .map(|w| {
+                    w.join()
+                        .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
+                })
+                .collect()
+        });
+        for result in results {
+            stats.add(&result?);
+        }
+        Ok(())
+    }
+
     /// Returns whether `dst`'s directory entries changed (so its mtime must be set again).
+    /// Subdirectories are not synced here but pushed to `subdirs`.
+    #[allow(clippy::too_many_arguments)]
     fn sync_entry(
         &self,
         src_dir: &Path,
@@ -270,6 +350,7 @@ impl Syncer {
         base_dir: Option<&Path>,
         s: &Child,
         d: Option<&Metadata>,
+        subdirs: &mut Vec<DirJob>,
         stats: &mut SyncStats,
     ) -> Result<bool, SyncError> {
         let src = src_dir.join(&s.name);
@@ -322,21 +403,32 @@ impl Syncer {
                 Ok(true)
             }
             Kind::Dir => {
-                let base = base_dir.map(|b| b.join(&s.name));
-                if d_kind == Some(Kind::Dir) {
-                    self.sync_dir(&src, &dst, base.as_deref(), &s.meta, d, stats)?;
+                let mut job = DirJob {
+                    src,
+                    dst,
+                    base: base_dir.map(|b| b.join(&s.name)),
+                    src_meta: s.meta.clone(),
+                    dst_meta: None,
+                };
+                if let Some(d) = d
+                    && d_kind == Some(Kind::Dir)
+                {
+                    stats.unchanged += 1;
+                    job.dst_meta = Some(d.clone());
+                    subdirs.push(job);
                     return Ok(false);
                 }
+                let dst = &job.dst;
                 if let Some(d) = d {
-                    remove_entry(&dst, d)?;
+                    remove_entry(dst, d)?;
                     stats.removed += 1;
                 }
                 DirBuilder::new()
                     .mode(0o700)
-                    .create(&dst)
-                    .map_err(|e| io_err("create directory", &dst, e))?;
+                    .create(dst)
+                    .map_err(|e| io_err("create directory", dst, e))?;
                 stats.copied += 1;
-                self.sync_dir(&src, &dst, base.as_deref(), &s.meta, None, stats)?;
+                subdirs.push(job);
                 Ok(true)
             }
             Kind::Other => Err(SyncError::Special { path: src }),
@@ -761,7 +853,7 @@ mod tests {
                 copied: 3,
                 linked: 0,
                 removed: 1,
-                unchanged: 1,
+                unchanged: 2, // d/same and d itself
                 bytes_copied: 8,
             }
         );
