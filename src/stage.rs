@@ -193,6 +193,11 @@ impl fmt::Display for HumanDuration {
 
 /// Runs one command and returns how long it took. Builds its own single-threaded tokio
 /// runtime, so it must not be called from async code: use [`run_command_async`] there.
+///
+/// A background process the command leaves running (`./server &`) is neither waited for nor
+/// killed, but the output pipes it inherited are closed when this returns, so it gets
+/// EPIPE/SIGPIPE if it writes to them later: services started that way should redirect their
+/// output (`./server >> log 2>&1 &`).
 pub fn run_command(
     spec: &CommandSpec,
     redactor: &Redactor,
@@ -233,7 +238,7 @@ pub async fn run_check_async(
     redactor: &Redactor,
     sink: &mut dyn OutputSink,
 ) -> Result<u32, StageError> {
-    let deadline = Instant::now() + spec.timeout;
+    let deadline = deadline_after(Instant::now(), spec.timeout);
     let mut attempts = 0;
     loop {
         attempts += 1;
@@ -297,7 +302,7 @@ pub async fn run_command_async(
         .map(Pid::from_raw)
         .ok_or_else(|| spawn_error(io::Error::other("the child has no process id")))?;
     let mut output = Output::new(&mut child);
-    let deadline = start + spec.timeout;
+    let deadline = deadline_after(start, spec.timeout);
 
     let ended = loop {
         tokio::select! {
@@ -322,6 +327,14 @@ pub async fn run_command_async(
     output.drain(redactor, sink).await;
     check_status(spec, status)?;
     Ok(start.elapsed())
+}
+
+/// `start + timeout`, where a timeout too large to add means "never".
+fn deadline_after(start: Instant, timeout: Duration) -> Instant {
+    const CENTURY: Duration = Duration::from_secs(100 * 365 * 24 * 3600);
+    start
+        .checked_add(timeout)
+        .unwrap_or_else(|| start + CENTURY)
 }
 
 fn check_status(spec: &CommandSpec, status: ExitStatus) -> Result<(), StageError> {
@@ -442,12 +455,12 @@ impl Output {
         redactor: &Redactor,
         sink: &mut dyn OutputSink,
     ) {
-        let (pipe_open, buf, lines) = match stream {
-            Stream::Stdout => (self.stdout.is_some(), &self.out_buf, &mut self.out_lines),
-            Stream::Stderr => (self.stderr.is_some(), &self.err_buf, &mut self.err_lines),
+        let (buf, lines) = match stream {
+            Stream::Stdout => (&self.out_buf, &mut self.out_lines),
+            Stream::Stderr => (&self.err_buf, &mut self.err_lines),
         };
         match read {
-            Ok(n) if n > 0 && pipe_open => lines.feed(&buf[..n], redactor, sink),
+            Ok(n) if n > 0 => lines.feed(&buf[..n], redactor, sink),
             _ => match stream {
                 Stream::Stdout => self.stdout = None,
                 Stream::Stderr => self.stderr = None,
@@ -651,8 +664,9 @@ mod tests {
 
     #[test]
     fn stderr_is_captured_and_interleaved_in_arrival_order() {
-        let (result, lines) =
-            run("echo out1; sleep 0.1; echo err1 >&2; sleep 0.1; echo out2; printf err2 >&2");
+        let (result, lines) = run(
+            "echo out1; sleep 0.2; echo err1 >&2; sleep 0.2; echo out2; sleep 0.2; printf err2 >&2",
+        );
         result.unwrap();
         let got: Vec<(Stream, &[u8])> = lines.iter().map(|(s, l)| (*s, l.as_slice())).collect();
         assert_eq!(
@@ -705,6 +719,20 @@ mod tests {
             got,
             ["KILN_STAGE=build", "PATH=/usr/bin:/bin", "WITH_SPACE=a b"]
         );
+    }
+
+    #[test]
+    fn huge_timeout_means_none() {
+        let dir = tempfile::tempdir().unwrap();
+        let (result, lines) = run_in(
+            dir.path(),
+            "echo ok",
+            &env(&[]),
+            Duration::MAX,
+            &Redactor::default(),
+        );
+        result.unwrap();
+        assert_eq!(text(&lines, Stream::Stdout), ["ok"]);
     }
 
     #[test]
