@@ -35,6 +35,17 @@ pub fn snapshot(
     Ok(stats)
 }
 
+/// Brings a snapshot up to date with data/ once services are stopped, so writes the app made
+/// after the snapshot was taken are not lost by a rollback. Cheap: only changed files are
+/// copied, and a file shared with an older snapshot is replaced, never written in place.
+pub fn catch_up(data: &Path, snapshot: &Path) -> Result<SyncStats, Error> {
+    let opts = SyncOptions {
+        link_base: None,
+        durable: true,
+    };
+    Ok(sync::sync_tree(data, snapshot, &opts)?)
+}
+
 /// Puts data/ back exactly as the snapshot holds it (copies: data/ must never share inodes with
 /// a snapshot).
 pub fn restore(snapshot: &Path, data: &Path) -> Result<SyncStats, Error> {
@@ -74,7 +85,10 @@ fn kind_word(kind: ChangeKind) -> &'static str {
 /// Compares run/ with the release tree it was switched to (`None`: nothing was live, so
 /// anything in run/ was put there by hand).
 pub fn find_drift(run: &Path, release_tree: Option<&Path>) -> Result<Drift, Error> {
-    if fs::symlink_metadata(run).map(|m| !m.is_dir()).unwrap_or(true) {
+    if fs::symlink_metadata(run)
+        .map(|m| !m.is_dir())
+        .unwrap_or(true)
+    {
         return Ok(Drift { changes: vec![] });
     }
     let empty;

@@ -16,7 +16,11 @@ use crate::report::Reporter;
 use crate::status;
 
 #[derive(Debug, Parser)]
-#[command(name = "kiln", version, about = "A git-push PaaS node with transactional deploys")]
+#[command(
+    name = "kiln",
+    version,
+    about = "A git-push PaaS node with transactional deploys"
+)]
 struct Cli {
     /// The node's root directory (default: $KILN_ROOT, else /srv/projects).
     #[arg(long, global = true, value_name = "DIR")]
@@ -67,7 +71,10 @@ enum Command {
         with_data: bool,
     },
     /// The log of a release (default: the newest).
-    Logs { name: String, release: Option<String> },
+    Logs {
+        name: String,
+        release: Option<String>,
+    },
     /// Change a project's mode (data/ is never touched).
     Mode { name: String, mode: String },
     /// Finish undoing an interrupted deploy.
@@ -86,7 +93,11 @@ pub fn main() -> i32 {
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,
         Err(e) => {
-            let code = if e.use_stderr() { EXIT_BAD_INPUT } else { EXIT_OK };
+            let code = if e.use_stderr() {
+                EXIT_BAD_INPUT
+            } else {
+                EXIT_OK
+            };
             let _ = e.print();
             return code;
         }
@@ -114,7 +125,9 @@ fn error_chain(error: &Error) -> String {
     // Lowercase first letter, as every kiln error line is.
     let mut chars = text.chars();
     match chars.next() {
-        Some(first) if !text.starts_with("deploy FAILED") && !text.starts_with("rollback FAILED") => {
+        Some(first)
+            if !text.starts_with("deploy FAILED") && !text.starts_with("rollback FAILED") =>
+        {
             first.to_lowercase().collect::<String>() + chars.as_str()
         }
         _ => text,
@@ -149,18 +162,22 @@ fn dispatch(cli: Cli) -> Result<(), Error> {
                 },
                 &kiln,
             )?;
-            let verb = if report.existed { "repaired" } else { "created" };
+            let verb = if report.existed {
+                "repaired"
+            } else {
+                "created"
+            };
             println!("{verb} project `{name}` under {}", node.root.display());
             for path in &report.created {
                 println!("  + {}", path.display());
             }
             println!("push to it with:");
-            println!(
-                "  git remote add kiln {}",
-                report.project_repo.display()
-            );
+            println!("  git remote add kiln {}", report.project_repo.display());
             println!("  git push kiln master");
-            println!("pillar (private settings): {}", report.pillar_repo.display());
+            println!(
+                "pillar (private settings): {}",
+                report.pillar_repo.display()
+            );
             Ok(())
         }
         Command::Deploy { name, rev } => {
@@ -197,7 +214,7 @@ fn dispatch(cli: Cli) -> Result<(), Error> {
         } => {
             let project = node.project(&name)?;
             let mut out = Reporter::to_stdout();
-            crate::rollback::rollback_to(&node, &project, release.as_deref(), with_data, &mut out)
+            crate::deploy::rollback_to(&node, &project, release.as_deref(), with_data, &mut out)
         }
         Command::Mode { name, mode } => {
             let mode = parse_mode(&mode)?;

@@ -114,26 +114,8 @@ pub fn deploy(
     lock.set_holder("deploy", Some(&release))?;
     paths.ensure()?;
 
-    let mut log = ReleaseLog::load(&paths.release_log())?;
-    let live = log.current.clone();
-    let merged = settings::merge(
-        json!({
-            "project": paths.name,
-            "mode": mode.as_str(),
-            "release": release,
-            "commit": commit.to_string(),
-            "environment": node.config.environment.as_str(),
-        }),
-        &recipe.defaults,
-        pillar.settings.as_ref(),
-        node.config.environment.as_str(),
-    );
-    let secrets = pillar
-        .settings
-        .as_ref()
-        .map(settings::secrets)
-        .unwrap_or_default();
-    let user_env = settings::env_vars(&merged)?;
+    let log = ReleaseLog::load(&paths.release_log())?;
+    let settings = Settings::gather(node, project, &recipe, &pillar, &release, commit)?;
 
     out.open_logs(&paths.log_file(&release), &paths.events_file(&release))?;
     out.headline(&format!(
@@ -143,10 +125,29 @@ pub fn deploy(
         paths.name,
         mode.as_str()
     ));
-    out.event(json!({"event": "deploy_start", "release": release, "commit": commit.to_string(),
-        "mode": mode.as_str(), "who": request.who, "time": crate::report::now()}));
+    out.event(
+        json!({"event": "deploy_start", "release": release, "commit": commit.to_string(),
+        "mode": mode.as_str(), "who": request.who, "time": crate::report::now()}),
+    );
 
-    log.records.push(Record {
+    let mut run = Run {
+        node,
+        project,
+        repo: &repo,
+        recipe: &recipe,
+        mode,
+        release: release.clone(),
+        commit,
+        live: log.current.clone(),
+        pillar_rev: pillar.rev.clone(),
+        redactor: Redactor::new(&settings.secrets),
+        base_env: settings.env.clone(),
+        journal: None,
+        log,
+        archive: paths.archive_dir(&release),
+        out,
+    };
+    run.log.records.push(Record {
         id: release.clone(),
         commit: commit.to_string(),
         pillar_rev: pillar.rev.clone(),
@@ -158,34 +159,10 @@ pub fn deploy(
         failure: None,
         snapshot_at: None,
     });
-    log.save(&paths.release_log())?;
-
-    let common = paths.state.join(format!("common-{release}.json"));
-    crate::durable::write_atomic(
-        &common,
-        &serde_json::to_vec_pretty(&merged).unwrap_or_default(),
-        0o600,
-    )?;
-
-    let mut run = Run {
-        node,
-        project,
-        repo: &repo,
-        recipe: &recipe,
-        mode,
-        release: release.clone(),
-        commit,
-        live,
-        pillar_rev: pillar.rev.clone(),
-        redactor: Redactor::new(&secrets),
-        base_env: base_env(node, project, &release, commit, mode, &common, user_env),
-        journal: None,
-        log,
-        archive: paths.archive_dir(&release),
-        out,
-    };
+    run.log.save(&paths.release_log())?;
+    let secrets = settings.secrets.clone();
     let outcome = run.pipeline(&secrets);
-    let _ = fs::remove_file(&common);
+    drop(settings);
     match outcome {
         Ok(()) => {
             run.out.headline(&format!(
@@ -193,8 +170,10 @@ pub fn deploy(
                 git::short(commit),
                 seconds(started.elapsed())
             ));
-            run.out.event(json!({"event": "deploy_end", "release": release, "status": "good",
-                "seconds": started.elapsed().as_secs_f64()}));
+            run.out.event(
+                json!({"event": "deploy_end", "release": release, "status": "good",
+                "seconds": started.elapsed().as_secs_f64()}),
+            );
             run.out.close_logs();
             Ok(Deployed { release, commit })
         }
@@ -206,48 +185,90 @@ pub fn deploy(
     }
 }
 
-/// The documented environment of project commands (DESIGN.md section 4), minus KILN_STAGE.
-fn base_env(
-    node: &Node,
-    project: &Project,
-    release: &str,
-    commit: Oid,
-    mode: Mode,
-    common: &Path,
-    user_env: BTreeMap<String, String>,
-) -> BTreeMap<String, String> {
-    let p = &project.paths;
-    let mut env = BTreeMap::new();
-    let path = std::env::var("PATH").unwrap_or_else(|_| "/usr/local/bin:/usr/bin:/bin".into());
-    env.insert("PATH".into(), path);
-    if let Ok(home) = std::env::var("HOME") {
-        env.insert("HOME".into(), home);
-    }
-    env.insert("LANG".into(), "C.UTF-8".into());
-    let dir = |p: &Path| p.display().to_string();
-    env.insert("KILN_PROJECT".into(), p.name.clone());
-    env.insert("KILN_MODE".into(), mode.as_str().into());
-    env.insert("KILN_RELEASE".into(), release.into());
-    env.insert("KILN_COMMIT".into(), commit.to_string());
-    env.insert("KILN_ROOT".into(), dir(&node.root));
-    env.insert("KILN_PROJECT_DIR".into(), dir(&p.project));
-    env.insert("KILN_BUILD_DIR".into(), dir(&p.build));
-    env.insert("KILN_DEPLOY_DIR".into(), dir(&p.release_dir(release)));
-    env.insert("KILN_RUN_DIR".into(), dir(&p.run));
-    env.insert("KILN_DATA_DIR".into(), dir(&p.data));
-    env.insert("KILN_PILLAR_DIR".into(), dir(&p.pillar));
-    env.insert(
-        "KILN_BACKUP_DIR".into(),
-        dir(&p.archive_dir(release).join("backup")),
-    );
-    env.insert("KILN_COMMON".into(), dir(common));
-    // The merged `env:` settings come last but may not override kiln's own variables.
-    for (key, value) in user_env {
-        if !key.starts_with("KILN_") {
-            env.insert(key, value);
+/// The merged settings of one deploy: the environment of project commands (DESIGN.md
+/// section 4, minus KILN_STAGE), the pillar's secrets, and the `$KILN_COMMON` file, which is
+/// readable only by kiln's user and removed when the deploy ends.
+struct Settings {
+    env: BTreeMap<String, String>,
+    secrets: Vec<String>,
+    common: PathBuf,
+}
+
+impl Settings {
+    fn gather(
+        node: &Node,
+        project: &Project,
+        recipe: &Recipe,
+        pillar: &Pillar,
+        release: &str,
+        commit: Oid,
+    ) -> Result<Settings, Error> {
+        let p = &project.paths;
+        let mode = project.config.mode;
+        let environment = node.config.environment.as_str();
+        let merged = settings::merge(
+            json!({
+                "project": p.name,
+                "mode": mode.as_str(),
+                "release": release,
+                "commit": commit.to_string(),
+                "environment": environment,
+            }),
+            &recipe.defaults,
+            pillar.settings.as_ref(),
+            environment,
+        );
+        let secrets = pillar
+            .settings
+            .as_ref()
+            .map(settings::secrets)
+            .unwrap_or_default();
+        let user_env = settings::env_vars(&merged)?;
+        let common = p.state.join(format!("common-{release}.json"));
+        crate::durable::write_atomic(
+            &common,
+            &serde_json::to_vec_pretty(&merged).unwrap_or_default(),
+            0o600,
+        )?;
+
+        let mut env = BTreeMap::new();
+        let path = std::env::var("PATH").unwrap_or_else(|_| "/usr/local/bin:/usr/bin:/bin".into());
+        env.insert("PATH".into(), path);
+        if let Ok(home) = std::env::var("HOME") {
+            env.insert("HOME".into(), home);
         }
+        env.insert("LANG".into(), "C.UTF-8".into());
+        let dir = |p: &Path| p.display().to_string();
+        env.insert("KILN_PROJECT".into(), p.name.clone());
+        env.insert("KILN_MODE".into(), mode.as_str().into());
+        env.insert("KILN_RELEASE".into(), release.into());
+        env.insert("KILN_COMMIT".into(), commit.to_string());
+        env.insert("KILN_ROOT".into(), dir(&node.root));
+        env.insert("KILN_PROJECT_DIR".into(), dir(&p.project));
+        env.insert("KILN_BUILD_DIR".into(), dir(&p.build));
+        env.insert("KILN_DEPLOY_DIR".into(), dir(&p.release_dir(release)));
+        env.insert("KILN_RUN_DIR".into(), dir(&p.run));
+        env.insert("KILN_DATA_DIR".into(), dir(&p.data));
+        env.insert("KILN_PILLAR_DIR".into(), dir(&p.pillar));
+        env.insert(
+            "KILN_BACKUP_DIR".into(),
+            dir(&p.archive_dir(release).join("backup")),
+        );
+        env.insert("KILN_COMMON".into(), dir(&common));
+        // settings::env_vars refuses KILN_* names, so the user's env cannot override these.
+        env.extend(user_env);
+        Ok(Settings {
+            env,
+            secrets,
+            common,
+        })
     }
-    env
+}
+
+impl Drop for Settings {
+    fn drop(&mut self) {
+        let _ = fs::remove_file(&self.common);
+    }
 }
 
 /// One deploy in progress.
@@ -301,6 +322,7 @@ impl Run<'_> {
                 run_inode: None,
                 switch: Method::Exchange.as_str().into(),
                 snapshot: None,
+                archive: self.archive.clone(),
                 undo: UndoCommands {
                     stop: self.recipe.services.stop.clone(),
                     start: self.recipe.services.start.clone(),
@@ -349,8 +371,14 @@ impl Run<'_> {
             }
             (Stage::Build, Mode::Cooking) => self.commands(stage, &paths.build),
             (Stage::Configure, Mode::Final) => {
-                crate::fetch::fetch_release(self.node, self.project, self.commit, &self.release, self.out)
-                    .map_err(fail)?;
+                crate::fetch::fetch_release(
+                    self.node,
+                    self.project,
+                    self.commit,
+                    &self.release,
+                    self.out,
+                )
+                .map_err(fail)?;
                 self.commands(stage, &paths.release_dir(&self.release))
             }
             (Stage::Build, Mode::Final) => {
@@ -362,9 +390,7 @@ impl Run<'_> {
                 self.commands(stage, &paths.build)?;
                 self.bundle().map_err(fail)
             }
-            (Stage::Bundle, Mode::Final) => {
-                self.commands(stage, &paths.release_dir(&self.release))
-            }
+            (Stage::Bundle, Mode::Final) => self.commands(stage, &paths.release_dir(&self.release)),
             (Stage::Deploy, Mode::Editable) => self.restart_in_place(),
             (Stage::Deploy, _) => self.go_live(),
             (Stage::PostDeploy, Mode::Editable) => {
@@ -527,6 +553,7 @@ impl Run<'_> {
         let env = self.env_for(Stage::Deploy);
         self.out.note(&format!("check: {}", check.command));
         let spec = CheckSpec {
+            stage: Stage::Deploy.as_str(),
             command: &check.command,
             cwd,
             env: &env,
@@ -634,7 +661,8 @@ impl Run<'_> {
         }
         if let Some(data) = data_from {
             backup::restore(data, &paths.data).map_err(fail)?;
-            self.out.note(&format!("data/ put back from {}", data.display()));
+            self.out
+                .note(&format!("data/ put back from {}", data.display()));
         }
         crate::failpoint("after-switch");
         self.record(Phase::Switched).map_err(fail)?;
@@ -647,8 +675,10 @@ impl Run<'_> {
             method.as_str(),
             seconds(window.elapsed())
         ));
-        self.out.event(json!({"event": "switched", "release": self.release, "method": method.as_str(),
-            "stopped_seconds": window.elapsed().as_secs_f64()}));
+        self.out.event(
+            json!({"event": "switched", "release": self.release, "method": method.as_str(),
+            "stopped_seconds": window.elapsed().as_secs_f64()}),
+        );
         self.commands(Stage::Deploy, &paths.run)?;
         crate::failpoint("after-deploy-commands");
         self.check(&paths.run)
@@ -675,7 +705,8 @@ impl Run<'_> {
         for line in &listed {
             self.out.note(&format!("  {line}"));
         }
-        self.out.event(json!({"event": "drift", "changes": listed, "saved": dest}));
+        self.out
+            .event(json!({"event": "drift", "changes": listed, "saved": dest}));
         Ok(())
     }
 
@@ -700,11 +731,15 @@ impl Run<'_> {
         Journal::remove(&paths.journal())?;
         self.journal = None;
         if self.mode != Mode::Editable {
-            crate::durable::replace_symlink(Path::new(&self.release), &paths.deploy.join("current"))?;
+            crate::durable::replace_symlink(
+                Path::new(&self.release),
+                &paths.deploy.join("current"),
+            )?;
         }
         let pruned = prune(&paths, &self.log, self.recipe.keep as usize);
         if !pruned.is_empty() {
-            self.out.note(&format!("pruned {} old release(s)", pruned.len()));
+            self.out
+                .note(&format!("pruned {} old release(s)", pruned.len()));
         }
         Ok(())
     }
@@ -712,7 +747,9 @@ impl Run<'_> {
     /// Undoes the failed deploy and builds the error for the final line.
     fn fail(&mut self, failure: Failure) -> Error {
         let paths = self.paths().clone();
-        self.out.event(json!({"event": "failure", "stage": failure.stage.as_str(), "reason": failure.reason}));
+        self.out.event(
+            json!({"event": "failure", "stage": failure.stage.as_str(), "reason": failure.reason}),
+        );
         let outcome = match self.journal.take() {
             Some(journal) => rollback::undo(&paths, &journal, &failure.reason, self.out),
             None => {
@@ -790,3 +827,127 @@ pub fn failed_tree(paths: &crate::layout::ProjectPaths, release: &str) -> PathBu
     paths.archive_dir(release).join("failed")
 }
 
+/// `kiln rollback`: takes the last good release before the live one (or `release`) live again
+/// through the same journaled switch as a deploy. `with_data` also puts data/ back as it was
+/// when that release was last live (the snapshot taken just before the release that followed it).
+pub fn rollback_to(
+    node: &Node,
+    project: &Project,
+    release: Option<&str>,
+    with_data: bool,
+    out: &mut Reporter,
+) -> Result<(), Error> {
+    let paths = &project.paths;
+    if project.config.mode == Mode::Editable {
+        return Err(Error::Usage(
+            "editable mode has no releases to roll back to: push the commit you want".into(),
+        ));
+    }
+    let lock = lock(project, "rollback", out)?;
+    rollback::recover(node, project, out)?;
+    let log = ReleaseLog::load(&paths.release_log())?;
+    let target = match release {
+        Some(id) => log
+            .get(id)
+            .filter(|r| matches!(r.status, Status::Good | Status::RolledBack))
+            .ok_or_else(|| Error::UnknownRelease {
+                project: paths.name.clone(),
+                release: id.to_string(),
+            })?,
+        None => log
+            .records
+            .iter()
+            .rev()
+            .find(|r| r.status == Status::Good && Some(&r.id) != log.current.as_ref())
+            .ok_or_else(|| Error::NothingToRollBack {
+                project: paths.name.clone(),
+            })?,
+    }
+    .clone();
+    let tree = paths.release_dir(&target.id);
+    if !tree.is_dir() {
+        return Err(Error::Refused {
+            message: format!(
+                "the tree of release {} is gone from {}: it was pruned",
+                target.id,
+                paths.deploy.display()
+            ),
+        });
+    }
+    let data_from = if with_data {
+        let position = log.records.iter().position(|r| r.id == target.id);
+        let snapshot = position
+            .and_then(|i| {
+                log.records[i + 1..]
+                    .iter()
+                    .find(|r| r.snapshot_at.is_some())
+            })
+            .map(|r| paths.archive_dir(&r.id).join("data"))
+            .filter(|d| d.is_dir());
+        Some(snapshot.ok_or_else(|| Error::Refused {
+            message: format!(
+                "no data snapshot of the time {} was live is kept: roll back without `--with-data`",
+                target.id
+            ),
+        })?)
+    } else {
+        None
+    };
+    lock.set_holder("rollback", Some(&target.id))?;
+    let repo = git::open_bare(&paths.project_repo)?;
+    let commit = Oid::from_str(&target.commit).map_err(|_| Error::UnknownRev {
+        rev: target.commit.clone(),
+        repo: paths.project_repo.clone(),
+    })?;
+    let recipe = read_recipe(&repo, commit)?;
+    let pillar = Pillar::current(paths)?;
+    let settings = Settings::gather(node, project, &recipe, &pillar, &target.id, commit)?;
+    let archive = paths.archive_dir(&format!(
+        "{}-rollback-{}",
+        target.id,
+        release::new_id(Utc::now())
+    ));
+    fs::create_dir_all(&archive).map_err(|e| io_error("create", &archive, e))?;
+    out.open_logs(
+        &archive.join("rollback.log"),
+        &archive.join("rollback.jsonl"),
+    )?;
+    out.headline(&format!(
+        "rolling back {} to {} ({})",
+        paths.name,
+        target.id,
+        &target.commit[..7]
+    ));
+    let mut run = Run {
+        node,
+        project,
+        repo: &repo,
+        recipe: &recipe,
+        mode: project.config.mode,
+        release: target.id.clone(),
+        commit,
+        live: log.current.clone(),
+        pillar_rev: pillar.rev.clone(),
+        redactor: Redactor::new(&settings.secrets),
+        base_env: settings.env.clone(),
+        journal: None,
+        log,
+        archive,
+        out,
+    };
+    let outcome = run
+        .begin_journal("rollback", &settings.secrets)
+        .map_err(|e| Failure::new(Stage::Deploy, e))
+        .and_then(|()| run.go_live_with(&tree, data_from.as_deref()))
+        .and_then(|()| {
+            run.commit_release()
+                .map_err(|e| Failure::new(Stage::PostDeploy, e))
+        });
+    match outcome {
+        Ok(()) => {
+            run.out.headline(&format!("rolled back to {}", target.id));
+            Ok(())
+        }
+        Err(failure) => Err(run.fail(failure)),
+    }
+}

@@ -42,10 +42,7 @@ pub enum Error {
     },
 
     #[error("git: could not {action}: {}", source.message())]
-    Git {
-        action: String,
-        source: git2::Error,
-    },
+    Git { action: String, source: git2::Error },
 
     #[error("unknown revision `{rev}` in `{}`", repo.display())]
     UnknownRev { rev: String, repo: PathBuf },

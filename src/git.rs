@@ -16,8 +16,8 @@ use crate::error::{Error, git_error, io_error};
 /// Opens a bare repo. Inside a pre-receive hook the pushed objects are still in git's
 /// quarantine directory, which libgit2 does not know about: add it as an alternate.
 pub fn open_bare(path: &Path) -> Result<Repository, Error> {
-    let repo = Repository::open_bare(path)
-        .map_err(git_error(format!("open `{}`", path.display())))?;
+    let repo =
+        Repository::open_bare(path).map_err(git_error(format!("open `{}`", path.display())))?;
     if let Some(quarantine) = std::env::var_os("GIT_QUARANTINE_PATH") {
         let odb = repo.odb().map_err(git_error("read the object database"))?;
         odb.add_disk_alternate(&quarantine.to_string_lossy())
@@ -33,7 +33,8 @@ pub fn init_bare(path: &Path, branch: &str) -> Result<bool, Error> {
     }
     let mut opts = git2::RepositoryInitOptions::new();
     opts.bare(true).initial_head(branch).mkpath(true);
-    Repository::init_opts(path, &opts).map_err(git_error(format!("create `{}`", path.display())))?;
+    Repository::init_opts(path, &opts)
+        .map_err(git_error(format!("create `{}`", path.display())))?;
     Ok(true)
 }
 
@@ -58,7 +59,9 @@ pub fn read_file(repo: &Repository, oid: Oid, path: &str) -> Result<Option<Vec<u
     let commit = repo
         .find_commit(oid)
         .map_err(git_error(format!("read commit {oid}")))?;
-    let tree = commit.tree().map_err(git_error(format!("read the tree of {oid}")))?;
+    let tree = commit
+        .tree()
+        .map_err(git_error(format!("read the tree of {oid}")))?;
     let entry = match tree.get_path(Path::new(path)) {
         Ok(entry) => entry,
         Err(_) => return Ok(None),
@@ -76,7 +79,10 @@ pub fn read_file(repo: &Repository, oid: Oid, path: &str) -> Result<Option<Vec<u
 pub fn summary(repo: &Repository, oid: Oid) -> String {
     repo.find_commit(oid)
         .ok()
-        .and_then(|c| c.summary().map(str::to_string))
+        .and_then(|c| {
+            c.summary_bytes()
+                .map(|b| String::from_utf8_lossy(b).into_owned())
+        })
         .unwrap_or_default()
 }
 
@@ -88,11 +94,15 @@ pub fn export(repo: &Repository, oid: Oid, dest: &Path) -> Result<u64, Error> {
     let commit = repo
         .find_commit(oid)
         .map_err(git_error(format!("read commit {oid}")))?;
-    let tree = commit.tree().map_err(git_error(format!("read the tree of {oid}")))?;
+    let tree = commit
+        .tree()
+        .map_err(git_error(format!("read the tree of {oid}")))?;
     let mut count = 0u64;
     let mut failure: Option<Error> = None;
     tree.walk(git2::TreeWalkMode::PreOrder, |parent, entry| {
-        let path = dest.join(parent).join(OsStr::from_bytes(entry.name_bytes()));
+        let path = dest
+            .join(parent)
+            .join(OsStr::from_bytes(entry.name_bytes()));
         match write_entry(repo, entry, &path) {
             Ok(written) => {
                 count += written;
@@ -194,7 +204,10 @@ impl Checkout {
         let statuses = self
             .repo
             .statuses(Some(&mut opts))
-            .map_err(git_error(format!("read the status of `{}`", self.dir.display())))?;
+            .map_err(git_error(format!(
+                "read the status of `{}`",
+                self.dir.display()
+            )))?;
         let mut files: Vec<String> = statuses
             .iter()
             .filter(|s| s.status() != git2::Status::CURRENT)
@@ -215,7 +228,10 @@ impl Checkout {
         builder.force().remove_untracked(false);
         self.repo
             .checkout_tree(commit.as_object(), Some(&mut builder))
-            .map_err(git_error(format!("check out {oid} in `{}`", self.dir.display())))?;
+            .map_err(git_error(format!(
+                "check out {oid} in `{}`",
+                self.dir.display()
+            )))?;
         self.repo
             .set_head_detached(oid)
             .map_err(git_error(format!("move HEAD of `{}`", self.dir.display())))?;

@@ -51,16 +51,31 @@ pub fn parse_updates(input: impl BufRead) -> Vec<RefUpdate> {
 pub fn pusher() -> String {
     std::env::var("KILN_USER")
         .or_else(|_| std::env::var("USER"))
-        .unwrap_or_else(|_| "unknown".into())
+        .ok()
+        .or_else(|| {
+            nix::unistd::User::from_uid(nix::unistd::getuid())
+                .ok()
+                .flatten()
+                .map(|u| u.name)
+        })
+        .unwrap_or_else(|| "unknown".into())
 }
 
-pub fn pre_receive(node: &Node, name: &str, repo: Repo, updates: &[RefUpdate]) -> Result<(), Error> {
+pub fn pre_receive(
+    node: &Node,
+    name: &str,
+    repo: Repo,
+    updates: &[RefUpdate],
+) -> Result<(), Error> {
     let project = node.project(name)?;
     match repo {
         Repo::Project => {
             let deploy_ref = format!("refs/heads/{}", project.config.branch);
             let bare = git::open_bare(&project.paths.project_repo)?;
-            for update in updates.iter().filter(|u| u.name == deploy_ref && !u.is_delete()) {
+            for update in updates
+                .iter()
+                .filter(|u| u.name == deploy_ref && !u.is_delete())
+            {
                 let oid = git2::Oid::from_str(&update.new).map_err(|_| Error::UnknownRev {
                     rev: update.new.clone(),
                     repo: project.paths.project_repo.clone(),

@@ -82,7 +82,11 @@ pub fn init(node: &Node, request: &InitRequest, kiln: &Path) -> Result<InitRepor
 fn install_hooks(repo: &Path, kiln: &Path, root: &Path, name: &str) -> Result<(), Error> {
     let hooks = repo.join("hooks");
     fs::create_dir_all(&hooks).map_err(|e| io_error("create", &hooks, e))?;
-    let which = if repo.ends_with("pillar.git") { "pillar" } else { "project" };
+    let which = if repo.ends_with("pillar.git") {
+        "pillar"
+    } else {
+        "project"
+    };
     for (file, template) in [("pre-receive", PRE_RECEIVE), ("post-receive", POST_RECEIVE)] {
         let text = template
             .replace("@KILN@", &shell_quote_inner(&kiln.display().to_string()))

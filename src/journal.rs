@@ -52,6 +52,8 @@ pub struct Journal {
     pub switch: String,
     /// Restore data/ from this snapshot when undoing (None: data/ was not touched).
     pub snapshot: Option<std::path::PathBuf>,
+    /// archives/<...> of this deploy or rollback: where the failed tree is kept.
+    pub archive: std::path::PathBuf,
     pub undo: UndoCommands,
     pub pid: u32,
 }
@@ -59,12 +61,14 @@ pub struct Journal {
 impl Journal {
     pub fn load(path: &Path) -> Result<Option<Journal>, Error> {
         match std::fs::read(path) {
-            Ok(bytes) => serde_json::from_slice(&bytes)
-                .map(Some)
-                .map_err(|e| Error::RollbackFailed {
-                    reason: format!("the journal `{}` is unreadable ({e})", path.display()),
-                    hint: "inspect run/ and data/ by hand, then remove the journal".into(),
-                }),
+            Ok(bytes) => {
+                serde_json::from_slice(&bytes)
+                    .map(Some)
+                    .map_err(|e| Error::RollbackFailed {
+                        reason: format!("the journal `{}` is unreadable ({e})", path.display()),
+                        hint: "inspect run/ and data/ by hand, then remove the journal".into(),
+                    })
+            }
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
             Err(e) => Err(io_error("read", path, e)),
         }

@@ -47,11 +47,10 @@ pub struct Layout {
 
 impl Layout {
     pub fn parse(text: &str, file: &Path) -> Result<Layout, Error> {
-        let parsed: LayoutFile =
-            serde_saphyr::from_str(text).map_err(|e| Error::BadLayout {
-                file: file.to_path_buf(),
-                message: e.to_string(),
-            })?;
+        let parsed: LayoutFile = serde_saphyr::from_str(text).map_err(|e| Error::BadLayout {
+            file: file.to_path_buf(),
+            message: e.to_string(),
+        })?;
         let d = &parsed.dirs;
         for (name, rel) in [
             ("project_repo", &d.project_repo),
@@ -281,10 +280,17 @@ mod tests {
     #[test]
     fn default_layout_places_every_part() {
         let paths = Layout::default_layout().project(Path::new("/srv/projects"), "shop");
-        assert_eq!(paths.project_repo, Path::new("/srv/projects/shop/git/project.git"));
+        assert_eq!(
+            paths.project_repo,
+            Path::new("/srv/projects/shop/git/project.git")
+        );
         assert_eq!(paths.run, Path::new("/srv/projects/shop/run"));
         assert_eq!(paths.private.len(), 3);
-        assert!(paths.private.contains(&PathBuf::from("/srv/projects/shop/state")));
+        assert!(
+            paths
+                .private
+                .contains(&PathBuf::from("/srv/projects/shop/state"))
+        );
     }
 
     #[test]

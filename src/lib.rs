@@ -8,8 +8,8 @@ pub mod bake;
 pub mod cli;
 pub mod config_error;
 pub mod deploy;
-pub mod duration;
 pub mod durable;
+pub mod duration;
 pub mod error;
 pub mod fetch;
 pub mod git;
@@ -47,8 +47,8 @@ pub fn run() -> i32 {
 /// A crash-test hook: with the `failpoints` feature, `FAILPOINTS=<name>=return` kills kiln
 /// with SIGKILL at that point, as a power cut would. Compiled to nothing otherwise.
 pub fn failpoint(name: &str) {
+    let _ = name;
     fail::fail_point!(name, |_| {
         let _ = nix::sys::signal::raise(nix::sys::signal::Signal::SIGKILL);
     });
 }
-

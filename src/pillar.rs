@@ -42,7 +42,10 @@ pub fn validate_push(
 ) -> Result<(), Error> {
     let branch_ref = format!("refs/heads/{}", project.config.branch);
     let repo = git::open_bare(&project.paths.pillar_repo)?;
-    for update in updates.iter().filter(|u| u.name == branch_ref && !u.is_delete()) {
+    for update in updates
+        .iter()
+        .filter(|u| u.name == branch_ref && !u.is_delete())
+    {
         let oid = git2::Oid::from_str(&update.new).map_err(|_| Error::UnknownRev {
             rev: update.new.clone(),
             repo: project.paths.pillar_repo.clone(),
@@ -63,7 +66,10 @@ pub fn after_push(
     out: &mut crate::report::Reporter,
 ) -> Result<(), Error> {
     let branch_ref = format!("refs/heads/{}", project.config.branch);
-    let Some(update) = updates.iter().find(|u| u.name == branch_ref && !u.is_delete()) else {
+    let Some(update) = updates
+        .iter()
+        .find(|u| u.name == branch_ref && !u.is_delete())
+    else {
         out.headline(&format!(
             "ignoring this pillar push: only {} is used",
             project.config.branch

@@ -29,6 +29,11 @@ impl Node {
                 .map_err(|e| io_error("read", Path::new("."), e))?
                 .join(root)
         };
+        // `./node` and `/a/./b` become plain paths: they are printed and written into hooks.
+        let root: PathBuf = root
+            .components()
+            .filter(|c| !matches!(c, std::path::Component::CurDir))
+            .collect();
         let config = NodeConfig::load(&root.join("node.yml"))?;
         let layout = match &config.layout {
             Some(file) => {

@@ -164,7 +164,10 @@ mod tests {
         let prunable = log.prunable(2);
         assert!(!prunable.contains(&"a".to_string()));
         assert!(prunable.contains(&"f0".to_string()));
-        assert!(!prunable.contains(&"f9".to_string()), "newest failures kept for inspection");
+        assert!(
+            !prunable.contains(&"f9".to_string()),
+            "newest failures kept for inspection"
+        );
         assert_eq!(prunable.len(), 8);
     }
 

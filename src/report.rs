@@ -125,7 +125,9 @@ impl OutputSink for Reporter {
                 Stream::Stdout => "stdout",
                 Stream::Stderr => "stderr",
             };
-            self.event(json!({"event": "output", "stream": stream, "line": String::from_utf8_lossy(line)}));
+            self.event(
+                json!({"event": "output", "stream": stream, "line": String::from_utf8_lossy(line)}),
+            );
         }
     }
 }

@@ -32,7 +32,7 @@ pub fn undo(
     out.headline(&format!("rolling back {release}"));
     let redactor = Redactor::new(&journal.undo.secrets);
     let stopped = journal.phase >= Phase::Stopping;
-    let mut run = |label: &str, command: &str, out: &mut Reporter| -> Result<(), Error> {
+    let run = |label: &str, command: &str, out: &mut Reporter| -> Result<(), Error> {
         out.command(label, command);
         let spec = CommandSpec {
             stage: label,
@@ -53,7 +53,8 @@ pub fn undo(
             }
         }
     }
-    let failed = paths.archive_dir(release).join("failed");
+    let failed = journal.archive.join("failed");
+    let is_deploy = journal.action == "deploy";
     let method = Method::parse(&journal.switch);
     let switched = match method {
         Method::Exchange => {
@@ -61,8 +62,7 @@ pub fn undo(
         }
         Method::InPlace => journal.phase >= Phase::Switching,
     };
-    fs::create_dir_all(paths.archive_dir(release))
-        .map_err(|e| io_error("create", &paths.archives, e))?;
+    fs::create_dir_all(&journal.archive).map_err(|e| io_error("create", &journal.archive, e))?;
     if switched {
         match method {
             Method::Exchange => {
@@ -79,7 +79,7 @@ pub fn undo(
             }
         }
         out.note("run/ switched back");
-    } else {
+    } else if is_deploy {
         let tree = paths.release_dir(release);
         if tree.exists() {
             keep_failed(&tree, &failed)?;
@@ -106,7 +106,9 @@ pub fn undo(
             run("rollback", start, out)?;
         }
     }
-    mark_failed(paths, release, reason)?;
+    if is_deploy {
+        mark_failed(paths, release, reason)?;
+    }
     Journal::remove(&paths.journal())?;
     out.event(json!({"event": "rolled_back", "release": release, "to": journal.previous}));
     Ok(match &journal.previous {
@@ -142,7 +144,11 @@ pub fn recover(_node: &Node, project: &Project, out: &mut Reporter) -> Result<bo
         // A deploy without journal (editable mode) that died: nothing to undo, but the log
         // must not say it is still running.
         let mut changed = false;
-        for record in log.records.iter_mut().filter(|r| r.status == Status::Running) {
+        for record in log
+            .records
+            .iter_mut()
+            .filter(|r| r.status == Status::Running)
+        {
             record.status = Status::Failed;
             record.finished = Some(Utc::now());
             record.failure = Some("interrupted".into());

@@ -60,7 +60,10 @@ pub fn status(project: &Project, as_json: bool) -> Result<(), Error> {
             "drift": drift,
             "run": run,
         });
-        println!("{}", serde_json::to_string_pretty(&value).unwrap_or_default());
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&value).unwrap_or_default()
+        );
         return Ok(());
     }
     println!("project:     {}", paths.name);
@@ -101,7 +104,10 @@ pub fn status(project: &Project, as_json: bool) -> Result<(), Error> {
     if drift.is_empty() {
         println!("drift:       none");
     } else {
-        println!("drift:       {} manual change(s), saved at the next deploy:", drift.len());
+        println!(
+            "drift:       {} manual change(s), saved at the next deploy:",
+            drift.len()
+        );
         for line in drift {
             println!("  {line}");
         }
@@ -113,7 +119,10 @@ pub fn releases(project: &Project, as_json: bool) -> Result<(), Error> {
     let log = ReleaseLog::load(&project.paths.release_log())?;
     if as_json {
         let value = json!({"current": log.current, "releases": log.records});
-        println!("{}", serde_json::to_string_pretty(&value).unwrap_or_default());
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&value).unwrap_or_default()
+        );
         return Ok(());
     }
     println!(
@@ -131,7 +140,10 @@ pub fn releases(project: &Project, as_json: bool) -> Result<(), Error> {
             "{live} {:<25}  {:<7}  {:<7}  {:<11}  {:<10}  {:<20}  {}",
             r.id,
             short(&r.commit),
-            r.pillar_rev.as_deref().map(short).unwrap_or_else(|| "-".into()),
+            r.pillar_rev
+                .as_deref()
+                .map(short)
+                .unwrap_or_else(|| "-".into()),
             r.status.as_str(),
             r.who,
             r.started.format("%Y-%m-%d %H:%M:%SZ").to_string(),
@@ -174,12 +186,17 @@ pub fn set_mode(node: &Node, project: &Project, mode: Mode) -> Result<(), Error>
     let mut config = project.config.clone();
     if mode == Mode::Final && config.source.is_none() {
         return Err(Error::Usage(
-            "final mode needs a release source: run `kiln init <name> --mode final --source URL`".into(),
+            "final mode needs a release source: run `kiln init <name> --mode final --source URL`"
+                .into(),
         ));
     }
     config.mode = mode;
     let _ = node;
-    crate::durable::write_atomic(&project.paths.project_yml, config.to_yaml().as_bytes(), 0o644)?;
+    crate::durable::write_atomic(
+        &project.paths.project_yml,
+        config.to_yaml().as_bytes(),
+        0o644,
+    )?;
     println!(
         "project `{}` is now in {} mode; the next deploy uses it",
         project.paths.name,

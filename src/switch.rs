@@ -52,7 +52,11 @@ pub fn method(run: &Path, shadow: &Path) -> Method {
     let _ = std::fs::remove_dir(&a);
     let _ = std::fs::remove_dir(&b);
     let _ = shadow;
-    if ok { Method::Exchange } else { Method::InPlace }
+    if ok {
+        Method::Exchange
+    } else {
+        Method::InPlace
+    }
 }
 
 /// Swaps two directories atomically.
