@@ -1,0 +1,831 @@
+//! Unpacks a release archive into `deploy/<release>` on a production node.
+//!
+//! This is production's security boundary: the archive comes from another machine and is
+//! treated as hostile even after its checksum and signature were verified. Every entry is
+//! validated before anything is written for it, files are written by this module (the tar
+//! crate's own unpacking skips `..` entries silently, creates symlinks that point anywhere
+//! and turns device nodes into regular files), and everything lands in a private temp dir
+//! that becomes `dest` only once the whole archive has passed. A refused archive leaves
+//! nothing behind.
+
+use std::cell::Cell;
+use std::collections::HashMap;
+use std::ffi::{OsStr, OsString};
+use std::fs::{self, File};
+use std::io::{self, Read, Write};
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::rc::Rc;
+use std::sync::mpsc::{self, Receiver};
+use std::thread;
+
+use nix::sys::stat::{Mode, UtimensatFlags, fchmod, futimens, utimensat};
+use nix::sys::time::TimeSpec;
+use tar::EntryType;
+
+/// Decompressed bytes handed from the decompressor thread at once.
+const CHUNK: usize = 256 * 1024;
+/// Chunks in flight between decompression and writing (4 MiB).
+const DEPTH: usize = 16;
+/// How much the tar crate may read between one entry's data and the next entry's data:
+/// the next header plus its PAX and GNU long-name records, which the crate holds in memory.
+/// Real ones are a few KiB; this bounds what a hostile archive can make us allocate.
+const METADATA_BUDGET: u64 = 1 << 20;
+/// Zero padding tolerated after the end-of-archive marker (tar pads to its record size).
+const TRAILER_BUDGET: u64 = 1 << 20;
+
+/// Caps on what one archive may hold, checked before any data is written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    /// Largest total of the sizes declared by the archive's entries.
+    pub max_bytes: u64,
+    /// Largest number of entries.
+    pub max_entries: u64,
+}
+
+pub struct UnpackOptions<'a> {
+    pub limits: Limits,
+    /// Absolute symlink targets are allowed only inside these directories (the project's
+    /// run/ and data/: links into data/ are how apps keep uploads across releases).
+    pub link_roots: &'a [&'a Path],
+}
+
+/// What [`unpack`] wrote.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct UnpackInfo {
+    /// Entries in the archive (files, directories, symlinks).
+    pub entries: u64,
+    /// Regular files among them.
+    pub files: u64,
+    /// Bytes of file data written.
+    pub bytes: u64,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum UnpackError {
+    #[error("cannot unpack into `{}`: it already exists", path.display())]
+    DestExists { path: PathBuf },
+    #[error("cannot read release archive `{}`: {source}", path.display())]
+    Open { path: PathBuf, source: io::Error },
+    #[error("release archive `{}` is corrupt{}: {source}", archive.display(), after_entry(after))]
+    Corrupt {
+        archive: PathBuf,
+        /// The last entry read before the damage, if any.
+        after: Option<String>,
+        source: io::Error,
+    },
+    #[error("release archive `{}` refused: entry `{entry}` {reason}", archive.display())]
+    Refused {
+        archive: PathBuf,
+        entry: String,
+        reason: Refusal,
+    },
+    #[error("cannot write `{}` while unpacking: {source}", path.display())]
+    Io { path: PathBuf, source: io::Error },
+}
+
+fn after_entry(after: &Option<String>) -> String {
+    match after {
+        Some(name) => format!(" after entry `{name}`"),
+        None => String::new(),
+    }
+}
+
+/// Why an entry made the whole archive unacceptable.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Refusal {
+    #[error("has an empty path")]
+    EmptyPath,
+    #[error("has a NUL byte in its path")]
+    NulInPath,
+    #[error("has an absolute path")]
+    AbsolutePath,
+    #[error("has a `..` component")]
+    ParentComponent,
+    #[error("is a symlink with an empty or invalid target")]
+    BadLinkTarget,
+    #[error("is a symlink to `{target}`, which leaves the release")]
+    SymlinkEscapes { target: String },
+    #[error("is a symlink to `{target}`, an absolute path outside the allowed link roots")]
+    SymlinkOutsideRoots { target: String },
+    #[error("is a hard link, which kiln never bakes")]
+    HardLink,
+    #[error("is a {kind}; only files, directories and symlinks are allowed")]
+    ForbiddenType { kind: String },
+    #[error("would be written through the symlink `{link}`")]
+    ThroughSymlink { link: String },
+    #[error("would be written below the file `{file}`")]
+    BelowFile { file: String },
+    #[error("appears twice")]
+    Duplicate,
+    #[error("would replace a directory that earlier entries were written into")]
+    ReplacesDirectory,
+    #[error("goes past the limit of {max} entries")]
+    TooManyEntries { max: u64 },
+    #[error("brings the declared size past the limit of {max} bytes")]
+    TooManyBytes { max: u64 },
+    #[error("declares {declared} bytes but the archive holds only {actual}")]
+    Truncated { declared: u64, actual: u64 },
+    #[error("is preceded by more than {max} bytes of headers")]
+    MetadataTooLarge { max: u64 },
+}
+
+/// Unpacks `archive` (a `.tar.zst`) into `dest`, which must not exist.
+///
+/// Either the whole archive passes and `dest` appears (renamed from a private temp dir
+/// next to it), or nothing is left behind. Modes are applied exactly (without setuid,
+/// setgid and sticky bits), mtimes with nanoseconds; owners in the archive are ignored and
+/// directories missing from it are created 0755.
+pub fn unpack(
+    archive: &Path,
+    dest: &Path,
+    opts: &UnpackOptions,
+) -> Result<UnpackInfo, UnpackError> {
+    let io_err = |path: &Path| {
+        let path = path.to_path_buf();
+        move |source| UnpackError::Io { path, source }
+    };
+    match fs::symlink_metadata(dest) {
+        Ok(_) => {
+            return Err(UnpackError::DestExists {
+                path: dest.to_path_buf(),
+            });
+        }
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+        Err(e) => return Err(io_err(dest)(e)),
+    }
+    let Some(name) = dest.file_name() else {
+        return Err(io_err(dest)(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            "the destination has no file name",
+        )));
+    };
+    let parent = match dest.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p,
+        _ => Path::new("."),
+    };
+    let file = File::open(archive).map_err(|source| UnpackError::Open {
+        path: archive.to_path_buf(),
+        source,
+    })?;
+    let mut prefix = OsString::from(".");
+    prefix.push(name);
+    prefix.push(".unpack-");
+    let tmp = tempfile::Builder::new()
+        .prefix(&prefix)
+        .permissions(fs::Permissions::from_mode(0o700))
+        .tempdir_in(parent)
+        .map_err(io_err(parent))?;
+
+    let (rx, decompressor) = spawn_decompressor(file);
+    let mut unpacker = Unpacker {
+        archive,
+        root: tmp.path(),
+        opts,
+        seen: HashMap::new(),
+        dirs: Vec::new(),
+        root_meta: None,
+        declared: 0,
+        last: None,
+        info: UnpackInfo {
+            entries: 0,
+            files: 0,
+            bytes: 0,
+        },
+        buf: vec![0; CHUNK],
+    };
+    let result = unpacker.run(rx);
+    // The receiver is gone by now, so a decompressor still sending has stopped too.
+    if let Err(panic) = decompressor.join() {
+        std::panic::resume_unwind(panic);
+    }
+    result?;
+    let info = unpacker.info;
+    let finished = unpacker.finish();
+    if let Err(e) = finished {
+        make_removable(tmp.path());
+        return Err(e);
+    }
+
+    if let Err(e) = nix::fcntl::renameat2(
+        nix::fcntl::AT_FDCWD,
+        tmp.path(),
+        nix::fcntl::AT_FDCWD,
+        dest,
+        nix::fcntl::RenameFlags::RENAME_NOREPLACE,
+    ) {
+        make_removable(tmp.path());
+        if e == nix::errno::Errno::EEXIST {
+            return Err(UnpackError::DestExists {
+                path: dest.to_path_buf(),
+            });
+        }
+        return Err(io_err(dest)(e.into()));
+    }
+    // Renamed away: nothing left for the guard to clean up.
+    let _ = tmp.keep();
+    Ok(info)
+}
+
+/// What an earlier entry put at a path.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Seen {
+    Dir,
+    /// Created because an entry below it needed it; the archive may still describe it.
+    /// Holds its index in `Unpacker::dirs`.
+    ImplicitDir(usize),
+    File,
+    Symlink,
+}
+
+struct DirMeta {
+    path: PathBuf,
+    depth: usize,
+    mode: u32,
+    mtime: Option<TimeSpec>,
+}
+
+struct Unpacker<'a> {
+    archive: &'a Path,
+    root: &'a Path,
+    opts: &'a UnpackOptions<'a>,
+    /// Normalized relative path (components joined by `/`) of every entry so far.
+    seen: HashMap<Vec<u8>, Seen>,
+    /// Modes and mtimes are applied to directories only after their content is written.
+    dirs: Vec<DirMeta>,
+    /// Mode and mtime of a `./` entry, which describes the release root itself.
+    root_meta: Option<(u32, TimeSpec)>,
+    declared: u64,
+    /// The last entry seen, to locate damage in the stream.
+    last: Option<String>,
+    info: UnpackInfo,
+    buf: Vec<u8>,
+}
+
+type Entry<'r> = tar::Entry<'r, StreamReader>;
+
+impl Unpacker<'_> {
+    fn run(&mut self, rx: Receiver<io::Result<Vec<u8>>>) -> Result<(), UnpackError> {
+        let budget = Rc::new(Budget {
+            read: Cell::new(0),
+            allowed: Cell::new(METADATA_BUDGET),
+            exceeded: Cell::new(false),
+        });
+        let stream = StreamReader {
+            rx,
+            chunk: Vec::new(),
+            pos: 0,
+            budget: Rc::clone(&budget),
+        };
+        let mut tar = tar::Archive::new(stream);
+        let mut entries = tar.entries().map_err(|e| self.corrupt(e))?;
+        loop {
+            let entry = match entries.next() {
+                None => break,
+                Some(Ok(entry)) => entry,
+                Some(Err(e)) if budget.exceeded.get() => {
+                    let _ = e;
+                    return Err(self.refuse(
+                        self.last.clone().unwrap_or_default(),
+                        Refusal::MetadataTooLarge {
+                            max: METADATA_BUDGET,
+                        },
+                    ));
+                }
+                Some(Err(e)) => return Err(self.corrupt(e)),
+            };
+            self.entry(entry, &budget)?;
+        }
+        self.trailer(tar.into_inner(), &budget)
+    }
+
+    /// Reads what follows the end-of-archive marker: only zero padding may follow. Reading
+    /// to the end also makes zstd verify the frame's checksum.
+    fn trailer(&self, mut stream: StreamReader, budget: &Budget) -> Result<(), UnpackError> {
+        budget
+            .allowed
+            .set(budget.read.get().saturating_add(TRAILER_BUDGET));
+        let mut buf = [0u8; 8192];
+        loop {
+            let n = match stream.read(&mut buf) {
+                Ok(0) => return Ok(()),
+                Ok(n) => n,
+                Err(e) if budget.exceeded.get() => {
+                    let _ = e;
+                    return Err(self.corrupt(io::Error::other(
+                        "too much padding after the end of the archive",
+                    )));
+                }
+                Err(e) => return Err(self.corrupt(e)),
+            };
+            if buf[..n].iter().any(|&b| b != 0) {
+                return Err(self.corrupt(io::Error::other("data after the end of the archive")));
+            }
+        }
+    }
+
+    fn corrupt(&self, source: io::Error) -> UnpackError {
+        UnpackError::Corrupt {
+            archive: self.archive.to_path_buf(),
+            after: self.last.clone(),
+            source,
+        }
+    }
+
+    fn refuse(&self, entry: String, reason: Refusal) -> UnpackError {
+        UnpackError::Refused {
+            archive: self.archive.to_path_buf(),
+            entry,
+            reason,
+        }
+    }
+
+    fn io(&self, rel: &[u8]) -> impl FnOnce(io::Error) -> UnpackError + use<> {
+        let path = self.root.join(OsStr::from_bytes(rel));
+        move |source| UnpackError::Io { path, source }
+    }
+
+    fn entry(&mut self, mut entry: Entry, budget: &Budget) -> Result<(), UnpackError> {
+        let raw = entry.path_bytes().into_owned();
+        let name = show(&raw);
+        self.last = Some(name.clone());
+        let limits = self.opts.limits;
+
+        self.info.entries += 1;
+        if self.info.entries > limits.max_entries {
+            return Err(self.refuse(
+                name,
+                Refusal::TooManyEntries {
+                    max: limits.max_entries,
+                },
+            ));
+        }
+        let size = entry.size();
+        self.declared = self.declared.saturating_add(size);
+        if self.declared > limits.max_bytes {
+            return Err(self.refuse(
+                name,
+                Refusal::TooManyBytes {
+                    max: limits.max_bytes,
+                },
+            ));
+        }
+        // The entry passed the limits: its data, and the next entry's headers, may be read.
+        let data_end = entry
+            .raw_file_position()
+            .saturating_add(size.div_ceil(512).saturating_mul(512));
+        budget.allowed.set(data_end.saturating_add(METADATA_BUDGET));
+
+        let kind = entry.header().entry_type();
+        if kind.is_pax_global_extensions() {
+            // Global PAX defaults (e.g. from `git archive`) name no file; the crate skips them.
+            return Ok(());
+        }
+        let path = normalize(&raw).map_err(|r| self.refuse(name.clone(), r))?;
+        let kind = match kind {
+            EntryType::Regular => Seen::File,
+            EntryType::Directory => Seen::Dir,
+            EntryType::Symlink => Seen::Symlink,
+            EntryType::Link => return Err(self.refuse(name, Refusal::HardLink)),
+            other => {
+                let kind = match other {
+                    EntryType::Char => "character device".to_owned(),
+                    EntryType::Block => "block device".to_owned(),
+                    EntryType::Fifo => "fifo".to_owned(),
+                    other => format!("entry of type `{}`", other.as_byte().escape_ascii()),
+                };
+                return Err(self.refuse(name, Refusal::ForbiddenType { kind }));
+            }
+        };
+        let mode = entry
+            .header()
+            .mode()
+            .map_err(|e| self.corrupt(e))?
+            // No setuid, setgid or sticky bits from an archive.
+            & 0o777;
+        let mtime = mtime(&mut entry).map_err(|e| self.corrupt(e))?;
+
+        if path.is_empty() {
+            // `./`: the release root itself, as `tar -C tree .` writes it.
+            if kind != Seen::Dir {
+                return Err(self.refuse(name, Refusal::ReplacesDirectory));
+            }
+            if self.root_meta.is_some() {
+                return Err(self.refuse(name, Refusal::Duplicate));
+            }
+            self.root_meta = Some((mode, mtime));
+            return Ok(());
+        }
+        self.parents(&path, &name)?;
+        match self.seen.get(&path) {
+            None => {}
+            Some(&Seen::ImplicitDir(index)) if kind == Seen::Dir => {
+                self.seen.insert(path, Seen::Dir);
+                let dir = &mut self.dirs[index];
+                dir.mode = mode;
+                dir.mtime = Some(mtime);
+                return Ok(());
+            }
+            Some(Seen::ImplicitDir(_)) => {
+                return Err(self.refuse(name, Refusal::ReplacesDirectory));
+            }
+            Some(_) => return Err(self.refuse(name, Refusal::Duplicate)),
+        }
+        let abs = self.root.join(OsStr::from_bytes(&path));
+        match kind {
+            Seen::Dir => {
+                fs::DirBuilder::new()
+                    .mode(0o700)
+                    .create(&abs)
+                    .map_err(self.io(&path))?;
+                self.dirs.push(DirMeta {
+                    path: abs,
+                    depth: depth(&path),
+                    mode,
+                    mtime: Some(mtime),
+                });
+            }
+            Seen::Symlink => {
+                let target = match entry.link_name_bytes() {
+                    Some(t) if !t.is_empty() && !t.contains(&0) => t.into_owned(),
+                    _ => return Err(self.refuse(name, Refusal::BadLinkTarget)),
+                };
+                self.check_link(&path, &target)
+                    .map_err(|r| self.refuse(name.clone(), r))?;
+                std::os::unix::fs::symlink(OsStr::from_bytes(&target), &abs)
+                    .map_err(self.io(&path))?;
+                utimensat(
+                    nix::fcntl::AT_FDCWD,
+                    &abs,
+                    &mtime,
+                    &mtime,
+                    UtimensatFlags::NoFollowSymlink,
+                )
+                .map_err(|e| self.io(&path)(e.into()))?;
+            }
+            Seen::File => {
+                let written = self.write_file(&mut entry, &abs, &path, mode, mtime)?;
+                if written != size {
+                    return Err(self.refuse(
+                        name,
+                        Refusal::Truncated {
+                            declared: size,
+                            actual: written,
+                        },
+                    ));
+                }
+                self.info.files += 1;
+                self.info.bytes += written;
+            }
+            Seen::ImplicitDir(_) => {}
+        }
+        self.seen.insert(path, kind);
+        Ok(())
+    }
+
+    /// Checks every parent of `path` against earlier entries, creating missing ones.
+    fn parents(&mut self, path: &[u8], name: &str) -> Result<(), UnpackError> {
+        for (i, _) in path.iter().enumerate().filter(|&(_, &b)| b == b'/') {
+            let parent = &path[..i];
+            match self.seen.get(parent) {
+                Some(Seen::Dir | Seen::ImplicitDir(_)) => {}
+                Some(Seen::Symlink) => {
+                    return Err(self.refuse(
+                        name.to_owned(),
+                        Refusal::ThroughSymlink { link: show(parent) },
+                    ));
+                }
+                Some(Seen::File) => {
+                    return Err(
+                        self.refuse(name.to_owned(), Refusal::BelowFile { file: show(parent) })
+                    );
+                }
+                None => {
+                    let abs = self.root.join(OsStr::from_bytes(parent));
+                    fs::DirBuilder::new()
+                        .mode(0o700)
+                        .create(&abs)
+                        .map_err(self.io(parent))?;
+                    self.seen
+                        .insert(parent.to_vec(), Seen::ImplicitDir(self.dirs.len()));
+                    self.dirs.push(DirMeta {
+                        path: abs,
+                        depth: depth(parent),
+                        mode: 0o755,
+                        mtime: None,
+                    });
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Streams one file's data to disk; returns how many bytes the archive held for it.
+    fn write_file(
+        &mut self,
+        entry: &mut Entry,
+        abs: &Path,
+        rel: &[u8],
+        mode: u32,
+        mtime: TimeSpec,
+    ) -> Result<u64, UnpackError> {
+        // create_new + O_NOFOLLOW: never open something that is already there.
+        let mut file = fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .custom_flags(libc::O_NOFOLLOW)
+            .open(abs)
+            .map_err(self.io(rel))?;
+        let mut written = 0u64;
+        loop {
+            let n = match entry.read(&mut self.buf) {
+                Ok(0) => break,
+                Ok(n) => n,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => return Err(self.corrupt(e)),
+            };
+            file.write_all(&self.buf[..n]).map_err(self.io(rel))?;
+            written += n as u64;
+        }
+        // Explicit, so that the umask plays no part in the result.
+        fchmod(&file, Mode::from_bits_truncate(mode)).map_err(|e| self.io(rel)(e.into()))?;
+        futimens(&file, &mtime, &mtime).map_err(|e| self.io(rel)(e.into()))?;
+        Ok(written)
+    }
+
+    /// A relative target must stay inside the release when resolved lexically from the
+    /// link's directory; an absolute one must lie inside one of the link roots.
+    fn check_link(&self, path: &[u8], target: &[u8]) -> Result<(), Refusal> {
+        let shown = || show(target);
+        if target.starts_with(b"/") {
+            let target = lexical_absolute(target);
+            let inside = self.opts.link_roots.iter().any(|root| {
+                let root = lexical_absolute(root.as_os_str().as_bytes());
+                root.is_absolute && target.parts.starts_with(&root.parts)
+            });
+            if !inside {
+                return Err(Refusal::SymlinkOutsideRoots { target: shown() });
+            }
+            return Ok(());
+        }
+        let mut stack: Vec<&[u8]> = path.split(|&b| b == b'/').collect();
+        stack.pop(); // the link itself
+        for part in target.split(|&b| b == b'/') {
+            match part {
+                b"" | b"." => {}
+                b".." => {
+                    if stack.pop().is_none() {
+                        return Err(Refusal::SymlinkEscapes { target: shown() });
+                    }
+                }
+                part => stack.push(part),
+            }
+        }
+        Ok(())
+    }
+
+    /// Applies directory modes and mtimes, deepest first, so that writing into a directory
+    /// (or making a parent read-only) cannot disturb what was already set.
+    fn finish(mut self) -> Result<(), UnpackError> {
+        self.dirs.sort_by_key(|d| std::cmp::Reverse(d.depth));
+        for dir in &self.dirs {
+            let io_err = |source| UnpackError::Io {
+                path: dir.path.clone(),
+                source,
+            };
+            fs::set_permissions(&dir.path, fs::Permissions::from_mode(dir.mode)).map_err(io_err)?;
+            if let Some(mtime) = dir.mtime {
+                utimensat(
+                    nix::fcntl::AT_FDCWD,
+                    &dir.path,
+                    &mtime,
+                    &mtime,
+                    UtimensatFlags::NoFollowSymlink,
+                )
+                .map_err(|e| io_err(e.into()))?;
+            }
+        }
+        let root_err = |source| UnpackError::Io {
+            path: self.root.to_path_buf(),
+            source,
+        };
+        let (mode, mtime) = match self.root_meta {
+            Some((mode, mtime)) => (mode, Some(mtime)),
+            None => (0o755, None),
+        };
+        fs::set_permissions(self.root, fs::Permissions::from_mode(mode)).map_err(root_err)?;
+        if let Some(mtime) = mtime {
+            utimensat(
+                nix::fcntl::AT_FDCWD,
+                self.root,
+                &mtime,
+                &mtime,
+                UtimensatFlags::NoFollowSymlink,
+            )
+            .map_err(|e| root_err(e.into()))?;
+        }
+        Ok(())
+    }
+}
+
+/// Validates an entry's path and returns it normalized: components joined by `/`, without
+/// `.` components or empty ones. Empty means the release root (`./`).
+fn normalize(raw: &[u8]) -> Result<Vec<u8>, Refusal> {
+    if raw.is_empty() {
+        return Err(Refusal::EmptyPath);
+    }
+    if raw.contains(&0) {
+        return Err(Refusal::NulInPath);
+    }
+    if raw.starts_with(b"/") {
+        return Err(Refusal::AbsolutePath);
+    }
+    let mut out = Vec::with_capacity(raw.len());
+    for part in raw.split(|&b| b == b'/') {
+        match part {
+            b"" | b"." => {}
+            b".." => return Err(Refusal::ParentComponent),
+            part => {
+                if !out.is_empty() {
+                    out.push(b'/');
+                }
+                out.extend_from_slice(part);
+            }
+        }
+    }
+    Ok(out)
+}
+
+fn depth(path: &[u8]) -> usize {
+    path.iter().filter(|&&b| b == b'/').count()
+}
+
+struct Lexical<'a> {
+    is_absolute: bool,
+    parts: Vec<&'a [u8]>,
+}
+
+/// Resolves `.` and `..` without touching the filesystem; `..` at `/` stays at `/`.
+fn lexical_absolute(path: &[u8]) -> Lexical<'_> {
+    let mut parts = Vec::new();
+    for part in path.split(|&b| b == b'/') {
+        match part {
+            b"" | b"." => {}
+            b".." => {
+                parts.pop();
+            }
+            part => parts.push(part),
+        }
+    }
+    Lexical {
+        is_absolute: path.starts_with(b"/"),
+        parts,
+    }
+}
+
+/// The entry's mtime: the PAX record has nanoseconds, the header only seconds.
+fn mtime(entry: &mut Entry) -> io::Result<TimeSpec> {
+    if let Some(pax) = entry.pax_extensions()? {
+        for ext in pax {
+            let ext = ext?;
+            if ext.key_bytes() == b"mtime"
+                && let Some(t) = parse_pax_time(ext.value_bytes())
+            {
+                return Ok(t);
+            }
+        }
+    }
+    let secs = entry.header().mtime()?;
+    Ok(TimeSpec::new(i64::try_from(secs).unwrap_or(i64::MAX), 0))
+}
+
+/// Parses `[-]sec[.fraction]`; digits past nanoseconds are dropped.
+fn parse_pax_time(value: &[u8]) -> Option<TimeSpec> {
+    let text = std::str::from_utf8(value).ok()?;
+    let (negative, text) = match text.strip_prefix('-') {
+        Some(rest) => (true, rest),
+        None => (false, text),
+    };
+    let (secs, frac) = text.split_once('.').unwrap_or((text, ""));
+    if secs.is_empty() || !secs.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    if !frac.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    let secs: i64 = secs.parse().ok()?;
+    let mut nanos: i64 = 0;
+    for i in 0..9 {
+        let digit = frac.as_bytes().get(i).map_or(0, |b| i64::from(b - b'0'));
+        nanos = nanos * 10 + digit;
+    }
+    Some(if !negative {
+        TimeSpec::new(secs, nanos)
+    } else if nanos == 0 {
+        TimeSpec::new(-secs, 0)
+    } else {
+        TimeSpec::new(-secs - 1, 1_000_000_000 - nanos)
+    })
+}
+
+/// A path for messages: as is when UTF-8, escaped otherwise.
+fn show(bytes: &[u8]) -> String {
+    match std::str::from_utf8(bytes) {
+        Ok(s) => s.to_owned(),
+        Err(_) => bytes.escape_ascii().to_string(),
+    }
+}
+
+/// Best effort before cleanup: directories already set read-only could not be emptied.
+fn make_removable(root: &Path) {
+    for entry in walkdir::WalkDir::new(root).into_iter().flatten() {
+        if entry.file_type().is_dir() {
+            let _ = fs::set_permissions(entry.path(), fs::Permissions::from_mode(0o700));
+        }
+    }
+}
+
+/// Decompresses on its own thread so that zstd and the file writes overlap.
+fn spawn_decompressor(file: File) -> (Receiver<io::Result<Vec<u8>>>, thread::JoinHandle<()>) {
+    let (tx, rx) = mpsc::sync_channel(DEPTH);
+    let handle = thread::spawn(move || {
+        let mut decoder = match zstd::Decoder::new(file) {
+            Ok(d) => d,
+            Err(e) => {
+                let _ = tx.send(Err(e));
+                return;
+            }
+        };
+        loop {
+            let mut chunk = vec![0; CHUNK];
+            let mut got = 0;
+            while got < CHUNK {
+                match decoder.read(&mut chunk[got..]) {
+                    Ok(0) => break,
+                    Ok(n) => got += n,
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                    Err(e) => {
+                        let _ = tx.send(Err(e));
+                        return;
+                    }
+                }
+            }
+            if got == 0 {
+                return;
+            }
+            chunk.truncate(got);
+            // A send fails only when the unpacker stopped; then the rest is not needed.
+            if tx.send(Ok(chunk)).is_err() {
+                return;
+            }
+        }
+    });
+    (rx, handle)
+}
+
+/// How far the tar parser may read; see [`METADATA_BUDGET`].
+struct Budget {
+    read: Cell<u64>,
+    allowed: Cell<u64>,
+    exceeded: Cell<bool>,
+}
+
+/// The decompressed stream, as received from the decompressor thread.
+struct StreamReader {
+    rx: Receiver<io::Result<Vec<u8>>>,
+    chunk: Vec<u8>,
+    pos: usize,
+    budget: Rc<Budget>,
+}
+
+impl Read for StreamReader {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        if self.pos == self.chunk.len() {
+            match self.rx.recv() {
+                Ok(Ok(chunk)) => {
+                    self.chunk = chunk;
+                    self.pos = 0;
+                }
+                Ok(Err(e)) => return Err(e),
+                // The decompressor finished: end of stream.
+                Err(_) => return Ok(0),
+            }
+        }
+        let budget = &self.budget;
+        let room = budget.allowed.get().saturating_sub(budget.read.get());
+        if room == 0 {
+            budget.exceeded.set(true);
+            return Err(io::Error::other("headers exceed the metadata budget"));
+        }
+        let n = buf
+            .len()
+            .min(self.chunk.len() - self.pos)
+            .min(usize::try_from(room).unwrap_or(usize::MAX));
+        buf[..n].copy_from_slice(&self.chunk[self.pos..self.pos + n]);
+        self.pos += n;
+        budget.read.set(budget.read.get() + n as u64);
+        Ok(n)
+    }
+}
