@@ -39,6 +39,9 @@ pub struct DeployRequest {
     /// A revision of git/project.git; None: the tip of the deploy branch.
     pub rev: Option<String>,
     pub who: String,
+    /// A pillar push: deploy the live release again with the new settings. Its tree is reused
+    /// (configure, deploy and post_deploy run again; build does not).
+    pub settings_only: bool,
 }
 
 pub struct Deployed {
@@ -99,13 +102,32 @@ pub fn deploy(
 ) -> Result<Deployed, Error> {
     let lock = lock(project, "deploy", out)?;
     rollback::recover(node, project, out)?;
+    deploy_locked(node, project, request, &lock, out)
+}
+
+/// A deploy for a caller that already holds the project lock (and ran recovery).
+pub fn deploy_locked(
+    node: &Node,
+    project: &Project,
+    request: &DeployRequest,
+    lock: &ProjectLock,
+    out: &mut Reporter,
+) -> Result<Deployed, Error> {
     let started = Instant::now();
     let paths = &project.paths;
     let repo = git::open_bare(&paths.project_repo)?;
-    let rev = request
-        .rev
-        .clone()
-        .unwrap_or_else(|| project.config.branch.clone());
+    let log = ReleaseLog::load(&paths.release_log())?;
+    let reuse = log
+        .current
+        .as_ref()
+        .and_then(|id| log.get(id))
+        .filter(|_| request.settings_only)
+        .cloned();
+    let rev = match (&reuse, &request.rev) {
+        (Some(live), _) => live.commit.clone(),
+        (None, Some(rev)) => rev.clone(),
+        (None, None) => project.config.branch.clone(),
+    };
     let commit = git::resolve(&repo, &rev)?;
     let recipe = read_recipe(&repo, commit)?;
     let pillar = Pillar::current(paths)?;
@@ -114,9 +136,9 @@ pub fn deploy(
     lock.set_holder("deploy", Some(&release))?;
     paths.ensure()?;
 
-    let log = ReleaseLog::load(&paths.release_log())?;
     let settings = Settings::gather(node, project, &recipe, &pillar, &release, commit)?;
 
+    out.set_redactor(Redactor::new(&settings.secrets));
     out.open_logs(&paths.log_file(&release), &paths.events_file(&release))?;
     out.headline(&format!(
         "deploying {} ({}) of {} in {} mode as {release}",
@@ -144,6 +166,7 @@ pub fn deploy(
         base_env: settings.env.clone(),
         journal: None,
         log,
+        reuse: reuse.map(|r| r.id),
         archive: paths.archive_dir(&release),
         out,
     };
@@ -287,6 +310,8 @@ struct Run<'a> {
     base_env: BTreeMap<String, String>,
     journal: Option<Journal>,
     log: ReleaseLog,
+    /// A settings-only redeploy: the live release whose tree is reused.
+    reuse: Option<String>,
     /// archives/<release> for a deploy; archives/<release>-rollback-<id> for a rollback, so a
     /// rollback never overwrites what the release's own deploy kept.
     archive: PathBuf,
@@ -358,15 +383,33 @@ impl Run<'_> {
                 }
                 self.commands(stage, &paths.project)
             }
+            (Stage::Build, Mode::Editable | Mode::Cooking) if self.reuse.is_some() => {
+                self.out
+                    .note("skipped: only the settings changed, the release is not rebuilt");
+                Ok(())
+            }
             (Stage::Configure | Stage::Build, Mode::Editable) => {
                 self.commands(stage, &paths.project)
             }
             (Stage::Configure, Mode::Cooking) => {
-                let files = git::export(self.repo, self.commit, &paths.build).map_err(fail)?;
-                self.out.note(&format!(
-                    "exported {} ({files} files) into build/",
-                    git::short(self.commit)
-                ));
+                if let Some(live) = self.reuse.clone() {
+                    let stats = sync::sync_tree(
+                        &paths.release_dir(&live),
+                        &paths.build,
+                        &SyncOptions::default(),
+                    )
+                    .map_err(|e| fail(e.into()))?;
+                    self.out.note(&format!(
+                        "copied the tree of {live} ({} files) into build/",
+                        stats.copied
+                    ));
+                } else {
+                    let files = git::export(self.repo, self.commit, &paths.build).map_err(fail)?;
+                    self.out.note(&format!(
+                        "exported {} ({files} files) into build/",
+                        git::short(self.commit)
+                    ));
+                }
                 self.commands(stage, &paths.build)
             }
             (Stage::Build, Mode::Cooking) => self.commands(stage, &paths.build),
@@ -902,6 +945,20 @@ pub fn rollback_to(
         repo: paths.project_repo.clone(),
     })?;
     let recipe = read_recipe(&repo, commit)?;
+    // The release runs again with the settings it ran with: its pillar commit.
+    let pillar_before = Pillar::current(paths)?.rev;
+    let pillar_target = target
+        .pillar_rev
+        .as_deref()
+        .and_then(|rev| Oid::from_str(rev).ok());
+    if let Some(oid) = pillar_target.filter(|oid| Some(oid.to_string()) != pillar_before) {
+        crate::pillar::checkout(paths, oid)?;
+        out.headline(&format!(
+            "pillar/ back at {}, as {} ran with",
+            git::short(oid),
+            target.id
+        ));
+    }
     let pillar = Pillar::current(paths)?;
     let settings = Settings::gather(node, project, &recipe, &pillar, &target.id, commit)?;
     let archive = paths.archive_dir(&format!(
@@ -934,6 +991,7 @@ pub fn rollback_to(
         base_env: settings.env.clone(),
         journal: None,
         log,
+        reuse: None,
         archive,
         out,
     };
@@ -950,6 +1008,12 @@ pub fn rollback_to(
             run.out.headline(&format!("rolled back to {}", target.id));
             Ok(())
         }
-        Err(failure) => Err(run.fail(failure)),
+        Err(failure) => {
+            let error = run.fail(failure);
+            if let Some(Ok(oid)) = pillar_before.as_deref().map(Oid::from_str) {
+                crate::pillar::checkout(paths, oid)?;
+            }
+            Err(error)
+        }
     }
 }

@@ -38,6 +38,19 @@ pub fn init_bare(path: &Path, branch: &str) -> Result<bool, Error> {
     Ok(true)
 }
 
+/// Makes git write the repo's files readable by their owner only (the pillar's secrets).
+pub fn restrict_repo(path: &Path) -> Result<(), Error> {
+    let repo =
+        Repository::open_bare(path).map_err(git_error(format!("open `{}`", path.display())))?;
+    let mut config = repo.config().map_err(git_error(format!(
+        "read the config of `{}`",
+        path.display()
+    )))?;
+    config
+        .set_str("core.sharedRepository", "0600")
+        .map_err(git_error(format!("configure `{}`", path.display())))
+}
+
 /// Resolves `rev` (a branch, tag, or commit id) to a commit.
 pub fn resolve(repo: &Repository, rev: &str) -> Result<Oid, Error> {
     let unknown = || Error::UnknownRev {

@@ -31,6 +31,7 @@ pub fn undo(
     let release = &journal.release;
     out.headline(&format!("rolling back {release}"));
     let redactor = Redactor::new(&journal.undo.secrets);
+    out.set_redactor(redactor.clone());
     let stopped = journal.phase >= Phase::Stopping;
     let run = |label: &str, command: &str, out: &mut Reporter| -> Result<(), Error> {
         out.command(label, command);
