@@ -116,9 +116,11 @@ pub fn undo(
     })
 }
 
+/// Moves the failed tree aside for inspection. A rollback finished by `kiln recover` after an
+/// interruption may get here twice: the first tree kept (the failed live tree) is the one to keep.
 fn keep_failed(tree: &Path, failed: &Path) -> Result<(), Error> {
     if failed.exists() {
-        fs::remove_dir_all(failed).map_err(|e| io_error("replace", failed, e))?;
+        return Ok(());
     }
     fs::rename(tree, failed).map_err(|e| io_error("keep", tree, e))
 }

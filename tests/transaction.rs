@@ -710,3 +710,101 @@ fn a_deploy_survives_the_pusher_disconnecting() {
     assert!(log.contains("tick 6"), "{log}");
     assert!(log.contains(&format!("-----> deployed {release}")), "{log}");
 }
+
+#[test]
+fn a_rollback_that_fails_exits_3_keeps_the_journal_and_recover_finishes_it() {
+    let node = Node::new();
+    let marker = node.dir.path().join("restore-can-work");
+    let restore = format!("restore:\n  - test -f {}\n", marker.display());
+    let (project, app, good) = live_project(&node, &restore);
+    let run_before = fingerprint(&project.run());
+    let data_before = fingerprint(&project.data());
+    app.write(
+        "kiln.yml",
+        &recipe(
+            &node,
+            &format!("  deploy:\n{MESS_UP}    - exit 1\n"),
+            &restore,
+        ),
+    );
+    app.commit("fails, and so does its restore");
+    assert!(
+        app.git(&[
+            "push",
+            "-q",
+            project.repo().to_str().unwrap(),
+            "HEAD:refs/heads/next"
+        ])
+        .status
+        .success()
+    );
+    let out = node.kiln(&["deploy", "shop", "--rev", "next"]);
+    assert_eq!(out.status.code(), Some(3), "{}", text(&out));
+    assert!(
+        text(&out).contains("error: rollback FAILED: deploy of"),
+        "{}",
+        text(&out)
+    );
+    assert!(
+        text(&out).contains("run `kiln recover shop`"),
+        "{}",
+        text(&out)
+    );
+    assert!(
+        project.path("state/journal.json").exists(),
+        "the journal is kept for the operator"
+    );
+
+    // The operator fixes the cause; recovery finishes the rollback.
+    fs::write(&marker, "").unwrap();
+    let out = node.kiln(&["recover", "shop"]);
+    assert_success(&out, "recover");
+    assert_same(&run_before, &fingerprint(&project.run()), "run/");
+    assert_same(&data_before, &fingerprint(&project.data()), "data/");
+    assert_eq!(project.current(), Some(good));
+    assert!(!project.path("state/journal.json").exists());
+}
+
+#[test]
+fn status_shows_a_running_deploy() {
+    let node = Node::new();
+    let project = node.init("shop", "cooking");
+    let app = node.app("shop");
+    app.write("kiln.yml", "stages:\n  build:\n    - sleep 2\n");
+    app.commit("slow");
+    let push = Command::new("git")
+        .current_dir(&app.dir)
+        .args([
+            "push",
+            &format!("file://{}", project.repo().display()),
+            "HEAD:master",
+        ])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut running = serde_json::Value::Null;
+    for _ in 0..40 {
+        std::thread::sleep(Duration::from_millis(100));
+        let out = node.kiln(&["status", "shop", "--json"]);
+        let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        if !json["running"].is_null() {
+            running = json["running"].clone();
+            break;
+        }
+    }
+    assert_eq!(running["action"], "deploy", "{running}");
+    assert!(
+        running["release"].as_str().is_some_and(|r| r.len() == 25),
+        "{running}"
+    );
+    let out = push.wait_with_output().unwrap();
+    assert!(
+        text(&out).contains("-----> deployed"),
+        "a file:// push deploys too: {}",
+        text(&out)
+    );
+    let out = node.kiln(&["status", "shop", "--json"]);
+    let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert!(json["running"].is_null());
+}
