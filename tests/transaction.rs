@@ -144,16 +144,7 @@ fn kiln_deploy_exits_1_after_a_clean_rollback() {
     let (project, app, _) = live_project(&node, "");
     app.write("kiln.yml", &recipe(&node, "  deploy:\n    - exit 9\n", ""));
     app.commit("bad");
-    assert!(
-        app.git(&[
-            "push",
-            "-q",
-            project.repo().to_str().unwrap(),
-            "HEAD:refs/heads/next"
-        ])
-        .status
-        .success()
-    );
+    app.push_next(&project);
     let out = node.kiln(&["deploy", "shop", "--rev", "next"]);
     assert_eq!(out.status.code(), Some(1), "{}", text(&out));
     assert!(text(&out).contains("error: deploy FAILED at deploy (exit 9: exit 9); rolled back to"));
@@ -170,16 +161,7 @@ fn in_place_switch_fallback_also_rolls_back_exactly() {
         &recipe(&node, &format!("  deploy:\n{MESS_UP}    - exit 3\n"), ""),
     );
     app.commit("bad");
-    assert!(
-        app.git(&[
-            "push",
-            "-q",
-            project.repo().to_str().unwrap(),
-            "HEAD:refs/heads/next"
-        ])
-        .status
-        .success()
-    );
+    app.push_next(&project);
     let out = node.kiln_env(
         &["deploy", "shop", "--rev", "next"],
         &[("KILN_SWITCH", "in-place")],
@@ -193,17 +175,7 @@ fn in_place_switch_fallback_also_rolls_back_exactly() {
     app.write("kiln.yml", &recipe(&node, "", ""));
     app.write("app.txt", "v3\n");
     app.commit("good again");
-    assert!(
-        app.git(&[
-            "push",
-            "-q",
-            "-f",
-            project.repo().to_str().unwrap(),
-            "HEAD:refs/heads/next"
-        ])
-        .status
-        .success()
-    );
+    app.push_next(&project);
     let out = node.kiln_env(
         &["deploy", "shop", "--rev", "next"],
         &[("KILN_SWITCH", "in-place")],
@@ -231,16 +203,7 @@ fn kill_9_from_a_deploy_command_is_recovered_by_the_next_command() {
         ),
     );
     app.commit("killer");
-    assert!(
-        app.git(&[
-            "push",
-            "-q",
-            project.repo().to_str().unwrap(),
-            "HEAD:refs/heads/next"
-        ])
-        .status
-        .success()
-    );
+    app.push_next(&project);
     let out = node.kiln(&["deploy", "shop", "--rev", "next"]);
     assert_eq!(
         out.status.code(),
@@ -288,16 +251,7 @@ fn kill_9_at_each_point_of_the_switch_ends_before_or_after_never_between() {
         )
         .write("app.txt", "v2\n");
         app.commit("next");
-        assert!(
-            app.git(&[
-                "push",
-                "-q",
-                project.repo().to_str().unwrap(),
-                "HEAD:refs/heads/next"
-            ])
-            .status
-            .success()
-        );
+        app.push_next(&project);
         let out = node.kiln_env(
             &["deploy", "shop", "--rev", "next"],
             &[("FAILPOINTS", &format!("{point}=return"))],
@@ -359,16 +313,7 @@ fn kill_9_during_the_rollback_itself_is_finished_by_recovery() {
         &recipe(&node, &format!("  deploy:\n{MESS_UP}    - exit 1\n"), ""),
     );
     app.commit("fails");
-    assert!(
-        app.git(&[
-            "push",
-            "-q",
-            project.repo().to_str().unwrap(),
-            "HEAD:refs/heads/next"
-        ])
-        .status
-        .success()
-    );
+    app.push_next(&project);
     let out = node.kiln_env(
         &["deploy", "shop", "--rev", "next"],
         &[("FAILPOINTS", "rollback-after-exchange=return")],
@@ -728,16 +673,7 @@ fn a_rollback_that_fails_exits_3_keeps_the_journal_and_recover_finishes_it() {
         ),
     );
     app.commit("fails, and so does its restore");
-    assert!(
-        app.git(&[
-            "push",
-            "-q",
-            project.repo().to_str().unwrap(),
-            "HEAD:refs/heads/next"
-        ])
-        .status
-        .success()
-    );
+    app.push_next(&project);
     let out = node.kiln(&["deploy", "shop", "--rev", "next"]);
     assert_eq!(out.status.code(), Some(3), "{}", text(&out));
     assert!(

@@ -175,6 +175,13 @@ impl App {
         (out.status.success(), text)
     }
 
+    /// Force-pushes HEAD to the branch `next`, which does not deploy, so a test can run
+    /// `kiln deploy --rev next` and read its exit status.
+    pub fn push_next(&self, project: &Project) {
+        let (ok, output) = self.push_ref(project, "HEAD:refs/heads/next");
+        assert!(ok, "{output}");
+    }
+
     pub fn push(&self, project: &Project) -> (bool, String) {
         self.push_ref(project, "HEAD:master")
     }
