@@ -160,8 +160,9 @@ pub fn recover(_node: &Node, project: &Project, out: &mut Reporter) -> Result<bo
         }
         return Ok(false);
     };
-    if log.get(&journal.release).map(|r| r.status) == Some(Status::Good) {
-        // The crash came after the commit point: the deploy is complete.
+    if log.current.as_deref() == Some(journal.release.as_str()) {
+        // The crash came after the commit point (the release log names the release live, in
+        // the same atomic write that marks it good): the deploy or rollback is complete.
         Journal::remove(&paths.journal())?;
         return Ok(false);
     }

@@ -744,3 +744,29 @@ fn status_shows_a_running_deploy() {
     let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert!(json["running"].is_null());
 }
+
+/// Regression: recovery took an interrupted `kiln rollback` for a finished one, because the
+/// release it rolls back to was already marked good; only the release log's `current` says
+/// whether a switch was committed.
+#[cfg(feature = "failpoints")]
+#[test]
+fn regression_an_interrupted_manual_rollback_is_undone_not_taken_for_done() {
+    let node = Node::new();
+    let (project, app, first) = live_project(&node, "");
+    app.write("app.txt", "v2\n");
+    app.commit("v2");
+    assert!(app.push(&project).0);
+    let second = project.current().unwrap();
+    let run_before = fingerprint(&project.run());
+    let data_before = fingerprint(&project.data());
+    let out = node.kiln_env(
+        &["rollback", "shop", &first],
+        &[("FAILPOINTS", "after-switch=return")],
+    );
+    assert_eq!(out.status.code(), None, "{}", text(&out));
+    let out = node.kiln(&["recover", "shop"]);
+    assert_success(&out, "recover");
+    assert_eq!(project.current(), Some(second));
+    assert_same(&run_before, &fingerprint(&project.run()), "run/");
+    assert_same(&data_before, &fingerprint(&project.data()), "data/");
+}
