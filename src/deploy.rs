@@ -167,6 +167,7 @@ pub fn deploy_locked(
         journal: None,
         log,
         reuse: reuse.map(|r| r.id),
+        baking: None,
         archive: paths.archive_dir(&release),
         out,
     };
@@ -312,6 +313,8 @@ struct Run<'a> {
     log: ReleaseLog,
     /// A settings-only redeploy: the live release whose tree is reused.
     reuse: Option<String>,
+    /// The tarball being baked: (tree digest, bake info).
+    baking: Option<std::thread::JoinHandle<Result<(String, bake::BakeInfo), Error>>>,
     /// archives/<release> for a deploy; archives/<release>-rollback-<id> for a rollback, so a
     /// rollback never overwrites what the release's own deploy kept.
     archive: PathBuf,
@@ -404,7 +407,17 @@ impl Run<'_> {
                         stats.copied
                     ));
                 } else {
-                    let files = git::export(self.repo, self.commit, &paths.build).map_err(fail)?;
+                    let live_commit = self
+                        .live
+                        .as_ref()
+                        .and_then(|id| self.log.get(id))
+                        .and_then(|r| Oid::from_str(&r.commit).ok());
+                    let live_tree = self.live.as_ref().map(|id| paths.release_dir(id));
+                    let previous = live_commit
+                        .zip(live_tree.as_deref())
+                        .map(|(commit, tree)| git::Previous { commit, tree });
+                    let files = git::export(self.repo, self.commit, &paths.build, previous)
+                        .map_err(fail)?;
                     self.out.note(&format!(
                         "exported {} ({files} files) into build/",
                         git::short(self.commit)
@@ -441,6 +454,8 @@ impl Run<'_> {
                 self.commit_release().map_err(fail)
             }
             (Stage::PostDeploy, _) => {
+                self.finish_bake()
+                    .map_err(|e| Failure::new(Stage::Bundle, e))?;
                 self.commands(stage, &paths.run)?;
                 self.commit_release().map_err(fail)
             }
@@ -543,15 +558,36 @@ impl Run<'_> {
         crate::durable::replace_symlink(&target, &paths.run)
     }
 
-    /// Cooking mode: build/ becomes the immutable release tree, baked into a tarball.
+    /// Cooking mode: build/ becomes the immutable release tree. It is baked into a tarball on
+    /// another thread while the deploy stage prepares and switches, and the release becomes
+    /// good only once the tarball and its manifest are written ([`Run::finish_bake`]).
     fn bundle(&mut self) -> Result<(), Error> {
         let paths = self.paths().clone();
         let tree_dir = paths.release_dir(&self.release);
         fs::rename(&paths.build, &tree_dir).map_err(|e| io_error("move", &paths.build, e))?;
         fs::create_dir(&paths.build).map_err(|e| io_error("create", &paths.build, e))?;
-        let digest = tree::digest(&tree_dir)?;
         let tarball = paths.tarball(&self.release);
-        let info = bake::bake(&tree_dir, &tarball, 3)?;
+        self.baking = Some(std::thread::spawn(move || {
+            let digest = tree::digest(&tree_dir)?;
+            let info = bake::bake(&tree_dir, &tarball, 3)?;
+            Ok((digest, info))
+        }));
+        self.out.note(&format!(
+            "baking releases/{}.tar.zst while the deploy goes on",
+            self.release
+        ));
+        Ok(())
+    }
+
+    /// Waits for the tarball and writes the manifest (and its signature).
+    fn finish_bake(&mut self) -> Result<(), Error> {
+        let Some(baking) = self.baking.take() else {
+            return Ok(());
+        };
+        let (digest, info) = baking.join().map_err(|_| Error::Refused {
+            message: format!("baking release {} crashed", self.release),
+        })??;
+        let paths = self.paths().clone();
         let manifest = Manifest {
             format: 1,
             release: self.release.clone(),
@@ -792,6 +828,10 @@ impl Run<'_> {
     /// Undoes the failed deploy and builds the error for the final line.
     fn fail(&mut self, failure: Failure) -> Error {
         let paths = self.paths().clone();
+        // The baker reads the release tree that the rollback is about to move away.
+        if let Some(baking) = self.baking.take() {
+            let _ = baking.join();
+        }
         self.out.event(
             json!({"event": "failure", "stage": failure.stage.as_str(), "reason": failure.reason}),
         );
@@ -992,6 +1032,7 @@ pub fn rollback_to(
         journal: None,
         log,
         reuse: None,
+        baking: None,
         archive,
         out,
     };

@@ -102,6 +102,7 @@ fn second_push_makes_run_equal_the_new_release_exactly() {
     let project = node.init("shop", "cooking");
     let app = node.app("shop");
     app.write("kiln.yml", BUILD_RECIPE)
+        .write("same.txt", "untouched\n")
         .write("keep.txt", "same\n")
         .write("change.txt", "one\n")
         .write("gone.txt", "bye\n");
@@ -131,6 +132,17 @@ fn second_push_makes_run_equal_the_new_release_exactly() {
     assert_eq!(run[&b"public".to_vec()].mode, 0o750);
     assert_eq!(run[&b"keep.txt".to_vec()].mode, 0o755);
     assert!(!run.contains_key(b"gone.txt".as_slice()));
+    // An unchanged file keeps its mtime from release to release, so preparing the next live
+    // tree copies only what changed.
+    let first_tree = tree_fingerprint(&project.path(&format!("deploy/{first}")));
+    assert_eq!(
+        first_tree[b"same.txt".as_slice()],
+        run[b"same.txt".as_slice()]
+    );
+    assert_ne!(
+        first_tree[b"change.txt".as_slice()].mtime,
+        run[b"change.txt".as_slice()].mtime
+    );
     assert_eq!(
         fs::read_to_string(project.run().join("new/added.txt")).unwrap(),
         "hello\n"
