@@ -9,7 +9,7 @@
 //! nothing behind.
 
 use std::cell::Cell;
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::ffi::{OsStr, OsString};
 use std::fs::{self, File};
 use std::io::{self, Read, Write};
@@ -32,6 +32,8 @@ const DEPTH: usize = 16;
 /// the next header plus its PAX and GNU long-name records, which the crate holds in memory.
 /// Real ones are a few KiB; this bounds what a hostile archive can make us allocate.
 const METADATA_BUDGET: u64 = 1 << 20;
+/// Symlinks followed while resolving one path before Linux gives up with ELOOP.
+const MAX_HOPS: u32 = 40;
 /// Zero padding tolerated after the end-of-archive marker (tar pads to its record size).
 const TRAILER_BUDGET: u64 = 1 << 20;
 
@@ -109,6 +111,8 @@ pub enum Refusal {
     SymlinkEscapes { target: String },
     #[error("is a symlink to `{target}`, an absolute path outside the allowed link roots")]
     SymlinkOutsideRoots { target: String },
+    #[error("is a symlink that does not resolve within {MAX_HOPS} links")]
+    SymlinkLoop,
     #[error("is a hard link, which kiln never bakes")]
     HardLink,
     #[error("is a {kind}; only files, directories and symlinks are allowed")]
@@ -184,6 +188,7 @@ pub fn unpack(
         root: tmp.path(),
         opts,
         seen: HashMap::new(),
+        links: BTreeMap::new(),
         dirs: Vec::new(),
         root_meta: None,
         declared: 0,
@@ -252,6 +257,8 @@ struct Unpacker<'a> {
     opts: &'a UnpackOptions<'a>,
     /// Normalized relative path (components joined by `/`) of every entry so far.
     seen: HashMap<Vec<u8>, Seen>,
+    /// Every symlink and its target, for the final check of where chains of links lead.
+    links: BTreeMap<Vec<u8>, Vec<u8>>,
     /// Modes and mtimes are applied to directories only after their content is written.
     dirs: Vec<DirMeta>,
     /// Mode and mtime of a `./` entry, which describes the release root itself.
@@ -297,7 +304,12 @@ impl Unpacker<'_> {
             };
             self.entry(entry, &budget)?;
         }
-        self.trailer(tar.into_inner(), &budget)
+        self.trailer(tar.into_inner(), &budget)?;
+        for (path, target) in &self.links {
+            self.resolve_link(path, target)
+                .map_err(|r| self.refuse(show(path), r))?;
+        }
+        Ok(())
     }
 
     /// Reads what follows the end-of-archive marker: only zero padding may follow. Reading
@@ -455,6 +467,7 @@ impl Unpacker<'_> {
                     .map_err(|r| self.refuse(name.clone(), r))?;
                 std::os::unix::fs::symlink(OsStr::from_bytes(&target), &abs)
                     .map_err(self.io(&path))?;
+                self.links.insert(path.clone(), target);
                 utimensat(
                     nix::fcntl::AT_FDCWD,
                     &abs,
@@ -560,12 +573,7 @@ impl Unpacker<'_> {
     fn check_link(&self, path: &[u8], target: &[u8]) -> Result<(), Refusal> {
         let shown = || show(target);
         if target.starts_with(b"/") {
-            let target = lexical_absolute(target);
-            let inside = self.opts.link_roots.iter().any(|root| {
-                let root = lexical_absolute(root.as_os_str().as_bytes());
-                root.is_absolute && target.parts.starts_with(&root.parts)
-            });
-            if !inside {
+            if !self.in_link_roots(target) {
                 return Err(Refusal::SymlinkOutsideRoots { target: shown() });
             }
             return Ok(());
@@ -584,6 +592,79 @@ impl Unpacker<'_> {
             }
         }
         Ok(())
+    }
+
+    /// Resolves a link the way the kernel will, following the archive's other links.
+    ///
+    /// The lexical check of each entry is not enough on its own: with `s/up -> ..`, the
+    /// target `s/up/../../x` stays inside lexically but leaves the release for real, and
+    /// with `l -> /srv/p/data`, `l/../pillar` leaves the link root.
+    fn resolve_link(&self, path: &[u8], target: &[u8]) -> Result<(), Refusal> {
+        let escapes = || Refusal::SymlinkEscapes {
+            target: show(target),
+        };
+        // The directory reached so far, as components below the release root; it never
+        // holds a symlink (entries written through symlinks were refused).
+        let mut dir: Vec<&[u8]> = path.split(|&b| b == b'/').collect();
+        dir.pop();
+        let mut todo: VecDeque<&[u8]> = VecDeque::new();
+        let mut next: &[u8] = target;
+        let mut hops = 0;
+        'expand: loop {
+            if next.starts_with(b"/") {
+                // Below a link root the filesystem is not ours to see: judge the rest
+                // of the path lexically, as for any absolute link.
+                let mut abs = next.to_vec();
+                for part in &todo {
+                    abs.push(b'/');
+                    abs.extend_from_slice(part);
+                }
+                if self.in_link_roots(&abs) {
+                    return Ok(());
+                }
+                return Err(Refusal::SymlinkOutsideRoots {
+                    target: show(target),
+                });
+            }
+            for part in next.split(|&b| b == b'/').rev() {
+                todo.push_front(part);
+            }
+            while let Some(part) = todo.pop_front() {
+                match part {
+                    b"" | b"." => {}
+                    b".." => {
+                        if dir.pop().is_none() {
+                            return Err(escapes());
+                        }
+                    }
+                    name => {
+                        let mut key = dir.join(&b'/');
+                        if !key.is_empty() {
+                            key.push(b'/');
+                        }
+                        key.extend_from_slice(name);
+                        if let Some(link) = self.links.get(&key) {
+                            hops += 1;
+                            if hops > MAX_HOPS {
+                                return Err(Refusal::SymlinkLoop);
+                            }
+                            next = link;
+                            continue 'expand;
+                        }
+                        dir.push(name);
+                    }
+                }
+            }
+            return Ok(());
+        }
+    }
+
+    fn in_link_roots(&self, abs: &[u8]) -> bool {
+        let target = lexical_absolute(abs);
+        self.opts.link_roots.iter().any(|root| {
+            let root = lexical_absolute(root.as_os_str().as_bytes());
+            root.is_absolute && target.parts.starts_with(&root.parts)
+        })
     }
 
     /// Applies directory modes and mtimes, deepest first, so that writing into a directory
@@ -1341,6 +1422,47 @@ mod tests {
             },
             limits: ROOMY,
             expect: Corrupt("f"),
+        });
+    }
+
+    #[test]
+    fn refuses_symlink_escaping_through_another_symlink() {
+        check(Case {
+            name: "symlink escaping through another symlink",
+            // Lexically `x` ends at `outside` inside the release; really `s/up` is the
+            // root, so `..` twice reaches the test dir, whose `outside` must stay empty.
+            build: |_, r| {
+                r.symlink(b"s/up", b"..");
+                r.symlink(b"x", b"s/up/../../outside");
+            },
+            limits: ROOMY,
+            expect: Refused("x", |r| matches!(r, Refusal::SymlinkEscapes { .. })),
+        });
+    }
+
+    #[test]
+    fn refuses_symlink_leaving_a_link_root_through_another_symlink() {
+        check(Case {
+            name: "symlink leaving a link root through another symlink",
+            build: |env, r| {
+                r.symlink(b"l", Env::path_bytes(&env.data));
+                r.symlink(b"m", b"l/../outside");
+            },
+            limits: ROOMY,
+            expect: Refused("m", |r| matches!(r, Refusal::SymlinkOutsideRoots { .. })),
+        });
+    }
+
+    #[test]
+    fn refuses_symlink_loop() {
+        check(Case {
+            name: "symlink loop",
+            build: |_, r| {
+                r.symlink(b"a", b"b/x");
+                r.symlink(b"b", b"a/y");
+            },
+            limits: ROOMY,
+            expect: Refused("a", |r| *r == Refusal::SymlinkLoop),
         });
     }
 
