@@ -32,6 +32,8 @@ const DEPTH: usize = 16;
 /// the next header plus its PAX and GNU long-name records, which the crate holds in memory.
 /// Real ones are a few KiB; this bounds what a hostile archive can make us allocate.
 const METADATA_BUDGET: u64 = 1 << 20;
+/// Longest path or symlink target accepted, in bytes (Linux's PATH_MAX less the NUL).
+const MAX_PATH: usize = 4095;
 /// Symlinks followed while resolving one path before Linux gives up with ELOOP.
 const MAX_HOPS: u32 = 40;
 /// Zero padding tolerated after the end-of-archive marker (tar pads to its record size).
@@ -101,6 +103,8 @@ pub enum Refusal {
     EmptyPath,
     #[error("has a NUL byte in its path")]
     NulInPath,
+    #[error("has a path longer than {max} bytes")]
+    PathTooLong { max: usize },
     #[error("has an absolute path")]
     AbsolutePath,
     #[error("has a `..` component")]
@@ -460,7 +464,9 @@ impl Unpacker<'_> {
             }
             Seen::Symlink => {
                 let target = match entry.link_name_bytes() {
-                    Some(t) if !t.is_empty() && !t.contains(&0) => t.into_owned(),
+                    Some(t) if !t.is_empty() && t.len() <= MAX_PATH && !t.contains(&0) => {
+                        t.into_owned()
+                    }
                     _ => return Err(self.refuse(name, Refusal::BadLinkTarget)),
                 };
                 self.check_link(&path, &target)
@@ -499,10 +505,18 @@ impl Unpacker<'_> {
 
     /// Checks every parent of `path` against earlier entries, creating missing ones.
     fn parents(&mut self, path: &[u8], name: &str) -> Result<(), UnpackError> {
-        for (i, _) in path.iter().enumerate().filter(|&(_, &b)| b == b'/') {
+        let slashes: Vec<usize> = (0..path.len()).filter(|&i| path[i] == b'/').collect();
+        // Search from the deepest parent up: once a known directory is found, its own
+        // parents were checked when it was made, and a directory is never replaced.
+        let mut missing = 0;
+        for (k, &i) in slashes.iter().enumerate().rev() {
             let parent = &path[..i];
             match self.seen.get(parent) {
-                Some(Seen::Dir | Seen::ImplicitDir(_)) => {}
+                None => continue,
+                Some(Seen::Dir | Seen::ImplicitDir(_)) => {
+                    missing = k + 1;
+                    break;
+                }
                 Some(Seen::Symlink) => {
                     return Err(self.refuse(
                         name.to_owned(),
@@ -514,22 +528,23 @@ impl Unpacker<'_> {
                         self.refuse(name.to_owned(), Refusal::BelowFile { file: show(parent) })
                     );
                 }
-                None => {
-                    let abs = self.root.join(OsStr::from_bytes(parent));
-                    fs::DirBuilder::new()
-                        .mode(0o700)
-                        .create(&abs)
-                        .map_err(self.io(parent))?;
-                    self.seen
-                        .insert(parent.to_vec(), Seen::ImplicitDir(self.dirs.len()));
-                    self.dirs.push(DirMeta {
-                        path: abs,
-                        depth: depth(parent),
-                        mode: 0o755,
-                        mtime: None,
-                    });
-                }
             }
+        }
+        for &i in &slashes[missing..] {
+            let parent = &path[..i];
+            let abs = self.root.join(OsStr::from_bytes(parent));
+            fs::DirBuilder::new()
+                .mode(0o700)
+                .create(&abs)
+                .map_err(self.io(parent))?;
+            self.seen
+                .insert(parent.to_vec(), Seen::ImplicitDir(self.dirs.len()));
+            self.dirs.push(DirMeta {
+                path: abs,
+                depth: depth(parent),
+                mode: 0o755,
+                mtime: None,
+            });
         }
         Ok(())
     }
@@ -603,10 +618,25 @@ impl Unpacker<'_> {
         let escapes = || Refusal::SymlinkEscapes {
             target: show(target),
         };
-        // The directory reached so far, as components below the release root; it never
-        // holds a symlink (entries written through symlinks were refused).
-        let mut dir: Vec<&[u8]> = path.split(|&b| b == b'/').collect();
-        dir.pop();
+        // The directory reached so far, below the release root (components joined by
+        // `/`; never through a symlink, as entries written through symlinks were refused),
+        // and the length of `dir` before each of its components, to step back on `..`.
+        let mut dir: Vec<u8> = Vec::new();
+        let mut lens: Vec<usize> = Vec::new();
+        let step_in = |dir: &mut Vec<u8>, lens: &mut Vec<usize>, name: &[u8]| {
+            lens.push(dir.len());
+            if !dir.is_empty() {
+                dir.push(b'/');
+            }
+            dir.extend_from_slice(name);
+        };
+        let parent = match path.iter().rposition(|&b| b == b'/') {
+            Some(slash) => &path[..slash],
+            None => &b""[..],
+        };
+        for part in parent.split(|&b| b == b'/').filter(|p| !p.is_empty()) {
+            step_in(&mut dir, &mut lens, part);
+        }
         let mut todo: VecDeque<&[u8]> = VecDeque::new();
         let mut next: &[u8] = target;
         let mut hops = 0;
@@ -632,18 +662,16 @@ impl Unpacker<'_> {
             while let Some(part) = todo.pop_front() {
                 match part {
                     b"" | b"." => {}
-                    b".." => {
-                        if dir.pop().is_none() {
-                            return Err(escapes());
-                        }
-                    }
+                    b".." => match lens.pop() {
+                        Some(len) => dir.truncate(len),
+                        None => return Err(escapes()),
+                    },
                     name => {
-                        let mut key = dir.join(&b'/');
-                        if !key.is_empty() {
-                            key.push(b'/');
-                        }
-                        key.extend_from_slice(name);
-                        if let Some(link) = self.links.get(&key) {
+                        step_in(&mut dir, &mut lens, name);
+                        if let Some(link) = self.links.get(&dir) {
+                            if let Some(len) = lens.pop() {
+                                dir.truncate(len);
+                            }
                             hops += 1;
                             if hops > MAX_HOPS {
                                 return Err(Refusal::SymlinkLoop);
@@ -651,7 +679,6 @@ impl Unpacker<'_> {
                             next = link;
                             continue 'expand;
                         }
-                        dir.push(name);
                     }
                 }
             }
@@ -722,6 +749,10 @@ fn normalize(raw: &[u8]) -> Result<Vec<u8>, Refusal> {
     }
     if raw.starts_with(b"/") {
         return Err(Refusal::AbsolutePath);
+    }
+    // Longer paths cannot be opened anyway, and bound the work spent per entry.
+    if raw.len() > MAX_PATH {
+        return Err(Refusal::PathTooLong { max: MAX_PATH });
     }
     let mut out = Vec::with_capacity(raw.len());
     for part in raw.split(|&b| b == b'/') {
@@ -1463,6 +1494,36 @@ mod tests {
             },
             limits: ROOMY,
             expect: Refused("a", |r| *r == Refusal::SymlinkLoop),
+        });
+    }
+
+    #[test]
+    fn refuses_deep_write_through_a_symlink_higher_up() {
+        check(Case {
+            name: "deep write through a symlink higher up",
+            build: |_, r| {
+                r.file(b"a-sibling/ok", b"fine");
+                r.symlink(b"a", b".");
+                r.file(b"a/b/c/evil", b"evil");
+            },
+            limits: ROOMY,
+            expect: Refused(
+                "a/b/c/evil",
+                |r| matches!(r, Refusal::ThroughSymlink { link } if link == "a"),
+            ),
+        });
+    }
+
+    #[test]
+    fn refuses_path_longer_than_path_max() {
+        check(Case {
+            name: "path longer than PATH_MAX",
+            build: |_, r| {
+                r.long_name("d/".repeat(2100).as_bytes());
+                r.file(b"harmless", b"evil");
+            },
+            limits: ROOMY,
+            expect: Refused("d/d/", |r| matches!(r, Refusal::PathTooLong { .. })),
         });
     }
 
