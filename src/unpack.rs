@@ -48,6 +48,7 @@ pub struct Limits {
     pub max_entries: u64,
 }
 
+#[derive(Debug, Clone, Copy)]
 pub struct UnpackOptions<'a> {
     pub limits: Limits,
     /// Absolute symlink targets are allowed only inside these directories (the project's
@@ -297,8 +298,13 @@ impl Unpacker<'_> {
                 Some(Ok(entry)) => entry,
                 Some(Err(e)) if budget.exceeded.get() => {
                     let _ = e;
+                    // The entry the headers describe never arrived: name its predecessor.
+                    let entry = match &self.last {
+                        Some(last) => format!("after {last}"),
+                        None => "at the start of the archive".to_owned(),
+                    };
                     return Err(self.refuse(
-                        self.last.clone().unwrap_or_default(),
+                        entry,
                         Refusal::MetadataTooLarge {
                             max: METADATA_BUDGET,
                         },
@@ -1438,7 +1444,9 @@ mod tests {
                 r.file(b"f", b"data");
             },
             limits: ROOMY,
-            expect: Refused("", |r| matches!(r, Refusal::MetadataTooLarge { .. })),
+            expect: Refused("at the start of the archive", |r| {
+                matches!(r, Refusal::MetadataTooLarge { .. })
+            }),
         });
     }
 
