@@ -197,6 +197,7 @@ pub fn unpack(
         dirs: Vec::new(),
         root_meta: None,
         declared: 0,
+        data_end: 0,
         last: None,
         info: UnpackInfo {
             entries: 0,
@@ -269,6 +270,8 @@ struct Unpacker<'a> {
     /// Mode and mtime of a `./` entry, which describes the release root itself.
     root_meta: Option<(u32, TimeSpec)>,
     declared: u64,
+    /// Where the data of the last entry ends in the tar stream.
+    data_end: u64,
     /// The last entry seen, to locate damage in the stream.
     last: Option<String>,
     info: UnpackInfo,
@@ -296,8 +299,7 @@ impl Unpacker<'_> {
             let entry = match entries.next() {
                 None => break,
                 Some(Ok(entry)) => entry,
-                Some(Err(e)) if budget.exceeded.get() => {
-                    let _ = e;
+                Some(Err(_)) if budget.exceeded.get() => {
                     // The entry the headers describe never arrived: name its predecessor.
                     let entry = match &self.last {
                         Some(last) => format!("after {last}"),
@@ -313,6 +315,13 @@ impl Unpacker<'_> {
                 Some(Err(e)) => return Err(self.corrupt(e)),
             };
             self.entry(entry, &budget)?;
+        }
+        // The crate also stops at a clean end of stream; a complete archive has a zero
+        // block there, which tells a truncated stream from a finished one.
+        if budget.read.get() < self.data_end + 512 {
+            return Err(self.corrupt(io::Error::other(
+                "the archive ends without its end-of-archive marker",
+            )));
         }
         self.trailer(tar.into_inner(), &budget)?;
         for (path, target) in &self.links {
@@ -333,8 +342,7 @@ impl Unpacker<'_> {
             let n = match stream.read(&mut buf) {
                 Ok(0) => return Ok(()),
                 Ok(n) => n,
-                Err(e) if budget.exceeded.get() => {
-                    let _ = e;
+                Err(_) if budget.exceeded.get() => {
                     return Err(self.corrupt(io::Error::other(
                         "too much padding after the end of the archive",
                     )));
@@ -398,6 +406,7 @@ impl Unpacker<'_> {
             .raw_file_position()
             .saturating_add(size.div_ceil(512).saturating_mul(512));
         budget.allowed.set(data_end.saturating_add(METADATA_BUDGET));
+        self.data_end = data_end;
 
         let kind = entry.header().entry_type();
         if kind.is_pax_global_extensions() {
@@ -1533,6 +1542,26 @@ mod tests {
             limits: ROOMY,
             expect: Refused("d/d/", |r| matches!(r, Refusal::PathTooLong { .. })),
         });
+    }
+
+    #[test]
+    fn refuses_archive_without_end_marker() {
+        let env = Env::new();
+        let mut raw = Raw::default();
+        raw.file(b"f", b"data");
+        // A tar stream cut at an entry boundary, in a well-formed zstd frame.
+        fs::write(&env.archive, zstd::encode_all(&raw.0[..], 3).unwrap()).unwrap();
+        let opts = UnpackOptions {
+            limits: ROOMY,
+            link_roots: &[],
+        };
+        let err = unpack(&env.archive, &env.dest, &opts).unwrap_err();
+        assert!(
+            matches!(&err, UnpackError::Corrupt { after: Some(f), .. } if f == "f"),
+            "{err}"
+        );
+        assert!(!env.dest.exists());
+        assert!(names(&env.deploy).is_empty());
     }
 
     #[test]
