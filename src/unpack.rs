@@ -9,7 +9,7 @@
 //! nothing behind.
 
 use std::cell::Cell;
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::ffi::{OsStr, OsString};
 use std::fs::{self, File};
 use std::io::{self, Read, Write};
@@ -32,6 +32,10 @@ const DEPTH: usize = 16;
 /// the next header plus its PAX and GNU long-name records, which the crate holds in memory.
 /// Real ones are a few KiB; this bounds what a hostile archive can make us allocate.
 const METADATA_BUDGET: u64 = 1 << 20;
+/// Longest path or symlink target accepted, in bytes (Linux's PATH_MAX less the NUL).
+const MAX_PATH: usize = 4095;
+/// Symlinks followed while resolving one path before Linux gives up with ELOOP.
+const MAX_HOPS: u32 = 40;
 /// Zero padding tolerated after the end-of-archive marker (tar pads to its record size).
 const TRAILER_BUDGET: u64 = 1 << 20;
 
@@ -44,6 +48,7 @@ pub struct Limits {
     pub max_entries: u64,
 }
 
+#[derive(Debug, Clone, Copy)]
 pub struct UnpackOptions<'a> {
     pub limits: Limits,
     /// Absolute symlink targets are allowed only inside these directories (the project's
@@ -99,6 +104,8 @@ pub enum Refusal {
     EmptyPath,
     #[error("has a NUL byte in its path")]
     NulInPath,
+    #[error("has a path longer than {max} bytes")]
+    PathTooLong { max: usize },
     #[error("has an absolute path")]
     AbsolutePath,
     #[error("has a `..` component")]
@@ -109,6 +116,8 @@ pub enum Refusal {
     SymlinkEscapes { target: String },
     #[error("is a symlink to `{target}`, an absolute path outside the allowed link roots")]
     SymlinkOutsideRoots { target: String },
+    #[error("is a symlink that does not resolve within {MAX_HOPS} links")]
+    SymlinkLoop,
     #[error("is a hard link, which kiln never bakes")]
     HardLink,
     #[error("is a {kind}; only files, directories and symlinks are allowed")]
@@ -184,9 +193,11 @@ pub fn unpack(
         root: tmp.path(),
         opts,
         seen: HashMap::new(),
+        links: BTreeMap::new(),
         dirs: Vec::new(),
         root_meta: None,
         declared: 0,
+        data_end: 0,
         last: None,
         info: UnpackInfo {
             entries: 0,
@@ -252,11 +263,15 @@ struct Unpacker<'a> {
     opts: &'a UnpackOptions<'a>,
     /// Normalized relative path (components joined by `/`) of every entry so far.
     seen: HashMap<Vec<u8>, Seen>,
+    /// Every symlink and its target, for the final check of where chains of links lead.
+    links: BTreeMap<Vec<u8>, Vec<u8>>,
     /// Modes and mtimes are applied to directories only after their content is written.
     dirs: Vec<DirMeta>,
     /// Mode and mtime of a `./` entry, which describes the release root itself.
     root_meta: Option<(u32, TimeSpec)>,
     declared: u64,
+    /// Where the data of the last entry ends in the tar stream.
+    data_end: u64,
     /// The last entry seen, to locate damage in the stream.
     last: Option<String>,
     info: UnpackInfo,
@@ -284,10 +299,14 @@ impl Unpacker<'_> {
             let entry = match entries.next() {
                 None => break,
                 Some(Ok(entry)) => entry,
-                Some(Err(e)) if budget.exceeded.get() => {
-                    let _ = e;
+                Some(Err(_)) if budget.exceeded.get() => {
+                    // The entry the headers describe never arrived: name its predecessor.
+                    let entry = match &self.last {
+                        Some(last) => format!("after {last}"),
+                        None => "at the start of the archive".to_owned(),
+                    };
                     return Err(self.refuse(
-                        self.last.clone().unwrap_or_default(),
+                        entry,
                         Refusal::MetadataTooLarge {
                             max: METADATA_BUDGET,
                         },
@@ -297,7 +316,19 @@ impl Unpacker<'_> {
             };
             self.entry(entry, &budget)?;
         }
-        self.trailer(tar.into_inner(), &budget)
+        // The crate also stops at a clean end of stream; a complete archive has a zero
+        // block there, which tells a truncated stream from a finished one.
+        if budget.read.get() < self.data_end + 512 {
+            return Err(self.corrupt(io::Error::other(
+                "the archive ends without its end-of-archive marker",
+            )));
+        }
+        self.trailer(tar.into_inner(), &budget)?;
+        for (path, target) in &self.links {
+            self.resolve_link(path, target)
+                .map_err(|r| self.refuse(show(path), r))?;
+        }
+        Ok(())
     }
 
     /// Reads what follows the end-of-archive marker: only zero padding may follow. Reading
@@ -311,8 +342,7 @@ impl Unpacker<'_> {
             let n = match stream.read(&mut buf) {
                 Ok(0) => return Ok(()),
                 Ok(n) => n,
-                Err(e) if budget.exceeded.get() => {
-                    let _ = e;
+                Err(_) if budget.exceeded.get() => {
                     return Err(self.corrupt(io::Error::other(
                         "too much padding after the end of the archive",
                     )));
@@ -376,6 +406,7 @@ impl Unpacker<'_> {
             .raw_file_position()
             .saturating_add(size.div_ceil(512).saturating_mul(512));
         budget.allowed.set(data_end.saturating_add(METADATA_BUDGET));
+        self.data_end = data_end;
 
         let kind = entry.header().entry_type();
         if kind.is_pax_global_extensions() {
@@ -448,13 +479,16 @@ impl Unpacker<'_> {
             }
             Seen::Symlink => {
                 let target = match entry.link_name_bytes() {
-                    Some(t) if !t.is_empty() && !t.contains(&0) => t.into_owned(),
+                    Some(t) if !t.is_empty() && t.len() <= MAX_PATH && !t.contains(&0) => {
+                        t.into_owned()
+                    }
                     _ => return Err(self.refuse(name, Refusal::BadLinkTarget)),
                 };
                 self.check_link(&path, &target)
                     .map_err(|r| self.refuse(name.clone(), r))?;
                 std::os::unix::fs::symlink(OsStr::from_bytes(&target), &abs)
                     .map_err(self.io(&path))?;
+                self.links.insert(path.clone(), target);
                 utimensat(
                     nix::fcntl::AT_FDCWD,
                     &abs,
@@ -486,10 +520,18 @@ impl Unpacker<'_> {
 
     /// Checks every parent of `path` against earlier entries, creating missing ones.
     fn parents(&mut self, path: &[u8], name: &str) -> Result<(), UnpackError> {
-        for (i, _) in path.iter().enumerate().filter(|&(_, &b)| b == b'/') {
+        let slashes: Vec<usize> = (0..path.len()).filter(|&i| path[i] == b'/').collect();
+        // Search from the deepest parent up: once a known directory is found, its own
+        // parents were checked when it was made, and a directory is never replaced.
+        let mut missing = 0;
+        for (k, &i) in slashes.iter().enumerate().rev() {
             let parent = &path[..i];
             match self.seen.get(parent) {
-                Some(Seen::Dir | Seen::ImplicitDir(_)) => {}
+                None => continue,
+                Some(Seen::Dir | Seen::ImplicitDir(_)) => {
+                    missing = k + 1;
+                    break;
+                }
                 Some(Seen::Symlink) => {
                     return Err(self.refuse(
                         name.to_owned(),
@@ -501,22 +543,23 @@ impl Unpacker<'_> {
                         self.refuse(name.to_owned(), Refusal::BelowFile { file: show(parent) })
                     );
                 }
-                None => {
-                    let abs = self.root.join(OsStr::from_bytes(parent));
-                    fs::DirBuilder::new()
-                        .mode(0o700)
-                        .create(&abs)
-                        .map_err(self.io(parent))?;
-                    self.seen
-                        .insert(parent.to_vec(), Seen::ImplicitDir(self.dirs.len()));
-                    self.dirs.push(DirMeta {
-                        path: abs,
-                        depth: depth(parent),
-                        mode: 0o755,
-                        mtime: None,
-                    });
-                }
             }
+        }
+        for &i in &slashes[missing..] {
+            let parent = &path[..i];
+            let abs = self.root.join(OsStr::from_bytes(parent));
+            fs::DirBuilder::new()
+                .mode(0o700)
+                .create(&abs)
+                .map_err(self.io(parent))?;
+            self.seen
+                .insert(parent.to_vec(), Seen::ImplicitDir(self.dirs.len()));
+            self.dirs.push(DirMeta {
+                path: abs,
+                depth: depth(parent),
+                mode: 0o755,
+                mtime: None,
+            });
         }
         Ok(())
     }
@@ -560,12 +603,7 @@ impl Unpacker<'_> {
     fn check_link(&self, path: &[u8], target: &[u8]) -> Result<(), Refusal> {
         let shown = || show(target);
         if target.starts_with(b"/") {
-            let target = lexical_absolute(target);
-            let inside = self.opts.link_roots.iter().any(|root| {
-                let root = lexical_absolute(root.as_os_str().as_bytes());
-                root.is_absolute && target.parts.starts_with(&root.parts)
-            });
-            if !inside {
+            if !self.in_link_roots(target) {
                 return Err(Refusal::SymlinkOutsideRoots { target: shown() });
             }
             return Ok(());
@@ -584,6 +622,91 @@ impl Unpacker<'_> {
             }
         }
         Ok(())
+    }
+
+    /// Resolves a link the way the kernel will, following the archive's other links.
+    ///
+    /// The lexical check of each entry is not enough on its own: with `s/up -> ..`, the
+    /// target `s/up/../../x` stays inside lexically but leaves the release for real, and
+    /// with `l -> /srv/p/data`, `l/../pillar` leaves the link root.
+    fn resolve_link(&self, path: &[u8], target: &[u8]) -> Result<(), Refusal> {
+        let escapes = || Refusal::SymlinkEscapes {
+            target: show(target),
+        };
+        // The directory reached so far, below the release root (components joined by
+        // `/`; never through a symlink, as entries written through symlinks were refused),
+        // and the length of `dir` before each of its components, to step back on `..`.
+        let mut dir: Vec<u8> = Vec::new();
+        let mut lens: Vec<usize> = Vec::new();
+        let step_in = |dir: &mut Vec<u8>, lens: &mut Vec<usize>, name: &[u8]| {
+            lens.push(dir.len());
+            if !dir.is_empty() {
+                dir.push(b'/');
+            }
+            dir.extend_from_slice(name);
+        };
+        let parent = match path.iter().rposition(|&b| b == b'/') {
+            Some(slash) => &path[..slash],
+            None => &b""[..],
+        };
+        for part in parent.split(|&b| b == b'/').filter(|p| !p.is_empty()) {
+            step_in(&mut dir, &mut lens, part);
+        }
+        let mut todo: VecDeque<&[u8]> = VecDeque::new();
+        let mut next: &[u8] = target;
+        let mut hops = 0;
+        'expand: loop {
+            if next.starts_with(b"/") {
+                // Below a link root the filesystem is not ours to see: judge the rest
+                // of the path lexically, as for any absolute link.
+                let mut abs = next.to_vec();
+                for part in &todo {
+                    abs.push(b'/');
+                    abs.extend_from_slice(part);
+                }
+                if self.in_link_roots(&abs) {
+                    return Ok(());
+                }
+                return Err(Refusal::SymlinkOutsideRoots {
+                    target: show(target),
+                });
+            }
+            for part in next.split(|&b| b == b'/').rev() {
+                todo.push_front(part);
+            }
+            while let Some(part) = todo.pop_front() {
+                match part {
+                    b"" | b"." => {}
+                    b".." => match lens.pop() {
+                        Some(len) => dir.truncate(len),
+                        None => return Err(escapes()),
+                    },
+                    name => {
+                        step_in(&mut dir, &mut lens, name);
+                        if let Some(link) = self.links.get(&dir) {
+                            if let Some(len) = lens.pop() {
+                                dir.truncate(len);
+                            }
+                            hops += 1;
+                            if hops > MAX_HOPS {
+                                return Err(Refusal::SymlinkLoop);
+                            }
+                            next = link;
+                            continue 'expand;
+                        }
+                    }
+                }
+            }
+            return Ok(());
+        }
+    }
+
+    fn in_link_roots(&self, abs: &[u8]) -> bool {
+        let target = lexical_absolute(abs);
+        self.opts.link_roots.iter().any(|root| {
+            let root = lexical_absolute(root.as_os_str().as_bytes());
+            root.is_absolute && target.parts.starts_with(&root.parts)
+        })
     }
 
     /// Applies directory modes and mtimes, deepest first, so that writing into a directory
@@ -641,6 +764,10 @@ fn normalize(raw: &[u8]) -> Result<Vec<u8>, Refusal> {
     }
     if raw.starts_with(b"/") {
         return Err(Refusal::AbsolutePath);
+    }
+    // Longer paths cannot be opened anyway, and bound the work spent per entry.
+    if raw.len() > MAX_PATH {
+        return Err(Refusal::PathTooLong { max: MAX_PATH });
     }
     let mut out = Vec::with_capacity(raw.len());
     for part in raw.split(|&b| b == b'/') {
@@ -1326,7 +1453,9 @@ mod tests {
                 r.file(b"f", b"data");
             },
             limits: ROOMY,
-            expect: Refused("", |r| matches!(r, Refusal::MetadataTooLarge { .. })),
+            expect: Refused("at the start of the archive", |r| {
+                matches!(r, Refusal::MetadataTooLarge { .. })
+            }),
         });
     }
 
@@ -1342,6 +1471,97 @@ mod tests {
             limits: ROOMY,
             expect: Corrupt("f"),
         });
+    }
+
+    #[test]
+    fn refuses_symlink_escaping_through_another_symlink() {
+        check(Case {
+            name: "symlink escaping through another symlink",
+            // Lexically `x` ends at `outside` inside the release; really `s/up` is the
+            // root, so `..` twice reaches the test dir, whose `outside` must stay empty.
+            build: |_, r| {
+                r.symlink(b"s/up", b"..");
+                r.symlink(b"x", b"s/up/../../outside");
+            },
+            limits: ROOMY,
+            expect: Refused("x", |r| matches!(r, Refusal::SymlinkEscapes { .. })),
+        });
+    }
+
+    #[test]
+    fn refuses_symlink_leaving_a_link_root_through_another_symlink() {
+        check(Case {
+            name: "symlink leaving a link root through another symlink",
+            build: |env, r| {
+                r.symlink(b"l", Env::path_bytes(&env.data));
+                r.symlink(b"m", b"l/../outside");
+            },
+            limits: ROOMY,
+            expect: Refused("m", |r| matches!(r, Refusal::SymlinkOutsideRoots { .. })),
+        });
+    }
+
+    #[test]
+    fn refuses_symlink_loop() {
+        check(Case {
+            name: "symlink loop",
+            build: |_, r| {
+                r.symlink(b"a", b"b/x");
+                r.symlink(b"b", b"a/y");
+            },
+            limits: ROOMY,
+            expect: Refused("a", |r| *r == Refusal::SymlinkLoop),
+        });
+    }
+
+    #[test]
+    fn refuses_deep_write_through_a_symlink_higher_up() {
+        check(Case {
+            name: "deep write through a symlink higher up",
+            build: |_, r| {
+                r.file(b"a-sibling/ok", b"fine");
+                r.symlink(b"a", b".");
+                r.file(b"a/b/c/evil", b"evil");
+            },
+            limits: ROOMY,
+            expect: Refused(
+                "a/b/c/evil",
+                |r| matches!(r, Refusal::ThroughSymlink { link } if link == "a"),
+            ),
+        });
+    }
+
+    #[test]
+    fn refuses_path_longer_than_path_max() {
+        check(Case {
+            name: "path longer than PATH_MAX",
+            build: |_, r| {
+                r.long_name("d/".repeat(2100).as_bytes());
+                r.file(b"harmless", b"evil");
+            },
+            limits: ROOMY,
+            expect: Refused("d/d/", |r| matches!(r, Refusal::PathTooLong { .. })),
+        });
+    }
+
+    #[test]
+    fn refuses_archive_without_end_marker() {
+        let env = Env::new();
+        let mut raw = Raw::default();
+        raw.file(b"f", b"data");
+        // A tar stream cut at an entry boundary, in a well-formed zstd frame.
+        fs::write(&env.archive, zstd::encode_all(&raw.0[..], 3).unwrap()).unwrap();
+        let opts = UnpackOptions {
+            limits: ROOMY,
+            link_roots: &[],
+        };
+        let err = unpack(&env.archive, &env.dest, &opts).unwrap_err();
+        assert!(
+            matches!(&err, UnpackError::Corrupt { after: Some(f), .. } if f == "f"),
+            "{err}"
+        );
+        assert!(!env.dest.exists());
+        assert!(names(&env.deploy).is_empty());
     }
 
     #[test]
