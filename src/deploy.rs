@@ -471,10 +471,11 @@ impl Run<'_> {
         )
         .to_path_buf();
         match fs::symlink_metadata(&paths.run) {
-            Ok(meta) if meta.file_type().is_symlink() => {
-                if fs::read_link(&paths.run).ok().as_deref() == Some(target.as_path()) {
-                    return Ok(());
-                }
+            Ok(meta)
+                if meta.file_type().is_symlink()
+                    && fs::read_link(&paths.run).ok().as_deref() == Some(target.as_path()) =>
+            {
+                return Ok(());
             }
             Ok(meta) if meta.is_dir() => {
                 // A tree left by cooking or final mode: keep it, never delete it silently.
@@ -609,7 +610,7 @@ impl Run<'_> {
             .last_snapshot(&self.release)
             .and_then(|r| {
                 let dir = paths.archive_dir(&r.id).join("data");
-                dir.is_dir().then(|| (dir, r.snapshot_at))
+                dir.is_dir().then_some((dir, r.snapshot_at))
             })
             .and_then(|(dir, at)| at.map(|at| (dir, std::time::SystemTime::from(at))));
         let t = Instant::now();
@@ -720,10 +721,11 @@ impl Run<'_> {
             record.finished = Some(Utc::now());
         }
         let is_rollback = self.journal.as_ref().map(|j| j.action.as_str()) == Some("rollback");
-        if let Some(previous) = previous.filter(|p| is_rollback && *p != self.release) {
-            if let Some(record) = self.log.get_mut(&previous) {
-                record.status = Status::RolledBack;
-            }
+        if let Some(record) = previous
+            .filter(|p| is_rollback && *p != self.release)
+            .and_then(|p| self.log.get_mut(&p))
+        {
+            record.status = Status::RolledBack;
         }
         self.log.current = Some(self.release.clone());
         self.log.save(&paths.release_log())?;
@@ -737,9 +739,20 @@ impl Run<'_> {
             )?;
         }
         let pruned = prune(&paths, &self.log, self.recipe.keep as usize);
+        if self.mode == Mode::Final {
+            crate::fetch::prune_pulled(&paths, &self.log, &pruned);
+        }
         if !pruned.is_empty() {
             self.out
                 .note(&format!("pruned {} old release(s)", pruned.len()));
+        }
+        // Past the commit point a failure here must not fail the deploy: the next one rewrites it.
+        if self.mode != Mode::Editable
+            && let Err(e) = crate::publish::write_index(&paths, &self.log, self.mode)
+        {
+            self.out.note(&format!(
+                "warning: could not update releases/index.json: {e}"
+            ));
         }
         Ok(())
     }

@@ -45,13 +45,11 @@ pub fn undo(
         Ok(())
     };
 
-    if stopped {
-        if let Some(stop) = &journal.undo.stop {
-            // The app of the failed release may be running: stop it before touching its files.
-            if let Err(e) = run("rollback", stop, out) {
-                out.note(&format!("stopping the services failed ({e}); carrying on"));
-            }
-        }
+    // The app of the failed release may be running: stop it before touching its files.
+    if let Some(stop) = journal.undo.stop.as_ref().filter(|_| stopped)
+        && let Err(e) = run("rollback", stop, out)
+    {
+        out.note(&format!("stopping the services failed ({e}); carrying on"));
     }
     let failed = journal.archive.join("failed");
     let is_deploy = journal.action == "deploy";
