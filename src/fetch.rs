@@ -50,7 +50,7 @@ pub enum FetchError {
     },
     #[error("{0}")]
     Source(#[from] SourceError),
-    #[error("release {release} refused: {reason}; nothing was changed")]
+    #[error("release {release} refused: {reason}")]
     Refused { release: String, reason: Refusal },
     #[error("could not {action} `{}`: {source}", path.display())]
     Io {
