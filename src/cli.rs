@@ -13,6 +13,7 @@ use crate::init::{self, InitRequest};
 use crate::project::Node;
 use crate::recipe::Mode;
 use crate::report::Reporter;
+use crate::source::Part;
 use crate::status;
 
 #[derive(Debug, Parser)]
@@ -86,6 +87,16 @@ enum Command {
     Mode { name: String, mode: String },
     /// Finish undoing an interrupted deploy.
     Recover { name: String },
+    /// Release tarballs: what this node offers, and adding one by hand.
+    Release {
+        #[command(subcommand)]
+        command: ReleaseCommand,
+    },
+    /// The node's release signing key.
+    Key {
+        #[command(subcommand)]
+        command: KeyCommand,
+    },
     /// Invoked by the hooks installed in the bare repos.
     Hook {
         #[arg(value_parser = ["pre-receive", "post-receive"])]
@@ -94,6 +105,39 @@ enum Command {
         #[arg(value_parser = ["project", "pillar"])]
         repo: String,
     },
+}
+
+#[derive(Debug, Subcommand)]
+enum ReleaseCommand {
+    /// The releases this node offers to final-mode nodes (cooking: its good releases).
+    List {
+        name: String,
+        /// The manifests as a JSON array (what `ssh://` sources read).
+        #[arg(long)]
+        json: bool,
+    },
+    /// Write a release's tarball to stdout (how production pulls over SSH).
+    Export {
+        name: String,
+        release: String,
+        /// Write its manifest instead.
+        #[arg(long, conflicts_with = "signature")]
+        manifest: bool,
+        /// Write its manifest's signature instead (nothing for an unsigned release).
+        #[arg(long)]
+        signature: bool,
+    },
+    /// Add a release by hand: FILE is `<release>.tar.zst`, with `<release>.json` (and
+    /// `<release>.json.sig`) next to it. Checked like a pull; a later deploy of its commit uses it.
+    Import { name: String, file: PathBuf },
+}
+
+#[derive(Debug, Subcommand)]
+enum KeyCommand {
+    /// Create this node's signing key; prints the public key for production's `trusted_key`.
+    Generate,
+    /// Print this node's public key.
+    Show,
 }
 
 pub fn main() -> i32 {
@@ -247,6 +291,15 @@ fn dispatch(cli: Cli) -> Result<(), Error> {
             }
             Ok(())
         }
+        Command::Release { command } => release(&node, command),
+        Command::Key { command } => {
+            let public = match command {
+                KeyCommand::Generate => crate::signing::generate(&node.root)?,
+                KeyCommand::Show => crate::signing::public_key(&node.root)?,
+            };
+            println!("{public}");
+            Ok(())
+        }
         Command::Hook { which, name, repo } => {
             let repo = if repo == "pillar" {
                 Repo::Pillar
@@ -260,6 +313,51 @@ fn dispatch(cli: Cli) -> Result<(), Error> {
                 let mut out = Reporter::to_stdout();
                 hook::post_receive(&node, &name, repo, &updates, &mut out)
             }
+        }
+    }
+}
+
+fn release(node: &Node, command: ReleaseCommand) -> Result<(), Error> {
+    match command {
+        ReleaseCommand::List { name, json } => {
+            let project = node.project(&name)?;
+            let stdout = std::io::stdout();
+            crate::publish::list(
+                &project.paths,
+                project.config.mode,
+                json,
+                &mut stdout.lock(),
+            )
+        }
+        ReleaseCommand::Export {
+            name,
+            release,
+            manifest,
+            signature,
+        } => {
+            let project = node.project(&name)?;
+            let part = if manifest {
+                Part::Manifest
+            } else if signature {
+                Part::Signature
+            } else {
+                Part::Tarball
+            };
+            let stdout = std::io::stdout();
+            crate::publish::export(&project.paths, &release, part, &mut stdout.lock())
+        }
+        ReleaseCommand::Import { name, file } => {
+            let project = node.project(&name)?;
+            let mut out = Reporter::to_stdout();
+            let manifest = crate::fetch::import(node, &project, &file, &mut out)?;
+            println!(
+                "imported release {} ({}) into {}; deploy its commit with `kiln deploy {name} --rev {}`",
+                manifest.release,
+                manifest.commit.get(..7).unwrap_or(&manifest.commit),
+                project.paths.releases.display(),
+                manifest.commit
+            );
+            Ok(())
         }
     }
 }

@@ -818,9 +818,20 @@ impl Run<'_> {
             )?;
         }
         let pruned = prune(&paths, &self.log, self.recipe.keep as usize);
+        if self.mode == Mode::Final {
+            crate::fetch::prune_pulled(&paths, &self.log, &pruned);
+        }
         if !pruned.is_empty() {
             self.out
                 .note(&format!("pruned {} old release(s)", pruned.len()));
+        }
+        // Past the commit point a failure here must not fail the deploy: the next one rewrites it.
+        if self.mode != Mode::Editable
+            && let Err(e) = crate::publish::write_index(&paths, &self.log, self.mode)
+        {
+            self.out.note(&format!(
+                "warning: could not update releases/index.json: {e}"
+            ));
         }
         Ok(())
     }

@@ -77,6 +77,12 @@ pub enum Error {
     #[error("{0}")]
     Unpack(#[from] crate::unpack::UnpackError),
 
+    #[error("{0}")]
+    Fetch(#[from] crate::fetch::FetchError),
+
+    #[error("{0}")]
+    Signing(#[from] crate::signing::SigningError),
+
     #[error("{message}")]
     Refused { message: String },
 
