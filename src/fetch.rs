@@ -447,7 +447,7 @@ impl Incoming {
             let staged = self.dir.path().join(&name);
             if let Some(bytes) = bytes {
                 write_synced(&staged, bytes)?;
-            } else if std::env::var_os("KILN_NOSYNC").is_none() {
+            } else {
                 File::open(&staged)
                     .and_then(|f| f.sync_all())
                     .map_err(io_err("sync", &staged))?;

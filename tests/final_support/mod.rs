@@ -19,14 +19,13 @@ pub fn kiln_bin() -> &'static str {
     env!("CARGO_BIN_EXE_kiln")
 }
 
-/// A command with a predictable environment: no inherited KILN_* settings, no fsync waits.
+/// A command with a predictable environment: no inherited KILN_* or GIT_* settings.
 fn clean(mut command: Command) -> Command {
     for (key, _) in std::env::vars_os() {
         if key.as_bytes().starts_with(b"KILN_") || key.as_bytes().starts_with(b"GIT_") {
             command.env_remove(key);
         }
     }
-    command.env("KILN_NOSYNC", "1");
     command
 }
 
