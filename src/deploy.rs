@@ -152,25 +152,22 @@ pub fn deploy_locked(
         "mode": mode.as_str(), "who": request.who, "time": crate::report::now()}),
     );
 
-    let mut run = Run {
-        node,
-        project,
-        repo: &repo,
-        recipe: &recipe,
-        mode,
-        release: release.clone(),
-        commit,
-        live: log.current.clone(),
-        pillar_rev: pillar.rev.clone(),
-        redactor: Redactor::new(&settings.secrets),
-        base_env: settings.env.clone(),
-        journal: None,
-        log,
-        reuse: reuse.map(|r| r.id),
-        baking: None,
-        archive: paths.archive_dir(&release),
+    let mut run = Run::new(
+        RunSetup {
+            node,
+            project,
+            repo: &repo,
+            recipe: &recipe,
+            release: release.clone(),
+            commit,
+            log,
+            pillar_rev: pillar.rev.clone(),
+            settings: &settings,
+            reuse: reuse.map(|r| r.id),
+            archive: paths.archive_dir(&release),
+        },
         out,
-    };
+    );
     run.log.records.push(Record {
         id: release.clone(),
         commit: commit.to_string(),
@@ -184,9 +181,7 @@ pub fn deploy_locked(
         snapshot_at: None,
     });
     run.log.save(&paths.release_log())?;
-    let secrets = settings.secrets.clone();
-    let outcome = run.pipeline(&secrets);
-    drop(settings);
+    let outcome = run.pipeline();
     match outcome {
         Ok(()) => {
             run.out.headline(&format!(
@@ -307,6 +302,7 @@ struct Run<'a> {
     /// The release live before this deploy.
     live: Option<String>,
     pillar_rev: Option<String>,
+    secrets: Vec<String>,
     redactor: Redactor,
     base_env: BTreeMap<String, String>,
     journal: Option<Journal>,
@@ -321,14 +317,54 @@ struct Run<'a> {
     out: &'a mut Reporter,
 }
 
+/// What a deploy or a rollback knows once it has gathered its inputs.
+struct RunSetup<'a> {
+    node: &'a Node,
+    project: &'a Project,
+    repo: &'a git2::Repository,
+    recipe: &'a Recipe,
+    release: String,
+    commit: Oid,
+    log: ReleaseLog,
+    pillar_rev: Option<String>,
+    settings: &'a Settings,
+    reuse: Option<String>,
+    archive: PathBuf,
+}
+
+impl<'a> Run<'a> {
+    fn new(setup: RunSetup<'a>, out: &'a mut Reporter) -> Run<'a> {
+        Run {
+            node: setup.node,
+            project: setup.project,
+            repo: setup.repo,
+            recipe: setup.recipe,
+            mode: setup.project.config.mode,
+            release: setup.release,
+            commit: setup.commit,
+            live: setup.log.current.clone(),
+            pillar_rev: setup.pillar_rev,
+            secrets: setup.settings.secrets.clone(),
+            redactor: Redactor::new(&setup.settings.secrets),
+            base_env: setup.settings.env.clone(),
+            journal: None,
+            log: setup.log,
+            reuse: setup.reuse,
+            baking: None,
+            archive: setup.archive,
+            out,
+        }
+    }
+}
+
 impl Run<'_> {
     fn paths(&self) -> &crate::layout::ProjectPaths {
         &self.project.paths
     }
 
-    fn pipeline(&mut self, secrets: &[String]) -> Result<(), Failure> {
+    fn pipeline(&mut self) -> Result<(), Failure> {
         if self.mode != Mode::Editable {
-            self.begin_journal("deploy", secrets)
+            self.begin_journal("deploy")
                 .map_err(|e| Failure::new(Stage::Gather, e))?;
         }
         for stage in Stage::ALL {
@@ -340,7 +376,7 @@ impl Run<'_> {
         Ok(())
     }
 
-    fn begin_journal(&mut self, action: &str, secrets: &[String]) -> Result<(), Error> {
+    fn begin_journal(&mut self, action: &str) -> Result<(), Error> {
         {
             let journal = Journal {
                 release: self.release.clone(),
@@ -356,7 +392,7 @@ impl Run<'_> {
                     start: self.recipe.services.start.clone(),
                     restore: self.recipe.restore.clone(),
                     env: self.env_for(Stage::Deploy),
-                    secrets: secrets.to_vec(),
+                    secrets: self.secrets.clone(),
                     timeout: self.timeout(Stage::Deploy),
                     cwd: self.paths().run.clone(),
                 },
@@ -1028,27 +1064,24 @@ pub fn rollback_to(
         target.id,
         &target.commit[..7]
     ));
-    let mut run = Run {
-        node,
-        project,
-        repo: &repo,
-        recipe: &recipe,
-        mode: project.config.mode,
-        release: target.id.clone(),
-        commit,
-        live: log.current.clone(),
-        pillar_rev: pillar.rev.clone(),
-        redactor: Redactor::new(&settings.secrets),
-        base_env: settings.env.clone(),
-        journal: None,
-        log,
-        reuse: None,
-        baking: None,
-        archive,
+    let mut run = Run::new(
+        RunSetup {
+            node,
+            project,
+            repo: &repo,
+            recipe: &recipe,
+            release: target.id.clone(),
+            commit,
+            log,
+            pillar_rev: pillar.rev.clone(),
+            settings: &settings,
+            reuse: None,
+            archive,
+        },
         out,
-    };
+    );
     let outcome = run
-        .begin_journal("rollback", &settings.secrets)
+        .begin_journal("rollback")
         .map_err(|e| Failure::new(Stage::Deploy, e))
         .and_then(|()| run.go_live_with(&tree, data_from.as_deref()))
         .and_then(|()| {
