@@ -39,9 +39,14 @@ pub fn status(project: &Project, as_json: bool) -> Result<(), Error> {
     let running = lock::current_holder(&paths.state);
     let interrupted = Journal::load(&paths.journal())?.filter(|_| running.is_none());
     let drift = if project.config.mode == Mode::Editable {
-        crate::git::Checkout::open_or_init(&paths.project, &paths.project_repo)
-            .and_then(|c| c.local_edits())
-            .unwrap_or_default()
+        // Reading must not create anything: no checkout yet means no edits.
+        if paths.project.join(".git").exists() {
+            crate::git::Checkout::open_or_init(&paths.project, &paths.project_repo)
+                .and_then(|c| c.local_edits())
+                .unwrap_or_default()
+        } else {
+            Vec::new()
+        }
     } else {
         let live_tree = log.current.as_ref().map(|r| paths.release_dir(r));
         backup::find_drift(&paths.run, live_tree.as_deref())?.paths()

@@ -771,3 +771,30 @@ fn regression_an_interrupted_manual_rollback_is_undone_not_taken_for_done() {
     assert_same(&run_before, &fingerprint(&project.run()), "run/");
     assert_same(&data_before, &fingerprint(&project.data()), "data/");
 }
+
+#[test]
+fn a_deploy_ignores_sighup_from_a_dropped_session() {
+    let node = Node::new();
+    let project = node.init("shop", "cooking");
+    let app = node.app("shop");
+    app.write("kiln.yml", "stages:\n  build:\n    - sleep 1.5\n");
+    app.commit("slow");
+    app.push_next(&project);
+    let child = Command::new(KILN)
+        .arg("--root")
+        .arg(&node.root)
+        .args(["deploy", "shop", "--rev", "next"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(700));
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(child.id() as i32),
+        nix::sys::signal::Signal::SIGHUP,
+    )
+    .unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert_success(&out, "deploy after SIGHUP");
+    assert!(project.current().is_some());
+}
