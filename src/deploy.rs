@@ -178,6 +178,7 @@ pub fn deploy_locked(
         started: Utc::now(),
         finished: None,
         failure: None,
+        source_release: None,
         snapshot_at: None,
     });
     run.log.save(&paths.release_log())?;
@@ -463,7 +464,7 @@ impl Run<'_> {
             }
             (Stage::Build, Mode::Cooking) => self.commands(stage, &paths.build),
             (Stage::Configure, Mode::Final) => {
-                crate::fetch::fetch_release(
+                let source_release = crate::fetch::fetch_release(
                     self.node,
                     self.project,
                     self.commit,
@@ -471,6 +472,10 @@ impl Run<'_> {
                     self.out,
                 )
                 .map_err(fail)?;
+                if let Some(record) = self.log.get_mut(&self.release) {
+                    record.source_release = Some(source_release);
+                }
+                self.log.save(&paths.release_log()).map_err(fail)?;
                 self.commands(stage, &paths.release_dir(&self.release))
             }
             (Stage::Build, Mode::Final) => {

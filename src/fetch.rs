@@ -139,7 +139,7 @@ pub fn fetch_release(
     commit: Oid,
     release: &str,
     out: &mut Reporter,
-) -> Result<(), Error> {
+) -> Result<String, Error> {
     let paths = &project.paths;
     let commit = commit.to_string();
     let trusted = trusted_key(project)?;
@@ -227,7 +227,7 @@ pub fn fetch_release(
         "sha256": manifest.sha256, "signature_checked": trusted.is_some(),
         "files": info.files, "bytes": info.bytes, "seconds": started.elapsed().as_secs_f64(),
     }));
-    Ok(())
+    Ok(id)
 }
 
 fn trusted_key(project: &Project) -> Result<Option<TrustedKey>, Error> {

@@ -46,6 +46,9 @@ pub struct Record {
     /// Where and why it failed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub failure: Option<String>,
+    /// Final mode: the staging release whose tarball this release deployed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source_release: Option<String>,
     /// When the data snapshot taken before this release went live was complete.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub snapshot_at: Option<DateTime<Utc>>,
@@ -148,6 +151,7 @@ mod tests {
             started: Utc::now(),
             finished: None,
             failure: None,
+            source_release: None,
             snapshot_at: None,
         }
     }

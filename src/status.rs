@@ -152,7 +152,11 @@ pub fn releases(project: &Project, as_json: bool) -> Result<(), Error> {
             r.status.as_str(),
             r.who,
             r.started.format("%Y-%m-%d %H:%M:%SZ").to_string(),
-            r.failure.as_deref().unwrap_or("")
+            match (&r.failure, &r.source_release) {
+                (Some(failure), _) => failure.clone(),
+                (None, Some(source)) => format!("from {source}"),
+                (None, None) => String::new(),
+            }
         );
     }
     Ok(())
