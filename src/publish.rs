@@ -180,18 +180,7 @@ mod tests {
     }
 
     fn record(id: &str, status: Status) -> Record {
-        Record {
-            id: id.into(),
-            commit: "a".repeat(40),
-            pillar_rev: None,
-            mode: "cooking".into(),
-            status,
-            who: "t".into(),
-            started: Utc::now(),
-            finished: None,
-            failure: None,
-            snapshot_at: None,
-        }
+        crate::release_log::test_record(id, status)
     }
 
     const GOOD: &str = "20260101T000000Z-00000001";

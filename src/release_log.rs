@@ -136,24 +136,30 @@ impl ReleaseLog {
     }
 }
 
+/// A record for unit tests of code that reads the log.
+#[cfg(test)]
+pub(crate) fn test_record(id: &str, status: Status) -> Record {
+    Record {
+        id: id.into(),
+        commit: "a".repeat(40),
+        pillar_rev: None,
+        mode: "cooking".into(),
+        status,
+        who: "t".into(),
+        started: Utc::now(),
+        finished: None,
+        failure: None,
+        source_release: None,
+        snapshot_at: None,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
     fn record(id: &str, status: Status) -> Record {
-        Record {
-            id: id.into(),
-            commit: "c".into(),
-            pillar_rev: None,
-            mode: "cooking".into(),
-            status,
-            who: "t".into(),
-            started: Utc::now(),
-            finished: None,
-            failure: None,
-            source_release: None,
-            snapshot_at: None,
-        }
+        test_record(id, status)
     }
 
     #[test]
