@@ -312,9 +312,26 @@ fn read_full(file: &mut File, buf: &mut [u8]) -> io::Result<usize> {
 }
 
 /// Hashes what goes to the file, so the checksum costs no second read of the archive.
-struct HashingWriter<W> {
+/// A writer that hashes what passes through it: the sha256 of a tarball is computed while it
+/// is written (bake) or copied in (fetch), never by reading it again.
+pub(crate) struct HashingWriter<W: Write> {
     inner: W,
     hasher: Sha256,
+}
+
+impl<W: Write> HashingWriter<W> {
+    pub(crate) fn new(inner: W) -> Self {
+        HashingWriter {
+            inner,
+            hasher: Sha256::new(),
+        }
+    }
+
+    /// Flushes and returns the hex sha256 of everything written.
+    pub(crate) fn finish(mut self) -> io::Result<String> {
+        self.inner.flush()?;
+        Ok(hex::encode(self.hasher.finalize()))
+    }
 }
 
 impl<W: Write> Write for HashingWriter<W> {
@@ -340,10 +357,7 @@ fn archive(
         path: out.to_path_buf(),
         source,
     };
-    let sink = HashingWriter {
-        inner: BufWriter::with_capacity(1 << 20, file),
-        hasher: Sha256::new(),
-    };
+    let sink = HashingWriter::new(BufWriter::with_capacity(1 << 20, file));
     let workers = thread::available_parallelism().map_or(1, |n| n.get());
     let mut encoder = zstd::Encoder::new(sink, level).map_err(write_err)?;
     encoder.include_checksum(true).map_err(write_err)?;
@@ -420,9 +434,7 @@ fn archive(
         .into_inner()
         .map_err(|e| write_err(e.into_error()))?;
     let sink = encoder.finish().map_err(write_err)?;
-    let HashingWriter { mut inner, hasher } = sink;
-    inner.flush().map_err(write_err)?;
-    Ok((hex::encode(hasher.finalize()), files, bytes))
+    Ok((sink.finish().map_err(write_err)?, files, bytes))
 }
 
 /// A PAX time value: seconds since the epoch with a nanosecond fraction.

@@ -18,7 +18,8 @@ use git2::Oid;
 use serde_json::json;
 use sha2::{Digest, Sha256};
 
-use crate::error::{Error, io_error};
+use crate::bake::HashingWriter;
+use crate::error::Error;
 use crate::layout::ProjectPaths;
 use crate::project::{Node, Project};
 use crate::release::{self, Manifest};
@@ -248,28 +249,10 @@ fn node_limits(node: &Node) -> Limits {
 
 /// The releases in this node's releases/ (pulled before, or imported by hand).
 fn local_releases(dir: &Path) -> Result<Vec<Listed>, Error> {
-    let entries = match fs::read_dir(dir) {
-        Ok(entries) => entries,
-        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
-        Err(e) => return Err(io_error("list", dir, e)),
-    };
-    let mut listed = Vec::new();
-    for entry in entries.flatten() {
-        let name = entry.file_name();
-        let Some(id) = name.to_str().and_then(|n| n.strip_suffix(".json")) else {
-            continue;
-        };
-        if !release::valid_id(id) || !dir.join(Part::Tarball.file_name(id)).is_file() {
-            continue;
-        }
-        if let Ok(bytes) = fs::read(entry.path())
-            && let Ok(item) = serde_json::from_slice::<Listed>(&bytes)
-            && item.release == id
-        {
-            listed.push(item);
-        }
+    if !dir.is_dir() {
+        return Ok(Vec::new());
     }
-    Ok(listed)
+    Ok(crate::source::scan_dir(dir)?)
 }
 
 /// Checks a manifest's signature and content; returns it parsed.
@@ -667,38 +650,6 @@ fn copy_hashing(
         out.write_all(&buf[..n]).map_err(CopyError::Io)?;
     }
     Ok((hex::encode(hasher.finalize()), total))
-}
-
-/// Hashes what passes through, so a download is checked without reading it twice.
-struct HashingWriter<W: Write> {
-    inner: W,
-    hasher: Sha256,
-}
-
-impl<W: Write> HashingWriter<W> {
-    fn new(inner: W) -> Self {
-        HashingWriter {
-            inner,
-            hasher: Sha256::new(),
-        }
-    }
-
-    fn finish(mut self) -> io::Result<String> {
-        self.inner.flush()?;
-        Ok(hex::encode(self.hasher.finalize()))
-    }
-}
-
-impl<W: Write> Write for HashingWriter<W> {
-    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        let n = self.inner.write(buf)?;
-        self.hasher.update(&buf[..n]);
-        Ok(n)
-    }
-
-    fn flush(&mut self) -> io::Result<()> {
-        self.inner.flush()
-    }
 }
 
 #[cfg(test)]

@@ -67,14 +67,16 @@ pub fn branch_tip(repo: &Repository, branch: &str) -> Option<Oid> {
     repo.refname_to_id(&format!("refs/heads/{branch}")).ok()
 }
 
+fn commit_tree(repo: &Repository, oid: Oid) -> Result<git2::Tree<'_>, Error> {
+    repo.find_commit(oid)
+        .map_err(git_error(format!("read commit {oid}")))?
+        .tree()
+        .map_err(git_error(format!("read the tree of {oid}")))
+}
+
 /// The content of `path` in commit `oid`, or None when the commit has no such file.
 pub fn read_file(repo: &Repository, oid: Oid, path: &str) -> Result<Option<Vec<u8>>, Error> {
-    let commit = repo
-        .find_commit(oid)
-        .map_err(git_error(format!("read commit {oid}")))?;
-    let tree = commit
-        .tree()
-        .map_err(git_error(format!("read the tree of {oid}")))?;
+    let tree = commit_tree(repo, oid)?;
     let entry = match tree.get_path(Path::new(path)) {
         Ok(entry) => entry,
         Err(_) => return Ok(None),
@@ -123,12 +125,7 @@ pub fn export(
         .as_ref()
         .and_then(|p| repo.find_commit(p.commit).ok())
         .and_then(|c| c.tree().ok());
-    let commit = repo
-        .find_commit(oid)
-        .map_err(git_error(format!("read commit {oid}")))?;
-    let tree = commit
-        .tree()
-        .map_err(git_error(format!("read the tree of {oid}")))?;
+    let tree = commit_tree(repo, oid)?;
     let mut count = 0u64;
     let mut failure: Option<Error> = None;
     tree.walk(git2::TreeWalkMode::PreOrder, |parent, entry| {

@@ -384,7 +384,7 @@ fn parse_listing(bytes: &[u8], from: &str) -> Result<Vec<Listed>, SourceError> {
 
 /// A releases/ dir without index.json (copied by hand, or from an older node): every
 /// manifest that has its tarball next to it.
-fn scan_dir(dir: &Path) -> Result<Vec<Listed>, SourceError> {
+pub(crate) fn scan_dir(dir: &Path) -> Result<Vec<Listed>, SourceError> {
     let entries = match std::fs::read_dir(dir) {
         Ok(entries) => entries,
         Err(source) => {
@@ -407,6 +407,7 @@ fn scan_dir(dir: &Path) -> Result<Vec<Listed>, SourceError> {
         let path = entry.path();
         if let Some(bytes) = read_limited(File::open(&path), &path)?
             && let Ok(item) = serde_json::from_slice::<Listed>(&bytes)
+            && item.release == id
         {
             listed.push(item);
         }
