@@ -1,19 +1,23 @@
 //! Final mode end to end: a staging node (cooking) bakes releases from real pushes; a
 //! production node (final) deploys the same commits by pulling exactly those tarballs over a
-//! directory, HTTP or SSH source, never building, and refuses anything that does not verify
-//! without changing run/, data/, the release log or releases/.
+//! directory, HTTP or SSH source, never building, and refuses anything that does not verify,
+//! or that the unpacker rejects, without changing run/, data/, the release log or releases/.
 
 #![allow(clippy::unwrap_used)]
 
-mod final_support;
+mod common;
 
 use std::fs;
-use std::os::unix::fs::PermissionsExt;
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use final_support::{App, HttpServer, Node, PROJECT, text, tree, tree_with_mtimes};
+use sha2::Digest;
+
+use common::{App, HttpServer, KILN, Node, Project, assert_same, fingerprint, text};
+
+const PROJECT: &str = "shop";
 
 /// The build command leaves a marker in the node root: it must exist on staging only.
 const RECIPE: &str = "stages:
@@ -24,12 +28,12 @@ const RECIPE: &str = "stages:
     - chmod 0640 private.txt
 ";
 
-fn app(dir: &Path) -> App {
-    let app = App::new(dir.join("app"));
-    app.write("kiln.yml", RECIPE);
-    app.write("index.html", "<h1>shop</h1>\n");
-    app.write("private.txt", "not for everyone\n");
-    app.write("bin/run.sh", "#!/bin/sh\necho run\n");
+fn app(node: &Node) -> App {
+    let app = node.app(PROJECT);
+    app.write("kiln.yml", RECIPE)
+        .write("index.html", "<h1>shop</h1>\n")
+        .write("private.txt", "not for everyone\n")
+        .write("bin/run.sh", "#!/bin/sh\necho run\n");
     fs::set_permissions(
         app.dir.join("bin/run.sh"),
         fs::Permissions::from_mode(0o755),
@@ -39,20 +43,21 @@ fn app(dir: &Path) -> App {
     app
 }
 
-fn staging(dir: &Path, signed: bool) -> (Node, Option<String>) {
-    let node = Node::new(dir.join("staging"));
-    node.ok(&["init", PROJECT, "--mode", "cooking"]);
+/// A cooking node in a fresh temp dir (where the production nodes of the test go too).
+fn staging(signed: bool) -> (Project, Option<String>) {
+    let node = Node::new();
+    let project = node.init(PROJECT, "cooking");
     let key = signed.then(|| node.ok(&["key", "generate"]).trim().to_string());
-    (node, key)
+    (project, key)
 }
 
-fn production(dir: &Path, name: &str, source: &str, trusted_key: Option<&str>) -> Node {
-    let node = Node::new(dir.join(name));
-    node.ok(&["init", PROJECT, "--mode", "final", "--source", source]);
+fn production(staging: &Project, name: &str, source: &str, trusted_key: Option<&str>) -> Project {
+    let node = staging.node.sibling(name);
+    let project = node.init_with(PROJECT, &["--mode", "final", "--source", source]);
     if let Some(key) = trusted_key {
-        node.add_setting(&format!("trusted_key: {key}"));
+        project.add_setting(&format!("trusted_key: {key}"));
     }
-    node
+    project
 }
 
 fn path_str(path: &Path) -> &str {
@@ -60,16 +65,19 @@ fn path_str(path: &Path) -> &str {
 }
 
 /// What production must show after deploying `commit` from `staging`.
-fn assert_deployed_like_staging(production: &Node, staging: &Node, commit: &str) -> String {
+fn assert_deployed_like_staging(production: &Project, staging: &Project, commit: &str) -> String {
     let release = staging.offered_release(commit);
-    assert_eq!(
-        tree(&production.run_dir()),
-        tree(&staging.run_dir()),
-        "run/ trees differ"
+    assert_same(
+        &common::tree_fingerprint(&staging.run()),
+        &common::tree_fingerprint(&production.run()),
+        "run/ of staging and production",
     );
-    assert!(staging.root.join("build-ran").exists(), "staging built");
     assert!(
-        !production.root.join("build-ran").exists(),
+        staging.node.root.join("build-ran").exists(),
+        "staging built"
+    );
+    assert!(
+        !production.node.root.join("build-ran").exists(),
         "production ran a build command"
     );
     let log = production.last_log();
@@ -94,22 +102,21 @@ fn assert_deployed_like_staging(production: &Node, staging: &Node, commit: &str)
 
 #[test]
 fn directory_sources_deploy_the_tree_staging_baked_without_building() {
-    let tmp = tempfile::tempdir().unwrap();
-    let (staging, _) = staging(tmp.path(), false);
-    let app = app(tmp.path());
+    let (staging, _) = staging(false);
+    let app = app(&staging.node);
     let commit = app.commit("one");
     app.deploy(&staging);
 
     // Both forms of a directory source: the project dir and its releases/.
     for (name, source) in [
-        ("production-a", staging.project()),
+        ("production-a", staging.base.clone()),
         ("production-b", staging.releases_dir()),
     ] {
-        let production = production(tmp.path(), name, path_str(&source), None);
+        let production = production(&staging, name, path_str(&source), None);
         let output = app.deploy(&production);
         assert!(output.contains("signature not checked"), "{output}");
         assert_deployed_like_staging(&production, &staging, &commit);
-        let run = production.run_dir();
+        let run = production.run();
         assert_eq!(
             fs::metadata(run.join("private.txt"))
                 .unwrap()
@@ -128,21 +135,20 @@ fn directory_sources_deploy_the_tree_staging_baked_without_building() {
 
 #[test]
 fn http_source_with_a_trusted_key_pulls_the_newest_release_of_the_commit() {
-    let tmp = tempfile::tempdir().unwrap();
-    let (staging, key) = staging(tmp.path(), true);
+    let (staging, key) = staging(true);
     let key = key.unwrap();
     assert!(key.starts_with("ed25519:"), "{key}");
-    let app = app(tmp.path());
+    let app = app(&staging.node);
     let commit = app.commit("one");
     app.deploy(&staging);
     let first = staging.offered_release(&commit);
     // A second bake of the same commit (a redeploy): production must take the newest.
-    staging.ok(&["deploy", PROJECT]);
+    staging.node.ok(&["deploy", PROJECT]);
     let newest = staging.offered_release(&commit);
     assert_ne!(first, newest);
 
     let server = HttpServer::serve(staging.releases_dir());
-    let production = production(tmp.path(), "production", &server.url(), Some(&key));
+    let production = production(&staging, "production", &server.url(), Some(&key));
     let output = app.deploy(&production);
     assert!(output.contains("signature verified"), "{output}");
     let pulled = assert_deployed_like_staging(&production, &staging, &commit);
@@ -200,17 +206,74 @@ fn refused_releases_change_nothing() {
     }
 }
 
+/// What a refused deploy must leave as it was: run/, data/, the release log's records,
+/// releases/ (no refused or half-pulled files) and deploy/ (no refused tree).
+struct Untouched {
+    run: common::Tree,
+    data: common::Tree,
+    records: Vec<serde_json::Value>,
+    releases: Vec<String>,
+    deploy: Vec<String>,
+}
+
+impl Untouched {
+    fn take(project: &Project) -> Untouched {
+        Untouched {
+            run: fingerprint(&project.run()),
+            data: fingerprint(&project.data()),
+            records: records(project),
+            releases: project.release_files(),
+            deploy: project.names_in("deploy"),
+        }
+    }
+
+    /// Checks `project` against this snapshot after one failed deploy of `commit`.
+    fn check(&self, project: &Project, commit: &str, what: &str) {
+        assert_same(
+            &self.run,
+            &fingerprint(&project.run()),
+            &format!("{what}: run/"),
+        );
+        assert_same(
+            &self.data,
+            &fingerprint(&project.data()),
+            &format!("{what}: data/"),
+        );
+        assert_eq!(project.release_files(), self.releases, "{what}: releases/");
+        assert_eq!(project.names_in("deploy"), self.deploy, "{what}: deploy/");
+        let after = records(project);
+        assert_eq!(
+            after.len(),
+            self.records.len() + 1,
+            "{what}: one new record"
+        );
+        assert_eq!(after[..self.records.len()], self.records[..], "{what}");
+        let failed = &after[self.records.len()];
+        assert_eq!(
+            (failed["status"].as_str(), failed["commit"].as_str()),
+            (Some("failed"), Some(commit)),
+            "{what}: {failed}"
+        );
+    }
+}
+
+fn records(project: &Project) -> Vec<serde_json::Value> {
+    project.release_log()["records"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default()
+}
+
 fn refusal(spoil: Spoil, signed: bool, expected: &str) {
-    let tmp = tempfile::tempdir().unwrap();
-    let (staging, key) = staging(tmp.path(), signed);
-    let app = app(tmp.path());
+    let (staging, key) = staging(signed);
+    let app = app(&staging.node);
     let first = app.commit("one");
     app.deploy(&staging);
-    let source = staging.project();
-    let production = production(tmp.path(), "production", path_str(&source), key.as_deref());
+    let source = staging.base.clone();
+    let production = production(&staging, "production", path_str(&source), key.as_deref());
     app.deploy(&production);
-    fs::create_dir_all(production.data_dir().join("uploads")).unwrap();
-    fs::write(production.data_dir().join("uploads/a.txt"), "user data\n").unwrap();
+    fs::create_dir_all(production.data().join("uploads")).unwrap();
+    fs::write(production.data().join("uploads/a.txt"), "user data\n").unwrap();
 
     app.write("index.html", "<h1>shop, second edition</h1>\n");
     let second = app.commit("two");
@@ -218,8 +281,7 @@ fn refusal(spoil: Spoil, signed: bool, expected: &str) {
         app.deploy(&staging);
     }
     // Production gets the commit without deploying it (only master deploys).
-    let pushed = app.push(&production, "next");
-    assert!(pushed.status.success(), "{}", text(&pushed));
+    app.push_next(&production);
 
     let release = if matches!(spoil, Spoil::NotBaked) {
         String::new()
@@ -249,12 +311,8 @@ fn refusal(spoil: Spoil, signed: bool, expected: &str) {
         }
     }
 
-    let run_before = tree_with_mtimes(&production.run_dir());
-    let data_before = tree_with_mtimes(&production.data_dir());
-    let log_before = production.release_log();
-    let files_before = production.release_files();
-
-    let output = production.kiln(&["deploy", PROJECT, "--rev", &second]);
+    let before = Untouched::take(&production);
+    let output = production.node.kiln(&["deploy", PROJECT, "--rev", &second]);
     let expected = expected
         .replace("{commit}", &second)
         .replace("{source}", path_str(&source))
@@ -266,46 +324,281 @@ fn refusal(spoil: Spoil, signed: bool, expected: &str) {
         stderr.starts_with("error: deploy FAILED at configure (") && stderr.contains(&expected),
         "{spoil:?}: expected `{expected}`\n{all}"
     );
+    before.check(&production, &second, &format!("{spoil:?}"));
+}
 
-    assert_eq!(
-        tree_with_mtimes(&production.run_dir()),
-        run_before,
-        "{spoil:?}: run/"
-    );
-    assert_eq!(
-        tree_with_mtimes(&production.data_dir()),
-        data_before,
-        "{spoil:?}: data/"
-    );
-    assert_eq!(
-        production.release_files(),
-        files_before,
-        "{spoil:?}: releases/"
-    );
-    let log_after = production.release_log();
-    assert_eq!(log_after[..log_before.len()], log_before[..], "{spoil:?}");
-    let (failed, status, commit) = &log_after[log_before.len()];
-    assert_eq!(
-        (status.as_str(), commit.as_str()),
-        ("failed", second.as_str())
-    );
-    assert!(
-        !production.project().join("deploy").join(failed).exists(),
-        "{spoil:?}: the refused tree is still in deploy/"
-    );
+/// One entry of a hand-made archive. Its header is written byte by byte, so nothing (not even
+/// the tar crate's own path checks) cleans it up before production's unpacker sees it.
+struct Raw {
+    path: Vec<u8>,
+    kind: tar::EntryType,
+    link: Vec<u8>,
+    data: &'static [u8],
+}
+
+impl Raw {
+    fn file(path: impl AsRef<[u8]>, data: &'static [u8]) -> Raw {
+        Raw::special(path, tar::EntryType::Regular, "").with_data(data)
+    }
+
+    fn symlink(path: impl AsRef<[u8]>, target: impl AsRef<[u8]>) -> Raw {
+        Raw::special(path, tar::EntryType::Symlink, target)
+    }
+
+    fn special(path: impl AsRef<[u8]>, kind: tar::EntryType, link: impl AsRef<[u8]>) -> Raw {
+        Raw {
+            path: path.as_ref().to_vec(),
+            kind,
+            link: link.as_ref().to_vec(),
+            data: b"",
+        }
+    }
+
+    fn with_data(self, data: &'static [u8]) -> Raw {
+        Raw { data, ..self }
+    }
+}
+
+/// `entries` as a `.tar.zst`, written as a careless or hostile baker would.
+fn hostile_tarball(entries: &[Raw]) -> Vec<u8> {
+    let mut builder = tar::Builder::new(Vec::new());
+    for entry in entries {
+        let mut header = tar::Header::new_gnu();
+        header.set_entry_type(entry.kind);
+        header.set_size(entry.data.len() as u64);
+        header.set_mode(0o644);
+        header.set_uid(0);
+        header.set_gid(0);
+        header.set_mtime(1_700_000_000);
+        if entry.kind == tar::EntryType::Char {
+            // /dev/null's numbers.
+            header.set_device_major(1).unwrap();
+            header.set_device_minor(3).unwrap();
+        }
+        let old = header.as_old_mut();
+        for (field, bytes) in [
+            (&mut old.name, &entry.path),
+            (&mut old.linkname, &entry.link),
+        ] {
+            assert!(
+                bytes.len() <= field.len(),
+                "too long for a tar header: {bytes:?}"
+            );
+            field[..bytes.len()].copy_from_slice(bytes);
+        }
+        header.set_cksum();
+        builder.append(&header, entry.data).unwrap();
+    }
+    zstd::encode_all(builder.into_inner().unwrap().as_slice(), 3).unwrap()
+}
+
+/// One class of hostile archive, and what its refusal must say.
+struct Hostile {
+    class: &'static str,
+    entries: Vec<Raw>,
+    /// The entry the error must name, and the reason it must give.
+    entry: String,
+    reason: String,
+    /// Where following the archive would have written outside the release.
+    planted: Vec<PathBuf>,
+}
+
+fn hostile_cases(outside: &Path, production: &Project) -> Vec<Hostile> {
+    let at = |path: &Path| path.to_str().unwrap().to_string();
+    let page = || Raw::file("index.html", b"<h1>hostile</h1>\n");
+    // From deploy/<release>/ (or the private dir it is unpacked in, next to it), four levels
+    // up is the temp dir that holds the nodes and `outside`.
+    let dotdot = "../../../../outside/dotdot.txt";
+    let absolute = at(&outside.join("absolute.txt"));
+    let data = at(&production.data());
+    let outside_dir = at(outside);
+    let victim = at(&outside.join("victim.txt"));
+    vec![
+        Hostile {
+            class: "`..` path",
+            entries: vec![page(), Raw::file(dotdot, b"escaped\n")],
+            entry: dotdot.into(),
+            reason: "has a `..` component".into(),
+            planted: vec![outside.join("dotdot.txt")],
+        },
+        Hostile {
+            class: "absolute path",
+            entries: vec![page(), Raw::file(&absolute, b"escaped\n")],
+            entry: absolute.clone(),
+            reason: "has an absolute path".into(),
+            planted: vec![outside.join("absolute.txt")],
+        },
+        Hostile {
+            class: "symlink to an outside dir, written through",
+            entries: vec![
+                page(),
+                Raw::symlink("out", &outside_dir),
+                Raw::file("out/through.txt", b"escaped\n"),
+            ],
+            entry: "out".into(),
+            reason: format!(
+                "is a symlink to `{outside_dir}`, an absolute path outside the allowed link roots"
+            ),
+            planted: vec![outside.join("through.txt")],
+        },
+        // Links into data/ are allowed (apps keep uploads there); writing through them is not.
+        Hostile {
+            class: "symlink into data/, written through",
+            entries: vec![
+                page(),
+                Raw::symlink("store", &data),
+                Raw::file("store/planted.txt", b"planted\n"),
+            ],
+            entry: "store/planted.txt".into(),
+            reason: "would be written through the symlink `store`".into(),
+            planted: vec![production.data().join("planted.txt")],
+        },
+        Hostile {
+            class: "symlink whose target escapes",
+            entries: vec![
+                page(),
+                Raw::symlink("up", "../../.."),
+                Raw::file("up/escaped.txt", b"escaped\n"),
+            ],
+            entry: "up".into(),
+            reason: "is a symlink to `../../..`, which leaves the release".into(),
+            planted: vec![production.node.root.join("escaped.txt")],
+        },
+        Hostile {
+            class: "hard link",
+            entries: vec![page(), Raw::special("hard", tar::EntryType::Link, &victim)],
+            entry: "hard".into(),
+            reason: "is a hard link, which kiln never bakes".into(),
+            planted: vec![],
+        },
+        Hostile {
+            class: "character device",
+            entries: vec![page(), Raw::special("null", tar::EntryType::Char, "")],
+            entry: "null".into(),
+            reason: "is a character device; only files, directories and symlinks are allowed"
+                .into(),
+            planted: vec![],
+        },
+        Hostile {
+            class: "fifo",
+            entries: vec![page(), Raw::special("pipe", tar::EntryType::Fifo, "")],
+            entry: "pipe".into(),
+            reason: "is a fifo; only files, directories and symlinks are allowed".into(),
+            planted: vec![],
+        },
+        Hostile {
+            class: "duplicate entry",
+            entries: vec![page(), Raw::file("index.html", b"<h1>second</h1>\n")],
+            entry: "index.html".into(),
+            reason: "appears twice".into(),
+            planted: vec![],
+        },
+    ]
+}
+
+/// The unpacker's refusals, end to end: a final-mode node whose directory source holds
+/// hand-made archives (checksums right, so only the unpacker can refuse them) fails each
+/// deploy with the release and the reason named, and changes nothing inside or outside.
+#[test]
+fn hostile_archives_are_refused_by_a_final_deploy_and_change_nothing() {
+    let (staging, _) = staging(false);
+    let app = app(&staging.node);
+    let good = app.commit("good");
+    app.deploy(&staging);
+    let release = staging.offered_release(&good);
+    let tmp = staging.node.dir.path();
+    // A directory source filled by hand: staging's good release first.
+    let source = tmp.join("by-hand");
+    fs::create_dir(&source).unwrap();
+    for suffix in [".tar.zst", ".json"] {
+        let name = format!("{release}{suffix}");
+        fs::copy(staging.releases_dir().join(&name), source.join(&name)).unwrap();
+    }
+    let production = production(&staging, "production", path_str(&source), None);
+    app.deploy(&production);
+    fs::create_dir_all(production.data().join("uploads")).unwrap();
+    fs::write(production.data().join("uploads/a.txt"), "user data\n").unwrap();
+    let live = production.current();
+    assert!(live.is_some());
+
+    // Outside every node: where the escapes aim, with a file for the hard link to take.
+    let outside = tmp.join("outside");
+    fs::create_dir(&outside).unwrap();
+    let victim = outside.join("victim.txt");
+    fs::write(&victim, "not the release's\n").unwrap();
+    let outside_before = fingerprint(&outside);
+
+    for (i, case) in hostile_cases(&outside, &production).into_iter().enumerate() {
+        let what = case.class;
+        app.write("index.html", what);
+        let commit = app.commit(what);
+        app.push_next(&production);
+        let id = format!("20300101T0000{i:02}Z-{i:08x}");
+        let tarball = hostile_tarball(&case.entries);
+        let files = case
+            .entries
+            .iter()
+            .filter(|e| e.kind == tar::EntryType::Regular);
+        let manifest = serde_json::json!({
+            "format": 1,
+            "release": id,
+            "project": PROJECT,
+            "commit": commit,
+            "pillar_rev": null,
+            "created": "2030-01-01T00:00:00Z",
+            "sha256": hex::encode(sha2::Sha256::digest(&tarball)),
+            "files": files.clone().count(),
+            "bytes": files.map(|e| e.data.len()).sum::<usize>(),
+            "tree_digest": format!("sha256:{}", "0".repeat(64)),
+        });
+        fs::write(source.join(format!("{id}.tar.zst")), &tarball).unwrap();
+        fs::write(
+            source.join(format!("{id}.json")),
+            serde_json::to_vec_pretty(&manifest).unwrap(),
+        )
+        .unwrap();
+
+        let before = Untouched::take(&production);
+        let output = production.node.kiln(&["deploy", PROJECT, "--rev", &commit]);
+        let all = text(&output);
+        assert_eq!(output.status.code(), Some(1), "{what}\n{all}");
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        let named = format!("release {id} refused: release archive `");
+        let reason = format!(
+            "{id}.tar.zst` refused: entry `{}` {}",
+            case.entry, case.reason
+        );
+        assert!(
+            stderr.starts_with("error: deploy FAILED at configure (")
+                && stderr.contains(&named)
+                && stderr.contains(&reason),
+            "{what}: expected `{named}...{reason}`\n{all}"
+        );
+        before.check(&production, &commit, what);
+        assert_eq!(production.current(), live, "{what}: the live release");
+        assert_same(&outside_before, &fingerprint(&outside), what);
+        assert_eq!(fs::metadata(&victim).unwrap().nlink(), 1, "{what}: victim");
+        for path in &case.planted {
+            assert!(
+                fs::symlink_metadata(path).is_err(),
+                "{what}: `{}` was written",
+                path.display()
+            );
+        }
+    }
 }
 
 #[test]
 fn an_exported_release_imported_by_hand_deploys_on_an_air_gapped_node() {
-    let tmp = tempfile::tempdir().unwrap();
-    let (staging, key) = staging(tmp.path(), true);
-    let app = app(tmp.path());
+    let (staging, key) = staging(true);
+    let tmp = staging.node.dir.path();
+    let app = app(&staging.node);
     let commit = app.commit("one");
     app.deploy(&staging);
     let release = staging.offered_release(&commit);
 
     // Carry the release over by hand, through `kiln release export`.
-    let usb = tmp.path().join("usb");
+    let usb = tmp.join("usb");
     fs::create_dir(&usb).unwrap();
     for (flag, suffix) in [
         (None, ".tar.zst"),
@@ -314,7 +607,7 @@ fn an_exported_release_imported_by_hand_deploys_on_an_air_gapped_node() {
     ] {
         let mut args = vec!["release", "export", PROJECT, release.as_str()];
         args.extend(flag);
-        let output = staging.kiln(&args);
+        let output = staging.node.kiln(&args);
         assert!(output.status.success(), "{}", text(&output));
         let name = format!("{release}{suffix}");
         assert_eq!(
@@ -324,9 +617,9 @@ fn an_exported_release_imported_by_hand_deploys_on_an_air_gapped_node() {
         fs::write(usb.join(name), output.stdout).unwrap();
     }
 
-    let nothing = tmp.path().join("unreachable-staging");
+    let nothing = tmp.join("unreachable-staging");
     fs::create_dir(&nothing).unwrap();
-    let production = production(tmp.path(), "production", path_str(&nothing), key.as_deref());
+    let production = production(&staging, "production", path_str(&nothing), key.as_deref());
     let tarball = usb.join(format!("{release}.tar.zst"));
     let good = fs::read(&tarball).unwrap();
 
@@ -336,7 +629,9 @@ fn an_exported_release_imported_by_hand_deploys_on_an_air_gapped_node() {
     let last = bad.len() - 1;
     bad[last] ^= 1;
     fs::write(&tarball, bad).unwrap();
-    let output = production.kiln(&["release", "import", PROJECT, path_str(&tarball)]);
+    let output = production
+        .node
+        .kiln(&["release", "import", PROJECT, path_str(&tarball)]);
     assert_eq!(output.status.code(), Some(2), "{}", text(&output));
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(
@@ -346,7 +641,9 @@ fn an_exported_release_imported_by_hand_deploys_on_an_air_gapped_node() {
     assert_eq!(production.release_files(), before);
 
     fs::write(&tarball, good).unwrap();
-    production.ok(&["release", "import", PROJECT, path_str(&tarball)]);
+    production
+        .node
+        .ok(&["release", "import", PROJECT, path_str(&tarball)]);
     for suffix in [".tar.zst", ".json", ".json.sig"] {
         assert!(
             production
@@ -400,7 +697,7 @@ impl Sshd {
                 return Err("ssh-keygen failed".into());
             }
         }
-        let bin_dir = Path::new(final_support::kiln_bin()).parent().unwrap();
+        let bin_dir = Path::new(KILN).parent().unwrap();
         let public = fs::read_to_string(dir.join("client_key.pub")).unwrap();
         fs::write(
             dir.join("authorized_keys"),
@@ -482,24 +779,23 @@ impl Sshd {
 
 #[test]
 fn ssh_source_pulls_through_kiln_release_export() {
-    let tmp = tempfile::tempdir().unwrap();
-    let sshd = match Sshd::start(tmp.path()) {
+    let (staging, key) = staging(true);
+    let sshd = match Sshd::start(staging.node.dir.path()) {
         Ok(sshd) => sshd,
         Err(reason) => {
             eprintln!("skipped: {reason}");
             return;
         }
     };
-    let (staging, key) = staging(tmp.path(), true);
-    let app = app(tmp.path());
+    let app = app(&staging.node);
     let commit = app.commit("one");
     app.deploy(&staging);
     let source = format!(
         "ssh://root@127.0.0.1:{}{}",
         sshd.port,
-        staging.project().display()
+        staging.base.display()
     );
-    let production = production(tmp.path(), "production", &source, key.as_deref());
+    let production = production(&staging, "production", &source, key.as_deref());
     let env = [("KILN_SSH", sshd.wrapper.as_path())];
     let output = app.deploy_env(&production, &env);
     assert!(output.contains("signature verified"), "{output}");
@@ -508,8 +804,7 @@ fn ssh_source_pulls_through_kiln_release_export() {
     // A commit staging never baked is refused with the source named.
     app.write("index.html", "two\n");
     let second = app.commit("two");
-    let output = app.push_env(&production, "master", &env);
-    let all = text(&output);
+    let (_, all) = app.push_env(&production, "HEAD:master", &env);
     assert!(
         all.contains(&format!(
             "no release of {second} at {source}; push it to staging first"

@@ -1,31 +1,55 @@
-//! The one helper the end-to-end tests share: a throwaway node in a temp dir, an app repo pushed
-//! with the real `git` binary, and a fingerprint of a tree that sees everything the guarantees
-//! talk about (content, modes, mtimes, symlink targets, empty dirs, non-UTF-8 names).
+//! The one helper the end-to-end tests share: throwaway nodes in a temp dir driven through the
+//! real kiln binary (several can share the dir, as staging and production do), an app repo
+//! pushed with the real `git` binary, a fingerprint of a tree that sees everything the
+//! guarantees talk about (content, modes, mtimes, symlink targets, empty dirs, non-UTF-8
+//! names), and a minimal static HTTP server on 127.0.0.1.
 
 #![allow(dead_code, clippy::unwrap_used)]
 
 use std::collections::BTreeMap;
 use std::fs;
-use std::io::Read;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{TcpListener, TcpStream};
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
+use std::rc::Rc;
 
 use sha2::{Digest, Sha256};
 
 pub const KILN: &str = env!("CARGO_BIN_EXE_kiln");
 
+/// A command with a predictable environment: no inherited KILN_* or GIT_* settings.
+fn clean(mut command: Command) -> Command {
+    for (key, _) in std::env::vars_os() {
+        if key.as_bytes().starts_with(b"KILN_") || key.as_bytes().starts_with(b"GIT_") {
+            command.env_remove(key);
+        }
+    }
+    command
+}
+
+/// A kiln node: a root inside a temp dir that lives as long as any node or project in it.
+#[derive(Clone)]
 pub struct Node {
-    pub dir: tempfile::TempDir,
+    pub dir: Rc<tempfile::TempDir>,
     pub root: PathBuf,
 }
 
 impl Node {
     pub fn new() -> Node {
-        let dir = tempfile::tempdir().expect("temp dir");
+        let dir = Rc::new(tempfile::tempdir().expect("temp dir"));
         let root = dir.path().join("node");
         Node { dir, root }
+    }
+
+    /// Another node in the same temp dir, rooted at `<dir>/<name>`.
+    pub fn sibling(&self, name: &str) -> Node {
+        Node {
+            dir: Rc::clone(&self.dir),
+            root: self.dir.path().join(name),
+        }
     }
 
     /// `kiln --root <root> <args>`
@@ -34,7 +58,7 @@ impl Node {
     }
 
     pub fn kiln_env(&self, args: &[&str], env: &[(&str, &str)]) -> Output {
-        let mut cmd = Command::new(KILN);
+        let mut cmd = clean(Command::new(KILN));
         cmd.arg("--root").arg(&self.root).args(args);
         for (k, v) in env {
             cmd.env(k, v);
@@ -42,9 +66,22 @@ impl Node {
         cmd.output().expect("run kiln")
     }
 
+    /// Runs kiln, insists that it succeeds and returns its stdout.
+    pub fn ok(&self, args: &[&str]) -> String {
+        let out = self.kiln(args);
+        assert_success(&out, &format!("kiln {args:?}"));
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
     pub fn init(&self, name: &str, mode: &str) -> Project {
-        let out = self.kiln(&["init", name, "--mode", mode]);
-        assert_success(&out, "kiln init");
+        self.init_with(name, &["--mode", mode])
+    }
+
+    /// `kiln init <name> <args>`, e.g. with `--source` for final mode.
+    pub fn init_with(&self, name: &str, args: &[&str]) -> Project {
+        let mut all = vec!["init", name];
+        all.extend_from_slice(args);
+        self.ok(&all);
         self.project(name)
     }
 
@@ -57,6 +94,7 @@ impl Node {
         Project {
             name: name.to_string(),
             base: self.root.join(name),
+            node: self.clone(),
         }
     }
 
@@ -73,6 +111,7 @@ impl Node {
 pub struct Project {
     pub name: String,
     pub base: PathBuf,
+    pub node: Node,
 }
 
 impl Project {
@@ -87,6 +126,9 @@ impl Project {
     }
     pub fn repo(&self) -> PathBuf {
         self.path("git/project.git")
+    }
+    pub fn releases_dir(&self) -> PathBuf {
+        self.path("releases")
     }
     pub fn release_log(&self) -> serde_json::Value {
         match fs::read(self.path("state/releases.json")) {
@@ -122,6 +164,53 @@ impl Project {
             .success()
             .then(|| String::from_utf8_lossy(&out.stdout).trim().to_string())
     }
+
+    /// Appends a line to project.yml (kiln init has no flag for e.g. `trusted_key`).
+    pub fn add_setting(&self, line: &str) {
+        let path = self.path("project.yml");
+        let mut text = fs::read_to_string(&path).unwrap();
+        text.push_str(line);
+        text.push('\n');
+        fs::write(path, text).unwrap();
+    }
+
+    /// The release this project's node offers for `commit` (from `kiln release list --json`).
+    pub fn offered_release(&self, commit: &str) -> String {
+        let json = self.node.ok(&["release", "list", &self.name, "--json"]);
+        let list: Vec<serde_json::Value> = serde_json::from_str(&json).unwrap();
+        list.iter()
+            .rev()
+            .find(|m| m["commit"] == commit)
+            .and_then(|m| m["release"].as_str())
+            .unwrap_or_else(|| panic!("no release of {commit} offered:\n{json}"))
+            .to_string()
+    }
+
+    /// The newest deploy log under logs/.
+    pub fn last_log(&self) -> String {
+        let mut names: Vec<PathBuf> = fs::read_dir(self.path("logs"))
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .filter(|p| p.extension().is_some_and(|e| e == "log"))
+            .collect();
+        names.sort();
+        fs::read_to_string(names.last().expect("a deploy log")).unwrap()
+    }
+
+    /// Names in `rel` (hidden temp dirs included: a refusal must not leave any), sorted.
+    pub fn names_in(&self, rel: &str) -> Vec<String> {
+        let mut names: Vec<String> = fs::read_dir(self.path(rel))
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        names.sort();
+        names
+    }
+
+    /// Names in releases/.
+    pub fn release_files(&self) -> Vec<String> {
+        self.names_in("releases")
+    }
 }
 
 pub struct App {
@@ -130,7 +219,7 @@ pub struct App {
 
 impl App {
     pub fn git(&self, args: &[&str]) -> Output {
-        Command::new("git")
+        clean(Command::new("git"))
             .current_dir(&self.dir)
             .args(args)
             .env("GIT_AUTHOR_NAME", "Tester")
@@ -166,13 +255,26 @@ impl App {
 
     /// `git push <repo> <refspec>`; returns (success, combined output).
     pub fn push_ref(&self, project: &Project, refspec: &str) -> (bool, String) {
-        let out = self.git(&["push", "-f", project.repo().to_str().unwrap(), refspec]);
-        let text = format!(
-            "{}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
-        (out.status.success(), text)
+        self.push_env(project, refspec, &[])
+    }
+
+    /// [`App::push_ref`] with extra environment for the hooks.
+    pub fn push_env(
+        &self,
+        project: &Project,
+        refspec: &str,
+        env: &[(&str, &Path)],
+    ) -> (bool, String) {
+        let mut cmd = clean(Command::new("git"));
+        cmd.current_dir(&self.dir)
+            .args(["push", "-f"])
+            .arg(project.repo())
+            .arg(refspec);
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        let out = cmd.output().expect("run git push");
+        (out.status.success(), text(&out))
     }
 
     /// Force-pushes HEAD to the branch `next`, which does not deploy, so a test can run
@@ -184,6 +286,21 @@ impl App {
 
     pub fn push(&self, project: &Project) -> (bool, String) {
         self.push_ref(project, "HEAD:master")
+    }
+
+    /// Pushes HEAD to master and insists that it deployed; returns the push's output.
+    pub fn deploy(&self, project: &Project) -> String {
+        self.deploy_env(project, &[])
+    }
+
+    pub fn deploy_env(&self, project: &Project, env: &[(&str, &Path)]) -> String {
+        let (ok, output) = self.push_env(project, "HEAD:master", env);
+        assert!(
+            ok && output.contains("-----> deployed"),
+            "push to {}\n{output}",
+            project.base.display()
+        );
+        output
     }
 }
 
@@ -214,9 +331,12 @@ pub struct Fingerprint {
     pub content: String,
 }
 
+/// A whole tree's fingerprints, by path relative to its root.
+pub type Tree = BTreeMap<Vec<u8>, Fingerprint>;
+
 /// Walks `root` (not following symlinks) into path -> fingerprint; the root itself is "".
 /// Directory mtimes are included: a restored tree must match them too.
-pub fn fingerprint(root: &Path) -> BTreeMap<Vec<u8>, Fingerprint> {
+pub fn fingerprint(root: &Path) -> Tree {
     let mut map = BTreeMap::new();
     for entry in walkdir::WalkDir::new(root).follow_links(false) {
         let entry = entry.unwrap();
@@ -261,18 +381,14 @@ pub fn fingerprint(root: &Path) -> BTreeMap<Vec<u8>, Fingerprint> {
 }
 
 /// Like [`fingerprint`] without the root's own entry, for comparing two different roots.
-pub fn tree_fingerprint(root: &Path) -> BTreeMap<Vec<u8>, Fingerprint> {
+pub fn tree_fingerprint(root: &Path) -> Tree {
     let mut map = fingerprint(root);
     map.remove(&Vec::new());
     map
 }
 
 /// Asserts two fingerprints are equal, printing the first differences readably.
-pub fn assert_same(
-    before: &BTreeMap<Vec<u8>, Fingerprint>,
-    after: &BTreeMap<Vec<u8>, Fingerprint>,
-    what: &str,
-) {
+pub fn assert_same(before: &Tree, after: &Tree, what: &str) {
     if before == after {
         return;
     }
@@ -293,4 +409,65 @@ pub fn assert_same(
         }
     }
     panic!("{what}: trees differ:\n{}", diffs.join("\n"));
+}
+
+/// A static file server on 127.0.0.1 serving `dir`, as any web server would publish
+/// staging's releases/: GET only, 404 for anything missing, no directory listings.
+pub struct HttpServer {
+    pub port: u16,
+}
+
+impl HttpServer {
+    pub fn serve(dir: PathBuf) -> HttpServer {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        std::thread::spawn(move || {
+            for stream in listener.incoming().flatten() {
+                let dir = dir.clone();
+                std::thread::spawn(move || {
+                    let _ = answer(stream, &dir);
+                });
+            }
+        });
+        HttpServer { port }
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://127.0.0.1:{}/", self.port)
+    }
+}
+
+fn answer(stream: TcpStream, dir: &Path) -> std::io::Result<()> {
+    let mut reader = BufReader::new(stream.try_clone()?);
+    let mut request = String::new();
+    reader.read_line(&mut request)?;
+    loop {
+        let mut header = String::new();
+        if reader.read_line(&mut header)? == 0 || header.trim().is_empty() {
+            break;
+        }
+    }
+    let mut stream = stream;
+    let path = request.split_whitespace().nth(1).unwrap_or("/");
+    let name = path.trim_start_matches('/');
+    let file = (!name.is_empty() && !name.contains('/') && !name.starts_with('.'))
+        .then(|| dir.join(name))
+        .filter(|p| p.is_file());
+    match file {
+        Some(file) => {
+            let body = fs::read(file)?;
+            write!(
+                stream,
+                "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nContent-Type: application/octet-stream\r\nConnection: close\r\n\r\n",
+                body.len()
+            )?;
+            stream.write_all(&body)?;
+        }
+        None => {
+            stream.write_all(
+                b"HTTP/1.1 404 Not Found\r\nContent-Length: 9\r\nConnection: close\r\n\r\nnot found",
+            )?;
+        }
+    }
+    stream.flush()
 }
