@@ -463,10 +463,25 @@ fn unpack_checked(
         limits: node_limits(node),
         link_roots: &link_roots,
     };
+    // A refused archive is never kept: name it by its file name, not the temp dir it sat in.
+    let name = PathBuf::from(tarball.file_name().unwrap_or(tarball.as_os_str()));
     let info = unpack::unpack(tarball, dest, &opts).map_err(|e| match e {
-        UnpackError::Refused { .. } | UnpackError::Corrupt { .. } => {
-            refused(release, Refusal::Archive(e))
-        }
+        UnpackError::Refused { entry, reason, .. } => refused(
+            release,
+            Refusal::Archive(UnpackError::Refused {
+                archive: name,
+                entry,
+                reason,
+            }),
+        ),
+        UnpackError::Corrupt { after, source, .. } => refused(
+            release,
+            Refusal::Archive(UnpackError::Corrupt {
+                archive: name,
+                after,
+                source,
+            }),
+        ),
         other => FetchError::Unpack {
             release: release.clone(),
             source: other,
