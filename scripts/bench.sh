@@ -11,6 +11,8 @@
 #             summary.json, time-vs-files.svg, machine.txt
 #   --work    scratch directory (default: /var/tmp/kiln-bench); wiped first
 #   --no-loop do not mount a journaled ext4 loop image even when running as root
+#   --only P  run only these parts, comma-separated: tree, push, rss (default: all); results
+#             are added to those already in --out, so a failed part can be run again
 #
 # Installs nothing. Needs rsync, zstd, hyperfine, GNU tar, git, python3 (standard library
 # only) and, for --full, GNU time (/usr/bin/time). See BENCHMARKS.md.
@@ -20,13 +22,15 @@ MODE=quick
 OUT=
 WORK=/var/tmp/kiln-bench
 USE_LOOP=1
+PARTS=tree,push,rss
 while (($#)); do
     case $1 in
     --smoke | --quick | --full) MODE=${1#--} ;;
     --out) OUT=$2; shift ;;
     --work) WORK=$2; shift ;;
     --no-loop) USE_LOOP=0 ;;
-    -h | --help) sed -n '2,18p' "$0"; exit 0 ;;
+    --only) PARTS=$2; shift ;;
+    -h | --help) sed -n "2,20p" "$0"; exit 0 ;;
     *) echo "error: unknown option \`$1\` (see --help)" >&2; exit 2 ;;
     esac
     shift
@@ -81,10 +85,13 @@ OUT=${OUT:-$WORK/results}
 mkdir -p "$OUT"
 OUT=$(cd "$OUT" && pwd)
 RAW=$OUT/raw
-rm -rf "$RAW"
-mkdir -p "$RAW"
 LOG=$OUT/hyperfine.log
-: >"$LOG"
+if [[ $PARTS == tree,push,rss ]]; then
+    rm -rf "$RAW"
+    rm -f "$OUT"/{rss.tsv,first-push.txt,final-mode.txt,peer-differences.txt,push-*-releases.txt}
+    : >"$LOG"
+fi
+mkdir -p "$RAW"
 
 # --- build ----------------------------------------------------------------------------------
 echo "building (cargo build --release) ..."
@@ -95,6 +102,8 @@ cp "$TARGET/release/kiln" "$TARGET/release/examples/kiln-bench" "$WORK/bin/"
 KILN=$WORK/bin/kiln
 KB=$WORK/bin/kiln-bench
 
+MACHINE=$OUT/machine.txt
+[[ $PARTS == tree,push,rss ]] || MACHINE=$OUT/machine-${PARTS//,/-}.txt
 {
     echo "date: $(date -u +%Y-%m-%dT%H:%M:%SZ)"
     echo "mode: $MODE"
@@ -109,8 +118,9 @@ KB=$WORK/bin/kiln-bench
     echo "tar: $(tar --version | head -1)"
     echo "git: $(git --version)"
     echo "hyperfine: $(hyperfine --version)"
-} >"$OUT/machine.txt"
-cat "$OUT/machine.txt"
+    echo "load average at start: $(cut -d' ' -f1-3 /proc/loadavg)"
+} >"$MACHINE"
+cat "$MACHINE"
 
 # --- the runner -----------------------------------------------------------------------------
 # hyperfine times all runs of one command before the next, so each case is run in ROUNDS
@@ -130,6 +140,8 @@ bench() {
     done
     local n=${#names[@]} r k i
     printf '  %-18s %7s files, %5s changed:' "$case" "$files" "$frac"
+    local load_before
+    load_before=$(cut -d' ' -f1 /proc/loadavg)
     for ((r = 0; r < ROUNDS; r++)); do
         local -a args=()
         for ((k = 0; k < n; k++)); do
@@ -142,7 +154,7 @@ bench() {
             echo " FAILED (see $LOG)"; tail -20 "$LOG" >&2; exit 1
         }
     done
-    python3 "$REPO/scripts/bench_report.py" --brief "$RAW" "$case" "$files" "$frac"
+    python3 "$REPO/scripts/bench_report.py" --brief "$RAW" "$case" "$files" "$frac" "$load_before" "$(cut -d' ' -f1 /proc/loadavg)"
 }
 
 # manifest DIR: one line per entry with type, mode, size, mtime (ns) and link target, so two
@@ -244,14 +256,16 @@ tree_cases() {
     rm -rf "$T"
 }
 
-echo "== tree cases on $FS_NOTE"
-for n in "${SIZES[@]}"; do
-    if [[ $MODE == full && $n == 10000 ]]; then
-        tree_cases "$n" "0.001 0.01 0.1"
-    else
-        tree_cases "$n" "0.01"
-    fi
-done
+if [[ $PARTS == *tree* ]]; then
+    echo "== tree cases on $FS_NOTE"
+    for n in "${SIZES[@]}"; do
+        if [[ $MODE == full && $n == 10000 ]]; then
+            tree_cases "$n" "0.001 0.01 0.1"
+        else
+            tree_cases "$n" "0.01"
+        fi
+    done
+fi
 
 # --- push to live ---------------------------------------------------------------------------
 # Real pushes to a real node: kiln's post-receive hook deploys each commit (cooking mode: export,
@@ -310,22 +324,26 @@ push_case() {
     rm -rf "$P"
 }
 
-echo "== push to live"
-for n in "${PUSH_SIZES[@]}"; do push_case "$n"; done
+if [[ $PARTS == *push* ]]; then
+    echo "== push to live"
+    for n in "${PUSH_SIZES[@]}"; do push_case "$n"; done
+fi
 
 # --- peak memory ----------------------------------------------------------------------------
 rss() { # rss NAME COMMAND...: peak RSS (largest process) and wall time, from GNU time
+    local name=$1 kb secs
+    shift
     /usr/bin/time -f '%M %e' -o "$OUT/rss.tmp" "$@"
     read -r kb secs <"$OUT/rss.tmp"
-    printf '%s\t%s\t%s\n' "$1" "$kb" "$secs" >>"$OUT/rss.tsv"
-    printf '  %-22s peak RSS %6.1f MiB, %s s\n' "$1" "$(echo "$kb/1024" | bc -l)" "$secs"
+    printf '%s\t%s\t%s\n' "$name" "$kb" "$secs" >>"$OUT/rss.tsv"
+    printf '  %-22s peak RSS %6.1f MiB, %s s\n' "$name" "$((kb / 1024))" "$secs"
 }
-if [[ $MODE == full ]]; then
+if [[ $MODE == full && $PARTS == *rss* ]]; then
     echo "== peak RSS on a 2 GB tree"
     R=$FS/rss
     mkdir -p "$R"
     "$KB" gen "$R/tree" --files 20000 --seed 5 --min-total-mb 2048 | sed 's/^/  /'
-    : >"$OUT/rss.tsv"
+    rm -f "$OUT/rss.tsv"
     rss kiln-bake "$KB" bake "$R/tree" "$R/k.tar.zst"
     rss tar-zstd sh -c "tar -cf - -C $R/tree . | zstd -q -T0 -3 -f -o $R/t.tar.zst"
     rm -f "$R/t.tar.zst"

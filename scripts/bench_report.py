@@ -3,7 +3,8 @@
 time-vs-files.svg. Standard library only, so the benchmark needs nothing from pip.
 
     bench_report.py OUT                          full report from OUT/raw (and OUT/rss.tsv)
-    bench_report.py --brief RAW CASE FILES FRAC  one progress line for one case
+    bench_report.py --brief RAW CASE FILES FRAC [LOAD_BEFORE LOAD_AFTER]
+                                                 one progress line for one case
 """
 
 import glob
@@ -67,7 +68,12 @@ def pct(frac):
     return "-" if f == 0 else f"{f * 100:g}%"
 
 
-def brief(raw, case, files, frac):
+def brief(raw, case, files, frac, load_before=None, load_after=None):
+    if load_before is not None:
+        # Other work on the machine slows both contenders, but not always equally: keep the
+        # 1-minute load average around each case next to its numbers.
+        with open(os.path.join(raw, "load.tsv"), "a") as f:
+            f.write(f"{case}\t{files}\t{frac}\t{load_before}\t{load_after}\n")
     data = load(raw)
     times = data.get((case, int(files), frac), {})
     parts = [f"{name} {fmt(statistics.median(t))}" for name, t in times.items()]
@@ -79,7 +85,19 @@ def brief(raw, case, files, frac):
     print(" " + ", ".join(parts))
 
 
-def rows(data):
+def loads(raw):
+    out = {}
+    p = os.path.join(raw, "load.tsv")
+    if os.path.exists(p):
+        with open(p) as f:
+            for line in f:
+                case, files, frac, a, b = line.rstrip("\n").split("\t")
+                out[(case, int(files), frac)] = max(float(a), float(b))
+    return out
+
+
+def rows(data, load_by_case=None):
+    load_by_case = load_by_case or {}
     out = []
     for (case, files, frac), times in sorted(
         data.items(), key=lambda kv: (list(PEERS).index(kv[0][0]), kv[0][1], float(kv[0][2]))
@@ -96,6 +114,7 @@ def rows(data):
             "peer": peer,
             "ratio": (k / p) if k is not None and p else None,
             "target": target,
+            "load": load_by_case.get((case, files, frac)),
         }
         if case.startswith("push-") and k is not None and p is not None:
             row["overhead"] = k - p
@@ -114,8 +133,8 @@ def rows(data):
 
 def markdown(rs, rss):
     lines = [
-        "| case | files | changed | kiln | peer | peer time | kiln/peer | target | met |",
-        "|---|---:|---:|---:|---|---:|---:|---|---|",
+        "| case | files | changed | kiln | peer | peer time | kiln/peer | target | met | load |",
+        "|---|---:|---:|---:|---|---:|---:|---|---|---:|",
     ]
     for r in rs:
         med = r["medians"]
@@ -124,12 +143,14 @@ def markdown(rs, rss):
             target = f"<= {target:g}"
         met = {True: "yes", False: "**no**"}.get(r.get("met"), "")
         ratio = "-" if r["ratio"] is None else f"{r['ratio']:.2f}"
+        load = "" if r.get("load") is None else f"{r['load']:.1f}"
         kiln = fmt(med.get("kiln"))
         if "overhead" in r:
             kiln += f" (+{fmt(r['overhead'])})"
         lines.append(
             f"| {TITLES[r['case']]} | {r['files']:,} | {pct(r['changed'])} | {kiln} "
-            f"| {r['peer']} | {fmt(med.get(r['peer']))} | {ratio} | {target or ''} | {met} |"
+            f"| {r['peer']} | {fmt(med.get(r['peer']))} | {ratio} | {target or ''} | {met} "
+            f"| {load} |"
         )
     extra = [r for r in rs if any(n not in ("kiln", r["peer"]) for n in r["medians"])]
     if extra:
@@ -149,6 +170,9 @@ def markdown(rs, rss):
                 f"| {TITLES[r['case']]} | {r['files']:,} | {pct(r['changed'])} | "
                 f"{fmt(med.get('kiln'))} | {fmt(ns)} | {fmt(p)} | {ratio} |"
             )
+    lines += ["", "load: the highest 1-minute load average seen around the case "
+              "(the machine has " + str(os.cpu_count()) + " cores; above that, other work competed "
+              "for the CPU while this case ran)."]
     if rss:
         lines += ["", "Peak RSS on a 2 GB tree (largest process of the command):", "",
                   "| command | peak RSS | wall time | target |", "|---|---:|---:|---|"]
@@ -246,13 +270,14 @@ def svg(rs, path):
 
 
 def main():
-    if len(sys.argv) == 6 and sys.argv[1] == "--brief":
+    if len(sys.argv) in (6, 8) and sys.argv[1] == "--brief":
         brief(*sys.argv[2:])
         return
     if len(sys.argv) != 2:
         sys.exit(__doc__)
     out = sys.argv[1]
-    rs = rows(load(os.path.join(out, "raw")))
+    raw = os.path.join(out, "raw")
+    rs = rows(load(raw), loads(raw))
     rss = []
     rss_path = os.path.join(out, "rss.tsv")
     if os.path.exists(rss_path):
