@@ -75,6 +75,13 @@ enum Command {
         name: String,
         release: Option<String>,
     },
+    /// The merged settings (kiln's, kiln.yml defaults, pillar), secrets masked.
+    Config {
+        name: String,
+        /// Show the secret values too.
+        #[arg(long)]
+        reveal: bool,
+    },
     /// Change a project's mode (data/ is never touched).
     Mode { name: String, mode: String },
     /// Finish undoing an interrupted deploy.
@@ -190,6 +197,7 @@ fn dispatch(cli: Cli) -> Result<(), Error> {
                 &DeployRequest {
                     rev,
                     who: hook::pusher(),
+                    settings_only: false,
                 },
                 &mut out,
             )
@@ -215,6 +223,15 @@ fn dispatch(cli: Cli) -> Result<(), Error> {
             let project = node.project(&name)?;
             let mut out = Reporter::to_stdout();
             crate::deploy::rollback_to(&node, &project, release.as_deref(), with_data, &mut out)
+        }
+        Command::Config { name, reveal } => {
+            let project = node.project(&name)?;
+            let value = crate::pillar::show(&node, &project, reveal)?;
+            println!(
+                "{}",
+                serde_json::to_string_pretty(&value).unwrap_or_default()
+            );
+            Ok(())
         }
         Command::Mode { name, mode } => {
             let mode = parse_mode(&mode)?;

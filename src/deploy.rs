@@ -39,6 +39,9 @@ pub struct DeployRequest {
     /// A revision of git/project.git; None: the tip of the deploy branch.
     pub rev: Option<String>,
     pub who: String,
+    /// A pillar push: deploy the live release again with the new settings. Its tree is reused
+    /// (configure, deploy and post_deploy run again; build does not).
+    pub settings_only: bool,
 }
 
 pub struct Deployed {
@@ -99,13 +102,32 @@ pub fn deploy(
 ) -> Result<Deployed, Error> {
     let lock = lock(project, "deploy", out)?;
     rollback::recover(node, project, out)?;
+    deploy_locked(node, project, request, &lock, out)
+}
+
+/// A deploy for a caller that already holds the project lock (and ran recovery).
+pub fn deploy_locked(
+    node: &Node,
+    project: &Project,
+    request: &DeployRequest,
+    lock: &ProjectLock,
+    out: &mut Reporter,
+) -> Result<Deployed, Error> {
     let started = Instant::now();
     let paths = &project.paths;
     let repo = git::open_bare(&paths.project_repo)?;
-    let rev = request
-        .rev
-        .clone()
-        .unwrap_or_else(|| project.config.branch.clone());
+    let log = ReleaseLog::load(&paths.release_log())?;
+    let reuse = log
+        .current
+        .as_ref()
+        .and_then(|id| log.get(id))
+        .filter(|_| request.settings_only)
+        .cloned();
+    let rev = match (&reuse, &request.rev) {
+        (Some(live), _) => live.commit.clone(),
+        (None, Some(rev)) => rev.clone(),
+        (None, None) => project.config.branch.clone(),
+    };
     let commit = git::resolve(&repo, &rev)?;
     let recipe = read_recipe(&repo, commit)?;
     let pillar = Pillar::current(paths)?;
@@ -114,9 +136,9 @@ pub fn deploy(
     lock.set_holder("deploy", Some(&release))?;
     paths.ensure()?;
 
-    let log = ReleaseLog::load(&paths.release_log())?;
     let settings = Settings::gather(node, project, &recipe, &pillar, &release, commit)?;
 
+    out.set_redactor(Redactor::new(&settings.secrets));
     out.open_logs(&paths.log_file(&release), &paths.events_file(&release))?;
     out.headline(&format!(
         "deploying {} ({}) of {} in {} mode as {release}",
@@ -144,6 +166,8 @@ pub fn deploy(
         base_env: settings.env.clone(),
         journal: None,
         log,
+        reuse: reuse.map(|r| r.id),
+        baking: None,
         archive: paths.archive_dir(&release),
         out,
     };
@@ -287,6 +311,10 @@ struct Run<'a> {
     base_env: BTreeMap<String, String>,
     journal: Option<Journal>,
     log: ReleaseLog,
+    /// A settings-only redeploy: the live release whose tree is reused.
+    reuse: Option<String>,
+    /// The tarball being baked: (tree digest, bake info).
+    baking: Option<std::thread::JoinHandle<Result<(String, bake::BakeInfo), Error>>>,
     /// archives/<release> for a deploy; archives/<release>-rollback-<id> for a rollback, so a
     /// rollback never overwrites what the release's own deploy kept.
     archive: PathBuf,
@@ -358,15 +386,43 @@ impl Run<'_> {
                 }
                 self.commands(stage, &paths.project)
             }
+            (Stage::Build, Mode::Editable | Mode::Cooking) if self.reuse.is_some() => {
+                self.out
+                    .note("skipped: only the settings changed, the release is not rebuilt");
+                Ok(())
+            }
             (Stage::Configure | Stage::Build, Mode::Editable) => {
                 self.commands(stage, &paths.project)
             }
             (Stage::Configure, Mode::Cooking) => {
-                let files = git::export(self.repo, self.commit, &paths.build).map_err(fail)?;
-                self.out.note(&format!(
-                    "exported {} ({files} files) into build/",
-                    git::short(self.commit)
-                ));
+                if let Some(live) = self.reuse.clone() {
+                    let stats = sync::sync_tree(
+                        &paths.release_dir(&live),
+                        &paths.build,
+                        &SyncOptions::default(),
+                    )
+                    .map_err(|e| fail(e.into()))?;
+                    self.out.note(&format!(
+                        "copied the tree of {live} ({} files) into build/",
+                        stats.copied
+                    ));
+                } else {
+                    let live_commit = self
+                        .live
+                        .as_ref()
+                        .and_then(|id| self.log.get(id))
+                        .and_then(|r| Oid::from_str(&r.commit).ok());
+                    let live_tree = self.live.as_ref().map(|id| paths.release_dir(id));
+                    let previous = live_commit
+                        .zip(live_tree.as_deref())
+                        .map(|(commit, tree)| git::Previous { commit, tree });
+                    let files = git::export(self.repo, self.commit, &paths.build, previous)
+                        .map_err(fail)?;
+                    self.out.note(&format!(
+                        "exported {} ({files} files) into build/",
+                        git::short(self.commit)
+                    ));
+                }
                 self.commands(stage, &paths.build)
             }
             (Stage::Build, Mode::Cooking) => self.commands(stage, &paths.build),
@@ -398,6 +454,8 @@ impl Run<'_> {
                 self.commit_release().map_err(fail)
             }
             (Stage::PostDeploy, _) => {
+                self.finish_bake()
+                    .map_err(|e| Failure::new(Stage::Bundle, e))?;
                 self.commands(stage, &paths.run)?;
                 self.commit_release().map_err(fail)
             }
@@ -471,10 +529,11 @@ impl Run<'_> {
         )
         .to_path_buf();
         match fs::symlink_metadata(&paths.run) {
-            Ok(meta) if meta.file_type().is_symlink() => {
-                if fs::read_link(&paths.run).ok().as_deref() == Some(target.as_path()) {
-                    return Ok(());
-                }
+            Ok(meta)
+                if meta.file_type().is_symlink()
+                    && fs::read_link(&paths.run).ok().as_deref() == Some(target.as_path()) =>
+            {
+                return Ok(());
             }
             Ok(meta) if meta.is_dir() => {
                 // A tree left by cooking or final mode: keep it, never delete it silently.
@@ -499,15 +558,36 @@ impl Run<'_> {
         crate::durable::replace_symlink(&target, &paths.run)
     }
 
-    /// Cooking mode: build/ becomes the immutable release tree, baked into a tarball.
+    /// Cooking mode: build/ becomes the immutable release tree. It is baked into a tarball on
+    /// another thread while the deploy stage prepares and switches, and the release becomes
+    /// good only once the tarball and its manifest are written ([`Run::finish_bake`]).
     fn bundle(&mut self) -> Result<(), Error> {
         let paths = self.paths().clone();
         let tree_dir = paths.release_dir(&self.release);
         fs::rename(&paths.build, &tree_dir).map_err(|e| io_error("move", &paths.build, e))?;
         fs::create_dir(&paths.build).map_err(|e| io_error("create", &paths.build, e))?;
-        let digest = tree::digest(&tree_dir)?;
         let tarball = paths.tarball(&self.release);
-        let info = bake::bake(&tree_dir, &tarball, 3)?;
+        self.baking = Some(std::thread::spawn(move || {
+            let digest = tree::digest(&tree_dir)?;
+            let info = bake::bake(&tree_dir, &tarball, 3)?;
+            Ok((digest, info))
+        }));
+        self.out.note(&format!(
+            "baking releases/{}.tar.zst while the deploy goes on",
+            self.release
+        ));
+        Ok(())
+    }
+
+    /// Waits for the tarball and writes the manifest (and its signature).
+    fn finish_bake(&mut self) -> Result<(), Error> {
+        let Some(baking) = self.baking.take() else {
+            return Ok(());
+        };
+        let (digest, info) = baking.join().map_err(|_| Error::Refused {
+            message: format!("baking release {} crashed", self.release),
+        })??;
+        let paths = self.paths().clone();
         let manifest = Manifest {
             format: 1,
             release: self.release.clone(),
@@ -609,7 +689,7 @@ impl Run<'_> {
             .last_snapshot(&self.release)
             .and_then(|r| {
                 let dir = paths.archive_dir(&r.id).join("data");
-                dir.is_dir().then(|| (dir, r.snapshot_at))
+                dir.is_dir().then_some((dir, r.snapshot_at))
             })
             .and_then(|(dir, at)| at.map(|at| (dir, std::time::SystemTime::from(at))));
         let t = Instant::now();
@@ -720,10 +800,11 @@ impl Run<'_> {
             record.finished = Some(Utc::now());
         }
         let is_rollback = self.journal.as_ref().map(|j| j.action.as_str()) == Some("rollback");
-        if let Some(previous) = previous.filter(|p| is_rollback && *p != self.release) {
-            if let Some(record) = self.log.get_mut(&previous) {
-                record.status = Status::RolledBack;
-            }
+        if let Some(record) = previous
+            .filter(|p| is_rollback && *p != self.release)
+            .and_then(|p| self.log.get_mut(&p))
+        {
+            record.status = Status::RolledBack;
         }
         self.log.current = Some(self.release.clone());
         self.log.save(&paths.release_log())?;
@@ -747,6 +828,10 @@ impl Run<'_> {
     /// Undoes the failed deploy and builds the error for the final line.
     fn fail(&mut self, failure: Failure) -> Error {
         let paths = self.paths().clone();
+        // The baker reads the release tree that the rollback is about to move away.
+        if let Some(baking) = self.baking.take() {
+            let _ = baking.join();
+        }
         self.out.event(
             json!({"event": "failure", "stage": failure.stage.as_str(), "reason": failure.reason}),
         );
@@ -900,6 +985,20 @@ pub fn rollback_to(
         repo: paths.project_repo.clone(),
     })?;
     let recipe = read_recipe(&repo, commit)?;
+    // The release runs again with the settings it ran with: its pillar commit.
+    let pillar_before = Pillar::current(paths)?.rev;
+    let pillar_target = target
+        .pillar_rev
+        .as_deref()
+        .and_then(|rev| Oid::from_str(rev).ok());
+    if let Some(oid) = pillar_target.filter(|oid| Some(oid.to_string()) != pillar_before) {
+        crate::pillar::checkout(paths, oid)?;
+        out.headline(&format!(
+            "pillar/ back at {}, as {} ran with",
+            git::short(oid),
+            target.id
+        ));
+    }
     let pillar = Pillar::current(paths)?;
     let settings = Settings::gather(node, project, &recipe, &pillar, &target.id, commit)?;
     let archive = paths.archive_dir(&format!(
@@ -932,6 +1031,8 @@ pub fn rollback_to(
         base_env: settings.env.clone(),
         journal: None,
         log,
+        reuse: None,
+        baking: None,
         archive,
         out,
     };
@@ -948,6 +1049,12 @@ pub fn rollback_to(
             run.out.headline(&format!("rolled back to {}", target.id));
             Ok(())
         }
-        Err(failure) => Err(run.fail(failure)),
+        Err(failure) => {
+            let error = run.fail(failure);
+            if let Some(Ok(oid)) = pillar_before.as_deref().map(Oid::from_str) {
+                crate::pillar::checkout(paths, oid)?;
+            }
+            Err(error)
+        }
     }
 }

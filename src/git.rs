@@ -38,6 +38,19 @@ pub fn init_bare(path: &Path, branch: &str) -> Result<bool, Error> {
     Ok(true)
 }
 
+/// Makes git write the repo's files readable by their owner only (the pillar's secrets).
+pub fn restrict_repo(path: &Path) -> Result<(), Error> {
+    let repo =
+        Repository::open_bare(path).map_err(git_error(format!("open `{}`", path.display())))?;
+    let mut config = repo.config().map_err(git_error(format!(
+        "read the config of `{}`",
+        path.display()
+    )))?;
+    config
+        .set_str("core.sharedRepository", "0600")
+        .map_err(git_error(format!("configure `{}`", path.display())))
+}
+
 /// Resolves `rev` (a branch, tag, or commit id) to a commit.
 pub fn resolve(repo: &Repository, rev: &str) -> Result<Oid, Error> {
     let unknown = || Error::UnknownRev {
@@ -86,11 +99,30 @@ pub fn summary(repo: &Repository, oid: Oid) -> String {
         .unwrap_or_default()
 }
 
+/// The release an export follows: its commit and its tree on disk.
+pub struct Previous<'a> {
+    pub commit: Oid,
+    pub tree: &'a Path,
+}
+
 /// Writes the tree of commit `oid` into `dest` (which must exist and be empty): regular files
 /// with git's modes, symlinks, directories. Submodules are skipped: kiln deploys one repo.
 /// Walking the tree and writing blobs directly avoids libgit2's checkout machinery, which
 /// NOTES.md measured at twice the time of `git archive | tar -x`.
-pub fn export(repo: &Repository, oid: Oid, dest: &Path) -> Result<u64, Error> {
+///
+/// A file whose blob is the same as in `previous` gets the mtime it has in the previous
+/// release tree. Without that, every fresh export would look entirely changed to the size and
+/// mtime quick check, and preparing the next live tree would copy everything every time.
+pub fn export(
+    repo: &Repository,
+    oid: Oid,
+    dest: &Path,
+    previous: Option<Previous>,
+) -> Result<u64, Error> {
+    let old_tree = previous
+        .as_ref()
+        .and_then(|p| repo.find_commit(p.commit).ok())
+        .and_then(|c| c.tree().ok());
     let commit = repo
         .find_commit(oid)
         .map_err(git_error(format!("read commit {oid}")))?;
@@ -106,6 +138,10 @@ pub fn export(repo: &Repository, oid: Oid, dest: &Path) -> Result<u64, Error> {
         match write_entry(repo, entry, &path) {
             Ok(written) => {
                 count += written;
+                if let (Some(old), Some(previous)) = (&old_tree, &previous) {
+                    let rel = Path::new(parent).join(OsStr::from_bytes(entry.name_bytes()));
+                    keep_mtime(old, entry, &rel, previous.tree, &path);
+                }
                 git2::TreeWalkResult::Ok
             }
             Err(e) => {
@@ -119,6 +155,35 @@ pub fn export(repo: &Repository, oid: Oid, dest: &Path) -> Result<u64, Error> {
         return Err(e);
     }
     Ok(count)
+}
+
+/// Gives `path` the mtime of the same, unchanged file in the previous release (best effort:
+/// a miss only costs a copy later).
+fn keep_mtime(old: &git2::Tree, entry: &git2::TreeEntry, rel: &Path, old_dir: &Path, path: &Path) {
+    if entry.kind() != Some(ObjectType::Blob) || entry.filemode() == i32::from(git2::FileMode::Link)
+    {
+        return;
+    }
+    let Ok(old_entry) = old.get_path(rel) else {
+        return;
+    };
+    if old_entry.id() != entry.id() || old_entry.filemode() != entry.filemode() {
+        return;
+    }
+    let (Ok(old_meta), Ok(new_meta)) =
+        (fs::symlink_metadata(old_dir.join(rel)), fs::metadata(path))
+    else {
+        return;
+    };
+    if old_meta.is_file()
+        && old_meta.len() == new_meta.len()
+        && let Ok(mtime) = old_meta.modified()
+    {
+        let _ = fs::File::options()
+            .write(true)
+            .open(path)
+            .and_then(|f| f.set_modified(mtime));
+    }
 }
 
 fn write_entry(repo: &Repository, entry: &git2::TreeEntry, path: &Path) -> Result<u64, Error> {

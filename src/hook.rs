@@ -124,6 +124,7 @@ pub fn post_receive(
         &DeployRequest {
             rev: Some(commit),
             who: pusher(),
+            settings_only: false,
         },
         out,
     )

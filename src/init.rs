@@ -58,10 +58,13 @@ pub fn init(node: &Node, request: &InitRequest, kiln: &Path) -> Result<InitRepor
     let mut created = paths.ensure()?;
     for (repo, branch) in [
         (&paths.project_repo, config.branch.as_str()),
-        (&paths.pillar_repo, "master"),
+        (&paths.pillar_repo, config.branch.as_str()),
     ] {
         if git::init_bare(repo, branch)? {
             created.push(repo.clone());
+        }
+        if repo == &paths.pillar_repo {
+            git::restrict_repo(repo)?;
         }
         install_hooks(repo, kiln, &node.root, &request.name)?;
     }

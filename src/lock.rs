@@ -64,7 +64,7 @@ impl ProjectLock {
             since: chrono::Utc::now(),
         };
         let bytes = serde_json::to_vec(&holder).unwrap_or_default();
-        fs::write(&self.holder_path, bytes).map_err(|e| io_error("write", &self.holder_path, e))
+        crate::durable::write_atomic(&self.holder_path, &bytes, 0o600)
     }
 }
 

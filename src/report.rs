@@ -10,6 +10,7 @@ use std::time::Duration;
 use serde_json::json;
 
 use crate::error::{Error, io_error};
+use crate::redact::Redactor;
 use crate::stage::{OutputSink, Stream};
 
 pub const INDENT: &str = "       ";
@@ -20,6 +21,9 @@ pub struct Reporter {
     events: Option<File>,
     /// Text written before the log was opened, so the log holds the whole story.
     pending: Vec<u8>,
+    /// Pillar secrets never leave kiln: everything written is redacted (stage output already
+    /// is, line by line, by the runner; this also covers kiln's own lines and events).
+    redactor: Redactor,
 }
 
 impl Reporter {
@@ -29,6 +33,7 @@ impl Reporter {
             log: None,
             events: None,
             pending: Vec::new(),
+            redactor: Redactor::default(),
         }
     }
 
@@ -38,6 +43,7 @@ impl Reporter {
             log: None,
             events: None,
             pending: Vec::new(),
+            redactor: Redactor::default(),
         }
     }
 
@@ -59,12 +65,18 @@ impl Reporter {
         Ok(())
     }
 
+    pub fn set_redactor(&mut self, redactor: Redactor) {
+        self.redactor = redactor;
+    }
+
     pub fn close_logs(&mut self) {
         self.log = None;
         self.events = None;
     }
 
     fn write_text(&mut self, bytes: &[u8]) {
+        let redacted = self.redactor.redact(bytes);
+        let bytes = redacted.as_ref();
         if let Some(out) = &mut self.stdout {
             // A closed pipe (the pusher went away) must not abort the deploy.
             if out.write_all(bytes).and_then(|_| out.flush()).is_err() {
@@ -81,6 +93,7 @@ impl Reporter {
 
     pub fn event(&mut self, value: serde_json::Value) {
         if let Some(events) = &mut self.events {
+            let value = redact_value(value, &self.redactor);
             let mut line = serde_json::to_vec(&value).unwrap_or_default();
             line.push(b'\n');
             let _ = events.write_all(&line);
@@ -129,6 +142,32 @@ impl OutputSink for Reporter {
                 json!({"event": "output", "stream": stream, "line": String::from_utf8_lossy(line)}),
             );
         }
+    }
+}
+
+/// Redacts every string inside an event before it is encoded (JSON escaping could otherwise
+/// hide a secret with quotes or backslashes from a redaction of the encoded text).
+fn redact_value(value: serde_json::Value, redactor: &Redactor) -> serde_json::Value {
+    use serde_json::Value;
+    if redactor.is_empty() {
+        return value;
+    }
+    match value {
+        Value::String(s) => {
+            Value::String(String::from_utf8_lossy(&redactor.redact(s.as_bytes())).into_owned())
+        }
+        Value::Array(items) => Value::Array(
+            items
+                .into_iter()
+                .map(|v| redact_value(v, redactor))
+                .collect(),
+        ),
+        Value::Object(map) => Value::Object(
+            map.into_iter()
+                .map(|(k, v)| (k, redact_value(v, redactor)))
+                .collect(),
+        ),
+        other => other,
     }
 }
 

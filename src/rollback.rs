@@ -31,6 +31,7 @@ pub fn undo(
     let release = &journal.release;
     out.headline(&format!("rolling back {release}"));
     let redactor = Redactor::new(&journal.undo.secrets);
+    out.set_redactor(redactor.clone());
     let stopped = journal.phase >= Phase::Stopping;
     let run = |label: &str, command: &str, out: &mut Reporter| -> Result<(), Error> {
         out.command(label, command);
@@ -45,13 +46,11 @@ pub fn undo(
         Ok(())
     };
 
-    if stopped {
-        if let Some(stop) = &journal.undo.stop {
-            // The app of the failed release may be running: stop it before touching its files.
-            if let Err(e) = run("rollback", stop, out) {
-                out.note(&format!("stopping the services failed ({e}); carrying on"));
-            }
-        }
+    // The app of the failed release may be running: stop it before touching its files.
+    if let Some(stop) = journal.undo.stop.as_ref().filter(|_| stopped)
+        && let Err(e) = run("rollback", stop, out)
+    {
+        out.note(&format!("stopping the services failed ({e}); carrying on"));
     }
     let failed = journal.archive.join("failed");
     let is_deploy = journal.action == "deploy";
@@ -117,9 +116,11 @@ pub fn undo(
     })
 }
 
+/// Moves the failed tree aside for inspection. A rollback finished by `kiln recover` after an
+/// interruption may get here twice: the first tree kept (the failed live tree) is the one to keep.
 fn keep_failed(tree: &Path, failed: &Path) -> Result<(), Error> {
     if failed.exists() {
-        fs::remove_dir_all(failed).map_err(|e| io_error("replace", failed, e))?;
+        return Ok(());
     }
     fs::rename(tree, failed).map_err(|e| io_error("keep", tree, e))
 }
@@ -159,8 +160,9 @@ pub fn recover(_node: &Node, project: &Project, out: &mut Reporter) -> Result<bo
         }
         return Ok(false);
     };
-    if log.get(&journal.release).map(|r| r.status) == Some(Status::Good) {
-        // The crash came after the commit point: the deploy is complete.
+    if log.current.as_deref() == Some(journal.release.as_str()) {
+        // The crash came after the commit point (the release log names the release live, in
+        // the same atomic write that marks it good): the deploy or rollback is complete.
         Journal::remove(&paths.journal())?;
         return Ok(false);
     }

@@ -648,8 +648,8 @@ fn io_err(action: &'static str, path: &Path, source: io::Error) -> SyncError {
 #[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
+    use crate::tree;
     use crate::tree::tests::{N, build, p, set_mtime};
-    use crate::tree::{self, ChangeKind};
     use std::io::Write;
     use std::time::Duration;
 
@@ -1054,17 +1054,33 @@ mod tests {
 
     #[test]
     fn special_files_are_refused_before_their_dir_is_touched() {
-        let tmp = tempfile::tempdir().unwrap();
-        let (src, dst) = (tmp.path().join("src"), tmp.path().join("dst"));
-        build(&src, &[N::D(b"d", 0o755), N::F(b"d/f", b"f", 0o644)]);
-        let fifo = src.join("d/fifo");
-        nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::from_bits_truncate(0o644)).unwrap();
-        let err = sync_tree(&src, &dst, &SyncOptions::default()).unwrap_err();
-        assert!(
-            matches!(&err, SyncError::Special { path } if *path == fifo),
-            "{err:?}"
-        );
-        assert!(!dst.join("d/f").exists());
+        // The fifo at the top, below a lone subdirectory, and inside one of several
+        // subdirectories (synced on worker threads).
+        let cases: &[&[u8]] = &[b"fifo", b"d/fifo", b"d/e/fifo"];
+        for fifo_at in cases {
+            let tmp = tempfile::tempdir().unwrap();
+            let (src, dst) = (tmp.path().join("src"), tmp.path().join("dst"));
+            build(
+                &src,
+                &[
+                    N::D(b"d", 0o755),
+                    N::D(b"d/a", 0o755),
+                    N::D(b"d/e", 0o755),
+                    N::F(b"d/e/f", b"f", 0o644),
+                    N::D(b"d/z", 0o755),
+                ],
+            );
+            let fifo = src.join(p(fifo_at));
+            fs::write(fifo.with_file_name("f"), b"next to the fifo").unwrap();
+            nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::from_bits_truncate(0o644)).unwrap();
+            let err = sync_tree(&src, &dst, &SyncOptions::default()).unwrap_err();
+            assert!(
+                matches!(&err, SyncError::Special { path } if *path == fifo),
+                "{err:?}"
+            );
+            let sibling = dst.join(p(fifo_at)).with_file_name("f");
+            assert!(!sibling.exists(), "{}", sibling.display());
+        }
     }
 
     #[test]
@@ -1107,7 +1123,5 @@ mod tests {
         let stats = sync(&src, &dst);
         assert_eq!(stats.removed, 1);
         assert_identical(&src, &dst, "stale temp");
-        let _ = ChangeKind::Added;
-        let _ = p(b"");
     }
 }

@@ -829,3 +829,636 @@ impl Read for StreamReader {
         Ok(n)
     }
 }
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)] // tests may unwrap: a panic is a test failure
+mod tests {
+    use super::*;
+    use tar::Header;
+
+    /// A tar stream written header by header, so that it can hold what the tar crate's
+    /// builder refuses to write (`..`, absolute paths, devices).
+    #[derive(Default)]
+    struct Raw(Vec<u8>);
+
+    impl Raw {
+        /// `declared` may differ from `data.len()`, to forge lying headers.
+        fn push(&mut self, name: &[u8], kind: u8, link: &[u8], data: &[u8], declared: u64) {
+            let mut header = Header::new_gnu();
+            let old = header.as_old_mut();
+            old.name[..name.len()].copy_from_slice(name);
+            old.linkname[..link.len()].copy_from_slice(link);
+            header.set_entry_type(EntryType::new(kind));
+            header.set_size(declared);
+            header.set_mode(0o644);
+            header.set_mtime(1_600_000_000);
+            header.set_cksum();
+            self.0.extend_from_slice(header.as_bytes());
+            self.0.extend_from_slice(data);
+            self.0.resize(self.0.len().div_ceil(512) * 512, 0);
+        }
+
+        fn file(&mut self, name: &[u8], data: &[u8]) {
+            self.push(name, b'0', b"", data, data.len() as u64);
+        }
+
+        fn dir(&mut self, name: &[u8]) {
+            self.push(name, b'5', b"", b"", 0);
+        }
+
+        fn symlink(&mut self, name: &[u8], target: &[u8]) {
+            self.push(name, b'2', target, b"", 0);
+        }
+
+        /// A GNU long-name record naming the next entry.
+        fn long_name(&mut self, name: &[u8]) {
+            let mut data = name.to_vec();
+            data.push(0);
+            self.push(b"././@LongLink", b'L', b"", &data, data.len() as u64);
+        }
+
+        fn zst(&self) -> Vec<u8> {
+            let mut tar = self.0.clone();
+            tar.extend_from_slice(&[0; 1024]);
+            zstd::encode_all(&tar[..], 3).unwrap()
+        }
+    }
+
+    /// A throwaway node: the archive, the dir `dest` goes into, and the places a hostile
+    /// archive would like to reach.
+    struct Env {
+        _tmp: tempfile::TempDir,
+        archive: PathBuf,
+        deploy: PathBuf,
+        dest: PathBuf,
+        /// Never a link root: nothing may ever appear here.
+        outside: PathBuf,
+        /// A link root (like the project's data/).
+        data: PathBuf,
+    }
+
+    impl Env {
+        fn new() -> Env {
+            let tmp = tempfile::tempdir().unwrap();
+            let root = tmp.path().to_path_buf();
+            for dir in ["deploy", "outside", "data"] {
+                fs::create_dir(root.join(dir)).unwrap();
+            }
+            Env {
+                archive: root.join("release.tar.zst"),
+                deploy: root.join("deploy"),
+                dest: root.join("deploy/r1"),
+                outside: root.join("outside"),
+                data: root.join("data"),
+                _tmp: tmp,
+            }
+        }
+
+        fn unpack(&self, raw: &Raw, limits: Limits) -> Result<UnpackInfo, UnpackError> {
+            fs::write(&self.archive, raw.zst()).unwrap();
+            let roots = [self.data.as_path()];
+            let opts = UnpackOptions {
+                limits,
+                link_roots: &roots,
+            };
+            unpack(&self.archive, &self.dest, &opts)
+        }
+
+        fn path_bytes(path: &Path) -> &[u8] {
+            path.as_os_str().as_bytes()
+        }
+    }
+
+    const ROOMY: Limits = Limits {
+        max_bytes: 1 << 30,
+        max_entries: 1000,
+    };
+
+    fn names(dir: &Path) -> Vec<OsString> {
+        let mut names: Vec<_> = fs::read_dir(dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        names.sort();
+        names
+    }
+
+    use Expect::{Corrupt, Refused};
+
+    enum Expect {
+        /// Refused, naming this entry, for a reason the function accepts.
+        Refused(&'static str, fn(&Refusal) -> bool),
+        /// Rejected as a damaged stream, after this entry.
+        Corrupt(&'static str),
+    }
+
+    struct Case {
+        name: &'static str,
+        build: fn(&Env, &mut Raw),
+        limits: Limits,
+        expect: Expect,
+    }
+
+    /// Unpacks a hostile archive and checks that it was refused whole: the error names the
+    /// entry, `dest` does not exist, no temp dir is left, and nothing was written elsewhere.
+    fn check(case: Case) {
+        let env = Env::new();
+        let mut raw = Raw::default();
+        (case.build)(&env, &mut raw);
+        let env = Env::new();
+        let mut raw = Raw::default();
+        (case.build)(&env, &mut raw);
+        let err = match env.unpack(&raw, case.limits) {
+            Ok(info) => panic!("{}: accepted ({info:?})", case.name),
+            Err(e) => e,
+        };
+        match (&case.expect, &err) {
+            (Refused(want, reason_ok), UnpackError::Refused { entry, reason, .. }) => {
+                assert!(
+                    entry.starts_with(want),
+                    "{}: names `{entry}`, not `{want}`",
+                    case.name
+                );
+                assert!(reason_ok(reason), "{}: wrong reason: {err}", case.name);
+                assert!(
+                    err.to_string().contains(&format!("entry `{entry}`")),
+                    "{}: message does not name the entry: {err}",
+                    case.name
+                );
+            }
+            (Corrupt(want), UnpackError::Corrupt { after, .. }) => {
+                assert_eq!(after.as_deref(), Some(*want), "{}: {err}", case.name);
+                assert!(err.to_string().contains(want), "{}: {err}", case.name);
+            }
+            _ => panic!("{}: unexpected error: {err:?}", case.name),
+        }
+        assert!(!env.dest.exists(), "{}: dest was created", case.name);
+        assert!(
+            names(&env.deploy).is_empty(),
+            "{}: left {:?} next to dest",
+            case.name,
+            names(&env.deploy)
+        );
+        assert!(
+            names(&env.outside).is_empty(),
+            "{}: wrote outside",
+            case.name
+        );
+        assert!(
+            names(&env.data).is_empty(),
+            "{}: wrote into data",
+            case.name
+        );
+        assert!(!Path::new("/kiln-test-evil").exists(), "{}", case.name);
+    }
+
+    #[test]
+    fn refuses_absolute_path() {
+        check(Case {
+            name: "absolute path",
+            build: |_, r| r.file(b"/kiln-test-evil/x", b"evil"),
+            limits: ROOMY,
+            expect: Refused("/kiln-test-evil/x", |r| *r == Refusal::AbsolutePath),
+        });
+    }
+
+    #[test]
+    fn refuses_leading_dotdot() {
+        check(Case {
+            name: "leading ..",
+            build: |_, r| {
+                r.file(b"ok", b"fine");
+                r.file(b"../x", b"evil");
+            },
+            limits: ROOMY,
+            expect: Refused("../x", |r| *r == Refusal::ParentComponent),
+        });
+    }
+
+    #[test]
+    fn refuses_inner_dotdot_climbing_out() {
+        check(Case {
+            name: "inner .. climbing out",
+            build: |_, r| r.file(b"a/../../x", b"evil"),
+            limits: ROOMY,
+            expect: Refused("a/../../x", |r| *r == Refusal::ParentComponent),
+        });
+    }
+
+    #[test]
+    fn refuses_dotdot_hidden_in_a_gnu_long_name() {
+        check(Case {
+            name: ".. hidden in a GNU long name",
+            build: |_, r| {
+                r.long_name(format!("../{}", "x".repeat(120)).as_bytes());
+                r.file(b"harmless", b"evil");
+            },
+            limits: ROOMY,
+            expect: Refused("../xxxx", |r| *r == Refusal::ParentComponent),
+        });
+    }
+
+    #[test]
+    fn refuses_empty_path() {
+        check(Case {
+            name: "empty path",
+            build: |_, r| r.file(b"", b"evil"),
+            limits: ROOMY,
+            expect: Refused("", |r| *r == Refusal::EmptyPath),
+        });
+    }
+
+    #[test]
+    fn refuses_symlink_to_etc() {
+        check(Case {
+            name: "symlink to /etc",
+            build: |_, r| r.symlink(b"etc", b"/etc"),
+            limits: ROOMY,
+            expect: Refused(
+                "etc",
+                |r| matches!(r, Refusal::SymlinkOutsideRoots { target } if target == "/etc"),
+            ),
+        });
+    }
+
+    #[test]
+    fn refuses_absolute_symlink_climbing_out_of_a_link_root() {
+        check(Case {
+            name: "absolute symlink climbing out of a link root",
+            build: |env, r| {
+                let mut target = Env::path_bytes(&env.data).to_vec();
+                target.extend_from_slice(b"/../outside");
+                r.symlink(b"sneaky", &target);
+            },
+            limits: ROOMY,
+            expect: Refused("sneaky", |r| {
+                matches!(r, Refusal::SymlinkOutsideRoots { .. })
+            }),
+        });
+    }
+
+    #[test]
+    fn refuses_relative_symlink_escaping() {
+        check(Case {
+            name: "relative symlink escaping",
+            build: |_, r| {
+                r.dir(b"sub");
+                r.symlink(b"sub/etc", b"../../etc");
+            },
+            limits: ROOMY,
+            expect: Refused(
+                "sub/etc",
+                |r| matches!(r, Refusal::SymlinkEscapes { target } if target == "../../etc"),
+            ),
+        });
+    }
+
+    #[test]
+    fn refuses_hard_link() {
+        check(Case {
+            name: "hard link",
+            build: |_, r| {
+                r.file(b"a", b"data");
+                r.push(b"b", b'1', b"a", b"", 0);
+            },
+            limits: ROOMY,
+            expect: Refused("b", |r| *r == Refusal::HardLink),
+        });
+    }
+
+    #[test]
+    fn refuses_char_device() {
+        check(Case {
+            name: "char device",
+            build: |_, r| r.push(b"null", b'3', b"", b"", 0),
+            limits: ROOMY,
+            expect: Refused(
+                "null",
+                |r| matches!(r, Refusal::ForbiddenType { kind } if kind == "character device"),
+            ),
+        });
+    }
+
+    #[test]
+    fn refuses_block_device() {
+        check(Case {
+            name: "block device",
+            build: |_, r| r.push(b"sda", b'4', b"", b"", 0),
+            limits: ROOMY,
+            expect: Refused(
+                "sda",
+                |r| matches!(r, Refusal::ForbiddenType { kind } if kind == "block device"),
+            ),
+        });
+    }
+
+    #[test]
+    fn refuses_fifo() {
+        check(Case {
+            name: "fifo",
+            build: |_, r| r.push(b"pipe", b'6', b"", b"", 0),
+            limits: ROOMY,
+            expect: Refused(
+                "pipe",
+                |r| matches!(r, Refusal::ForbiddenType { kind } if kind == "fifo"),
+            ),
+        });
+    }
+
+    #[test]
+    fn refuses_unknown_type() {
+        check(Case {
+            name: "unknown type",
+            build: |_, r| r.push(b"contig", b'7', b"", b"", 0),
+            limits: ROOMY,
+            expect: Refused("contig", |r| matches!(r, Refusal::ForbiddenType { .. })),
+        });
+    }
+
+    #[test]
+    fn refuses_write_through_a_symlink_to_the_release_root() {
+        check(Case {
+            name: "write through a symlink to the release root",
+            build: |_, r| {
+                r.symlink(b"a", b".");
+                r.file(b"a/evil", b"evil");
+            },
+            limits: ROOMY,
+            expect: Refused(
+                "a/evil",
+                |r| matches!(r, Refusal::ThroughSymlink { link } if link == "a"),
+            ),
+        });
+    }
+
+    #[test]
+    fn refuses_write_through_an_allowed_symlink_into_a_link_root() {
+        check(Case {
+            name: "write through an allowed symlink into a link root",
+            build: |env, r| {
+                r.symlink(b"a", Env::path_bytes(&env.data));
+                r.file(b"a/evil", b"evil");
+            },
+            limits: ROOMY,
+            expect: Refused(
+                "a/evil",
+                |r| matches!(r, Refusal::ThroughSymlink { link } if link == "a"),
+            ),
+        });
+    }
+
+    #[test]
+    fn refuses_duplicate_entry_spelled_differently() {
+        check(Case {
+            name: "duplicate entry, spelled differently",
+            build: |_, r| {
+                r.file(b"x", b"first");
+                r.file(b"./x", b"second");
+            },
+            limits: ROOMY,
+            expect: Refused("./x", |r| *r == Refusal::Duplicate),
+        });
+    }
+
+    #[test]
+    fn refuses_file_replacing_a_directory_made_for_earlier_entries() {
+        check(Case {
+            name: "file replacing a directory made for earlier entries",
+            build: |_, r| {
+                r.file(b"d/f", b"data");
+                r.file(b"d", b"evil");
+            },
+            limits: ROOMY,
+            expect: Refused("d", |r| *r == Refusal::ReplacesDirectory),
+        });
+    }
+
+    #[test]
+    fn refuses_file_under_a_file() {
+        check(Case {
+            name: "file under a file",
+            build: |_, r| {
+                r.file(b"f", b"data");
+                r.file(b"f/g", b"evil");
+            },
+            limits: ROOMY,
+            expect: Refused(
+                "f/g",
+                |r| matches!(r, Refusal::BelowFile { file } if file == "f"),
+            ),
+        });
+    }
+
+    #[test]
+    fn refuses_too_many_entries() {
+        check(Case {
+            name: "too many entries",
+            build: |_, r| {
+                for name in ["a", "b", "c", "d"] {
+                    r.file(name.as_bytes(), b"x");
+                }
+            },
+            limits: Limits {
+                max_bytes: 1 << 20,
+                max_entries: 3,
+            },
+            expect: Refused("d", |r| *r == Refusal::TooManyEntries { max: 3 }),
+        });
+    }
+
+    #[test]
+    fn refuses_too_many_bytes() {
+        check(Case {
+            name: "too many bytes",
+            build: |_, r| {
+                r.file(b"a", &[b'a'; 60]);
+                r.file(b"b", &[b'b'; 60]);
+            },
+            limits: Limits {
+                max_bytes: 100,
+                max_entries: 1000,
+            },
+            expect: Refused("b", |r| *r == Refusal::TooManyBytes { max: 100 }),
+        });
+    }
+
+    #[test]
+    fn refuses_declared_size_past_the_limit_data_never_sent() {
+        check(Case {
+            name: "declared size past the limit, data never sent",
+            build: |_, r| r.push(b"huge", b'0', b"", b"", 1 << 40),
+            limits: ROOMY,
+            expect: Refused("huge", |r| matches!(r, Refusal::TooManyBytes { .. })),
+        });
+    }
+
+    #[test]
+    fn refuses_data_longer_than_declared() {
+        check(Case {
+            name: "data longer than declared",
+            build: |_, r| r.push(b"liar", b'0', b"", &[b'A'; 1000], 10),
+            limits: ROOMY,
+            expect: Corrupt("liar"),
+        });
+    }
+
+    #[test]
+    fn refuses_data_shorter_than_declared_truncated_archive() {
+        check(Case {
+            name: "data shorter than declared (truncated archive)",
+            build: |_, r| {
+                r.push(b"short", b'0', b"", &[b'A'; 100], 5000);
+            },
+            limits: ROOMY,
+            expect: Refused("short", |r| {
+                matches!(r, Refusal::Truncated { declared: 5000, .. })
+            }),
+        });
+    }
+
+    #[test]
+    fn refuses_oversized_pax_header() {
+        check(Case {
+            name: "oversized PAX header",
+            build: |_, r| {
+                let big = vec![b'a'; 2 << 20];
+                r.push(b"pax", b'x', b"", &big, big.len() as u64);
+                r.file(b"f", b"data");
+            },
+            limits: ROOMY,
+            expect: Refused("", |r| matches!(r, Refusal::MetadataTooLarge { .. })),
+        });
+    }
+
+    #[test]
+    fn refuses_garbage_after_the_end_of_the_archive() {
+        check(Case {
+            name: "garbage after the end of the archive",
+            build: |_, r| {
+                r.file(b"f", b"data");
+                r.0.extend_from_slice(&[0; 1024]);
+                r.0.extend_from_slice(b"trailing junk");
+            },
+            limits: ROOMY,
+            expect: Corrupt("f"),
+        });
+    }
+
+    #[test]
+    fn absolute_symlink_into_a_link_root_is_accepted() {
+        let env = Env::new();
+        let mut raw = Raw::default();
+        let mut target = Env::path_bytes(&env.data).to_vec();
+        target.extend_from_slice(b"/uploads");
+        raw.symlink(b"uploads", &target);
+        // The link root itself is inside it too.
+        raw.symlink(b"data", Env::path_bytes(&env.data));
+        raw.symlink(b"sub/up", b"../uploads");
+        let info = env.unpack(&raw, ROOMY).unwrap();
+        assert_eq!(info.entries, 3);
+        assert_eq!(
+            fs::read_link(env.dest.join("uploads")).unwrap(),
+            env.data.join("uploads")
+        );
+        assert_eq!(fs::read_link(env.dest.join("data")).unwrap(), env.data);
+        assert_eq!(
+            fs::read_link(env.dest.join("sub/up")).unwrap(),
+            Path::new("../uploads")
+        );
+        assert_eq!(names(&env.deploy), vec![OsString::from("r1")]);
+    }
+
+    #[test]
+    fn dot_prefixes_and_root_entry_are_accepted() {
+        let env = Env::new();
+        let mut raw = Raw::default();
+        raw.push(b"./", b'5', b"", b"", 0);
+        raw.dir(b"./a/");
+        raw.file(b"./a/./b", b"hello");
+        raw.file(b"a//c", b"world");
+        let info = env.unpack(&raw, ROOMY).unwrap();
+        assert_eq!((info.entries, info.files, info.bytes), (4, 2, 10));
+        assert_eq!(fs::read(env.dest.join("a/b")).unwrap(), b"hello");
+        assert_eq!(fs::read(env.dest.join("a/c")).unwrap(), b"world");
+        // Raw::push writes mode 0644; the root entry's mode and mtime win over defaults.
+        let meta = fs::metadata(&env.dest).unwrap();
+        assert_eq!(meta.permissions().mode() & 0o7777, 0o644);
+        assert_eq!(std::os::unix::fs::MetadataExt::mtime(&meta), 1_600_000_000);
+    }
+
+    #[test]
+    fn missing_parents_are_created_0755_and_modes_are_exact() {
+        let env = Env::new();
+        let mut raw = Raw::default();
+        raw.file(b"deep/er/file", b"x");
+        let mut header = Header::new_gnu();
+        header.set_path("open").unwrap();
+        header.set_size(0);
+        header.set_mode(0o6777);
+        header.set_cksum();
+        raw.0.extend_from_slice(header.as_bytes());
+        env.unpack(&raw, ROOMY).unwrap();
+        let mode = |p: &str| {
+            fs::symlink_metadata(env.dest.join(p))
+                .unwrap()
+                .permissions()
+                .mode()
+                & 0o7777
+        };
+        assert_eq!(mode("deep"), 0o755);
+        assert_eq!(mode("deep/er"), 0o755);
+        assert_eq!(mode(""), 0o755);
+        // Not left to the umask, and without setuid/setgid.
+        assert_eq!(mode("open"), 0o777);
+    }
+
+    #[test]
+    fn existing_dest_is_refused_untouched() {
+        let env = Env::new();
+        fs::create_dir(&env.dest).unwrap();
+        fs::write(env.dest.join("keep"), b"mine").unwrap();
+        let mut raw = Raw::default();
+        raw.file(b"keep", b"theirs");
+        let err = env.unpack(&raw, ROOMY).unwrap_err();
+        assert!(matches!(err, UnpackError::DestExists { .. }), "{err}");
+        assert_eq!(fs::read(env.dest.join("keep")).unwrap(), b"mine");
+        assert_eq!(names(&env.deploy), vec![OsString::from("r1")]);
+    }
+
+    #[test]
+    fn corrupt_zstd_is_refused() {
+        let env = Env::new();
+        let mut raw = Raw::default();
+        raw.file(b"f", &[7; 5000]);
+        let mut bytes = raw.zst();
+        let last = bytes.len() - 1;
+        bytes[last] ^= 0xff; // the frame checksum
+        fs::write(&env.archive, bytes).unwrap();
+        let opts = UnpackOptions {
+            limits: ROOMY,
+            link_roots: &[],
+        };
+        let err = unpack(&env.archive, &env.dest, &opts).unwrap_err();
+        assert!(matches!(err, UnpackError::Corrupt { .. }), "{err}");
+        assert!(!env.dest.exists());
+        assert!(names(&env.deploy).is_empty());
+    }
+
+    #[test]
+    fn pax_time_parses_fractions_and_negative_times() {
+        type Want = Option<(i64, i64)>;
+        let cases: [(&[u8], Want); 7] = [
+            (b"1700000000.123456789", Some((1_700_000_000, 123_456_789))),
+            (b"1700000000", Some((1_700_000_000, 0))),
+            (b"1700000000.5", Some((1_700_000_000, 500_000_000))),
+            (b"1.1234567891", Some((1, 123_456_789))),
+            (b"-1.25", Some((-2, 750_000_000))),
+            (b"abc", None),
+            (b"1.2e3", None),
+        ];
+        for (text, want) in cases {
+            let got = parse_pax_time(text).map(|t| (t.tv_sec(), t.tv_nsec()));
+            assert_eq!(got, want, "{}", show(text));
+        }
+    }
+}

@@ -1,0 +1,291 @@
+//! End to end: the pillar repo. Validated at push, merged into the settings, redeployed on
+//! change, restored by a rollback, and never shown: secrets are redacted everywhere.
+
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use std::fs;
+use std::os::unix::fs::PermissionsExt;
+
+use common::*;
+
+const SECRET: &str = "hunter2-very-secret";
+
+fn push_pillar(app: &App, project: &Project) -> (bool, String) {
+    let out = app.git(&[
+        "push",
+        "-f",
+        project.path("git/pillar.git").to_str().unwrap(),
+        "HEAD:master",
+    ]);
+    (out.status.success(), text(&out))
+}
+
+fn pillar_tip(project: &Project) -> Option<String> {
+    let out = std::process::Command::new("git")
+        .arg("--git-dir")
+        .arg(project.path("git/pillar.git"))
+        .args(["rev-parse", "--verify", "-q", "refs/heads/master"])
+        .output()
+        .unwrap();
+    out.status
+        .success()
+        .then(|| String::from_utf8_lossy(&out.stdout).trim().to_string())
+}
+
+/// An app whose configure step renders the settings into the release, and whose build counts
+/// its runs in a file outside the project.
+fn setup(node: &Node) -> (Project, App, App) {
+    node.write_node_yml("environment: staging\n");
+    let project = node.init("shop", "cooking");
+    let app = node.app("shop");
+    let builds = node.dir.path().join("builds.log");
+    app.write(
+        "kiln.yml",
+        &format!(
+            "defaults:\n  env:\n    GREETING: default\n    LEVEL: default\nstages:\n  configure:\n    - echo \"$GREETING $LEVEL\" > greeting.txt\n  build:\n    - echo build >> {}\n",
+            builds.display()
+        ),
+    );
+    app.commit("app");
+    let pillar = node.app("pillar");
+    (project, app, pillar)
+}
+
+fn builds(node: &Node) -> usize {
+    fs::read_to_string(node.dir.path().join("builds.log"))
+        .unwrap_or_default()
+        .lines()
+        .count()
+}
+
+#[test]
+fn an_invalid_pillar_push_is_refused_with_line_and_column() {
+    let node = Node::new();
+    let (project, _, pillar) = setup(&node);
+    pillar.write("pillar.yml", "env:\n  GREETING: hi\n");
+    let good = pillar.commit("good");
+    assert!(push_pillar(&pillar, &project).0);
+    for (yaml, expected) in [
+        (
+            "env:\n  GREETING: [unclosed\n",
+            "remote: error: pillar.yml:",
+        ),
+        ("- just\n- a list\n", "remote: error: pillar.yml:1:1:"),
+    ] {
+        pillar.write("pillar.yml", yaml);
+        pillar.commit("bad");
+        let (ok, output) = push_pillar(&pillar, &project);
+        assert!(!ok, "{yaml:?}: {output}");
+        assert!(output.contains(expected), "{yaml:?}: {output}");
+        assert_eq!(pillar_tip(&project).as_deref(), Some(good.as_str()));
+    }
+}
+
+#[test]
+fn a_pillar_push_redeploys_with_the_new_settings_without_building() {
+    let node = Node::new();
+    let (project, app, pillar) = setup(&node);
+    assert!(app.push(&project).0);
+    let first = project.current().unwrap();
+    assert_eq!(
+        fs::read_to_string(project.run().join("greeting.txt")).unwrap(),
+        "default default\n"
+    );
+    assert_eq!(builds(&node), 1);
+
+    // Precedence: kiln.yml defaults < pillar.yml < pillar.yml environments.<env>.
+    pillar.write(
+        "pillar.yml",
+        "env:\n  GREETING: from-pillar\n  LEVEL: pillar\nenvironments:\n  staging:\n    env:\n      LEVEL: staging\n  prod:\n    env:\n      LEVEL: prod\n",
+    );
+    let rev = pillar.commit("settings");
+    let (ok, output) = push_pillar(&pillar, &project);
+    assert!(ok, "{output}");
+    assert!(
+        output.contains("deploying the live release again"),
+        "{output}"
+    );
+    assert!(output.contains("-----> deployed"), "{output}");
+    let second = project.current().unwrap();
+    assert_ne!(first, second);
+    assert_eq!(
+        fs::read_to_string(project.run().join("greeting.txt")).unwrap(),
+        "from-pillar staging\n"
+    );
+    assert_eq!(builds(&node), 1, "a pillar change does not rebuild");
+    let log = project.release_log();
+    assert_eq!(log["records"][1]["pillar_rev"], rev.as_str());
+    let manifest: serde_json::Value = serde_json::from_slice(
+        &fs::read(project.path(&format!("releases/{second}.json"))).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(manifest["pillar_rev"], rev.as_str());
+    let releases = text(&node.kiln(&["releases", "shop"]));
+    assert!(releases.contains(&rev[..7]), "{releases}");
+}
+
+#[test]
+fn a_pillar_that_breaks_the_deploy_is_rolled_back_to_the_previous_settings() {
+    let node = Node::new();
+    let (project, app, pillar) = setup(&node);
+    app.write(
+        "kiln.yml",
+        "stages:\n  deploy:\n    - test \"$MODE\" != broken\n",
+    );
+    app.commit("checks its settings");
+    pillar.write("pillar.yml", "env:\n  MODE: fine\n");
+    let good = pillar.commit("fine");
+    assert!(push_pillar(&pillar, &project).0);
+    assert!(app.push(&project).0);
+    let live = project.current().unwrap();
+
+    pillar.write("pillar.yml", "env:\n  MODE: broken\n");
+    pillar.commit("broken");
+    let (_, output) = push_pillar(&pillar, &project);
+    assert!(output.contains("deploy FAILED at deploy"), "{output}");
+    assert!(
+        output.contains(&format!("pillar/ is back at {}", &good[..7])),
+        "{output}"
+    );
+    assert_eq!(project.current(), Some(live));
+    let config = text(&node.kiln(&["config", "shop", "--reveal"]));
+    assert!(config.contains("\"MODE\": \"fine\""), "{config}");
+}
+
+#[test]
+fn secrets_never_appear_in_output_logs_or_events() {
+    let node = Node::new();
+    let (project, app, pillar) = setup(&node);
+    pillar.write("pillar.yml", &format!("env:\n  DB_PASSWORD: {SECRET}\n"));
+    pillar.commit("secret");
+    assert!(push_pillar(&pillar, &project).0);
+    // Printed whole, and split across two writes with a pause between them.
+    app.write(
+        "kiln.yml",
+        "stages:\n  build:\n    - echo \"whole $DB_PASSWORD end\"\n    - printf 'split %.9s' \"$DB_PASSWORD\"; sleep 0.3; printf '%s end\\n' \"${DB_PASSWORD#?????????}\"\n    - echo \"to stderr $DB_PASSWORD\" >&2\n",
+    );
+    app.commit("leaky");
+    let (ok, output) = app.push(&project);
+    assert!(ok, "{output}");
+    assert!(output.contains("whole ******** end"), "{output}");
+    assert!(output.contains("split ******** end"), "{output}");
+    let release = project.current().unwrap();
+    for (what, content) in [
+        ("push output", output.clone()),
+        (
+            "log",
+            fs::read_to_string(project.path(&format!("logs/{release}.log"))).unwrap(),
+        ),
+        (
+            "events",
+            fs::read_to_string(project.path(&format!("logs/{release}.jsonl"))).unwrap(),
+        ),
+    ] {
+        assert!(
+            !content.contains(SECRET),
+            "{what} leaks the secret:\n{content}"
+        );
+        assert!(
+            !content.contains("hunter2"),
+            "{what} leaks part of the secret"
+        );
+    }
+    let masked = text(&node.kiln(&["config", "shop"]));
+    assert!(masked.contains("\"DB_PASSWORD\": \"********\""), "{masked}");
+    assert!(!masked.contains(SECRET));
+    let revealed = text(&node.kiln(&["config", "shop", "--reveal"]));
+    assert!(revealed.contains(SECRET), "{revealed}");
+}
+
+#[test]
+fn pillar_and_state_are_private() {
+    let node = Node::new();
+    let (project, _, pillar) = setup(&node);
+    pillar
+        .write("pillar.yml", "env:\n  KEY: value\n")
+        .write("certs/tls.key", "key\n");
+    pillar.commit("secrets");
+    assert!(push_pillar(&pillar, &project).0);
+    let mode = |rel: &str| {
+        fs::metadata(project.path(rel))
+            .unwrap()
+            .permissions()
+            .mode()
+            & 0o777
+    };
+    for dir in ["pillar", "pillar/certs", "git/pillar.git", "state"] {
+        assert_eq!(mode(dir), 0o700, "{dir}");
+    }
+    for file in ["pillar/pillar.yml", "pillar/certs/tls.key"] {
+        assert_eq!(mode(file), 0o600, "{file}");
+    }
+    // git writes the pillar repo's own files for its owner only.
+    let objects = walkdir::WalkDir::new(project.path("git/pillar.git/objects"))
+        .into_iter()
+        .filter_map(Result::ok)
+        .filter(|e| e.file_type().is_file())
+        .collect::<Vec<_>>();
+    assert!(!objects.is_empty());
+    for object in objects {
+        let m = object.metadata().unwrap().permissions().mode() & 0o077;
+        assert_eq!(m, 0, "{} is readable by others", object.path().display());
+    }
+}
+
+#[test]
+fn a_rollback_restores_the_pillar_the_release_ran_with() {
+    let node = Node::new();
+    let (project, app, pillar) = setup(&node);
+    pillar.write("pillar.yml", "env:\n  GREETING: first\n");
+    let first_pillar = pillar.commit("first");
+    assert!(push_pillar(&pillar, &project).0);
+    assert!(app.push(&project).0);
+    let first = project.current().unwrap();
+
+    pillar.write("pillar.yml", "env:\n  GREETING: second\n");
+    pillar.commit("second");
+    assert!(push_pillar(&pillar, &project).0);
+    assert_eq!(
+        fs::read_to_string(project.run().join("greeting.txt")).unwrap(),
+        "second default\n"
+    );
+
+    let out = node.kiln(&["rollback", "shop", &first]);
+    assert_success(&out, "rollback");
+    assert!(
+        text(&out).contains(&format!("pillar/ back at {}", &first_pillar[..7])),
+        "{}",
+        text(&out)
+    );
+    assert_eq!(
+        fs::read_to_string(project.run().join("greeting.txt")).unwrap(),
+        "first default\n"
+    );
+    let config = text(&node.kiln(&["config", "shop", "--reveal"]));
+    assert!(config.contains("\"GREETING\": \"first\""), "{config}");
+}
+
+#[test]
+fn record_only_policy_keeps_the_pillar_for_the_next_deploy() {
+    let node = Node::new();
+    let (project, app, pillar) = setup(&node);
+    node.write_node_yml("environment: staging\npillar_push: record\n");
+    assert!(app.push(&project).0);
+    let live = project.current().unwrap();
+    pillar.write("pillar.yml", "env:\n  GREETING: later\n");
+    pillar.commit("later");
+    let (ok, output) = push_pillar(&pillar, &project);
+    assert!(
+        ok && output.contains("recorded; the next deploy uses it"),
+        "{output}"
+    );
+    assert_eq!(project.current(), Some(live));
+    let out = node.kiln(&["deploy", "shop"]);
+    assert_success(&out, "deploy");
+    assert_eq!(
+        fs::read_to_string(project.run().join("greeting.txt")).unwrap(),
+        "later default\n"
+    );
+}

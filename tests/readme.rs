@@ -1,0 +1,33 @@
+//! The README's examples are real: the demo it starts with runs here, end to end.
+
+mod common;
+
+use std::process::Command;
+
+#[test]
+fn readme_demo_deploys_then_rolls_back_a_failing_push() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = Command::new(concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/demo.sh"))
+        .arg(dir.path().join("demo"))
+        .env("KILN", common::KILN)
+        .output()
+        .unwrap();
+    let text = common::text(&out);
+    common::assert_success(&out, "scripts/demo.sh");
+    assert!(text.contains("remote: -----> deployed"), "{text}");
+    assert!(
+        text.contains("remote: -----> deploy FAILED at deploy (echo \"migration failed\" >&2; exit 3: exit 3); rolled back to"),
+        "{text}"
+    );
+    assert!(text.contains("==> demo done"), "{text}");
+}
+
+#[test]
+fn readme_test_command_is_what_ci_runs() {
+    let readme =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md")).unwrap();
+    let ci = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/.ci/run")).unwrap();
+    let command = "cargo test --features failpoints";
+    assert!(readme.contains(&format!("{command}         # the whole test suite")));
+    assert_eq!(ci.lines().last(), Some(command));
+}

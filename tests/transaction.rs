@@ -1,0 +1,772 @@
+//! End to end: deploys are transactions. A failure anywhere, a kill -9, two pushes at once or an
+//! operator's manual fix must leave run/ and data/ exactly as the contract promises.
+
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use std::fs;
+use std::io::{Seek, SeekFrom, Write};
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::{MetadataExt, PermissionsExt, symlink};
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use common::*;
+
+/// A project with one good release live and a data/ that has a bit of everything.
+fn live_project(node: &Node, extra: &str) -> (Project, App, String) {
+    let project = node.init("shop", "cooking");
+    let data = project.data();
+    fs::write(data.join("db.txt"), "rows: 1\n").unwrap();
+    fs::create_dir_all(data.join("uploads/empty")).unwrap();
+    fs::write(data.join("uploads/a.png"), [0u8, 159, 146, 150]).unwrap();
+    fs::write(data.join(std::ffi::OsStr::from_bytes(b"caf\xe9.bin")), "x").unwrap();
+    symlink("uploads/a.png", data.join("latest")).unwrap();
+    fs::set_permissions(data.join("db.txt"), fs::Permissions::from_mode(0o640)).unwrap();
+    let app = node.app("shop");
+    app.write("kiln.yml", &recipe(node, "", extra))
+        .write("app.txt", "v1\n");
+    app.commit("good");
+    let (ok, output) = app.push(&project);
+    assert!(ok && output.contains("-----> deployed"), "{output}");
+    let good = project.current().unwrap();
+    (project, app, good)
+}
+
+/// A recipe whose services log to services.log outside the project, plus `stages`.
+fn recipe(node: &Node, stages: &str, extra: &str) -> String {
+    let log = node.dir.path().join("services.log");
+    let build = if stages.contains("  build:") {
+        ""
+    } else {
+        "  build:\n    - echo built > built.txt\n"
+    };
+    format!(
+        "services:\n  stop: echo stop >> {log}\n  start: echo start >> {log}\n{extra}stages:\n{build}{stages}",
+        log = log.display()
+    )
+}
+
+fn services_log(node: &Node) -> String {
+    fs::read_to_string(node.dir.path().join("services.log")).unwrap_or_default()
+}
+
+/// Deploy commands that change data/ in every way: modify, create, delete, chmod, and write
+/// into the live tree too.
+const MESS_UP: &str = "    - echo rows-2 > \"$KILN_DATA_DIR/db.txt\"\n    - touch \"$KILN_DATA_DIR/new.txt\" && mkdir \"$KILN_DATA_DIR/newdir\"\n    - rm \"$KILN_DATA_DIR/uploads/a.png\" && chmod 600 \"$KILN_DATA_DIR/db.txt\"\n    - echo cache > \"$KILN_RUN_DIR/cache.txt\"\n";
+
+#[test]
+fn a_failure_in_any_stage_leaves_run_and_data_exactly_as_before() {
+    let cases: [(&str, &str, &str, &str); 5] = [
+        (
+            "configure",
+            "  configure:\n    - exit 4\n",
+            "",
+            "configure (exit 4: exit 4)",
+        ),
+        (
+            "build",
+            "  build:\n    - exit 5\n",
+            "",
+            "build (exit 5: exit 5)",
+        ),
+        (
+            "deploy",
+            &format!("  deploy:\n{MESS_UP}    - exit 6\n"),
+            "",
+            "deploy (exit 6: exit 6)",
+        ),
+        (
+            "post_deploy",
+            &format!("  deploy:\n{MESS_UP}  post_deploy:\n    - exit 7\n"),
+            "",
+            "post_deploy (exit 7: exit 7)",
+        ),
+        (
+            "check",
+            &format!("  deploy:\n{MESS_UP}"),
+            "check:\n  command: test -f no-such-file\n  timeout: 1s\n  interval: 200ms\n",
+            "deploy (test -f no-such-file: exit 1)",
+        ),
+    ]
+    .map(|(a, b, c, d)| (a, Box::leak(b.to_string().into_boxed_str()) as &str, c, d));
+    for (stage, stages, extra, expected) in cases {
+        let node = Node::new();
+        let (project, app, good) = live_project(&node, "");
+        let run_before = fingerprint(&project.run());
+        let data_before = fingerprint(&project.data());
+        let services_before = services_log(&node);
+
+        app.write("kiln.yml", &recipe(&node, stages, extra));
+        app.commit(&format!("fails at {stage}"));
+        let (_, output) = app.push(&project);
+        assert!(
+            output.contains(&format!(
+                "-----> deploy FAILED at {expected}; rolled back to {good}"
+            )),
+            "{stage}:\n{output}"
+        );
+        assert_same(
+            &run_before,
+            &fingerprint(&project.run()),
+            &format!("{stage}: run/"),
+        );
+        assert_same(
+            &data_before,
+            &fingerprint(&project.data()),
+            &format!("{stage}: data/"),
+        );
+        assert_eq!(project.current().as_deref(), Some(good.as_str()), "{stage}");
+        let statuses: Vec<String> = project.releases().into_iter().map(|r| r.1).collect();
+        assert_eq!(statuses, ["good", "failed"], "{stage}");
+        let failed_id = project.releases()[1].0.clone();
+        assert!(
+            project
+                .path(&format!("archives/{failed_id}/failed"))
+                .is_dir(),
+            "{stage}: the failed tree is kept for inspection"
+        );
+        // Services were stopped and started again around the rollback when they had been stopped.
+        let services = services_log(&node)[services_before.len()..].to_string();
+        let expected_services = match stage {
+            "configure" | "build" => "",
+            _ => "stop\nstart\nstop\nstart\n",
+        };
+        assert_eq!(services, expected_services, "{stage}");
+    }
+}
+
+#[test]
+fn kiln_deploy_exits_1_after_a_clean_rollback() {
+    let node = Node::new();
+    let (project, app, _) = live_project(&node, "");
+    app.write("kiln.yml", &recipe(&node, "  deploy:\n    - exit 9\n", ""));
+    app.commit("bad");
+    app.push_next(&project);
+    let out = node.kiln(&["deploy", "shop", "--rev", "next"]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    assert!(text(&out).contains("error: deploy FAILED at deploy (exit 9: exit 9); rolled back to"));
+}
+
+#[test]
+fn in_place_switch_fallback_also_rolls_back_exactly() {
+    let node = Node::new();
+    let (project, app, good) = live_project(&node, "");
+    let run_before = fingerprint(&project.run());
+    let data_before = fingerprint(&project.data());
+    app.write(
+        "kiln.yml",
+        &recipe(&node, &format!("  deploy:\n{MESS_UP}    - exit 3\n"), ""),
+    );
+    app.commit("bad");
+    app.push_next(&project);
+    let out = node.kiln_env(
+        &["deploy", "shop", "--rev", "next"],
+        &[("KILN_SWITCH", "in-place")],
+    );
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    assert!(text(&out).contains("(in-place)"), "{}", text(&out));
+    assert_same(&run_before, &fingerprint(&project.run()), "run/");
+    assert_same(&data_before, &fingerprint(&project.data()), "data/");
+    assert_eq!(project.current(), Some(good));
+    // And a good deploy through the fallback works.
+    app.write("kiln.yml", &recipe(&node, "", ""));
+    app.write("app.txt", "v3\n");
+    app.commit("good again");
+    app.push_next(&project);
+    let out = node.kiln_env(
+        &["deploy", "shop", "--rev", "next"],
+        &[("KILN_SWITCH", "in-place")],
+    );
+    assert_success(&out, "in-place deploy");
+    assert_eq!(
+        fs::read_to_string(project.run().join("app.txt")).unwrap(),
+        "v3\n"
+    );
+}
+
+#[test]
+fn kill_9_from_a_deploy_command_is_recovered_by_the_next_command() {
+    let node = Node::new();
+    let (project, app, good) = live_project(&node, "");
+    let run_before = fingerprint(&project.run());
+    let data_before = fingerprint(&project.data());
+    // $PPID of the command's shell is kiln itself: a real SIGKILL after the switch.
+    app.write(
+        "kiln.yml",
+        &recipe(
+            &node,
+            &format!("  deploy:\n{MESS_UP}    - kill -9 $PPID; sleep 5\n"),
+            "",
+        ),
+    );
+    app.commit("killer");
+    app.push_next(&project);
+    let out = node.kiln(&["deploy", "shop", "--rev", "next"]);
+    assert_eq!(
+        out.status.code(),
+        None,
+        "kiln must have died by a signal: {}",
+        text(&out)
+    );
+    let status = text(&node.kiln(&["status", "shop"]));
+    assert!(status.contains("interrupted: the deploy of"), "{status}");
+
+    let out = node.kiln(&["recover", "shop"]);
+    assert_success(&out, "recover");
+    assert!(
+        text(&out).contains(&format!("rolled back to {good}")),
+        "{}",
+        text(&out)
+    );
+    assert_same(&run_before, &fingerprint(&project.run()), "run/");
+    assert_same(&data_before, &fingerprint(&project.data()), "data/");
+    let statuses: Vec<String> = project.releases().into_iter().map(|r| r.1).collect();
+    assert_eq!(statuses, ["good", "failed"]);
+    let out = node.kiln(&["recover", "shop"]);
+    assert!(text(&out).contains("nothing to recover"), "{}", text(&out));
+}
+
+#[cfg(feature = "failpoints")]
+#[test]
+fn kill_9_at_each_point_of_the_switch_ends_before_or_after_never_between() {
+    // (failpoint, whether the deploy counts as done)
+    for (point, done) in [
+        ("after-snapshot", false),
+        ("after-stop", false),
+        ("after-switch", false),
+        ("after-deploy-commands", false),
+        ("before-commit", false),
+        ("after-commit", true),
+    ] {
+        let node = Node::new();
+        let (project, app, good) = live_project(&node, "");
+        let run_before = fingerprint(&project.run());
+        let data_before = fingerprint(&project.data());
+        app.write(
+            "kiln.yml",
+            &recipe(&node, &format!("  deploy:\n{MESS_UP}"), ""),
+        )
+        .write("app.txt", "v2\n");
+        app.commit("next");
+        app.push_next(&project);
+        let out = node.kiln_env(
+            &["deploy", "shop", "--rev", "next"],
+            &[("FAILPOINTS", &format!("{point}=return"))],
+        );
+        assert_eq!(
+            out.status.code(),
+            None,
+            "{point}: expected SIGKILL: {}",
+            text(&out)
+        );
+
+        // Any next command on the project recovers first; `kiln deploy` would too.
+        let out = node.kiln(&["recover", "shop"]);
+        assert_success(&out, "recover");
+        if done {
+            let new = project.current().unwrap();
+            assert_ne!(new, good, "{point}");
+            assert_same(
+                &tree_fingerprint(&project.path(&format!("deploy/{new}"))),
+                &{
+                    let mut run = tree_fingerprint(&project.run());
+                    run.remove(b"cache.txt".as_slice());
+                    run
+                },
+                &format!("{point}: run/ is the new release"),
+            );
+            assert_eq!(
+                fs::read_to_string(project.data().join("db.txt")).unwrap(),
+                "rows-2\n"
+            );
+        } else {
+            assert_same(
+                &run_before,
+                &fingerprint(&project.run()),
+                &format!("{point}: run/"),
+            );
+            assert_same(
+                &data_before,
+                &fingerprint(&project.data()),
+                &format!("{point}: data/"),
+            );
+            assert_eq!(project.current().as_deref(), Some(good.as_str()), "{point}");
+            let statuses: Vec<String> = project.releases().into_iter().map(|r| r.1).collect();
+            assert_eq!(statuses, ["good", "failed"], "{point}");
+        }
+        assert!(!project.path("state/journal.json").exists(), "{point}");
+    }
+}
+
+#[cfg(feature = "failpoints")]
+#[test]
+fn kill_9_during_the_rollback_itself_is_finished_by_recovery() {
+    let node = Node::new();
+    let (project, app, good) = live_project(&node, "");
+    let run_before = fingerprint(&project.run());
+    let data_before = fingerprint(&project.data());
+    app.write(
+        "kiln.yml",
+        &recipe(&node, &format!("  deploy:\n{MESS_UP}    - exit 1\n"), ""),
+    );
+    app.commit("fails");
+    app.push_next(&project);
+    let out = node.kiln_env(
+        &["deploy", "shop", "--rev", "next"],
+        &[("FAILPOINTS", "rollback-after-exchange=return")],
+    );
+    assert_eq!(out.status.code(), None, "{}", text(&out));
+    let out = node.kiln(&["recover", "shop"]);
+    assert_success(&out, "recover");
+    assert_same(&run_before, &fingerprint(&project.run()), "run/");
+    assert_same(&data_before, &fingerprint(&project.data()), "data/");
+    assert_eq!(project.current(), Some(good));
+}
+
+#[test]
+fn two_concurrent_pushes_never_interleave() {
+    let node = Node::new();
+    let project = node.init("shop", "cooking");
+    let slow = "stages:\n  build:\n    - echo start $KILN_COMMIT >> ../../order.log; sleep 2; echo end $KILN_COMMIT >> ../../order.log\n";
+    let a = node.app("a");
+    a.write("kiln.yml", slow).write("who.txt", "a\n");
+    let commit_a = a.commit("a");
+    let b = node.app("b");
+    b.write("kiln.yml", slow).write("who.txt", "b\n");
+    let commit_b = b.commit("b");
+
+    let push = |app: &App| {
+        Command::new("git")
+            .current_dir(&app.dir)
+            .args([
+                "push",
+                "-f",
+                project.repo().to_str().unwrap(),
+                "HEAD:master",
+            ])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap()
+    };
+    let first = push(&a);
+    std::thread::sleep(Duration::from_millis(700));
+    let second = push(&b);
+    let first = first.wait_with_output().unwrap();
+    let second = second.wait_with_output().unwrap();
+    let second_text = text(&second);
+    assert!(text(&first).contains("-----> deployed"), "{}", text(&first));
+    assert!(
+        second_text.contains("-----> waiting for the deploy of "),
+        "{second_text}"
+    );
+    assert!(second_text.contains("-----> deployed"), "{second_text}");
+    let order = fs::read_to_string(node.root.join("order.log")).unwrap();
+    assert_eq!(
+        order,
+        format!("start {commit_a}\nend {commit_a}\nstart {commit_b}\nend {commit_b}\n")
+    );
+    assert_eq!(
+        fs::read_to_string(project.run().join("who.txt")).unwrap(),
+        "b\n"
+    );
+}
+
+#[test]
+fn manual_edits_in_run_are_shown_saved_and_reported() {
+    let node = Node::new();
+    let (project, app, _) = live_project(&node, "");
+    fs::write(project.run().join("app.txt"), "hot fix\n").unwrap();
+    fs::write(project.run().join("added-by-hand.txt"), "note\n").unwrap();
+    fs::remove_file(project.run().join("built.txt")).unwrap();
+
+    let status = text(&node.kiln(&["status", "shop"]));
+    assert!(
+        status.contains("drift:       3 manual change(s)"),
+        "{status}"
+    );
+    assert!(status.contains("modified app.txt"), "{status}");
+
+    app.write("app.txt", "v2\n");
+    app.commit("v2");
+    let (ok, output) = app.push(&project);
+    assert!(ok, "{output}");
+    assert!(
+        output.contains("manual edits found in run/ were saved under"),
+        "{output}"
+    );
+    assert!(output.contains("added added-by-hand.txt"), "{output}");
+    assert!(output.contains("deleted built.txt"), "{output}");
+    let new = project.current().unwrap();
+    let drift = project.path(&format!("archives/{new}/drift"));
+    assert_eq!(
+        fs::read_to_string(drift.join("files/app.txt")).unwrap(),
+        "hot fix\n"
+    );
+    assert_eq!(
+        fs::read_to_string(drift.join("files/added-by-hand.txt")).unwrap(),
+        "note\n"
+    );
+    let changes = fs::read_to_string(drift.join("changes.txt")).unwrap();
+    assert!(changes.contains("deleted built.txt"), "{changes}");
+    assert_eq!(
+        fs::read_to_string(project.run().join("app.txt")).unwrap(),
+        "v2\n"
+    );
+}
+
+#[test]
+fn drift_refuse_makes_the_deploy_refuse_and_change_nothing() {
+    let node = Node::new();
+    let (project, app, good) = live_project(&node, "drift: refuse\n");
+    fs::write(project.run().join("app.txt"), "hot fix\n").unwrap();
+    let run_before = fingerprint(&project.run());
+    app.write("app.txt", "v2\n");
+    app.commit("v2");
+    let (_, output) = app.push(&project);
+    assert!(
+        output.contains("manual edits found in run/ (modified app.txt)"),
+        "{output}"
+    );
+    assert!(output.contains("deploy FAILED at deploy"), "{output}");
+    assert_same(&run_before, &fingerprint(&project.run()), "run/");
+    assert_eq!(project.current(), Some(good));
+}
+
+#[test]
+fn pruning_after_many_failures_keeps_the_last_good_release() {
+    let node = Node::new();
+    let (project, app, good) = live_project(&node, "keep: 1\n");
+    for i in 0..4 {
+        app.write(
+            "kiln.yml",
+            &recipe(&node, "  deploy:\n    - exit 1\n", "keep: 1\n"),
+        )
+        .write("n.txt", &i.to_string());
+        app.commit(&format!("bad {i}"));
+        let (_, output) = app.push(&project);
+        assert!(output.contains("deploy FAILED"), "{output}");
+    }
+    // A good deploy prunes: the failures beyond `keep` go, the live release stays.
+    app.write("kiln.yml", &recipe(&node, "", "keep: 1\n"));
+    app.commit("good again");
+    let (ok, output) = app.push(&project);
+    assert!(ok && output.contains("-----> deployed"), "{output}");
+    let newest = project.current().unwrap();
+    assert!(project.path(&format!("deploy/{newest}")).is_dir());
+    assert!(
+        project
+            .path(&format!("releases/{newest}.tar.zst"))
+            .is_file()
+    );
+    // `good` was the last good before; with keep 1 it may go now, but never while it was the
+    // only good release: check the log kept it through the failures.
+    let log = project.release_log();
+    assert_eq!(log["records"][0]["id"], good.as_str());
+    let failed: Vec<String> = project
+        .releases()
+        .into_iter()
+        .filter(|r| r.1 == "failed")
+        .map(|r| r.0)
+        .collect();
+    assert_eq!(failed.len(), 4);
+    let kept_failures = failed
+        .iter()
+        .filter(|id| project.path(&format!("archives/{id}")).exists())
+        .count();
+    assert_eq!(
+        kept_failures, 1,
+        "only the newest failure is kept for inspection"
+    );
+}
+
+#[test]
+fn failures_alone_never_prune_the_live_release() {
+    let node = Node::new();
+    let (project, app, good) = live_project(&node, "keep: 1\n");
+    for i in 0..3 {
+        app.write(
+            "kiln.yml",
+            &recipe(&node, "  build:\n    - exit 1\n", "keep: 1\n"),
+        )
+        .write("n.txt", &i.to_string());
+        app.commit(&format!("bad {i}"));
+        app.push(&project);
+    }
+    assert!(project.path(&format!("deploy/{good}")).is_dir());
+    assert!(project.path(&format!("releases/{good}.tar.zst")).is_file());
+    assert_eq!(project.current(), Some(good));
+}
+
+#[test]
+fn a_data_snapshot_is_a_real_copy() {
+    let node = Node::new();
+    let (project, app, first) = live_project(&node, "");
+    let snapshot = project.path(&format!("archives/{first}/data"));
+    assert_eq!(
+        fs::read_to_string(snapshot.join("db.txt")).unwrap(),
+        "rows: 1\n"
+    );
+    // An in-place write to the live file must not reach the snapshot.
+    let mut file = fs::OpenOptions::new()
+        .write(true)
+        .open(project.data().join("db.txt"))
+        .unwrap();
+    file.seek(SeekFrom::Start(6)).unwrap();
+    file.write_all(b"9").unwrap();
+    drop(file);
+    assert_eq!(
+        fs::read_to_string(project.data().join("db.txt")).unwrap(),
+        "rows: 9\n"
+    );
+    assert_eq!(
+        fs::read_to_string(snapshot.join("db.txt")).unwrap(),
+        "rows: 1\n"
+    );
+
+    // Later snapshots share unchanged files with the previous one, never with data/. A file
+    // written within two seconds of a snapshot is copied again once (timestamps are coarse).
+    std::thread::sleep(Duration::from_millis(2100));
+    let mut snapshots = Vec::new();
+    for version in ["v2", "v3"] {
+        app.write("app.txt", version);
+        app.commit(version);
+        assert!(app.push(&project).0);
+        snapshots.push(project.path(&format!("archives/{}/data", project.current().unwrap())));
+    }
+    let ino = |p: &Path| fs::metadata(p).unwrap().ino();
+    let (snap2, snap3) = (&snapshots[0], &snapshots[1]);
+    assert_eq!(
+        ino(&snap3.join("uploads/a.png")),
+        ino(&snap2.join("uploads/a.png"))
+    );
+    assert_ne!(
+        ino(&snap3.join("uploads/a.png")),
+        ino(&project.data().join("uploads/a.png"))
+    );
+    assert_ne!(
+        ino(&snap2.join("uploads/a.png")),
+        ino(&project.data().join("uploads/a.png"))
+    );
+    assert_eq!(
+        fs::read_to_string(snap3.join("db.txt")).unwrap(),
+        "rows: 9\n"
+    );
+}
+
+#[test]
+fn rollback_by_hand_to_last_good_and_with_data() {
+    let node = Node::new();
+    let (project, app, first) = live_project(&node, "");
+    let run_first = fingerprint(&project.run());
+    app.write(
+        "kiln.yml",
+        &recipe(
+            &node,
+            "  deploy:\n    - echo rows-2 > \"$KILN_DATA_DIR/db.txt\"\n",
+            "",
+        ),
+    )
+    .write("app.txt", "v2\n");
+    app.commit("v2");
+    assert!(app.push(&project).0);
+    let second = project.current().unwrap();
+    assert_eq!(
+        fs::read_to_string(project.data().join("db.txt")).unwrap(),
+        "rows-2\n"
+    );
+
+    let out = node.kiln(&["rollback", "shop"]);
+    assert_success(&out, "rollback");
+    assert!(
+        text(&out).contains(&format!("rolled back to {first}")),
+        "{}",
+        text(&out)
+    );
+    assert_eq!(project.current().as_deref(), Some(first.as_str()));
+    assert_eq!(
+        fs::read_to_string(project.run().join("app.txt")).unwrap(),
+        "v1\n"
+    );
+    assert_same(
+        &run_first,
+        &fingerprint(&project.run()),
+        "run/ is the first release again",
+    );
+    // Without --with-data, data/ stays as it is.
+    assert_eq!(
+        fs::read_to_string(project.data().join("db.txt")).unwrap(),
+        "rows-2\n"
+    );
+    let log = project.releases();
+    assert_eq!(log[1], (second.clone(), "rolled_back".to_string()));
+
+    let out = node.kiln(&["rollback", "shop", &first, "--with-data"]);
+    assert_success(&out, "rollback --with-data");
+    assert_eq!(
+        fs::read_to_string(project.data().join("db.txt")).unwrap(),
+        "rows: 1\n"
+    );
+
+    let out = node.kiln(&["rollback", "shop", "20200101T000000Z-00000000"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        text(&out).contains("error: unknown release"),
+        "{}",
+        text(&out)
+    );
+}
+
+#[test]
+fn a_deploy_survives_the_pusher_disconnecting() {
+    let node = Node::new();
+    let project = node.init("shop", "cooking");
+    let app = node.app("shop");
+    app.write(
+        "kiln.yml",
+        "stages:\n  build:\n    - for i in 1 2 3 4 5 6; do echo tick $i; sleep 0.5; done\n",
+    );
+    app.commit("slow");
+    let mut push = Command::new("git")
+        .current_dir(&app.dir)
+        .args(["push", project.repo().to_str().unwrap(), "HEAD:master"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(1200));
+    push.kill().unwrap();
+    let _ = push.wait();
+    // The deploy goes on without its audience and finishes.
+    let mut done = false;
+    for _ in 0..100 {
+        if project.current().is_some() {
+            done = true;
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(done, "the deploy did not finish after the pusher went away");
+    let release = project.current().unwrap();
+    let log = fs::read_to_string(project.path(&format!("logs/{release}.log"))).unwrap();
+    assert!(log.contains("tick 6"), "{log}");
+    assert!(log.contains(&format!("-----> deployed {release}")), "{log}");
+}
+
+#[test]
+fn a_rollback_that_fails_exits_3_keeps_the_journal_and_recover_finishes_it() {
+    let node = Node::new();
+    let marker = node.dir.path().join("restore-can-work");
+    let restore = format!("restore:\n  - test -f {}\n", marker.display());
+    let (project, app, good) = live_project(&node, &restore);
+    let run_before = fingerprint(&project.run());
+    let data_before = fingerprint(&project.data());
+    app.write(
+        "kiln.yml",
+        &recipe(
+            &node,
+            &format!("  deploy:\n{MESS_UP}    - exit 1\n"),
+            &restore,
+        ),
+    );
+    app.commit("fails, and so does its restore");
+    app.push_next(&project);
+    let out = node.kiln(&["deploy", "shop", "--rev", "next"]);
+    assert_eq!(out.status.code(), Some(3), "{}", text(&out));
+    assert!(
+        text(&out).contains("error: rollback FAILED: deploy of"),
+        "{}",
+        text(&out)
+    );
+    assert!(
+        text(&out).contains("run `kiln recover shop`"),
+        "{}",
+        text(&out)
+    );
+    assert!(
+        project.path("state/journal.json").exists(),
+        "the journal is kept for the operator"
+    );
+
+    // The operator fixes the cause; recovery finishes the rollback.
+    fs::write(&marker, "").unwrap();
+    let out = node.kiln(&["recover", "shop"]);
+    assert_success(&out, "recover");
+    assert_same(&run_before, &fingerprint(&project.run()), "run/");
+    assert_same(&data_before, &fingerprint(&project.data()), "data/");
+    assert_eq!(project.current(), Some(good));
+    assert!(!project.path("state/journal.json").exists());
+}
+
+#[test]
+fn status_shows_a_running_deploy() {
+    let node = Node::new();
+    let project = node.init("shop", "cooking");
+    let app = node.app("shop");
+    app.write("kiln.yml", "stages:\n  build:\n    - sleep 2\n");
+    app.commit("slow");
+    let push = Command::new("git")
+        .current_dir(&app.dir)
+        .args([
+            "push",
+            &format!("file://{}", project.repo().display()),
+            "HEAD:master",
+        ])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut running = serde_json::Value::Null;
+    for _ in 0..40 {
+        std::thread::sleep(Duration::from_millis(100));
+        let out = node.kiln(&["status", "shop", "--json"]);
+        let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        if !json["running"].is_null() {
+            running = json["running"].clone();
+            break;
+        }
+    }
+    assert_eq!(running["action"], "deploy", "{running}");
+    assert!(
+        running["release"].as_str().is_some_and(|r| r.len() == 25),
+        "{running}"
+    );
+    let out = push.wait_with_output().unwrap();
+    assert!(
+        text(&out).contains("-----> deployed"),
+        "a file:// push deploys too: {}",
+        text(&out)
+    );
+    let out = node.kiln(&["status", "shop", "--json"]);
+    let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert!(json["running"].is_null());
+}
+
+/// Regression: recovery took an interrupted `kiln rollback` for a finished one, because the
+/// release it rolls back to was already marked good; only the release log's `current` says
+/// whether a switch was committed.
+#[cfg(feature = "failpoints")]
+#[test]
+fn regression_an_interrupted_manual_rollback_is_undone_not_taken_for_done() {
+    let node = Node::new();
+    let (project, app, first) = live_project(&node, "");
+    app.write("app.txt", "v2\n");
+    app.commit("v2");
+    assert!(app.push(&project).0);
+    let second = project.current().unwrap();
+    let run_before = fingerprint(&project.run());
+    let data_before = fingerprint(&project.data());
+    let out = node.kiln_env(
+        &["rollback", "shop", &first],
+        &[("FAILPOINTS", "after-switch=return")],
+    );
+    assert_eq!(out.status.code(), None, "{}", text(&out));
+    let out = node.kiln(&["recover", "shop"]);
+    assert_success(&out, "recover");
+    assert_eq!(project.current(), Some(second));
+    assert_same(&run_before, &fingerprint(&project.run()), "run/");
+    assert_same(&data_before, &fingerprint(&project.data()), "data/");
+}
