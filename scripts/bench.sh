@@ -97,6 +97,17 @@ mkdir -p "$RAW"
 echo "building (cargo build --release) ..."
 (cd "$REPO" && cargo build --release --quiet --bin kiln --example kiln-bench)
 TARGET=${CARGO_TARGET_DIR:-$REPO/target}
+# A target dir shared with another checkout of kiln can hold that checkout's `kiln` binary
+# while cargo calls ours fresh. Debug info names the source directory: check it, and if the
+# binary is not ours, build again into a target dir of our own.
+built_here() { # built_here BINARY: its debug info names $REPO as the compilation directory
+    python3 -c 'import sys; sys.exit(b"\0" + sys.argv[1].encode() + b"\0" not in open(sys.argv[2], "rb").read())' "$REPO" "$1"
+}
+if ! built_here "$TARGET/release/kiln" || ! built_here "$TARGET/release/examples/kiln-bench"; then
+    echo "  $TARGET/release/kiln was built from another checkout; building into $REPO/target/bench"
+    TARGET=$REPO/target/bench
+    (cd "$REPO" && cargo build --release --quiet --target-dir "$TARGET" --bin kiln --example kiln-bench)
+fi
 # Private copies: a shared target dir may be rebuilt by someone else mid-run.
 cp "$TARGET/release/kiln" "$TARGET/release/examples/kiln-bench" "$WORK/bin/"
 KILN=$WORK/bin/kiln
