@@ -168,6 +168,11 @@ bench() {
     python3 "$REPO/scripts/bench_report.py" --brief "$RAW" "$case" "$files" "$frac" "$load_before" "$(cut -d' ' -f1 /proc/loadavg)"
 }
 
+# Writeback of a freshly written tree (1.5 GB at 100,000 files) goes on for half a minute and
+# slows whatever runs meanwhile: flush before measuring, and before every run (in the prepare
+# step, untimed), so each run starts with nothing dirty and pays for its own writes only.
+SYNC=sync
+
 # manifest DIR: one line per entry with type, mode, size, mtime (ns) and link target, so two
 # copies made by different tools can be compared exactly.
 manifest() {
@@ -215,13 +220,14 @@ tree_cases() {
     mkdir -p "$T"
     echo "generating $n files ..."
     "$KB" gen "$T/a" --files "$n" --seed 42 | sed 's/^/  /'
+    $SYNC
     set_runs "$n"
 
     # Switching run/ to a new release: both tools copy into a fresh directory, then keep it
     # up to date.
     bench switch-full "$n" 0 \
-        kiln "rm -rf $T/dk" "$KB sync $T/a $T/dk" \
-        rsync "rm -rf $T/dr" "rsync -a --delete $T/a/ $T/dr/"
+        kiln "rm -rf $T/dk && $SYNC" "$KB sync $T/a $T/dk" \
+        rsync "rm -rf $T/dr && $SYNC" "rsync -a --delete $T/a/ $T/dr/"
     same "$T/a" "$T/dk" "$T/dr" "full copy ($n files)"
     bench switch-nochange "$n" 0 \
         kiln "" "$KB sync $T/a $T/dk" \
@@ -232,22 +238,24 @@ tree_cases() {
         rm -rf "$T/b"
         cp -al "$T/a" "$T/b"
         "$KB" mutate "$T/b" --fraction "$f" --seed 7 >/dev/null
+        $SYNC
         # Each run starts from run/ = release a and switches it to release b.
         bench switch-changed "$n" "$f" \
-            kiln "$KB sync $T/a $T/dk" "$KB sync $T/b $T/dk" \
-            rsync "rsync -a --delete $T/a/ $T/dr/" "rsync -a --delete $T/b/ $T/dr/"
+            kiln "$KB sync $T/a $T/dk && $SYNC" "$KB sync $T/b $T/dk" \
+            rsync "rsync -a --delete $T/a/ $T/dr/ && $SYNC" "rsync -a --delete $T/b/ $T/dr/"
         same "$T/b" "$T/dk" "$T/dr" "switch ($n files, $f changed)"
 
         # Data snapshot: the previous snapshot is a real copy of data/ as it was (a), data/
         # has since changed (b); unchanged files are hard-linked from the previous snapshot.
         rm -rf "$T/prev"
         rsync -a "$T/a/" "$T/prev/"
+        $SYNC
         local taken_at
         taken_at=$(date +%s)
         bench snapshot-changed "$n" "$f" \
-            kiln "rm -rf $T/sk $T/sk.partial" "$KB snapshot $T/b $T/sk $T/prev $taken_at" \
-            kiln-nosync "rm -rf $T/sn $T/sn.partial" "$KB snapshot-nosync $T/b $T/sn $T/prev $taken_at" \
-            rsync "rm -rf $T/sr" "rsync -a --link-dest=$T/prev $T/b/ $T/sr/"
+            kiln "rm -rf $T/sk $T/sk.partial && $SYNC" "$KB snapshot $T/b $T/sk $T/prev $taken_at" \
+            kiln-nosync "rm -rf $T/sn $T/sn.partial && $SYNC" "$KB snapshot-nosync $T/b $T/sn $T/prev $taken_at" \
+            rsync "rm -rf $T/sr && $SYNC" "rsync -a --link-dest=$T/prev $T/b/ $T/sr/"
         same "$T/b" "$T/sk" "$T/sr" "snapshot ($n files, $f changed)"
         rm -rf "$T/sk" "$T/sn" "$T/sr"
     done
@@ -256,13 +264,13 @@ tree_cases() {
     # Baking a release and unpacking it with every check. Both unpack the archive kiln baked
     # (GNU tar reads its PAX headers), so both decompress the same bytes.
     bench bake "$n" 0 \
-        kiln "rm -f $T/k.tar.zst" "$KB bake $T/a $T/k.tar.zst" \
-        kiln-nosync "rm -f $T/n.tar.zst" "KILN_NOSYNC=1 $KB bake $T/a $T/n.tar.zst" \
-        tar-zstd "rm -f $T/t.tar.zst" "tar -cf - -C $T/a . | zstd -q -T0 -3 -f -o $T/t.tar.zst"
+        kiln "rm -f $T/k.tar.zst && $SYNC" "$KB bake $T/a $T/k.tar.zst" \
+        kiln-nosync "rm -f $T/n.tar.zst && $SYNC" "KILN_NOSYNC=1 $KB bake $T/a $T/n.tar.zst" \
+        tar-zstd "rm -f $T/t.tar.zst && $SYNC" "tar -cf - -C $T/a . | zstd -q -T0 -3 -f -o $T/t.tar.zst"
     ls -l "$T"/*.tar.zst >>"$LOG"
     bench unpack "$n" 0 \
-        kiln "rm -rf $T/uk" "$KB unpack $T/k.tar.zst $T/uk" \
-        zstd-tar "rm -rf $T/ut && mkdir $T/ut" "zstd -q -d -c $T/k.tar.zst | tar -x -C $T/ut"
+        kiln "rm -rf $T/uk && $SYNC" "$KB unpack $T/k.tar.zst $T/uk" \
+        zstd-tar "rm -rf $T/ut && mkdir $T/ut && $SYNC" "zstd -q -d -c $T/k.tar.zst | tar -x -C $T/ut"
     same "$T/a" "$T/uk" "$T/ut" "unpack ($n files)"
     rm -rf "$T"
 }
@@ -283,7 +291,7 @@ fi
 # bake, snapshot, switch). The peer is the same push into a bare repo without hooks, so the
 # difference is kiln's own overhead.
 commit_cmd() { # commit_cmd WORKTREE: the prepare step that makes the next commit (~1% changed)
-    echo "$KB mutate $1 --fraction 0.01 >/dev/null && git -C $1 add -A && git -C $1 commit -qm next"
+    echo "$KB mutate $1 --fraction 0.01 >/dev/null && git -C $1 add -A && git -C $1 commit -qm next && $SYNC"
 }
 
 push_case() {
@@ -298,14 +306,18 @@ push_case() {
     git -C "$P/w1" config user.email bench@kiln.invalid
     cp -a "$P/w1" "$P/w2"
     "$KILN" --root "$P/node" init app --mode cooking >/dev/null
+    $SYNC
     git init -q --bare -b master "$P/plain.git"
     local t0 t1
     t0=$(date +%s.%N)
     git -C "$P/w1" push -q "$P/node/app/git/project.git" master 2>"$P/first-push.txt"
     t1=$(date +%s.%N)
-    echo "first push (full deploy) of $n files: $(python3 -c "print(round($t1-$t0,3))") s" \
-        | tee -a "$OUT/first-push.txt"
+    local t2 t3
+    t2=$(date +%s.%N)
     git -C "$P/w2" push -q "$P/plain.git" master
+    t3=$(date +%s.%N)
+    echo "first push of $n files: kiln (full deploy) $(python3 -c "print(round($t1-$t0,2))") s," \
+        "git-only $(python3 -c "print(round($t3-$t2,2))") s" | tee -a "$OUT/first-push.txt"
     bench push-cooking "$n" 0.01 \
         kiln "$(commit_cmd "$P/w1")" "git -C $P/w1 push -q $P/node/app/git/project.git master" \
         git-only "$(commit_cmd "$P/w2")" "git -C $P/w2 push -q $P/plain.git master"
@@ -354,12 +366,15 @@ if [[ $MODE == full && $PARTS == *rss* ]]; then
     R=$FS/rss
     mkdir -p "$R"
     "$KB" gen "$R/tree" --files 20000 --seed 5 --min-total-mb 2048 | sed 's/^/  /'
+    $SYNC
     rm -f "$OUT/rss.tsv"
     rss kiln-bake "$KB" bake "$R/tree" "$R/k.tar.zst"
     rss tar-zstd sh -c "tar -cf - -C $R/tree . | zstd -q -T0 -3 -f -o $R/t.tar.zst"
+    sync
     rm -f "$R/t.tar.zst"
     rss kiln-unpack "$KB" unpack "$R/k.tar.zst" "$R/uk"
     rm -rf "$R/uk"
+    sync
     mkdir "$R/ut"
     rss zstd-tar sh -c "zstd -q -d -c $R/k.tar.zst | tar -x -C $R/ut"
     rm -f "$OUT/rss.tmp"
