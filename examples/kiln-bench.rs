@@ -182,7 +182,13 @@ fn large_size(rng: &mut Rng) -> u64 {
 
 /// Text for small files (compresses about as well as source code) and random bytes for large
 /// ones (already-compressed assets).
-fn write_content(path: &Path, size: u64, text: bool, rng: &mut Rng, words: &[Vec<u8>]) -> Result<()> {
+fn write_content(
+    path: &Path,
+    size: u64,
+    text: bool,
+    rng: &mut Rng,
+    words: &[Vec<u8>],
+) -> Result<()> {
     let mut buf = Vec::with_capacity(size.min(1 << 20) as usize);
     let mut file = io::BufWriter::with_capacity(1 << 20, File::create(path)?);
     let mut left = size;
@@ -221,7 +227,11 @@ fn vocabulary(rng: &mut Rng) -> Vec<Vec<u8>> {
 /// A fixed, nanosecond-precise mtime in the past, so that trees are reproducible and every
 /// later change (made "now") is newer.
 fn past_mtime(rng: &mut Rng) -> SystemTime {
-    UNIX_EPOCH + Duration::new(1_700_000_000 + rng.below(10_000_000), rng.below(1_000_000_000) as u32)
+    UNIX_EPOCH
+        + Duration::new(
+            1_700_000_000 + rng.below(10_000_000),
+            rng.below(1_000_000_000) as u32,
+        )
 }
 
 fn set_mtime(path: &Path, t: SystemTime) -> Result<()> {
@@ -385,7 +395,13 @@ fn mutate(dir: &Path, fraction: f64, seed: u64) -> Result<(u64, u64, u64)> {
     for i in 0..n_add {
         let d = &dirs[rng.below(dirs.len() as u64) as usize];
         let size = small_size(&mut rng);
-        write_content(&d.join(format!("new{tag:08x}-{i}.txt")), size, true, &mut rng, &words)?;
+        write_content(
+            &d.join(format!("new{tag:08x}-{i}.txt")),
+            size,
+            true,
+            &mut rng,
+            &words,
+        )?;
     }
     Ok((n_mod, n_add, n_del))
 }
