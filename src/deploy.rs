@@ -444,16 +444,25 @@ impl Run<'_> {
                         stats.copied
                     ));
                 } else {
-                    let live_commit = self
-                        .live
-                        .as_ref()
-                        .and_then(|id| self.log.get(id))
-                        .and_then(|r| Oid::from_str(&r.commit).ok());
+                    let live = self.live.as_ref().and_then(|id| self.log.get(id));
+                    let live_commit = live.and_then(|r| Oid::from_str(&r.commit).ok());
+                    let live_started = live.map(|r| std::time::SystemTime::from(r.started));
                     let live_tree = self.live.as_ref().map(|id| paths.release_dir(id));
-                    let previous = live_commit
-                        .zip(live_tree.as_deref())
-                        .map(|(commit, tree)| git::Previous { commit, tree });
-                    let files = git::export(self.repo, self.commit, &paths.build, previous)
+                    let previous = live_commit.zip(live_tree.as_deref()).zip(live_started).map(
+                        |((commit, tree), started)| git::Previous {
+                            commit,
+                            tree,
+                            started,
+                        },
+                    );
+                    // Before this deploy started: whatever the build touches is newer.
+                    let stamp = self
+                        .log
+                        .get(&self.release)
+                        .map(|r| std::time::SystemTime::from(r.started))
+                        .unwrap_or_else(std::time::SystemTime::now)
+                        - Duration::from_secs(1);
+                    let files = git::export(self.repo, self.commit, &paths.build, previous, stamp)
                         .map_err(fail)?;
                     self.out.note(&format!(
                         "exported {} ({files} files) into build/",

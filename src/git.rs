@@ -6,8 +6,9 @@ use std::ffi::OsStr;
 use std::fs;
 use std::io::Write;
 use std::os::unix::ffi::OsStrExt;
-use std::os::unix::fs::{OpenOptionsExt, symlink};
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt, symlink};
 use std::path::{Path, PathBuf};
+use std::time::SystemTime;
 
 use git2::{ObjectType, Oid, Repository, StatusOptions};
 
@@ -101,10 +102,11 @@ pub fn summary(repo: &Repository, oid: Oid) -> String {
         .unwrap_or_default()
 }
 
-/// The release an export follows: its commit and its tree on disk.
+/// The release an export follows: its commit, its tree on disk, and when its deploy started.
 pub struct Previous<'a> {
     pub commit: Oid,
     pub tree: &'a Path,
+    pub started: SystemTime,
 }
 
 /// Writes the tree of commit `oid` into `dest` (which must exist and be empty): regular files
@@ -112,15 +114,22 @@ pub struct Previous<'a> {
 /// Walking the tree and writing blobs directly avoids libgit2's checkout machinery, which
 /// NOTES.md measured at twice the time of `git archive | tar -x`.
 ///
-/// A file whose blob is the same as in `previous` gets the mtime it has in the previous
-/// release tree. Without that, every fresh export would look entirely changed to the size and
-/// mtime quick check, and preparing the next live tree would copy everything every time.
+/// Every file written gets the mtime `stamp` (a moment before this deploy started), so that
+/// anything the build changes afterwards has a later mtime. A file whose blob is the same as in
+/// `previous` and which that release's build left untouched (its mtime is before that deploy
+/// started) is copied from the previous release tree with its mtime: the size and mtime quick
+/// check then sees it as unchanged, and preparing the next live tree copies only what changed
+/// instead of everything a fresh export would otherwise look like.
 pub fn export(
     repo: &Repository,
     oid: Oid,
     dest: &Path,
     previous: Option<Previous>,
+    stamp: SystemTime,
 ) -> Result<u64, Error> {
+    // index-pack verified every object when it was pushed; hashing each blob again on read is
+    // a tenth of an export's time.
+    git2::opts::strict_hash_verification(false);
     let old_tree = previous
         .as_ref()
         .and_then(|p| repo.find_commit(p.commit).ok())
@@ -129,16 +138,19 @@ pub fn export(
     let mut count = 0u64;
     let mut failure: Option<Error> = None;
     tree.walk(git2::TreeWalkMode::PreOrder, |parent, entry| {
-        let path = dest
-            .join(parent)
-            .join(OsStr::from_bytes(entry.name_bytes()));
-        match write_entry(repo, entry, &path) {
+        let rel = Path::new(parent).join(OsStr::from_bytes(entry.name_bytes()));
+        let path = dest.join(&rel);
+        let pristine = match (&old_tree, &previous) {
+            (Some(old), Some(previous)) => pristine_copy(old, entry, &rel, previous),
+            _ => None,
+        };
+        let result = match pristine {
+            Some((old_path, mtime)) => copy_pristine(&old_path, &path, entry, mtime),
+            None => write_entry(repo, entry, &path, stamp),
+        };
+        match result {
             Ok(written) => {
                 count += written;
-                if let (Some(old), Some(previous)) = (&old_tree, &previous) {
-                    let rel = Path::new(parent).join(OsStr::from_bytes(entry.name_bytes()));
-                    keep_mtime(old, entry, &rel, previous.tree, &path);
-                }
                 git2::TreeWalkResult::Ok
             }
             Err(e) => {
@@ -154,36 +166,60 @@ pub fn export(
     Ok(count)
 }
 
-/// Gives `path` the mtime of the same, unchanged file in the previous release (best effort:
-/// a miss only costs a copy later).
-fn keep_mtime(old: &git2::Tree, entry: &git2::TreeEntry, rel: &Path, old_dir: &Path, path: &Path) {
+/// The previous release's copy of this blob, if it is the same blob and its build left it
+/// untouched: (path, mtime).
+fn pristine_copy(
+    old: &git2::Tree,
+    entry: &git2::TreeEntry,
+    rel: &Path,
+    previous: &Previous,
+) -> Option<(PathBuf, SystemTime)> {
     if entry.kind() != Some(ObjectType::Blob) || entry.filemode() == i32::from(git2::FileMode::Link)
     {
-        return;
+        return None;
     }
-    let Ok(old_entry) = old.get_path(rel) else {
-        return;
-    };
+    let old_entry = old.get_path(rel).ok()?;
     if old_entry.id() != entry.id() || old_entry.filemode() != entry.filemode() {
-        return;
+        return None;
     }
-    let (Ok(old_meta), Ok(new_meta)) =
-        (fs::symlink_metadata(old_dir.join(rel)), fs::metadata(path))
-    else {
-        return;
-    };
-    if old_meta.is_file()
-        && old_meta.len() == new_meta.len()
-        && let Ok(mtime) = old_meta.modified()
-    {
-        let _ = fs::File::options()
-            .write(true)
-            .open(path)
-            .and_then(|f| f.set_modified(mtime));
+    let old_path = previous.tree.join(rel);
+    let meta = fs::symlink_metadata(&old_path).ok()?;
+    let mtime = meta.modified().ok()?;
+    (meta.is_file() && mtime < previous.started).then_some((old_path, mtime))
+}
+
+fn file_mode(entry: &git2::TreeEntry) -> u32 {
+    if entry.filemode() == i32::from(git2::FileMode::BlobExecutable) {
+        0o755
+    } else {
+        0o644
     }
 }
 
-fn write_entry(repo: &Repository, entry: &git2::TreeEntry, path: &Path) -> Result<u64, Error> {
+fn copy_pristine(
+    old: &Path,
+    path: &Path,
+    entry: &git2::TreeEntry,
+    mtime: SystemTime,
+) -> Result<u64, Error> {
+    // copy_file_range: the kernel copies (or reflinks) without inflating the blob again.
+    fs::copy(old, path).map_err(|e| io_error("copy", old, e))?;
+    let file = fs::File::options()
+        .write(true)
+        .open(path)
+        .map_err(|e| io_error("open", path, e))?;
+    file.set_permissions(fs::Permissions::from_mode(file_mode(entry)))
+        .and_then(|()| file.set_modified(mtime))
+        .map_err(|e| io_error("write", path, e))?;
+    Ok(1)
+}
+
+fn write_entry(
+    repo: &Repository,
+    entry: &git2::TreeEntry,
+    path: &Path,
+    stamp: SystemTime,
+) -> Result<u64, Error> {
     match entry.kind() {
         Some(ObjectType::Tree) => {
             fs::create_dir(path).map_err(|e| io_error("create", path, e))?;
@@ -197,18 +233,14 @@ fn write_entry(repo: &Repository, entry: &git2::TreeEntry, path: &Path) -> Resul
                 let target = OsStr::from_bytes(blob.content());
                 symlink(target, path).map_err(|e| io_error("create symlink", path, e))?;
             } else {
-                let mode = if entry.filemode() == i32::from(git2::FileMode::BlobExecutable) {
-                    0o755
-                } else {
-                    0o644
-                };
                 let mut file = fs::OpenOptions::new()
                     .write(true)
                     .create_new(true)
-                    .mode(mode)
+                    .mode(file_mode(entry))
                     .open(path)
                     .map_err(|e| io_error("create", path, e))?;
                 file.write_all(blob.content())
+                    .and_then(|()| file.set_modified(stamp))
                     .map_err(|e| io_error("write", path, e))?;
             }
             Ok(1)

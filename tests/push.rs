@@ -502,3 +502,48 @@ fn releases_status_and_logs_commands() {
     assert_eq!(out.status.code(), Some(2));
     assert!(text(&out).contains("error: unknown release `20200101T000000Z-00000000`"));
 }
+
+/// Regression: a file the previous build rewrote in place (same size) passed for the pristine
+/// blob once unchanged files kept their mtime across releases, and a later switch kept the
+/// build output. The next release must get the content from git.
+#[test]
+fn regression_a_file_rewritten_by_the_previous_build_is_exported_fresh() {
+    let node = Node::new();
+    let project = node.init("shop", "cooking");
+    let app = node.app("shop");
+    app.write(
+        "kiln.yml",
+        "stages:\n  build:\n    - if [ -f stamp-me ]; then printf BUILT > version.txt; fi\n",
+    )
+    .write("version.txt", "ORIGI")
+    .write("stamp-me", "");
+    app.commit("build stamps the version");
+    assert!(app.push(&project).0);
+    assert_eq!(
+        fs::read_to_string(project.run().join("version.txt")).unwrap(),
+        "BUILT"
+    );
+    app.remove("stamp-me");
+    app.commit("no stamping");
+    assert!(app.push(&project).0);
+    assert_eq!(
+        fs::read_to_string(project.run().join("version.txt")).unwrap(),
+        "ORIGI"
+    );
+    // The next live tree is prepared from the one the first release left behind, which holds
+    // the stamped file: it must not pass for unchanged.
+    app.write("other.txt", "x");
+    app.commit("unrelated change");
+    let (ok, output) = app.push(&project);
+    assert!(ok, "{output}");
+    assert_eq!(
+        fs::read_to_string(project.run().join("version.txt")).unwrap(),
+        "ORIGI"
+    );
+    let current = project.current().unwrap();
+    assert_same(
+        &tree_fingerprint(&project.path(&format!("deploy/{current}"))),
+        &tree_fingerprint(&project.run()),
+        "run/ vs its release",
+    );
+}
