@@ -333,8 +333,9 @@ push_case() {
 
     # Final mode: production pulls the release staging baked for the same commit.
     "$KILN" --root "$P/prod" init app --mode final --source "$P/node/app" >/dev/null 2>&1 || true
-    if [[ -d $P/prod/app/git/project.git ]] &&
-        git -C "$P/w1" push "$P/prod/app/git/project.git" master 2>&1 | tee "$P/final.txt" | grep -q -- '-----> deployed'; then
+    # (Not `| grep -q`: with pipefail, grep quitting early fails the pipeline through SIGPIPE.)
+    git -C "$P/w1" push "$P/prod/app/git/project.git" master >"$P/final.txt" 2>&1 || true
+    if [[ -d $P/prod/app/git/project.git ]] && grep -q -- '-----> deployed' "$P/final.txt"; then
         bench push-final "$n" 0.01 \
             kiln "$(commit_cmd "$P/w1") && git -C $P/w1 push -q $P/node/app/git/project.git master" \
             "git -C $P/w1 push -q $P/prod/app/git/project.git master" \
