@@ -270,10 +270,7 @@ impl Settings {
         env.insert("KILN_RUN_DIR".into(), dir(&p.run));
         env.insert("KILN_DATA_DIR".into(), dir(&p.data));
         env.insert("KILN_PILLAR_DIR".into(), dir(&p.pillar));
-        env.insert(
-            "KILN_BACKUP_DIR".into(),
-            dir(&p.archive_dir(release).join("backup")),
-        );
+        // KILN_BACKUP_DIR depends on where the run keeps its archive: see Run::new.
         env.insert("KILN_COMMON".into(), dir(&common));
         // settings::env_vars refuses KILN_* names, so the user's env cannot override these.
         env.extend(user_env);
@@ -335,6 +332,13 @@ struct RunSetup<'a> {
 
 impl<'a> Run<'a> {
     fn new(setup: RunSetup<'a>, out: &'a mut Reporter) -> Run<'a> {
+        // Backups go with what this run keeps: a rollback must not write into the archive of
+        // the release it rolls back to.
+        let mut base_env = setup.settings.env.clone();
+        base_env.insert(
+            "KILN_BACKUP_DIR".into(),
+            setup.archive.join("backup").display().to_string(),
+        );
         Run {
             node: setup.node,
             project: setup.project,
@@ -347,7 +351,7 @@ impl<'a> Run<'a> {
             pillar_rev: setup.pillar_rev,
             secrets: setup.settings.secrets.clone(),
             redactor: Redactor::new(&setup.settings.secrets),
-            base_env: setup.settings.env.clone(),
+            base_env,
             journal: None,
             log: setup.log,
             reuse: setup.reuse,
@@ -378,29 +382,26 @@ impl Run<'_> {
     }
 
     fn begin_journal(&mut self, action: &str) -> Result<(), Error> {
-        {
-            let journal = Journal {
-                release: self.release.clone(),
-                action: action.into(),
-                previous: self.live.clone(),
-                phase: Phase::Started,
-                run_inode: None,
-                switch: Method::Exchange.as_str().into(),
-                snapshot: None,
-                archive: self.archive.clone(),
-                undo: UndoCommands {
-                    stop: self.recipe.services.stop.clone(),
-                    start: self.recipe.services.start.clone(),
-                    restore: self.recipe.restore.clone(),
-                    env: self.env_for(Stage::Deploy),
-                    secrets: self.secrets.clone(),
-                    timeout: self.timeout(Stage::Deploy),
-                    cwd: self.paths().run.clone(),
-                },
-                pid: std::process::id(),
-            };
-            self.journal = Some(journal);
-        }
+        self.journal = Some(Journal {
+            release: self.release.clone(),
+            action: action.into(),
+            previous: self.live.clone(),
+            phase: Phase::Started,
+            run_inode: None,
+            switch: Method::Exchange.as_str().into(),
+            snapshot: None,
+            archive: self.archive.clone(),
+            undo: UndoCommands {
+                stop: self.recipe.services.stop.clone(),
+                start: self.recipe.services.start.clone(),
+                restore: self.recipe.restore.clone(),
+                env: self.env_for(Stage::Deploy),
+                secrets: self.secrets.clone(),
+                timeout: self.timeout(Stage::Deploy),
+                cwd: self.paths().run.clone(),
+            },
+            pid: std::process::id(),
+        });
         self.record(Phase::Started)
     }
 

@@ -798,3 +798,28 @@ fn a_deploy_ignores_sighup_from_a_dropped_session() {
     assert_success(&out, "deploy after SIGHUP");
     assert!(project.current().is_some());
 }
+
+/// Regression: a rollback's `backup:` commands wrote into the backup dir of the release being
+/// rolled back to, overwriting what that release's own deploy kept.
+#[test]
+fn regression_a_rollback_backs_up_into_its_own_archive() {
+    let node = Node::new();
+    let backup = "backup:\n  - echo \"$KILN_RELEASE $$\" > \"$KILN_BACKUP_DIR/dump.sql\"\n";
+    let (project, app, first) = live_project(&node, backup);
+    let kept = project.path(&format!("archives/{first}/backup/dump.sql"));
+    let before = fs::read_to_string(&kept).unwrap();
+    app.write("app.txt", "v2\n");
+    app.commit("v2");
+    assert!(app.push(&project).0);
+    let out = node.kiln(&["rollback", "shop", &first]);
+    assert_success(&out, "rollback");
+    assert_eq!(fs::read_to_string(&kept).unwrap(), before);
+    let rollback_dumps: Vec<_> = fs::read_dir(project.path("archives"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.to_string_lossy().contains(&format!("{first}-rollback-")))
+        .map(|p| p.join("backup/dump.sql"))
+        .collect();
+    assert_eq!(rollback_dumps.len(), 1);
+    assert!(rollback_dumps[0].is_file());
+}
