@@ -860,13 +860,19 @@ impl Run<'_> {
         self.log.current = Some(self.release.clone());
         self.log.save(&paths.release_log())?;
         crate::failpoint("after-commit");
-        Journal::remove(&paths.journal())?;
+        // Past the commit point nothing may fail the deploy (it is live and logged good): what
+        // follows is tidying, and a failure is a warning. A journal left behind is harmless:
+        // recovery sees the release live and only removes it.
         self.journal = None;
+        let mut tidy = vec![Journal::remove(&paths.journal())];
         if self.mode != Mode::Editable {
-            crate::durable::replace_symlink(
+            tidy.push(crate::durable::replace_symlink(
                 Path::new(&self.release),
                 &paths.deploy.join("current"),
-            )?;
+            ));
+        }
+        for e in tidy.into_iter().filter_map(Result::err) {
+            self.out.note(&format!("warning: {e}"));
         }
         let pruned = prune(&paths, &self.log, self.recipe.keep as usize);
         if self.mode == Mode::Final {
@@ -876,7 +882,7 @@ impl Run<'_> {
             self.out
                 .note(&format!("pruned {} old release(s)", pruned.len()));
         }
-        // Past the commit point a failure here must not fail the deploy: the next one rewrites it.
+        // The next deploy rewrites the index.
         if self.mode != Mode::Editable
             && let Err(e) = crate::publish::write_index(&paths, &self.log, self.mode)
         {
@@ -946,6 +952,17 @@ pub fn prune(paths: &crate::layout::ProjectPaths, log: &ReleaseLog, keep: usize)
         let _ = fs::remove_file(paths.manifest(id));
         let _ = fs::remove_file(paths.releases.join(format!("{id}.json.sig")));
         let _ = fs::remove_dir_all(paths.archive_dir(id));
+    }
+    // What rollbacks to a pruned release kept (`<id>-rollback-<rollback id>`) goes with it.
+    if let Ok(entries) = fs::read_dir(&paths.archives) {
+        for entry in entries.flatten() {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            if let Some((id, _)) = name.split_once("-rollback-")
+                && prunable.iter().any(|p| p == id)
+            {
+                let _ = fs::remove_dir_all(entry.path());
+            }
+        }
     }
     prunable
 }
