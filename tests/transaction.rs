@@ -53,6 +53,34 @@ fn services_log(node: &Node) -> String {
     fs::read_to_string(node.dir.path().join("services.log")).unwrap_or_default()
 }
 
+/// run/ and data/ as they were before a deploy, to hold them to "byte-for-byte as before".
+struct Before {
+    run: Tree,
+    data: Tree,
+}
+
+impl Before {
+    fn take(project: &Project) -> Before {
+        Before {
+            run: fingerprint(&project.run()),
+            data: fingerprint(&project.data()),
+        }
+    }
+
+    fn assert_unchanged(&self, project: &Project, what: &str) {
+        assert_same(
+            &self.run,
+            &fingerprint(&project.run()),
+            &format!("{what} run/"),
+        );
+        assert_same(
+            &self.data,
+            &fingerprint(&project.data()),
+            &format!("{what} data/"),
+        );
+    }
+}
+
 /// Deploy commands that change data/ in every way: modify, create, delete, chmod, and write
 /// into the live tree too.
 const MESS_UP: &str = "    - echo rows-2 > \"$KILN_DATA_DIR/db.txt\"\n    - touch \"$KILN_DATA_DIR/new.txt\" && mkdir \"$KILN_DATA_DIR/newdir\"\n    - rm \"$KILN_DATA_DIR/uploads/a.png\" && chmod 600 \"$KILN_DATA_DIR/db.txt\"\n    - echo cache > \"$KILN_RUN_DIR/cache.txt\"\n";
@@ -95,8 +123,7 @@ fn a_failure_in_any_stage_leaves_run_and_data_exactly_as_before() {
     for (stage, stages, extra, expected) in cases {
         let node = Node::new();
         let (project, app, good) = live_project(&node, "");
-        let run_before = fingerprint(&project.run());
-        let data_before = fingerprint(&project.data());
+        let before = Before::take(&project);
         let services_before = services_log(&node);
 
         app.write("kiln.yml", &recipe(&node, stages, extra));
@@ -108,16 +135,7 @@ fn a_failure_in_any_stage_leaves_run_and_data_exactly_as_before() {
             )),
             "{stage}:\n{output}"
         );
-        assert_same(
-            &run_before,
-            &fingerprint(&project.run()),
-            &format!("{stage}: run/"),
-        );
-        assert_same(
-            &data_before,
-            &fingerprint(&project.data()),
-            &format!("{stage}: data/"),
-        );
+        before.assert_unchanged(&project, stage);
         assert_eq!(project.current().as_deref(), Some(good.as_str()), "{stage}");
         let statuses: Vec<String> = project.releases().into_iter().map(|r| r.1).collect();
         assert_eq!(statuses, ["good", "failed"], "{stage}");
@@ -154,8 +172,7 @@ fn kiln_deploy_exits_1_after_a_clean_rollback() {
 fn in_place_switch_fallback_also_rolls_back_exactly() {
     let node = Node::new();
     let (project, app, good) = live_project(&node, "");
-    let run_before = fingerprint(&project.run());
-    let data_before = fingerprint(&project.data());
+    let before = Before::take(&project);
     app.write(
         "kiln.yml",
         &recipe(&node, &format!("  deploy:\n{MESS_UP}    - exit 3\n"), ""),
@@ -168,8 +185,7 @@ fn in_place_switch_fallback_also_rolls_back_exactly() {
     );
     assert_eq!(out.status.code(), Some(1), "{}", text(&out));
     assert!(text(&out).contains("(in-place)"), "{}", text(&out));
-    assert_same(&run_before, &fingerprint(&project.run()), "run/");
-    assert_same(&data_before, &fingerprint(&project.data()), "data/");
+    before.assert_unchanged(&project, "");
     assert_eq!(project.current(), Some(good));
     // And a good deploy through the fallback works.
     app.write("kiln.yml", &recipe(&node, "", ""));
@@ -191,8 +207,7 @@ fn in_place_switch_fallback_also_rolls_back_exactly() {
 fn kill_9_from_a_deploy_command_is_recovered_by_the_next_command() {
     let node = Node::new();
     let (project, app, good) = live_project(&node, "");
-    let run_before = fingerprint(&project.run());
-    let data_before = fingerprint(&project.data());
+    let before = Before::take(&project);
     // $PPID of the command's shell is kiln itself: a real SIGKILL after the switch.
     app.write(
         "kiln.yml",
@@ -221,8 +236,7 @@ fn kill_9_from_a_deploy_command_is_recovered_by_the_next_command() {
         "{}",
         text(&out)
     );
-    assert_same(&run_before, &fingerprint(&project.run()), "run/");
-    assert_same(&data_before, &fingerprint(&project.data()), "data/");
+    before.assert_unchanged(&project, "");
     let statuses: Vec<String> = project.releases().into_iter().map(|r| r.1).collect();
     assert_eq!(statuses, ["good", "failed"]);
     let out = node.kiln(&["recover", "shop"]);
@@ -243,8 +257,7 @@ fn kill_9_at_each_point_of_the_switch_ends_before_or_after_never_between() {
     ] {
         let node = Node::new();
         let (project, app, good) = live_project(&node, "");
-        let run_before = fingerprint(&project.run());
-        let data_before = fingerprint(&project.data());
+        let before = Before::take(&project);
         app.write(
             "kiln.yml",
             &recipe(&node, &format!("  deploy:\n{MESS_UP}"), ""),
@@ -283,16 +296,7 @@ fn kill_9_at_each_point_of_the_switch_ends_before_or_after_never_between() {
                 "rows-2\n"
             );
         } else {
-            assert_same(
-                &run_before,
-                &fingerprint(&project.run()),
-                &format!("{point}: run/"),
-            );
-            assert_same(
-                &data_before,
-                &fingerprint(&project.data()),
-                &format!("{point}: data/"),
-            );
+            before.assert_unchanged(&project, point);
             assert_eq!(project.current().as_deref(), Some(good.as_str()), "{point}");
             let statuses: Vec<String> = project.releases().into_iter().map(|r| r.1).collect();
             assert_eq!(statuses, ["good", "failed"], "{point}");
@@ -306,8 +310,7 @@ fn kill_9_at_each_point_of_the_switch_ends_before_or_after_never_between() {
 fn kill_9_during_the_rollback_itself_is_finished_by_recovery() {
     let node = Node::new();
     let (project, app, good) = live_project(&node, "");
-    let run_before = fingerprint(&project.run());
-    let data_before = fingerprint(&project.data());
+    let before = Before::take(&project);
     app.write(
         "kiln.yml",
         &recipe(&node, &format!("  deploy:\n{MESS_UP}    - exit 1\n"), ""),
@@ -321,8 +324,7 @@ fn kill_9_during_the_rollback_itself_is_finished_by_recovery() {
     assert_eq!(out.status.code(), None, "{}", text(&out));
     let out = node.kiln(&["recover", "shop"]);
     assert_success(&out, "recover");
-    assert_same(&run_before, &fingerprint(&project.run()), "run/");
-    assert_same(&data_before, &fingerprint(&project.data()), "data/");
+    before.assert_unchanged(&project, "");
     assert_eq!(project.current(), Some(good));
 }
 
@@ -423,7 +425,7 @@ fn drift_refuse_makes_the_deploy_refuse_and_change_nothing() {
     let node = Node::new();
     let (project, app, good) = live_project(&node, "drift: refuse\n");
     fs::write(project.run().join("app.txt"), "hot fix\n").unwrap();
-    let run_before = fingerprint(&project.run());
+    let before = Before::take(&project);
     app.write("app.txt", "v2\n");
     app.commit("v2");
     let (_, output) = app.push(&project);
@@ -432,7 +434,7 @@ fn drift_refuse_makes_the_deploy_refuse_and_change_nothing() {
         "{output}"
     );
     assert!(output.contains("deploy FAILED at deploy"), "{output}");
-    assert_same(&run_before, &fingerprint(&project.run()), "run/");
+    before.assert_unchanged(&project, "drift: refuse");
     assert_eq!(project.current(), Some(good));
 }
 
@@ -662,8 +664,7 @@ fn a_rollback_that_fails_exits_3_keeps_the_journal_and_recover_finishes_it() {
     let marker = node.dir.path().join("restore-can-work");
     let restore = format!("restore:\n  - test -f {}\n", marker.display());
     let (project, app, good) = live_project(&node, &restore);
-    let run_before = fingerprint(&project.run());
-    let data_before = fingerprint(&project.data());
+    let before = Before::take(&project);
     app.write(
         "kiln.yml",
         &recipe(
@@ -695,8 +696,7 @@ fn a_rollback_that_fails_exits_3_keeps_the_journal_and_recover_finishes_it() {
     fs::write(&marker, "").unwrap();
     let out = node.kiln(&["recover", "shop"]);
     assert_success(&out, "recover");
-    assert_same(&run_before, &fingerprint(&project.run()), "run/");
-    assert_same(&data_before, &fingerprint(&project.data()), "data/");
+    before.assert_unchanged(&project, "");
     assert_eq!(project.current(), Some(good));
     assert!(!project.path("state/journal.json").exists());
 }
@@ -758,8 +758,7 @@ fn regression_an_interrupted_manual_rollback_is_undone_not_taken_for_done() {
     app.commit("v2");
     assert!(app.push(&project).0);
     let second = project.current().unwrap();
-    let run_before = fingerprint(&project.run());
-    let data_before = fingerprint(&project.data());
+    let before = Before::take(&project);
     let out = node.kiln_env(
         &["rollback", "shop", &first],
         &[("FAILPOINTS", "after-switch=return")],
@@ -768,8 +767,7 @@ fn regression_an_interrupted_manual_rollback_is_undone_not_taken_for_done() {
     let out = node.kiln(&["recover", "shop"]);
     assert_success(&out, "recover");
     assert_eq!(project.current(), Some(second));
-    assert_same(&run_before, &fingerprint(&project.run()), "run/");
-    assert_same(&data_before, &fingerprint(&project.data()), "data/");
+    before.assert_unchanged(&project, "");
 }
 
 #[test]
