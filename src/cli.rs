@@ -172,7 +172,7 @@ pub fn main() -> i32 {
 }
 
 fn error_chain(error: &Error) -> String {
-    let text = error.to_string();
+    let text = crate::error::chain(error);
     // Lowercase first letter, as every kiln error line is.
     let mut chars = text.chars();
     match chars.next() {

@@ -61,7 +61,7 @@ impl Failure {
         let error = error.into();
         let reason = match &error {
             Error::Stage(e) => e.summary(),
-            other => other.to_string(),
+            other => crate::error::chain(other),
         };
         Failure { stage, reason }
     }
@@ -872,7 +872,8 @@ impl Run<'_> {
             ));
         }
         for e in tidy.into_iter().filter_map(Result::err) {
-            self.out.note(&format!("warning: {e}"));
+            self.out
+                .note(&format!("warning: {}", crate::error::chain(&e)));
         }
         let pruned = prune(&paths, &self.log, self.recipe.keep as usize);
         if self.mode == Mode::Final {
@@ -887,7 +888,8 @@ impl Run<'_> {
             && let Err(e) = crate::publish::write_index(&paths, &self.log, self.mode)
         {
             self.out.note(&format!(
-                "warning: could not update releases/index.json: {e}"
+                "warning: could not update releases/index.json: {}",
+                crate::error::chain(&e)
             ));
         }
         Ok(())
@@ -924,10 +926,11 @@ impl Run<'_> {
             Err(e) => {
                 let error = Error::RollbackFailed {
                     reason: format!(
-                        "deploy of {} failed at {} ({}), then undoing it failed: {e}",
+                        "deploy of {} failed at {} ({}), then undoing it failed: {}",
                         self.release,
                         failure.stage.as_str(),
-                        failure.reason
+                        failure.reason,
+                        crate::error::chain(&e)
                     ),
                     hint: format!(
                         "the journal is kept in {}; fix the cause and run `kiln recover {}`",

@@ -112,6 +112,22 @@ impl Error {
     }
 }
 
+/// The error with its causes, once each: `cannot copy `x`: No space left on device`. Causes
+/// a message already quotes are not repeated.
+pub fn chain(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        let cause_text = cause.to_string();
+        if !text.contains(&cause_text) {
+            text.push_str(": ");
+            text.push_str(&cause_text);
+        }
+        source = cause.source();
+    }
+    text
+}
+
 pub fn io_error(action: &'static str, path: &Path, source: io::Error) -> Error {
     Error::Io {
         action,
@@ -123,4 +139,21 @@ pub fn io_error(action: &'static str, path: &Path, source: io::Error) -> Error {
 pub fn git_error(action: impl Into<String>) -> impl FnOnce(git2::Error) -> Error {
     let action = action.into();
     move |source| Error::Git { action, source }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn chain_adds_causes_once() {
+        let sync = crate::sync::SyncError::Io {
+            action: "copy",
+            path: PathBuf::from("a"),
+            source: io::Error::other("disk full"),
+        };
+        assert_eq!(chain(&Error::Sync(sync)), "cannot copy `a`: disk full");
+        let io = io_error("create", Path::new("b"), io::Error::other("denied"));
+        assert_eq!(chain(&io), "could not create `b`: denied");
+    }
 }

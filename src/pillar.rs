@@ -123,7 +123,10 @@ pub fn after_push(
                 Ok(old) => out.headline(&format!(
                     "pillar/ is back at {old}, the settings the live release runs with; fix the pillar and push again"
                 )),
-                Err(e) => out.headline(&format!("could not put pillar/ back: {e}")),
+                Err(e) => out.headline(&format!(
+                    "could not put pillar/ back: {}",
+                    crate::error::chain(&e)
+                )),
             }
             Err(error)
         }

@@ -50,7 +50,10 @@ pub fn undo(
     if let Some(stop) = journal.undo.stop.as_ref().filter(|_| stopped)
         && let Err(e) = run("rollback", stop, out)
     {
-        out.note(&format!("stopping the services failed ({e}); carrying on"));
+        out.note(&format!(
+            "stopping the services failed ({}); carrying on",
+            crate::error::chain(&e)
+        ));
     }
     let failed = journal.archive.join("failed");
     let is_deploy = journal.action == "deploy";
@@ -176,7 +179,11 @@ pub fn recover(_node: &Node, project: &Project, out: &mut Reporter) -> Result<bo
     ));
     let reason = format!("interrupted during {:?}", journal.phase).to_lowercase();
     let outcome = undo(paths, &journal, &reason, out).map_err(|e| Error::RollbackFailed {
-        reason: format!("recovering {} failed: {e}", journal.release),
+        reason: format!(
+            "recovering {} failed: {}",
+            journal.release,
+            crate::error::chain(&e)
+        ),
         hint: format!(
             "the journal is kept in {}; fix the cause and run `kiln recover {}`",
             paths.journal().display(),
