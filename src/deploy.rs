@@ -454,6 +454,9 @@ impl Run<'_> {
                             commit,
                             tree,
                             started,
+                            share: [Stage::Configure, Stage::Build, Stage::Bundle]
+                                .iter()
+                                .all(|stage| self.recipe.commands(self.mode, *stage).is_empty()),
                         },
                     );
                     // Before this deploy started: whatever the build touches is newer.

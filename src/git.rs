@@ -107,6 +107,10 @@ pub struct Previous<'a> {
     pub commit: Oid,
     pub tree: &'a Path,
     pub started: SystemTime,
+    /// Nothing will write to the export before it becomes an immutable release tree (the
+    /// recipe has no configure, build or bundle commands): unchanged files may then be hard
+    /// links to the previous release's, which costs neither a copy nor a flush to disk.
+    pub share: bool,
 }
 
 /// Writes the tree of commit `oid` into `dest` (which must exist and be empty): regular files
@@ -145,6 +149,11 @@ pub fn export(
             _ => None,
         };
         let result = match pristine {
+            Some((old_path, _)) if previous.as_ref().is_some_and(|p| p.share) => {
+                fs::hard_link(&old_path, &path)
+                    .map(|()| 1)
+                    .map_err(|e| io_error("link", &old_path, e))
+            }
             Some((old_path, mtime)) => copy_pristine(&old_path, &path, entry, mtime),
             None => write_entry(repo, entry, &path, stamp),
         };
@@ -185,7 +194,9 @@ fn pristine_copy(
     let old_path = previous.tree.join(rel);
     let meta = fs::symlink_metadata(&old_path).ok()?;
     let mtime = meta.modified().ok()?;
-    (meta.is_file() && mtime < previous.started).then_some((old_path, mtime))
+    // A build may also have chmod-ed the file, which leaves its mtime alone.
+    let same_mode = meta.permissions().mode() & 0o7777 == file_mode(entry);
+    (meta.is_file() && same_mode && mtime < previous.started).then_some((old_path, mtime))
 }
 
 fn file_mode(entry: &git2::TreeEntry) -> u32 {

@@ -547,3 +547,68 @@ fn regression_a_file_rewritten_by_the_previous_build_is_exported_fresh() {
         "run/ vs its release",
     );
 }
+
+/// Without configure, build or bundle commands nothing writes to a release tree before it is
+/// immutable, so unchanged files are shared with the previous release (hard links), never with
+/// run/. A file a previous build chmod-ed (mtime untouched) is not taken for pristine.
+#[test]
+fn releases_without_build_commands_share_unchanged_files() {
+    use std::os::unix::fs::MetadataExt;
+    let node = Node::new();
+    let project = node.init("shop", "cooking");
+    let app = node.app("shop");
+    app.write(
+        "kiln.yml",
+        "stages:\n  build:\n    - chmod 0600 secret.txt\n",
+    )
+    .write("secret.txt", "s\n")
+    .write("same.txt", "same\n")
+    .write("changed.txt", "one\n");
+    app.commit("with a build");
+    assert!(app.push(&project).0);
+    let first = project.current().unwrap();
+    app.write("kiln.yml", "keep: 5\n")
+        .write("changed.txt", "two\n");
+    app.commit("no commands");
+    assert!(app.push(&project).0);
+    let second = project.current().unwrap();
+    app.write("changed.txt", "three\n");
+    app.commit("no commands again");
+    assert!(app.push(&project).0);
+    let third = project.current().unwrap();
+
+    let ino = |release: &str, file: &str| {
+        fs::metadata(project.path(&format!("deploy/{release}/{file}")))
+            .unwrap()
+            .ino()
+    };
+    // Once a release has no commands, its unchanged files are the previous release's; not the
+    // one the first build chmod-ed, nor the one that changed.
+    assert_eq!(ino(&first, "same.txt"), ino(&second, "same.txt"));
+    assert_eq!(ino(&second, "same.txt"), ino(&third, "same.txt"));
+    assert_ne!(ino(&first, "secret.txt"), ino(&second, "secret.txt"));
+    assert_eq!(ino(&second, "secret.txt"), ino(&third, "secret.txt"));
+    assert_ne!(ino(&second, "changed.txt"), ino(&third, "changed.txt"));
+    let run_same = fs::metadata(project.run().join("same.txt")).unwrap();
+    assert_ne!(
+        run_same.ino(),
+        ino(&third, "same.txt"),
+        "run/ never shares inodes"
+    );
+    // secret.txt was chmod-ed by the first build: the next releases have git's mode again.
+    let mode = fs::metadata(project.run().join("secret.txt"))
+        .unwrap()
+        .permissions()
+        .mode()
+        & 0o777;
+    assert_eq!(mode, 0o644);
+    assert_same(
+        &tree_fingerprint(&project.path(&format!("deploy/{third}"))),
+        &tree_fingerprint(&project.run()),
+        "run/ vs its release",
+    );
+    assert_eq!(
+        fs::read_to_string(project.run().join("changed.txt")).unwrap(),
+        "three\n"
+    );
+}
