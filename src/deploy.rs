@@ -992,11 +992,6 @@ fn ensure_run_dir(run: &Path) -> Result<(), Error> {
     }
 }
 
-/// Paths a release may keep in archives, for status and tests.
-pub fn failed_tree(paths: &crate::layout::ProjectPaths, release: &str) -> PathBuf {
-    paths.archive_dir(release).join("failed")
-}
-
 /// `kiln rollback`: takes the last good release before the live one (or `release`) live again
 /// through the same journaled switch as a deploy. `with_data` also puts data/ back as it was
 /// when that release was last live (the snapshot taken just before the release that followed it).

@@ -64,7 +64,18 @@ impl ProjectLock {
             since: chrono::Utc::now(),
         };
         let bytes = serde_json::to_vec(&holder).unwrap_or_default();
-        crate::durable::write_atomic(&self.holder_path, &bytes, 0o600)
+        // Readers (`kiln status`, a waiting push) must never see half a file, but nothing needs
+        // it after a crash (the lock itself goes with the process): rename, no fsync.
+        let tmp = self.holder_path.with_extension("tmp");
+        OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o600)
+            .open(&tmp)
+            .and_then(|mut f| std::io::Write::write_all(&mut f, &bytes))
+            .and_then(|()| fs::rename(&tmp, &self.holder_path))
+            .map_err(|e| io_error("write", &self.holder_path, e))
     }
 }
 

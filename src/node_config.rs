@@ -259,23 +259,13 @@ fn keys<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Vec<String>, D::Er
 fn projects<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Vec<String>, D::Error> {
     let projects = Vec::<String>::deserialize(deserializer)?;
     for project in &projects {
-        if project != "*" && !is_project_name(project) {
+        if project != "*" && !crate::layout::valid_name(project) {
             return Err(custom(format!(
                 "invalid project name `{project}`: expected `*` or a name matching `[a-z0-9][a-z0-9._-]{{0,62}}`"
             )));
         }
     }
     Ok(projects)
-}
-
-/// `^[a-z0-9][a-z0-9._-]{0,62}$` (DESIGN.md section 1).
-pub fn is_project_name(name: &str) -> bool {
-    let mut chars = name.chars();
-    chars
-        .next()
-        .is_some_and(|first| first.is_ascii_lowercase() || first.is_ascii_digit())
-        && chars.all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || "._-".contains(c))
-        && name.len() <= 63
 }
 
 fn webhooks<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Vec<String>, D::Error> {

@@ -1,7 +1,6 @@
 //! What operators read: `kiln status`, `kiln releases`, `kiln logs`, and `kiln mode`.
 
 use std::fs;
-use std::path::Path;
 
 use serde_json::json;
 
@@ -212,8 +211,4 @@ pub fn set_mode(node: &Node, project: &Project, mode: Mode) -> Result<(), Error>
         mode.as_str()
     );
     Ok(())
-}
-
-pub fn exists(path: &Path) -> bool {
-    fs::symlink_metadata(path).is_ok()
 }
