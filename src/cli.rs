@@ -249,7 +249,7 @@ fn dispatch(cli: Cli) -> Result<(), Error> {
         }
         Command::Status { name, json } => {
             let project = node.project(&name)?;
-            status::status(&project, json)
+            status::status(&node, &project, json)
         }
         Command::Releases { name, json } => {
             let project = node.project(&name)?;

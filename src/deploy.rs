@@ -225,7 +225,7 @@ impl Settings {
     ) -> Result<Settings, Error> {
         let p = &project.paths;
         let mode = project.config.mode;
-        let environment = node.config.environment.as_str();
+        let environment = project.config.environment(&node.config).as_str();
         let merged = settings::merge(
             json!({
                 "project": p.name,

@@ -191,7 +191,7 @@ pub fn show(node: &Node, project: &Project, reveal: bool) -> Result<Value, Error
         None => crate::recipe::Recipe::default(),
     };
     let pillar = Pillar::current(paths)?;
-    let environment = node.config.environment.as_str();
+    let environment = project.config.environment(&node.config).as_str();
     let merged = settings::merge(
         serde_json::json!({
             "project": paths.name,

@@ -31,8 +31,9 @@ pub fn run_kind(project: &Project) -> String {
     }
 }
 
-pub fn status(project: &Project, as_json: bool) -> Result<(), Error> {
+pub fn status(node: &Node, project: &Project, as_json: bool) -> Result<(), Error> {
     let paths = &project.paths;
+    let environment = project.config.environment(&node.config);
     let log = ReleaseLog::load(&paths.release_log())?;
     let last = log.records.last();
     let running = lock::current_holder(&paths.state);
@@ -55,6 +56,7 @@ pub fn status(project: &Project, as_json: bool) -> Result<(), Error> {
         let value = json!({
             "project": paths.name,
             "mode": project.config.mode.as_str(),
+            "environment": environment.as_str(),
             "branch": project.config.branch,
             "live": log.current,
             "last_good": log.last_good().map(|r| &r.id),
@@ -72,6 +74,7 @@ pub fn status(project: &Project, as_json: bool) -> Result<(), Error> {
     }
     println!("project:     {}", paths.name);
     println!("mode:        {}", project.config.mode.as_str());
+    println!("environment: {environment}");
     println!("branch:      {}", project.config.branch);
     println!("run/:        {run}");
     println!("live:        {}", log.current.as_deref().unwrap_or("none"));
