@@ -264,6 +264,8 @@ impl Settings {
         env.insert("KILN_RELEASE".into(), release.into());
         env.insert("KILN_COMMIT".into(), commit.to_string());
         env.insert("KILN_ROOT".into(), dir(&node.root));
+        env.insert("KILN_CHECKOUT_DIR".into(), dir(&p.project));
+        // The old, misleading name of the checkout, kept for the recipes that use it.
         env.insert("KILN_PROJECT_DIR".into(), dir(&p.project));
         env.insert("KILN_BUILD_DIR".into(), dir(&p.build));
         env.insert("KILN_DEPLOY_DIR".into(), dir(&p.release_dir(release)));

@@ -150,7 +150,7 @@ fn a_pillar_that_breaks_the_deploy_is_rolled_back_to_the_previous_settings() {
         "{output}"
     );
     assert_eq!(project.current(), Some(live));
-    let config = text(&node.kiln(&["config", "shop", "--reveal"]));
+    let config = text(&node.kiln(&["config", "shop", "--json", "--reveal"]));
     assert!(config.contains("\"MODE\": \"fine\""), "{config}");
 }
 
@@ -192,10 +192,10 @@ fn secrets_never_appear_in_output_logs_or_events() {
             "{what} leaks part of the secret"
         );
     }
-    let masked = text(&node.kiln(&["config", "shop"]));
+    let masked = text(&node.kiln(&["config", "shop", "--json"]));
     assert!(masked.contains("\"DB_PASSWORD\": \"********\""), "{masked}");
     assert!(!masked.contains(SECRET));
-    let revealed = text(&node.kiln(&["config", "shop", "--reveal"]));
+    let revealed = text(&node.kiln(&["config", "shop", "--json", "--reveal"]));
     assert!(revealed.contains(SECRET), "{revealed}");
 }
 
@@ -263,7 +263,7 @@ fn a_rollback_restores_the_pillar_the_release_ran_with() {
         fs::read_to_string(project.run().join("greeting.txt")).unwrap(),
         "first default\n"
     );
-    let config = text(&node.kiln(&["config", "shop", "--reveal"]));
+    let config = text(&node.kiln(&["config", "shop", "--json", "--reveal"]));
     assert!(config.contains("\"GREETING\": \"first\""), "{config}");
 }
 
@@ -405,4 +405,38 @@ fn regression_masking_hides_secrets_not_ports() {
     let masked = text(&node.kiln(&["config", "shop"]));
     assert!(masked.contains("18432"), "{masked}");
     assert!(!masked.contains("pw-db-4711"), "{masked}");
+}
+
+/// Issue 9: `kiln config <name> --json` was refused (`status` and `releases` take `--json`).
+/// It prints the merged settings as JSON, masked unless `--reveal`; without it, YAML.
+#[test]
+fn regression_kiln_config_prints_json_with_json() {
+    let node = Node::new();
+    let (project, app, pillar) = setup(&node);
+    pillar.write(
+        "pillar.yml",
+        "env:\n  PORT: \"18432\"\n  DATABASE_PASSWORD: pw-db-4711\n",
+    );
+    pillar.commit("settings");
+    assert!(push_pillar(&pillar, &project).0);
+    app.deploy(&project);
+    let json = |args: &[&str]| -> serde_json::Value {
+        let out = node.kiln(args);
+        assert_success(&out, "kiln config");
+        serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("{e}: {}", text(&out)))
+    };
+    let masked = json(&["config", "shop", "--json"]);
+    assert_eq!(masked["env"]["PORT"], "18432");
+    assert_eq!(masked["env"]["DATABASE_PASSWORD"], "********");
+    assert_eq!(masked["env"]["GREETING"], "default");
+    assert_eq!(masked["environment"], "staging");
+    assert_eq!(masked["release"], project.current().unwrap().as_str());
+    let revealed = json(&["config", "shop", "--json", "--reveal"]);
+    assert_eq!(revealed["env"]["DATABASE_PASSWORD"], "pw-db-4711");
+    let yaml = text(&node.kiln(&["config", "shop"]));
+    assert!(
+        yaml.contains("  DATABASE_PASSWORD: \"********\"\n"),
+        "{yaml}"
+    );
+    assert!(yaml.contains("  PORT: \"18432\"\n"), "{yaml}");
 }
