@@ -38,18 +38,26 @@ pub fn status(node: &Node, project: &Project, as_json: bool) -> Result<(), Error
     let last = log.records.last();
     let running = lock::current_holder(&paths.state);
     let interrupted = Journal::load(&paths.journal())?.filter(|_| running.is_none());
+    let repo = crate::git::open_bare(&paths.project_repo)?;
+    let live_commit = log
+        .current
+        .as_ref()
+        .and_then(|id| log.get(id))
+        .and_then(|record| git2::Oid::from_str(&record.commit).ok());
     let drift = if project.config.mode == Mode::Editable {
         // Reading must not create anything: no checkout yet means no edits.
         if paths.project.join(".git").exists() {
-            crate::git::Checkout::open_or_init(&paths.project, &paths.project_repo)
+            let edits = crate::git::Checkout::open_or_init(&paths.project, &paths.project_repo)
                 .and_then(|c| c.local_edits())
-                .unwrap_or_default()
+                .unwrap_or_default();
+            backup::editable_edits(&repo, live_commit, &paths.project, edits)?
         } else {
             Vec::new()
         }
     } else {
         let live_tree = log.current.as_ref().map(|r| paths.release_dir(r));
-        backup::find_drift(&paths.run, live_tree.as_deref())?.paths()
+        let ignore = backup::live_ignore(&repo, live_commit)?;
+        backup::find_drift(&paths.run, live_tree.as_deref(), &ignore)?.paths()
     };
     let run = run_kind(project);
     if as_json {
