@@ -642,6 +642,26 @@ mod tests {
     }
 
     #[test]
+    fn the_readme_pillar_example_masks_what_its_comments_say() {
+        let readme = include_str!("../README.md");
+        let start = readme
+            .find("# pillar.yml\n")
+            .expect("README has the pillar example");
+        let example = &readme[start..];
+        let example = &example[..example.find("```").expect("the example ends")];
+        let pillar = pillar(example).expect("the README example parses");
+        assert_eq!(
+            secrets(&pillar),
+            [
+                "https://k3y@sentry.example.com/1",
+                "pr0d-s3cret",
+                "9f2c1e7a",
+                "s3cret"
+            ]
+        );
+    }
+
+    #[test]
     fn secret_names() {
         let marked = ["SENTRY_DSN".to_owned()];
         let cases = [
