@@ -824,21 +824,18 @@ fn regression_a_rollback_backs_up_into_its_own_archive() {
 
 /// Issue 9: a Flask app writes `__pycache__/`, `*.pyc` and `instance/` in run/; every deploy
 /// reported them as manual edits and archived them. Drift leaves out what the live release's
-/// `.gitignore` and kiln.yml `drift_ignore` ignore, in `kiln status` and at deploy; the switch
-/// still makes run/ exactly the release (what the app wrote there is gone; data/ is for that).
+/// `.gitignore`s ignore, in `kiln status` and at deploy; the switch still makes run/ exactly
+/// the release (what the app wrote there is gone; data/ is for that).
 #[test]
 fn regression_files_the_app_generates_are_not_drift() {
     let node = Node::new();
     let project = node.init("shop", "cooking");
     let app = node.app("shop");
-    app.write(
-        "kiln.yml",
-        &recipe(&node, "", "drift_ignore: [sessions/, '*.sqlite-journal']\n"),
-    )
-    .write(".gitignore", "__pycache__/\n*.pyc\n/instance/\n!keep.pyc\n")
-    .write("lib/.gitignore", "local.cfg\n")
-    .write("app.txt", "v1\n")
-    .write("lib/mod.py", "x = 1\n");
+    app.write("kiln.yml", &recipe(&node, "", ""))
+        .write(".gitignore", "__pycache__/\n*.pyc\n/instance/\n!keep.pyc\n")
+        .write("lib/.gitignore", "local.cfg\n")
+        .write("app.txt", "v1\n")
+        .write("lib/mod.py", "x = 1\n");
     app.commit("flask-like app");
     app.deploy(&project);
     let run = project.run();
@@ -847,8 +844,6 @@ fn regression_files_the_app_generates_are_not_drift() {
         ("lib/__pycache__/mod.cpython-311.pyc", "bytecode"),
         ("lib/mod.pyc", "bytecode"),
         ("instance/app.sqlite", "rows"),
-        ("instance/app.sqlite-journal", "journal"),
-        ("sessions/s1", "session"),
         ("lib/local.cfg", "local"),
         // Not ignored: a `!` pattern re-includes it, and a hot fix is a hot fix.
         ("keep.pyc", "re-included"),
@@ -906,10 +901,47 @@ fn regression_files_the_app_generates_are_not_drift() {
     assert!(!run.join("instance").exists());
 }
 
+/// kiln.yml `drift_ignore` leaves out more than the `.gitignore`s, and decides first.
+#[test]
+fn drift_ignore_patterns_are_not_drift_either() {
+    let node = Node::new();
+    let project = node.init("shop", "cooking");
+    let app = node.app("shop");
+    app.write(
+        "kiln.yml",
+        &recipe(
+            &node,
+            "",
+            "drift_ignore: [sessions/, '*.sqlite-journal', '!notes.log']\n",
+        ),
+    )
+    .write(".gitignore", "*.log\n")
+    .write("app.txt", "v1\n");
+    app.commit("v1");
+    app.deploy(&project);
+    let run = project.run();
+    fs::create_dir_all(run.join("sessions")).unwrap();
+    fs::write(run.join("sessions/s1"), "session").unwrap();
+    fs::write(run.join("app.sqlite-journal"), "journal").unwrap();
+    fs::write(run.join("error.log"), "app log").unwrap();
+    fs::write(run.join("notes.log"), "an operator's notes").unwrap();
+    let json: serde_json::Value =
+        serde_json::from_str(&node.ok(&["status", "shop", "--json"])).unwrap();
+    assert_eq!(json["drift"], serde_json::json!(["added notes.log"]));
+    app.write("app.txt", "v2\n");
+    app.commit("v2");
+    app.deploy(&project);
+    let new = project.current().unwrap();
+    assert_eq!(
+        fs::read_to_string(project.path(&format!("archives/{new}/drift/changes.txt"))).unwrap(),
+        "added notes.log\n"
+    );
+}
+
 /// `drift_ignore` applies in editable mode too, where git's view of project/ already honours
 /// the `.gitignore`s: an ignored file the app wrote does not make the push refuse.
 #[test]
-fn regression_drift_ignore_keeps_editable_pushes_going() {
+fn drift_ignore_keeps_editable_pushes_going() {
     let node = Node::new();
     let project = node.init("shop", "editable");
     let app = node.app("shop");
