@@ -1,6 +1,7 @@
 //! `<root>/<name>/project.yml`: what the node's operators decide for one project (DESIGN.md
 //! section 6): its mode, deploy branch, where a final-mode node pulls releases from and whose
-//! signature it trusts. Written by `kiln init` and `kiln mode`, read by every deploy.
+//! signature it trusts, and the environment when it is not the mode's. Written by `kiln init`
+//! and `kiln mode`, read by every deploy.
 
 use std::fmt::Write as _;
 use std::path::Path;

@@ -195,8 +195,8 @@ pub fn is_secret_name(name: &str, marked: &[String]) -> bool {
 }
 
 /// The values in the pillar that must never be shown: every value (string, or number as it
-/// prints; at any depth, in lists too) under a key that [`is_secret_name`] — which makes all of
-/// a `secrets:` mapping secret — and the password of every URL in a pillar string
+/// prints; at any depth, in lists too) under a key [`is_secret_name`] accepts (so all of a
+/// `secrets:` mapping), and the password of every URL in a pillar string
 /// (`postgres://app:pw@db/x`), as written and percent-decoded. The whole pillar counts, every
 /// `environments` section included. At least [`MIN_SECRET_CHARS`] long; deduplicated, longest
 /// first, so a secret containing another is masked whole. Other values (a port, a host name)
