@@ -76,12 +76,15 @@ enum Command {
         name: String,
         release: Option<String>,
     },
-    /// The merged settings (kiln's, kiln.yml defaults, pillar), secrets masked.
+    /// The merged settings (kiln's, kiln.yml defaults, pillar) as YAML, secrets masked.
     Config {
         name: String,
         /// Show the secret values too.
         #[arg(long)]
         reveal: bool,
+        /// Print JSON instead of YAML.
+        #[arg(long)]
+        json: bool,
     },
     /// Change a project's mode (data/ is never touched).
     Mode { name: String, mode: String },
@@ -249,7 +252,7 @@ fn dispatch(cli: Cli) -> Result<(), Error> {
         }
         Command::Status { name, json } => {
             let project = node.project(&name)?;
-            status::status(&project, json)
+            status::status(&node, &project, json)
         }
         Command::Releases { name, json } => {
             let project = node.project(&name)?;
@@ -268,13 +271,19 @@ fn dispatch(cli: Cli) -> Result<(), Error> {
             let mut out = Reporter::to_stdout();
             crate::deploy::rollback_to(&node, &project, release.as_deref(), with_data, &mut out)
         }
-        Command::Config { name, reveal } => {
+        Command::Config { name, reveal, json } => {
             let project = node.project(&name)?;
             let value = crate::pillar::show(&node, &project, reveal)?;
-            println!(
-                "{}",
-                serde_json::to_string_pretty(&value).unwrap_or_default()
-            );
+            if json {
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(&value).unwrap_or_default()
+                );
+            } else {
+                // A JSON value always serializes; the YAML reads like the pillar.yml it
+                // came from.
+                print!("{}", serde_saphyr::to_string(&value).unwrap_or_default());
+            }
             Ok(())
         }
         Command::Mode { name, mode } => {

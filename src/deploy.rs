@@ -225,7 +225,7 @@ impl Settings {
     ) -> Result<Settings, Error> {
         let p = &project.paths;
         let mode = project.config.mode;
-        let environment = node.config.environment.as_str();
+        let environment = project.config.environment(&node.config).as_str();
         let merged = settings::merge(
             json!({
                 "project": p.name,
@@ -264,6 +264,8 @@ impl Settings {
         env.insert("KILN_RELEASE".into(), release.into());
         env.insert("KILN_COMMIT".into(), commit.to_string());
         env.insert("KILN_ROOT".into(), dir(&node.root));
+        env.insert("KILN_CHECKOUT_DIR".into(), dir(&p.project));
+        // The old, misleading name of the checkout, kept for the recipes that use it.
         env.insert("KILN_PROJECT_DIR".into(), dir(&p.project));
         env.insert("KILN_BUILD_DIR".into(), dir(&p.build));
         env.insert("KILN_DEPLOY_DIR".into(), dir(&p.release_dir(release)));
@@ -564,7 +566,9 @@ impl Run<'_> {
         let paths = self.paths();
         let checkout = git::Checkout::open_or_init(&paths.project, &paths.project_repo)?;
         if refuse_edits {
-            let edits = checkout.local_edits()?;
+            let live = self.live_commit();
+            let edits =
+                backup::editable_edits(self.repo, live, &paths.project, checkout.local_edits()?)?;
             if !edits.is_empty() {
                 return Err(Error::LocalEdits { files: edits });
             }
@@ -818,11 +822,21 @@ impl Run<'_> {
         self.check(&paths.run)
     }
 
+    /// The commit of the release that was live before this run.
+    fn live_commit(&self) -> Option<Oid> {
+        self.live
+            .as_ref()
+            .and_then(|id| self.log.get(id))
+            .and_then(|record| Oid::from_str(&record.commit).ok())
+    }
+
     /// Manual edits in run/ are saved under archives/<release>/drift and reported, or refused.
+    /// What the live release's `.gitignore`s and `drift_ignore` leave out is neither.
     fn save_drift(&mut self) -> Result<(), Error> {
         let paths = self.paths().clone();
         let live_tree = self.live.as_ref().map(|r| paths.release_dir(r));
-        let drift = backup::find_drift(&paths.run, live_tree.as_deref())?;
+        let ignore = backup::live_ignore(self.repo, self.live_commit())?;
+        let drift = backup::find_drift(&paths.run, live_tree.as_deref(), &ignore)?;
         if drift.is_empty() {
             return Ok(());
         }

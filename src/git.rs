@@ -91,6 +91,34 @@ pub fn read_file(repo: &Repository, oid: Oid, path: &str) -> Result<Option<Vec<u
     Ok(Some(blob.content().to_vec()))
 }
 
+/// Every file named `name` in commit `oid` (e.g. all its `.gitignore`s): the directory it is
+/// in (`""` at the top, else `a/b`) and its content.
+pub fn files_named(
+    repo: &Repository,
+    oid: Oid,
+    name: &str,
+) -> Result<Vec<(PathBuf, Vec<u8>)>, Error> {
+    let tree = commit_tree(repo, oid)?;
+    let mut found = Vec::new();
+    tree.walk(git2::TreeWalkMode::PreOrder, |dir, entry| {
+        if entry.kind() == Some(ObjectType::Blob) && entry.name_bytes() == name.as_bytes() {
+            found.push((PathBuf::from(OsStr::from_bytes(dir.as_bytes())), entry.id()));
+        }
+        git2::TreeWalkResult::Ok
+    })
+    .map_err(git_error(format!("read the tree of {oid}")))?;
+    found
+        .into_iter()
+        .map(|(dir, blob)| {
+            let blob = repo.find_blob(blob).map_err(git_error(format!(
+                "read `{}` of {oid}",
+                dir.join(name).display()
+            )))?;
+            Ok((dir, blob.content().to_vec()))
+        })
+        .collect()
+}
+
 /// The first line of a commit's message, for logs.
 pub fn summary(repo: &Repository, oid: Oid) -> String {
     repo.find_commit(oid)

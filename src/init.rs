@@ -35,7 +35,7 @@ pub fn init(node: &Node, request: &InitRequest, kiln: &Path) -> Result<InitRepor
     let mut config = if existed {
         ProjectConfig::load(&paths.project_yml)?
     } else {
-        ProjectConfig::new(node.config.environment.default_mode())
+        ProjectConfig::new(node.config.environment.unwrap_or_default().default_mode())
     };
     if let Some(mode) = request.mode {
         config.mode = mode;

@@ -14,7 +14,8 @@ use crate::config_error::{ConfigError, parse_yaml_or_default, read_optional};
 use crate::duration;
 use crate::recipe::{Mode, UnknownName, named_enum};
 
-/// What kind of node this is; it gives new projects their default mode.
+/// Which section of the pillar (`environments.<name>`) a project's deploys use; in node.yml it
+/// also gives new projects their default mode.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Environment {
@@ -42,6 +43,16 @@ impl Environment {
             Environment::Dev => Mode::Editable,
             Environment::Staging => Mode::Cooking,
             Environment::Prod => Mode::Final,
+        }
+    }
+
+    /// The environment of a project in `mode` when neither project.yml nor node.yml names
+    /// one: what the mode is for (final runs production, cooking staging, editable dev).
+    pub fn of_mode(mode: Mode) -> Environment {
+        match mode {
+            Mode::Editable => Environment::Dev,
+            Mode::Cooking => Environment::Staging,
+            Mode::Final => Environment::Prod,
         }
     }
 }
@@ -78,8 +89,10 @@ impl fmt::Display for PillarPush {
 #[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct NodeConfig {
-    /// Default `staging`.
-    pub environment: Environment,
+    /// The environment of every project on this node that project.yml gives none. Default:
+    /// none, so each project's follows its mode ([`Environment::of_mode`]). New projects
+    /// get this environment's default mode (staging's, cooking, when unset).
+    pub environment: Option<Environment>,
     /// The layout file to use instead of `layouts/default.yml`.
     pub layout: Option<PathBuf>,
     pub notify: Notify,
@@ -385,8 +398,7 @@ mod tests {
         );
 
         let config = NodeConfig::default();
-        assert_eq!(config.environment, Environment::Staging);
-        assert_eq!(config.environment.default_mode(), Mode::Cooking);
+        assert_eq!(config.environment, None);
         assert_eq!(config.limits.archive_bytes, 10 * 1024 * 1024 * 1024);
         assert_eq!(config.limits.archive_entries, 1_000_000);
         assert_eq!(config.limits.stage_timeout, Duration::from_secs(1800));
@@ -404,8 +416,7 @@ mod tests {
         );
         std::fs::write(&path, text).expect("write node.yml");
         let config = NodeConfig::load(&path).expect("node.yml loads");
-        assert_eq!(config.environment, Environment::Prod);
-        assert_eq!(config.environment.default_mode(), Mode::Final);
+        assert_eq!(config.environment, Some(Environment::Prod));
         assert_eq!(config.layout, Some(PathBuf::from("/etc/kiln/layout.yml")));
         assert_eq!(
             config.notify.smtp,
@@ -445,6 +456,7 @@ mod tests {
             assert_eq!(name.parse::<Environment>(), Ok(environment));
             assert_eq!(environment.to_string(), name);
             assert_eq!(environment.default_mode(), mode);
+            assert_eq!(Environment::of_mode(mode), environment);
         }
         assert!("production".parse::<Environment>().is_err());
     }

@@ -1,5 +1,6 @@
 //! The pillar: the project's private configuration, pushed to git/pillar.git and checked out in
-//! pillar/. Its pillar.yml is merged over kiln.yml's `defaults`; its values are secrets.
+//! pillar/. Its pillar.yml is merged over kiln.yml's `defaults`; its secrets (which values
+//! are is decided in `settings::secrets`) are masked wherever settings are shown.
 
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
@@ -175,8 +176,8 @@ pub fn restrict(dir: &Path) -> Result<(), Error> {
     Ok(())
 }
 
-/// `kiln config`: the merged settings of the live release (or the deploy branch's tip),
-/// secrets masked unless `reveal`.
+/// `kiln config`: the merged settings of the live release (or the deploy branch's tip), in the
+/// project's environment, secrets masked unless `reveal`.
 pub fn show(node: &Node, project: &Project, reveal: bool) -> Result<Value, Error> {
     let paths = &project.paths;
     let log = ReleaseLog::load(&paths.release_log())?;
@@ -191,7 +192,7 @@ pub fn show(node: &Node, project: &Project, reveal: bool) -> Result<Value, Error
         None => crate::recipe::Recipe::default(),
     };
     let pillar = Pillar::current(paths)?;
-    let environment = node.config.environment.as_str();
+    let environment = project.config.environment(&node.config).as_str();
     let merged = settings::merge(
         serde_json::json!({
             "project": paths.name,

@@ -1,6 +1,7 @@
 //! `<root>/<name>/project.yml`: what the node's operators decide for one project (DESIGN.md
 //! section 6): its mode, deploy branch, where a final-mode node pulls releases from and whose
-//! signature it trusts. Written by `kiln init` and `kiln mode`, read by every deploy.
+//! signature it trusts, and the environment when it is not the mode's. Written by `kiln init`
+//! and `kiln mode`, read by every deploy.
 
 use std::fmt::Write as _;
 use std::path::Path;
@@ -8,7 +9,7 @@ use std::path::Path;
 use serde::{Deserialize, Deserializer};
 
 use crate::config_error::{ConfigError, is_blank, parse_yaml, read_optional};
-use crate::node_config::PillarPush;
+use crate::node_config::{Environment, NodeConfig, PillarPush};
 use crate::recipe::Mode;
 
 /// The parsed project.yml.
@@ -33,6 +34,9 @@ pub struct ProjectConfig {
     /// Overrides node.yml's `pillar_push` for this project.
     #[serde(default)]
     pub pillar_push: Option<PillarPush>,
+    /// Overrides node.yml's `environment` (and the mode's default) for this project.
+    #[serde(default)]
+    pub environment: Option<Environment>,
 }
 
 fn default_branch() -> String {
@@ -49,7 +53,16 @@ impl ProjectConfig {
             trusted_key: None,
             notify: Vec::new(),
             pillar_push: None,
+            environment: None,
         }
+    }
+
+    /// The environment this project's deploys run in, whose `environments.<name>` pillar
+    /// section they use: project.yml's, else node.yml's, else the one the mode is for.
+    pub fn environment(&self, node: &NodeConfig) -> Environment {
+        self.environment
+            .or(node.environment)
+            .unwrap_or_else(|| Environment::of_mode(self.mode))
     }
 
     /// Reads project.yml. Unlike node.yml, a missing file is an error: the caller decides
@@ -95,6 +108,9 @@ impl ProjectConfig {
         }
         if let Some(push) = self.pillar_push {
             let _ = writeln!(out, "pillar_push: {push}");
+        }
+        if let Some(environment) = self.environment {
+            let _ = writeln!(out, "environment: {environment}");
         }
         out
     }
@@ -211,6 +227,7 @@ mod tests {
                 trusted_key: Some("ed25519:3Jx...".into()),
                 notify: vec!["ops@example.com".into()],
                 pillar_push: None,
+                environment: None,
             }
         );
     }
@@ -247,6 +264,7 @@ mod tests {
                 "https://hooks.example.com/x?a=1&b=2".into(),
             ],
             pillar_push: Some(PillarPush::Record),
+            environment: Some(Environment::Staging),
         };
         let awkward = ProjectConfig {
             mode: Mode::Cooking,
@@ -255,6 +273,7 @@ mod tests {
             trusted_key: Some("123".into()),
             notify: vec!["a,b@example.com".into(), "[x]@y".into()],
             pillar_push: Some(PillarPush::Redeploy),
+            environment: None,
         };
         let cases = [
             ProjectConfig::new(Mode::Editable),
@@ -277,6 +296,51 @@ mod tests {
                 .skip(2)
                 .collect::<Vec<_>>(),
             ["mode: final", "branch: master"]
+        );
+    }
+
+    #[test]
+    fn environment_is_project_yml_then_node_yml_then_the_modes() {
+        let node = |environment| NodeConfig {
+            environment,
+            ..NodeConfig::default()
+        };
+        let project = |mode, environment| ProjectConfig {
+            environment,
+            ..ProjectConfig::new(mode)
+        };
+        let (dev, staging, prod) = (
+            Some(Environment::Dev),
+            Some(Environment::Staging),
+            Some(Environment::Prod),
+        );
+        let cases = [
+            (project(Mode::Final, None), node(None), Environment::Prod),
+            (
+                project(Mode::Cooking, None),
+                node(None),
+                Environment::Staging,
+            ),
+            (project(Mode::Editable, None), node(None), Environment::Dev),
+            (
+                project(Mode::Final, None),
+                node(staging),
+                Environment::Staging,
+            ),
+            (project(Mode::Editable, None), node(prod), Environment::Prod),
+            (project(Mode::Final, dev), node(staging), Environment::Dev),
+            (project(Mode::Cooking, prod), node(None), Environment::Prod),
+        ];
+        for (project, node, expected) in cases {
+            assert_eq!(project.environment(&node), expected, "{project:?} {node:?}");
+        }
+        let parsed = parse("mode: final\nenvironment: staging\n").expect("parses");
+        assert_eq!(parsed.environment, staging);
+        assert_eq!(
+            parse("mode: final\nenvironment: production\n")
+                .expect_err("unknown environment")
+                .to_string(),
+            "project.yml:2:14: unknown variant `production`, expected one of `dev`, `staging`, `prod`"
         );
     }
 
@@ -347,7 +411,7 @@ mod tests {
             ),
             (
                 "mode: final\nkey: x\n",
-                "project.yml:2:1: unknown field `key`, expected one of `mode`, `branch`, `source`, `trusted_key`, `notify`, `pillar_push`",
+                "project.yml:2:1: unknown field `key`, expected one of `mode`, `branch`, `source`, `trusted_key`, `notify`, `pillar_push`, `environment`",
             ),
         ];
         let mut mismatches = Vec::new();

@@ -153,6 +153,10 @@ pub struct Recipe {
     /// Per-stage timeouts; a stage without one gets the node's default.
     pub timeouts: StageTimeouts,
     pub drift: Drift,
+    /// Paths in run/ that drift leaves out, in gitignore syntax, on top of the release's
+    /// `.gitignore` files (what the app writes there itself).
+    #[serde(deserialize_with = "drift_ignore")]
+    pub drift_ignore: Vec<String>,
     pub modes: ModeOverrides,
 }
 
@@ -168,6 +172,7 @@ impl Default for Recipe {
             defaults: serde_json::Map::new(),
             timeouts: StageTimeouts::default(),
             drift: Drift::default(),
+            drift_ignore: Vec::new(),
             modes: ModeOverrides::default(),
         }
     }
@@ -372,6 +377,20 @@ fn optional_commands<'de, D: Deserializer<'de>>(
     Ok(Option::<CommandList>::deserialize(deserializer)?.map(|list| list.0))
 }
 
+/// A pattern or a list of them, each a valid gitignore pattern (git would skip an invalid
+/// one silently; here it is a mistake worth saying at its line).
+fn drift_ignore<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Vec<String>, D::Error> {
+    let patterns = CommandList::deserialize(deserializer)?.0;
+    for pattern in &patterns {
+        if let Some(reason) = crate::backup::check_pattern(pattern) {
+            return Err(serde::de::Error::custom(format!(
+                "invalid `drift_ignore` pattern `{pattern}`: {reason}"
+            )));
+        }
+    }
+    Ok(patterns)
+}
+
 fn at_least_one<'de, D: Deserializer<'de>>(deserializer: D) -> Result<u32, D::Error> {
     let keep = u32::deserialize(deserializer)?;
     if keep == 0 {
@@ -419,6 +438,7 @@ defaults:                    # default settings; the pillar overrides them
 timeouts:                    # per stage (default 30m); a command past it is killed with its children
   build: 20m
 drift: save                  # manual edits found in run/ at deploy: save them (default) or refuse
+drift_ignore: [instance/]    # what the app writes in run/: not drift (like the .gitignore files)
 modes:                       # per-mode overrides of `stages`
   editable:
     stages:
@@ -464,6 +484,7 @@ modes:                       # per-mode overrides of `stages`
         );
         assert_eq!(recipe.timeouts.build, Some(Duration::from_secs(20 * 60)));
         assert_eq!(recipe.drift, Drift::Save);
+        assert_eq!(recipe.drift_ignore, ["instance/"]);
         assert_eq!(recipe.commands(Mode::Editable, Stage::Build), ["make dev"]);
         assert_eq!(recipe.commands(Mode::Cooking, Stage::Build), ["make"]);
     }
@@ -547,7 +568,7 @@ modes:                       # per-mode overrides of `stages`
         let cases = [
             (
                 "keep: 3\nstagez:\n  build: make\n",
-                "kiln.yml:2:1: unknown field `stagez`, expected one of `keep`, `stages`, `services`, `check`, `backup`, `restore`, `defaults`, `timeouts`, `drift`, `modes`",
+                "kiln.yml:2:1: unknown field `stagez`, expected one of `keep`, `stages`, `services`, `check`, `backup`, `restore`, `defaults`, `timeouts`, `drift`, `drift_ignore`, `modes`",
             ),
             (
                 "stages:\n  biuld: make\n",
@@ -588,6 +609,10 @@ modes:                       # per-mode overrides of `stages`
             (
                 "check:\n  timeout: 5s\n",
                 "kiln.yml:2:3: missing field `command`",
+            ),
+            (
+                "drift_ignore: ['a{b']\n",
+                "kiln.yml:1:15: invalid `drift_ignore` pattern `a{b`: error parsing glob 'a{b': unclosed alternate group; missing '}' (maybe escape '{' with '[{]'?)",
             ),
             (
                 "drift: ignore\n",

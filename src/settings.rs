@@ -1,7 +1,8 @@
 //! The merged settings of a deploy (DESIGN.md section 5): kiln's own values, the recipe's
 //! `defaults`, then the pillar, then the pillar's section for this node's environment. The
-//! result is what `$KILN_COMMON` holds and where `env:` comes from. Pillar values are secrets:
-//! this module also lists them and masks them wherever settings or output are shown.
+//! result is what `$KILN_COMMON` holds and where `env:` comes from. This module also decides
+//! which pillar values are secrets ([`secrets`]) and masks them wherever settings or output are
+//! shown.
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -16,7 +17,7 @@ use crate::config_error::{ConfigError, is_blank, parse_yaml};
 /// What a secret is replaced with, whatever its length (the length is a hint too).
 pub const MASK: &str = "********";
 
-/// Secrets shorter than this are not masked: hiding every `on` or `db` in build output would
+/// Secrets shorter than this are not masked: hiding every `on` or `42` in build output would
 /// make it unreadable, and such short values protect nothing.
 pub const MIN_SECRET_CHARS: usize = 4;
 
@@ -68,46 +69,69 @@ pub fn parse_pillar(text: &str, file: &Path) -> Result<Value, ConfigError> {
 
 struct Pillar(Map<String, Value>);
 
+/// An `environments.<name>` section: settings like the pillar's own, without `environments`.
+struct Section(Map<String, Value>);
+
+/// Reads a mapping of settings. Typed where a wrong type would silently do the wrong thing,
+/// so that it is refused at its own line and column: `environments` (only in the pillar
+/// itself, not in its sections) and `secret_keys` (a typo there would show a secret).
+fn settings_map<'de, A: serde::de::MapAccess<'de>>(
+    mut map: A,
+    top: bool,
+) -> Result<Map<String, Value>, A::Error> {
+    let mut settings = Map::new();
+    while let Some(key) = map.next_key::<String>()? {
+        let value = if top && key == "environments" {
+            type Sections = BTreeMap<String, Option<Section>>;
+            let sections = map.next_value::<Option<Sections>>()?.unwrap_or_default();
+            Value::Object(
+                sections
+                    .into_iter()
+                    .map(|(name, section)| {
+                        (name, section.map_or(Value::Null, |s| Value::Object(s.0)))
+                    })
+                    .collect(),
+            )
+        } else if key == SECRET_KEYS {
+            let names = map.next_value::<Option<Vec<String>>>()?.unwrap_or_default();
+            Value::Array(names.into_iter().map(Value::String).collect())
+        } else {
+            map.next_value::<Value>()?
+        };
+        settings.insert(key, value);
+    }
+    Ok(settings)
+}
+
+struct SettingsVisitor {
+    top: bool,
+}
+
+impl<'de> serde::de::Visitor<'de> for SettingsVisitor {
+    type Value = Map<String, Value>;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a mapping of settings")
+    }
+
+    fn visit_map<A: serde::de::MapAccess<'de>>(self, map: A) -> Result<Self::Value, A::Error> {
+        settings_map(map, self.top)
+    }
+}
+
 impl<'de> Deserialize<'de> for Pillar {
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        struct Visitor;
+        deserializer
+            .deserialize_map(SettingsVisitor { top: true })
+            .map(Pillar)
+    }
+}
 
-        impl<'de> serde::de::Visitor<'de> for Visitor {
-            type Value = Pillar;
-
-            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-                f.write_str("a mapping of settings")
-            }
-
-            fn visit_map<A: serde::de::MapAccess<'de>>(
-                self,
-                mut map: A,
-            ) -> Result<Pillar, A::Error> {
-                let mut settings = Map::new();
-                while let Some(key) = map.next_key::<String>()? {
-                    let value = if key == "environments" {
-                        // Typed, so that a section that is not a mapping is refused at
-                        // its own line and column.
-                        type Sections = BTreeMap<String, Option<Map<String, Value>>>;
-                        let sections = map.next_value::<Option<Sections>>()?.unwrap_or_default();
-                        Value::Object(
-                            sections
-                                .into_iter()
-                                .map(|(name, section)| {
-                                    (name, section.map_or(Value::Null, Value::Object))
-                                })
-                                .collect(),
-                        )
-                    } else {
-                        map.next_value::<Value>()?
-                    };
-                    settings.insert(key, value);
-                }
-                Ok(Pillar(settings))
-            }
-        }
-
-        deserializer.deserialize_map(Visitor)
+impl<'de> Deserialize<'de> for Section {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        deserializer
+            .deserialize_map(SettingsVisitor { top: false })
+            .map(Section)
     }
 }
 
@@ -136,26 +160,153 @@ pub fn merge(
     merged
 }
 
-/// Every value in the pillar that must never be shown: string leaves, and numbers as they
-/// would print (a numeric password or port is a pillar value too), at any depth, in
-/// `environments` and in lists; at least [`MIN_SECRET_CHARS`] long. Keys are not secrets.
-/// Deduplicated, longest first, so a secret containing another is masked whole.
+/// Parts of a key name that make its value a secret, matched anywhere in the name and
+/// whatever the case (`DATABASE_PASSWORD`, `api_key`, `githubToken`, `private_pem`).
+const SECRET_NAME_PARTS: [&str; 8] = [
+    "PASSWORD",
+    "PASSWD",
+    "PASSPHRASE",
+    "SECRET",
+    "TOKEN",
+    "KEY",
+    "CREDENTIAL",
+    "PRIVATE",
+];
+
+/// Words that make a value a secret only as a whole word of the name (`DB_PASS`, `smtp-pwd`):
+/// as a part of a word they would catch `COMPASS` or `BYPASS`.
+const SECRET_NAME_WORDS: [&str; 2] = ["PASS", "PWD"];
+
+/// The pillar key (at the top or in an `environments` section) that lists further key names
+/// whose values are secrets, for secrets whose names say nothing (`SENTRY_DSN`).
+pub const SECRET_KEYS: &str = "secret_keys";
+
+/// Whether values under the key `name` are secrets: its name says so, or the pillar's
+/// `secret_keys` lists it (`marked`, compared without regard to case).
+pub fn is_secret_name(name: &str, marked: &[String]) -> bool {
+    let upper = name.to_ascii_uppercase();
+    SECRET_NAME_PARTS.iter().any(|part| upper.contains(part))
+        || upper
+            .split(|c: char| !c.is_ascii_alphanumeric())
+            .any(|word| SECRET_NAME_WORDS.contains(&word))
+        || marked
+            .iter()
+            .any(|marked| marked.eq_ignore_ascii_case(name))
+}
+
+/// The values in the pillar that must never be shown: every value (string, or number as it
+/// prints; at any depth, in lists too) under a key [`is_secret_name`] accepts (so all of a
+/// `secrets:` mapping), and the password of every URL in a pillar string
+/// (`postgres://app:pw@db/x`), as written and percent-decoded. The whole pillar counts, every
+/// `environments` section included. At least [`MIN_SECRET_CHARS`] long; deduplicated, longest
+/// first, so a secret containing another is masked whole. Other values (a port, a host name)
+/// are not secrets and are shown.
 pub fn secrets(pillar: &Value) -> Vec<String> {
-    fn collect(value: &Value, found: &mut Vec<String>) {
+    fn marked(pillar: &Value) -> Vec<String> {
+        let lists = std::iter::once(pillar.get(SECRET_KEYS)).chain(
+            pillar
+                .get("environments")
+                .and_then(Value::as_object)
+                .into_iter()
+                .flat_map(|sections| sections.values().map(|section| section.get(SECRET_KEYS))),
+        );
+        lists
+            .flatten()
+            .filter_map(Value::as_array)
+            .flatten()
+            .filter_map(Value::as_str)
+            .map(str::to_owned)
+            .collect()
+    }
+    fn collect(value: &Value, secret: bool, marked: &[String], found: &mut Vec<String>) {
         match value {
-            Value::String(text) => found.push(text.clone()),
-            Value::Number(number) => found.push(number.to_string()),
-            Value::Array(items) => items.iter().for_each(|item| collect(item, found)),
-            Value::Object(map) => map.values().for_each(|item| collect(item, found)),
-            Value::Null | Value::Bool(_) => {}
+            Value::String(text) => {
+                if secret {
+                    found.push(text.clone());
+                }
+                found.extend(url_passwords(text));
+            }
+            Value::Number(number) if secret => found.push(number.to_string()),
+            Value::Array(items) => items
+                .iter()
+                .for_each(|item| collect(item, secret, marked, found)),
+            Value::Object(map) => {
+                for (key, item) in map {
+                    // Its values are key names, not secrets.
+                    if key != SECRET_KEYS {
+                        collect(item, secret || is_secret_name(key, marked), marked, found);
+                    }
+                }
+            }
+            Value::Number(_) | Value::Null | Value::Bool(_) => {}
         }
     }
+    let marked = marked(pillar);
     let mut found = Vec::new();
-    collect(pillar, &mut found);
+    collect(pillar, false, &marked, &mut found);
     found.retain(|secret| secret.chars().count() >= MIN_SECRET_CHARS);
     found.sort_unstable_by(|a, b| b.len().cmp(&a.len()).then_with(|| a.cmp(b)));
     found.dedup();
     found
+}
+
+/// The passwords in the userinfo of the URLs in `text` (`scheme://user:password@host`), as
+/// written and, when it differs, percent-decoded (an app may print either). The authority
+/// ends at the first `/`, `?` or `#` as RFC 3986 says, so a `/` in a password must be written
+/// `%2F`; the userinfo ends at the authority's last `@`.
+fn url_passwords(text: &str) -> Vec<String> {
+    let mut found = Vec::new();
+    let mut from = 0;
+    while let Some(offset) = text[from..].find("://") {
+        let start = from + offset + 3;
+        from = start;
+        let scheme_ok = text[..start - 3]
+            .chars()
+            .next_back()
+            .is_some_and(|c| c.is_ascii_alphanumeric());
+        let rest = &text[start..];
+        let end = rest
+            .find(|c: char| "/?#".contains(c) || c.is_whitespace() || "\"'<>".contains(c))
+            .unwrap_or(rest.len());
+        let authority = &rest[..end];
+        let Some((userinfo, _host)) = authority.rsplit_once('@') else {
+            continue;
+        };
+        let Some((_user, password)) = userinfo.split_once(':') else {
+            continue;
+        };
+        if !scheme_ok || password.is_empty() {
+            continue;
+        }
+        found.push(password.to_owned());
+        let decoded = percent_decode(password);
+        if decoded != password {
+            found.push(decoded);
+        }
+    }
+    found
+}
+
+/// `%XX` escapes decoded; an invalid escape or a result that is not UTF-8 is kept as written.
+fn percent_decode(text: &str) -> String {
+    let bytes = text.as_bytes();
+    let digit = |i: usize| bytes.get(i).and_then(|&b| char::from(b).to_digit(16));
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        match (bytes[i], digit(i + 1), digit(i + 2)) {
+            (b'%', Some(high), Some(low)) => {
+                // Two hex digits: at most 255.
+                out.push(u8::try_from(high * 16 + low).unwrap_or(b'%'));
+                i += 3;
+            }
+            (byte, _, _) => {
+                out.push(byte);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8(out).unwrap_or_else(|_| text.to_owned())
 }
 
 /// `settings` with every occurrence of a secret in a value replaced by [`MASK`] (a number
@@ -384,6 +535,10 @@ mod tests {
             ),
             ("environments:\n", json!({"environments": {}})),
             (
+                "secret_keys: [DSN]\nenvironments:\n  prod:\n    secret_keys:\n",
+                json!({"secret_keys": ["DSN"], "environments": {"prod": {"secret_keys": []}}}),
+            ),
+            (
                 "mode: 0644\nflag: no\n",
                 json!({"mode": "0644", "flag": "no"}),
             ),
@@ -418,6 +573,14 @@ mod tests {
             ),
             ("a: 1\na: 2\n", "pillar.yml:2:1: duplicate key `a`"),
             ("a: 'open\n", "pillar.yml:1:4: unclosed quote"),
+            (
+                "secret_keys: SENTRY_DSN\n",
+                "pillar.yml:1:14: expected a list",
+            ),
+            (
+                "environments:\n  prod:\n    secret_keys: [{a: 1}]\n",
+                "pillar.yml:3:19: expected string scalar",
+            ),
         ];
         let mut mismatches = Vec::new();
         for (text, expected) in cases {
@@ -432,26 +595,117 @@ mod tests {
     }
 
     #[test]
-    fn secrets_are_every_long_enough_value_longest_first() {
+    fn secrets_are_named_marked_or_url_passwords_longest_first() {
         let pillar = json!({
-            "db": {"password": "hunter22", "user": "app", "port": 5432},
+            "db": {"password": "hunter22", "user": "app", "port": 5432, "host": "db.internal"},
             "tokens": ["tok-abcdef", "hunter22", {"nested": "deep-secret"}],
+            "secrets": {"anything": {"at": ["any-depth"]}, "pin": 918273},
             "enabled": true,
             "nothing": null,
-            "short": "abc",
-            "environments": {"prod": {"api_key": "prod-key-123456"}},
+            "short_token": "abc",
+            "env": {
+                "PORT": "18432",
+                "DATABASE_PASSWORD": "pw-in-env",
+                "DB_PASS": "word-pass",
+                "COMPASS": "north-west",
+                "SENTRY_DSN": "https://pub@sentry.example/1",
+                "DATABASE_URL": "postgres://shop:url%2Fpw@db/shop",
+                "NOTES": "see http://host:8080/x and ftp://ann:ftp-pw@files/ today",
+            },
+            "secret_keys": ["sentry_dsn"],
+            "environments": {
+                "prod": {"api_key": "prod-key-123456", "secret_keys": ["LICENSE"], "LICENSE": "lic-123"},
+                "dev": {"private": {"pem": "-----BEGIN-----"}, "debug": "verbose"},
+            },
         });
         assert_eq!(
             secrets(&pillar),
             [
+                "https://pub@sentry.example/1",
+                "-----BEGIN-----",
                 "prod-key-123456",
                 "deep-secret",
                 "tok-abcdef",
+                "any-depth",
+                "pw-in-env",
+                "word-pass",
                 "hunter22",
-                "5432"
+                "url%2Fpw",
+                "lic-123",
+                "918273",
+                "ftp-pw",
+                "url/pw",
             ]
         );
         assert!(secrets(&json!({})).is_empty());
+        assert!(secrets(&json!({"env": {"PORT": 18432, "HOST": "example.com"}})).is_empty());
+    }
+
+    #[test]
+    fn the_readme_pillar_example_masks_what_its_comments_say() {
+        let readme = include_str!("../README.md");
+        let start = readme
+            .find("# pillar.yml\n")
+            .expect("README has the pillar example");
+        let example = &readme[start..];
+        let example = &example[..example.find("```").expect("the example ends")];
+        let pillar = pillar(example).expect("the README example parses");
+        assert_eq!(
+            secrets(&pillar),
+            [
+                "https://k3y@sentry.example.com/1",
+                "pr0d-s3cret",
+                "9f2c1e7a",
+                "s3cret"
+            ]
+        );
+    }
+
+    #[test]
+    fn secret_names() {
+        let marked = ["SENTRY_DSN".to_owned()];
+        let cases = [
+            ("DATABASE_PASSWORD", true),
+            ("db_password", true),
+            ("smtpPasswd", true),
+            ("GPG_PASSPHRASE", true),
+            ("secrets", true),
+            ("SECRET_KEY", true),
+            ("GITHUB_TOKEN", true),
+            ("api_key", true),
+            ("ssh_keys", true),
+            ("AWS_CREDENTIALS", true),
+            ("private", true),
+            ("DB_PASS", true),
+            ("smtp-pwd", true),
+            ("sentry_dsn", true),
+            ("PORT", false),
+            ("HOST", false),
+            ("COMPASS", false),
+            ("BYPASS_CACHE", false),
+            ("DATABASE_URL", false),
+            ("environments", false),
+        ];
+        for (name, expected) in cases {
+            assert_eq!(is_secret_name(name, &marked), expected, "{name}");
+        }
+    }
+
+    #[test]
+    fn url_passwords_follow_rfc_3986() {
+        let cases: [(&str, &[&str]); 8] = [
+            ("postgres://u:pw@host/db", &["pw"]),
+            ("postgres://u:p%40ss@host", &["p%40ss", "p@ss"]),
+            ("redis://:only-pw@host:6379", &["only-pw"]),
+            ("https://user@host/path", &[]),
+            ("https://host/a:b@c", &[]),
+            ("http://host:8080/", &[]),
+            ("a://u:1@h b://v:2@h", &["1", "2"]),
+            ("no url: u:pw@host", &[]),
+        ];
+        for (text, expected) in cases {
+            assert_eq!(url_passwords(text), expected, "{text}");
+        }
     }
 
     #[test]

@@ -31,30 +31,40 @@ pub fn run_kind(project: &Project) -> String {
     }
 }
 
-pub fn status(project: &Project, as_json: bool) -> Result<(), Error> {
+pub fn status(node: &Node, project: &Project, as_json: bool) -> Result<(), Error> {
     let paths = &project.paths;
+    let environment = project.config.environment(&node.config);
     let log = ReleaseLog::load(&paths.release_log())?;
     let last = log.records.last();
     let running = lock::current_holder(&paths.state);
     let interrupted = Journal::load(&paths.journal())?.filter(|_| running.is_none());
+    let repo = crate::git::open_bare(&paths.project_repo)?;
+    let live_commit = log
+        .current
+        .as_ref()
+        .and_then(|id| log.get(id))
+        .and_then(|record| git2::Oid::from_str(&record.commit).ok());
     let drift = if project.config.mode == Mode::Editable {
         // Reading must not create anything: no checkout yet means no edits.
         if paths.project.join(".git").exists() {
-            crate::git::Checkout::open_or_init(&paths.project, &paths.project_repo)
+            let edits = crate::git::Checkout::open_or_init(&paths.project, &paths.project_repo)
                 .and_then(|c| c.local_edits())
-                .unwrap_or_default()
+                .unwrap_or_default();
+            backup::editable_edits(&repo, live_commit, &paths.project, edits)?
         } else {
             Vec::new()
         }
     } else {
         let live_tree = log.current.as_ref().map(|r| paths.release_dir(r));
-        backup::find_drift(&paths.run, live_tree.as_deref())?.paths()
+        let ignore = backup::live_ignore(&repo, live_commit)?;
+        backup::find_drift(&paths.run, live_tree.as_deref(), &ignore)?.paths()
     };
     let run = run_kind(project);
     if as_json {
         let value = json!({
             "project": paths.name,
             "mode": project.config.mode.as_str(),
+            "environment": environment.as_str(),
             "branch": project.config.branch,
             "live": log.current,
             "last_good": log.last_good().map(|r| &r.id),
@@ -72,6 +82,7 @@ pub fn status(project: &Project, as_json: bool) -> Result<(), Error> {
     }
     println!("project:     {}", paths.name);
     println!("mode:        {}", project.config.mode.as_str());
+    println!("environment: {environment}");
     println!("branch:      {}", project.config.branch);
     println!("run/:        {run}");
     println!("live:        {}", log.current.as_deref().unwrap_or("none"));

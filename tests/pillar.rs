@@ -150,7 +150,7 @@ fn a_pillar_that_breaks_the_deploy_is_rolled_back_to_the_previous_settings() {
         "{output}"
     );
     assert_eq!(project.current(), Some(live));
-    let config = text(&node.kiln(&["config", "shop", "--reveal"]));
+    let config = text(&node.kiln(&["config", "shop", "--json", "--reveal"]));
     assert!(config.contains("\"MODE\": \"fine\""), "{config}");
 }
 
@@ -192,10 +192,10 @@ fn secrets_never_appear_in_output_logs_or_events() {
             "{what} leaks part of the secret"
         );
     }
-    let masked = text(&node.kiln(&["config", "shop"]));
+    let masked = text(&node.kiln(&["config", "shop", "--json"]));
     assert!(masked.contains("\"DB_PASSWORD\": \"********\""), "{masked}");
     assert!(!masked.contains(SECRET));
-    let revealed = text(&node.kiln(&["config", "shop", "--reveal"]));
+    let revealed = text(&node.kiln(&["config", "shop", "--json", "--reveal"]));
     assert!(revealed.contains(SECRET), "{revealed}");
 }
 
@@ -263,7 +263,7 @@ fn a_rollback_restores_the_pillar_the_release_ran_with() {
         fs::read_to_string(project.run().join("greeting.txt")).unwrap(),
         "first default\n"
     );
-    let config = text(&node.kiln(&["config", "shop", "--reveal"]));
+    let config = text(&node.kiln(&["config", "shop", "--json", "--reveal"]));
     assert!(config.contains("\"GREETING\": \"first\""), "{config}");
 }
 
@@ -288,4 +288,155 @@ fn record_only_policy_keeps_the_pillar_for_the_next_deploy() {
         fs::read_to_string(project.run().join("greeting.txt")).unwrap(),
         "later default\n"
     );
+}
+
+/// Issue 9: a production node without `environment:` in node.yml ran its final-mode project
+/// with the pillar's `staging` section. The environment follows the mode unless node.yml or
+/// project.yml (which wins) names one.
+#[test]
+fn regression_the_environment_follows_the_mode_unless_node_or_project_yml_says() {
+    let staging = Node::new();
+    let production = staging.sibling("production");
+    let dev = staging.sibling("dev");
+    let pillar = staging.app("pillar");
+    pillar.write(
+        "pillar.yml",
+        "env:\n  LEVEL: common\nenvironments:\n  dev:\n    env:\n      LEVEL: dev\n  staging:\n    env:\n      LEVEL: staging\n  prod:\n    env:\n      LEVEL: prod\n",
+    );
+    pillar.commit("per environment");
+    let app = staging.app("shop");
+    app.write(
+        "kiln.yml",
+        "stages:\n  deploy:\n    - echo \"$LEVEL\" > \"$KILN_DATA_DIR/level.txt\"; cp \"$KILN_COMMON\" \"$KILN_DATA_DIR/common.json\"\n",
+    );
+    app.commit("app");
+    let seen = |project: &Project| {
+        let level = fs::read_to_string(project.data().join("level.txt")).unwrap();
+        let common: serde_json::Value =
+            serde_json::from_slice(&fs::read(project.data().join("common.json")).unwrap()).unwrap();
+        let environment = common["environment"].as_str().unwrap().to_owned();
+        (level.trim().to_owned(), environment)
+    };
+    let pair = |level: &str| (level.to_owned(), level.to_owned());
+
+    let cooking = staging.init("shop", "cooking");
+    assert!(push_pillar(&pillar, &cooking).0);
+    app.deploy(&cooking);
+    assert_eq!(seen(&cooking), pair("staging"));
+
+    let final_mode = production.init_with(
+        "shop",
+        &[
+            "--mode",
+            "final",
+            "--source",
+            cooking.base.to_str().unwrap(),
+        ],
+    );
+    assert!(push_pillar(&pillar, &final_mode).0);
+    app.deploy(&final_mode);
+    assert_eq!(seen(&final_mode), pair("prod"));
+
+    let editable = dev.init("shop", "editable");
+    assert!(push_pillar(&pillar, &editable).0);
+    app.deploy(&editable);
+    assert_eq!(seen(&editable), pair("dev"));
+
+    // node.yml names the environment of every project on the node...
+    production.write_node_yml("environment: staging\n");
+    assert_success(&production.kiln(&["deploy", "shop"]), "deploy");
+    assert_eq!(seen(&final_mode), pair("staging"));
+    // ...and project.yml that of its own project, over node.yml.
+    final_mode.add_setting("environment: dev");
+    assert_success(&production.kiln(&["deploy", "shop"]), "deploy");
+    assert_eq!(seen(&final_mode), pair("dev"));
+    let status = text(&production.kiln(&["status", "shop"]));
+    assert!(status.contains("environment: dev"), "{status}");
+}
+
+/// Issue 9: every pillar value was masked, so a pillar `PORT: "18432"` turned curl's
+/// `port 18432` into `port ********`. Only secrets are masked: a port is shown, a password
+/// (by its name), a URL's password, a `secrets:` value and a `secret_keys` entry are not.
+#[test]
+fn regression_masking_hides_secrets_not_ports() {
+    let node = Node::new();
+    let (project, app, pillar) = setup(&node);
+    pillar.write(
+        "pillar.yml",
+        "env:\n  PORT: \"18432\"\n  DATABASE_PASSWORD: pw-db-4711\n  DATABASE_URL: postgres://shop:pw-url-4712@127.0.0.1/shop\n  SENTRY_DSN: https://dsn-4713.example/1\nsecret_keys: [SENTRY_DSN]\nsecrets:\n  signing: pw-sign-4714\n",
+    );
+    pillar.commit("port and secrets");
+    assert!(push_pillar(&pillar, &project).0);
+    app.write(
+        "kiln.yml",
+        "stages:\n  build:\n    - 'echo \"curl: port $PORT password $DATABASE_PASSWORD\"'\n    - echo \"url $DATABASE_URL dsn $SENTRY_DSN\"\n    - echo \"signing $(grep -o \"pw-sign-[0-9]*\" \"$KILN_COMMON\")\"\n",
+    );
+    app.commit("echoes its settings");
+    let (ok, output) = app.push(&project);
+    assert!(ok, "{output}");
+    let release = project.current().unwrap();
+    for (what, content) in [
+        ("push output", output.clone()),
+        (
+            "log",
+            fs::read_to_string(project.path(&format!("logs/{release}.log"))).unwrap(),
+        ),
+        (
+            "events",
+            fs::read_to_string(project.path(&format!("logs/{release}.jsonl"))).unwrap(),
+        ),
+    ] {
+        assert!(
+            content.contains("curl: port 18432 password ********"),
+            "{what}:\n{content}"
+        );
+        assert!(
+            content.contains("url postgres://shop:********@127.0.0.1/shop dsn ********"),
+            "{what}:\n{content}"
+        );
+        assert!(content.contains("signing ********"), "{what}:\n{content}");
+        for secret in ["pw-db-4711", "pw-url-4712", "dsn-4713", "pw-sign-4714"] {
+            assert!(
+                !content.contains(secret),
+                "{what} shows {secret}:\n{content}"
+            );
+        }
+    }
+    let masked = text(&node.kiln(&["config", "shop"]));
+    assert!(masked.contains("18432"), "{masked}");
+    assert!(!masked.contains("pw-db-4711"), "{masked}");
+}
+
+/// Issue 9: `kiln config <name> --json` was refused (`status` and `releases` take `--json`).
+/// It prints the merged settings as JSON, masked unless `--reveal`; without it, YAML.
+#[test]
+fn regression_kiln_config_prints_json_with_json() {
+    let node = Node::new();
+    let (project, app, pillar) = setup(&node);
+    pillar.write(
+        "pillar.yml",
+        "env:\n  PORT: \"18432\"\n  DATABASE_PASSWORD: pw-db-4711\n",
+    );
+    pillar.commit("settings");
+    assert!(push_pillar(&pillar, &project).0);
+    app.deploy(&project);
+    let json = |args: &[&str]| -> serde_json::Value {
+        let out = node.kiln(args);
+        assert_success(&out, "kiln config");
+        serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("{e}: {}", text(&out)))
+    };
+    let masked = json(&["config", "shop", "--json"]);
+    assert_eq!(masked["env"]["PORT"], "18432");
+    assert_eq!(masked["env"]["DATABASE_PASSWORD"], "********");
+    assert_eq!(masked["env"]["GREETING"], "default");
+    assert_eq!(masked["environment"], "staging");
+    assert_eq!(masked["release"], project.current().unwrap().as_str());
+    let revealed = json(&["config", "shop", "--json", "--reveal"]);
+    assert_eq!(revealed["env"]["DATABASE_PASSWORD"], "pw-db-4711");
+    let yaml = text(&node.kiln(&["config", "shop"]));
+    assert!(
+        yaml.contains("  DATABASE_PASSWORD: \"********\"\n"),
+        "{yaml}"
+    );
+    assert!(yaml.contains("  PORT: \"18432\"\n"), "{yaml}");
 }

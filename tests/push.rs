@@ -392,6 +392,7 @@ fn stage_commands_get_exactly_the_documented_environment() {
         "HOME",
         "KILN_BACKUP_DIR",
         "KILN_BUILD_DIR",
+        "KILN_CHECKOUT_DIR",
         "KILN_COMMIT",
         "KILN_COMMON",
         "KILN_DATA_DIR",
@@ -414,6 +415,11 @@ fn stage_commands_get_exactly_the_documented_environment() {
     assert!(env.contains("KILN_STAGE=build\n"));
     assert!(env.contains("KILN_MODE=cooking\n"));
     assert!(env.contains("GREETING=hello\n"));
+    // KILN_PROJECT_DIR is the old name of KILN_CHECKOUT_DIR: the checkout, project/.
+    let checkout = format!("KILN_CHECKOUT_DIR={}\n", project.path("project").display());
+    assert!(env.contains(&checkout), "{env}");
+    let alias = format!("KILN_PROJECT_DIR={}\n", project.path("project").display());
+    assert!(env.contains(&alias), "{env}");
     let pwd = fs::read_to_string(project.run().join("pwd.txt")).unwrap();
     assert_eq!(Path::new(pwd.trim()), project.path("build"));
     let common: serde_json::Value =
@@ -426,6 +432,119 @@ fn stage_commands_get_exactly_the_documented_environment() {
         .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
         .collect();
     assert!(!state.iter().any(|n| n.starts_with("common-")), "{state:?}");
+}
+
+/// Each kind of command logs `<label> <cwd> <KILN_STAGE>` to `log`.
+fn where_commands_run_recipe(log: &Path, check_passes: bool) -> String {
+    let line = |label: &str| format!("echo \"{label} $(pwd) $KILN_STAGE\" >> {}", log.display());
+    let stages: String = [
+        "gather",
+        "pre_install",
+        "configure",
+        "build",
+        "bundle",
+        "deploy",
+        "post_deploy",
+    ]
+    .iter()
+    .map(|stage| format!("  {stage}:\n    - {}\n", line(stage)))
+    .collect();
+    format!(
+        "services:\n  stop: {stop}\n  start: {start}\ncheck:\n  command: {check}{fail}\n  timeout: 300ms\n  interval: 100ms\nbackup:\n  - {backup}\nrestore:\n  - {restore}\nstages:\n{stages}",
+        stop = line("stop"),
+        start = line("start"),
+        check = line("check"),
+        fail = if check_passes { "" } else { "; false" },
+        backup = line("backup"),
+        restore = line("restore"),
+    )
+}
+
+/// The lines of `log` (a retried check once), with `root` shown as `<root>`; empties it.
+fn take_where(log: &Path, root: &Path) -> Vec<String> {
+    let text = fs::read_to_string(log).unwrap_or_default();
+    let _ = fs::remove_file(log);
+    let mut lines: Vec<String> = Vec::new();
+    for line in text.lines() {
+        let line = line.replace(&root.display().to_string(), "<root>");
+        if lines.last() != Some(&line) {
+            lines.push(line);
+        }
+    }
+    lines
+}
+
+#[test]
+fn every_kind_of_command_runs_where_the_readme_says() {
+    let node = Node::new();
+    let log = node.dir.path().join("where.log");
+    let cooking = node.init("shop", "cooking");
+    let app = node.app("shop");
+    app.write("kiln.yml", &where_commands_run_recipe(&log, true));
+    app.commit("logs where it runs");
+    app.deploy(&cooking);
+    let shown = take_where(&log, &node.root);
+    assert_eq!(
+        shown,
+        [
+            "gather <root>/shop gather",
+            "pre_install <root>/shop/project pre_install",
+            "configure <root>/shop/build configure",
+            "build <root>/shop/build build",
+            "bundle <root>/shop/build bundle",
+            "backup <root>/shop/run deploy",
+            "stop <root>/shop/run deploy",
+            "start <root>/shop/run deploy",
+            "deploy <root>/shop/run deploy",
+            "check <root>/shop/run deploy",
+            "post_deploy <root>/shop/run post_deploy",
+        ],
+        "cooking mode"
+    );
+
+    // A failed check rolls back: stop, restore and start run in run/ (switched back), as
+    // the deploy stage.
+    app.write("kiln.yml", &where_commands_run_recipe(&log, false));
+    app.commit("check fails");
+    let (ok, output) = app.push(&cooking);
+    assert!(output.contains("deploy FAILED at deploy"), "{ok} {output}");
+    let shown = take_where(&log, &node.root);
+    let rollback = shown
+        .iter()
+        .position(|line| line.starts_with("restore"))
+        .unwrap_or_else(|| panic!("no restore: {shown:?}\n{output}"));
+    assert_eq!(
+        shown[rollback - 1..],
+        [
+            "stop <root>/shop/run deploy",
+            "restore <root>/shop/run deploy",
+            "start <root>/shop/run deploy",
+        ],
+        "rollback"
+    );
+
+    let editable = node.init("blog", "editable");
+    let app = node.app("blog");
+    app.write("kiln.yml", &where_commands_run_recipe(&log, true));
+    app.commit("logs where it runs");
+    app.deploy(&editable);
+    let shown = take_where(&log, &node.root);
+    assert_eq!(
+        shown,
+        [
+            "gather <root>/blog gather",
+            "pre_install <root>/blog/project pre_install",
+            "configure <root>/blog/project configure",
+            "build <root>/blog/project build",
+            "bundle <root>/blog/project bundle",
+            "stop <root>/blog/project deploy",
+            "start <root>/blog/project deploy",
+            "deploy <root>/blog/project deploy",
+            "check <root>/blog/project deploy",
+            "post_deploy <root>/blog/project post_deploy",
+        ],
+        "editable mode"
+    );
 }
 
 #[test]

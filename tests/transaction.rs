@@ -821,3 +821,153 @@ fn regression_a_rollback_backs_up_into_its_own_archive() {
     assert_eq!(rollback_dumps.len(), 1);
     assert!(rollback_dumps[0].is_file());
 }
+
+/// Issue 9: a Flask app writes `__pycache__/`, `*.pyc` and `instance/` in run/; every deploy
+/// reported them as manual edits and archived them. Drift leaves out what the live release's
+/// `.gitignore`s ignore, in `kiln status` and at deploy; the switch still makes run/ exactly
+/// the release (what the app wrote there is gone; data/ is for that).
+#[test]
+fn regression_files_the_app_generates_are_not_drift() {
+    let node = Node::new();
+    let project = node.init("shop", "cooking");
+    let app = node.app("shop");
+    app.write("kiln.yml", &recipe(&node, "", ""))
+        .write(".gitignore", "__pycache__/\n*.pyc\n/instance/\n!keep.pyc\n")
+        .write("lib/.gitignore", "local.cfg\n")
+        .write("app.txt", "v1\n")
+        .write("lib/mod.py", "x = 1\n");
+    app.commit("flask-like app");
+    app.deploy(&project);
+    let run = project.run();
+    for (rel, content) in [
+        ("__pycache__/app.cpython-311.pyc", "bytecode"),
+        ("lib/__pycache__/mod.cpython-311.pyc", "bytecode"),
+        ("lib/mod.pyc", "bytecode"),
+        ("instance/app.sqlite", "rows"),
+        ("lib/local.cfg", "local"),
+        // Not ignored: a `!` pattern re-includes it, and a hot fix is a hot fix.
+        ("keep.pyc", "re-included"),
+        ("app.txt", "hot fix\n"),
+    ] {
+        fs::create_dir_all(run.join(rel).parent().unwrap()).unwrap();
+        fs::write(run.join(rel), content).unwrap();
+    }
+
+    let status = text(&node.kiln(&["status", "shop"]));
+    assert!(
+        status.contains("drift:       2 manual change(s)"),
+        "{status}"
+    );
+    assert!(status.contains("modified app.txt"), "{status}");
+    assert!(status.contains("added keep.pyc"), "{status}");
+    let json: serde_json::Value =
+        serde_json::from_str(&node.ok(&["status", "shop", "--json"])).unwrap();
+    assert_eq!(
+        json["drift"],
+        serde_json::json!(["modified app.txt", "added keep.pyc"])
+    );
+
+    app.write("app.txt", "v2\n");
+    app.commit("v2");
+    let output = app.deploy(&project);
+    assert!(!output.contains("pycache"), "{output}");
+    assert!(!output.contains("instance"), "{output}");
+    let new = project.current().unwrap();
+    let drift = project.path(&format!("archives/{new}/drift"));
+    assert_eq!(
+        fs::read_to_string(drift.join("changes.txt")).unwrap(),
+        "modified app.txt\nadded keep.pyc\n"
+    );
+    let mut saved: Vec<String> = walkdir::WalkDir::new(drift.join("files"))
+        .min_depth(1)
+        .into_iter()
+        .map(|e| {
+            let e = e.unwrap();
+            e.path()
+                .strip_prefix(drift.join("files"))
+                .unwrap()
+                .display()
+                .to_string()
+        })
+        .collect();
+    saved.sort();
+    assert_eq!(saved, ["app.txt", "keep.pyc"]);
+    // The switch makes run/ exactly the release: what the app wrote there is gone.
+    assert_same(
+        &tree_fingerprint(&project.path(&format!("deploy/{new}"))),
+        &tree_fingerprint(&run),
+        "run/ after the switch",
+    );
+    assert!(!run.join("instance").exists());
+}
+
+/// kiln.yml `drift_ignore` leaves out more than the `.gitignore`s, and decides first.
+#[test]
+fn drift_ignore_patterns_are_not_drift_either() {
+    let node = Node::new();
+    let project = node.init("shop", "cooking");
+    let app = node.app("shop");
+    app.write(
+        "kiln.yml",
+        &recipe(
+            &node,
+            "",
+            "drift_ignore: [sessions/, '*.sqlite-journal', '!notes.log']\n",
+        ),
+    )
+    .write(".gitignore", "*.log\n")
+    .write("app.txt", "v1\n");
+    app.commit("v1");
+    app.deploy(&project);
+    let run = project.run();
+    fs::create_dir_all(run.join("sessions")).unwrap();
+    fs::write(run.join("sessions/s1"), "session").unwrap();
+    fs::write(run.join("app.sqlite-journal"), "journal").unwrap();
+    fs::write(run.join("error.log"), "app log").unwrap();
+    fs::write(run.join("notes.log"), "an operator's notes").unwrap();
+    let json: serde_json::Value =
+        serde_json::from_str(&node.ok(&["status", "shop", "--json"])).unwrap();
+    assert_eq!(json["drift"], serde_json::json!(["added notes.log"]));
+    app.write("app.txt", "v2\n");
+    app.commit("v2");
+    app.deploy(&project);
+    let new = project.current().unwrap();
+    assert_eq!(
+        fs::read_to_string(project.path(&format!("archives/{new}/drift/changes.txt"))).unwrap(),
+        "added notes.log\n"
+    );
+}
+
+/// `drift_ignore` applies in editable mode too, where git's view of project/ already honours
+/// the `.gitignore`s: an ignored file the app wrote does not make the push refuse.
+#[test]
+fn drift_ignore_keeps_editable_pushes_going() {
+    let node = Node::new();
+    let project = node.init("shop", "editable");
+    let app = node.app("shop");
+    app.write("kiln.yml", "drift_ignore: [instance/]\n")
+        .write(".gitignore", "*.pyc\n")
+        .write("app.txt", "v1\n");
+    app.commit("v1");
+    app.deploy(&project);
+    let checkout = project.path("project");
+    fs::create_dir_all(checkout.join("instance")).unwrap();
+    fs::write(checkout.join("instance/app.sqlite"), "rows").unwrap();
+    fs::write(checkout.join("app.pyc"), "bytecode").unwrap();
+    let status = text(&node.kiln(&["status", "shop"]));
+    assert!(status.contains("drift:       none"), "{status}");
+    app.write("app.txt", "v2\n");
+    app.commit("v2");
+    app.deploy(&project);
+    assert_eq!(
+        fs::read_to_string(checkout.join("instance/app.sqlite")).unwrap(),
+        "rows"
+    );
+    // A real edit still refuses.
+    fs::write(checkout.join("app.txt"), "hot fix\n").unwrap();
+    app.write("app.txt", "v3\n");
+    app.commit("v3");
+    let (_, output) = app.push(&project);
+    assert!(output.contains("app.txt"), "{output}");
+    assert!(!output.contains("-----> deployed"), "{output}");
+}
