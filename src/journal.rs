@@ -22,17 +22,29 @@ pub enum Phase {
     Stopping,
     /// run/ is about to be switched (or was): compare run/'s inode with `run_inode`.
     Switching,
-    /// run/ is the new release; services start, deploy commands and the check run.
+    /// run/ is the new release and the deploy commands (migrations) run; the new release's
+    /// services have not been started.
+    Migrating,
+    /// The new release's services are about to start (or did); the check runs. Journals of
+    /// older kiln versions say this from the switch on, when the services started first.
     Switched,
 }
 
 /// What recovery needs to undo a deploy without kiln.yml or the deploying process.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct UndoCommands {
+    /// The new release's `services.stop`: stops what the deploy started.
     pub stop: Option<String>,
+    /// The `services.start` of the release live before (None: nothing was live, so nothing
+    /// is started again).
     pub start: Option<String>,
     pub restore: Vec<String>,
+    /// The environment of the new release's commands (stop, restore).
     pub env: BTreeMap<String, String>,
+    /// The environment of the live release's start; None in journals of older kiln versions,
+    /// which ran everything with `env`.
+    #[serde(default)]
+    pub start_env: Option<BTreeMap<String, String>>,
     pub secrets: Vec<String>,
     pub timeout: Duration,
     /// Where project commands run during a rollback (the live tree).
@@ -56,9 +68,25 @@ pub struct Journal {
     pub archive: std::path::PathBuf,
     pub undo: UndoCommands,
     pub pid: u32,
+    /// The name of the log in logs/ that this deploy or rollback writes (and its recovery
+    /// appends to); None in journals of older kiln versions.
+    #[serde(default)]
+    pub log: Option<String>,
 }
 
 impl Journal {
+    /// The name of this run's log in logs/.
+    pub fn log_name(&self) -> String {
+        if let Some(log) = &self.log {
+            return log.clone();
+        }
+        match (self.action.as_str(), self.archive.file_name()) {
+            // Older versions kept a rollback's log in its archive: start one in logs/.
+            ("rollback", Some(name)) => name.to_string_lossy().into_owned(),
+            _ => self.release.clone(),
+        }
+    }
+
     pub fn load(path: &Path) -> Result<Option<Journal>, Error> {
         match std::fs::read(path) {
             Ok(bytes) => {

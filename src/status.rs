@@ -161,27 +161,58 @@ pub fn releases(project: &Project, as_json: bool) -> Result<(), Error> {
     Ok(())
 }
 
+/// `<target>-rollback-<id>`, the log of a manual rollback: its id says when it started.
+fn rollback_log_id(name: &str) -> Option<&str> {
+    let (target, id) = name.split_once("-rollback-")?;
+    (crate::release::valid_id(target) && crate::release::valid_id(id)).then_some(id)
+}
+
+/// `kiln logs`: the log of a deploy (by release id) or of a manual rollback (by the name it
+/// printed); without a name, the newest of either.
 pub fn logs(project: &Project, release: Option<&str>) -> Result<(), Error> {
-    let log = ReleaseLog::load(&project.paths.release_log())?;
+    let paths = &project.paths;
+    let log = ReleaseLog::load(&paths.release_log())?;
     let id = match release {
         Some(id) => {
-            if log.get(id).is_none() {
+            let rollback = rollback_log_id(id).is_some() && paths.log_file(id).is_file();
+            if log.get(id).is_none() && !rollback {
                 return Err(Error::UnknownRelease {
-                    project: project.paths.name.clone(),
+                    project: paths.name.clone(),
                     release: id.to_string(),
                 });
             }
             id.to_string()
         }
-        None => match log.records.last() {
-            Some(r) => r.id.clone(),
-            None => {
-                println!("no deploys of `{}` yet", project.paths.name);
-                return Ok(());
+        None => {
+            let newest_rollback = fs::read_dir(&paths.logs)
+                .into_iter()
+                .flatten()
+                .flatten()
+                .filter_map(|e| {
+                    let name = e.file_name().to_string_lossy().into_owned();
+                    let stem = name.strip_suffix(".log")?.to_string();
+                    rollback_log_id(&stem).map(|id| (id.to_string(), stem.clone()))
+                })
+                .max();
+            // Release ids and rollback ids both start with the time they were made.
+            match (log.records.last(), newest_rollback) {
+                (Some(r), Some((at, name))) => {
+                    if at > r.id {
+                        name
+                    } else {
+                        r.id.clone()
+                    }
+                }
+                (Some(r), None) => r.id.clone(),
+                (None, Some((_, name))) => name,
+                (None, None) => {
+                    println!("no deploys of `{}` yet", paths.name);
+                    return Ok(());
+                }
             }
-        },
+        }
     };
-    let path = project.paths.log_file(&id);
+    let path = paths.log_file(&id);
     let text = fs::read(&path).map_err(|e| io_error("read", &path, e))?;
     use std::io::Write;
     let _ = std::io::stdout().write_all(&text);

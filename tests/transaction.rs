@@ -15,9 +15,8 @@ use std::time::Duration;
 
 use common::*;
 
-/// A project with one good release live and a data/ that has a bit of everything.
-fn live_project(node: &Node, extra: &str) -> (Project, App, String) {
-    let project = node.init("shop", "cooking");
+/// Gives data/ a bit of everything.
+fn fill_data(project: &Project) {
     let data = project.data();
     fs::write(data.join("db.txt"), "rows: 1\n").unwrap();
     fs::create_dir_all(data.join("uploads/empty")).unwrap();
@@ -25,6 +24,12 @@ fn live_project(node: &Node, extra: &str) -> (Project, App, String) {
     fs::write(data.join(std::ffi::OsStr::from_bytes(b"caf\xe9.bin")), "x").unwrap();
     symlink("uploads/a.png", data.join("latest")).unwrap();
     fs::set_permissions(data.join("db.txt"), fs::Permissions::from_mode(0o640)).unwrap();
+}
+
+/// A project with one good release live and a data/ that has a bit of everything.
+fn live_project(node: &Node, extra: &str) -> (Project, App, String) {
+    let project = node.init("shop", "cooking");
+    fill_data(&project);
     let app = node.app("shop");
     app.write("kiln.yml", &recipe(node, "", extra))
         .write("app.txt", "v1\n");
@@ -35,8 +40,14 @@ fn live_project(node: &Node, extra: &str) -> (Project, App, String) {
     (project, app, good)
 }
 
-/// A recipe whose services log to services.log outside the project, plus `stages`.
+/// A recipe whose services log to services.log outside the project (`stop <release>`,
+/// `start <release>`), plus `stages`.
 fn recipe(node: &Node, stages: &str, extra: &str) -> String {
+    recipe_with(node, ("stop", "start"), stages, extra)
+}
+
+/// [`recipe`] with services that log other words, e.g. ("stop-v2", "start-v2").
+fn recipe_with(node: &Node, (stop, start): (&str, &str), stages: &str, extra: &str) -> String {
     let log = node.dir.path().join("services.log");
     let build = if stages.contains("  build:") {
         ""
@@ -44,7 +55,7 @@ fn recipe(node: &Node, stages: &str, extra: &str) -> String {
         "  build:\n    - echo built > built.txt\n"
     };
     format!(
-        "services:\n  stop: echo stop >> {log}\n  start: echo start >> {log}\n{extra}stages:\n{build}{stages}",
+        "services:\n  stop: echo {stop} $KILN_RELEASE >> {log}\n  start: echo {start} $KILN_RELEASE >> {log}\n{extra}stages:\n{build}{stages}",
         log = log.display()
     )
 }
@@ -146,11 +157,13 @@ fn a_failure_in_any_stage_leaves_run_and_data_exactly_as_before() {
                 .is_dir(),
             "{stage}: the failed tree is kept for inspection"
         );
-        // Services were stopped and started again around the rollback when they had been stopped.
+        // The live release was stopped and started again when it had been stopped; the new
+        // one was stopped again only if it had been started (deploy commands run before that).
         let services = services_log(&node)[services_before.len()..].to_string();
         let expected_services = match stage {
-            "configure" | "build" => "",
-            _ => "stop\nstart\nstop\nstart\n",
+            "configure" | "build" => String::new(),
+            "deploy" => format!("stop {good}\nstart {good}\n"),
+            _ => format!("stop {good}\nstart {failed_id}\nstop {failed_id}\nstart {good}\n"),
         };
         assert_eq!(services, expected_services, "{stage}");
     }
