@@ -120,3 +120,32 @@ impl Journal {
         durable::fsync_dir(dir).map_err(|e| io_error("sync", dir, e))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A node may be upgraded between a crash and its recovery: the journal of the previous
+    /// version must still load.
+    #[test]
+    fn a_journal_of_the_previous_version_loads() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("journal.json");
+        let old = r#"{"release": "20261122T101500Z-3f2a9c1e", "action": "rollback",
+            "previous": "20261121T101500Z-00000001", "phase": "switched", "run_inode": 12,
+            "switch": "exchange", "snapshot": null,
+            "archive": "/p/archives/20261122T101500Z-3f2a9c1e-rollback-20261123T101500Z-0000abcd",
+            "undo": {"stop": "stop", "start": "start", "restore": [], "env": {"A": "1"},
+                     "secrets": [], "timeout": {"secs": 60, "nanos": 0}, "cwd": "/p/run"},
+            "pid": 7}"#;
+        std::fs::write(&path, old).unwrap();
+        let journal = Journal::load(&path).unwrap().unwrap();
+        assert_eq!(journal.phase, Phase::Switched);
+        assert!(journal.phase > Phase::Migrating);
+        assert_eq!(journal.undo.start_env, None);
+        assert_eq!(
+            journal.log_name(),
+            "20261122T101500Z-3f2a9c1e-rollback-20261123T101500Z-0000abcd"
+        );
+    }
+}

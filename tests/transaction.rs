@@ -655,10 +655,15 @@ fn a_deploy_survives_the_pusher_disconnecting() {
     std::thread::sleep(Duration::from_millis(1200));
     push.kill().unwrap();
     let _ = push.wait();
-    // The deploy goes on without its audience and finishes.
+    // The deploy goes on without its audience and finishes: its last line is written a moment
+    // after the commit point names it live.
+    let finished = |release: &str| {
+        fs::read_to_string(project.path(&format!("logs/{release}.log")))
+            .is_ok_and(|log| log.contains(&format!("-----> deployed {release}")))
+    };
     let mut done = false;
     for _ in 0..600 {
-        if project.current().is_some() {
+        if project.current().is_some_and(|r| finished(&r)) {
             done = true;
             break;
         }
@@ -781,6 +786,18 @@ fn regression_an_interrupted_manual_rollback_is_undone_not_taken_for_done() {
     assert_success(&out, "recover");
     assert_eq!(project.current(), Some(second));
     before.assert_unchanged(&project, "");
+    // The recovery goes on in the rollback's own log.
+    let log = project
+        .names_in("logs")
+        .into_iter()
+        .find(|n| n.starts_with(&format!("{first}-rollback-")) && n.ends_with(".log"))
+        .unwrap();
+    let log = fs::read_to_string(project.path(&format!("logs/{log}"))).unwrap();
+    assert!(log.contains("-----> rolling back shop to"), "{log}");
+    assert!(
+        log.contains("-----> recovering the interrupted rollback"),
+        "{log}"
+    );
 }
 
 #[test]
@@ -855,7 +872,8 @@ fn regression_a_failed_first_deploy_stops_what_it_started_and_the_next_push_depl
         "services:\n  stop: echo stop $KILN_RELEASE >> {log}\n  start: echo start $KILN_RELEASE >> {log}; exit 1\nstages:\n  deploy:\n{MESS_UP}",
         log = log.display()
     );
-    app.write("kiln.yml", &failing_start).write("app.txt", "v1\n");
+    app.write("kiln.yml", &failing_start)
+        .write("app.txt", "v1\n");
     app.commit("start fails");
     app.push_next(&project);
     let out = node.kiln(&["deploy", "shop", "--rev", "next"]);
@@ -913,7 +931,11 @@ fn regression_a_rollback_that_cannot_finish_can_be_abandoned() {
         "{}",
         text(&out)
     );
-    for args in [&["recover", "shop"][..], &["deploy", "shop"], &["rollback", "shop"]] {
+    for args in [
+        &["recover", "shop"][..],
+        &["deploy", "shop"],
+        &["rollback", "shop"],
+    ] {
         let out = node.kiln(args);
         assert_eq!(out.status.code(), Some(3), "{args:?}: {}", text(&out));
         assert!(
@@ -957,7 +979,10 @@ fn regression_each_release_is_stopped_and_started_with_its_own_commands() {
     let node = Node::new();
     let project = node.init("shop", "cooking");
     let app = node.app("shop");
-    app.write("kiln.yml", &recipe_with(&node, ("stop-v1", "start-v1"), "", ""));
+    app.write(
+        "kiln.yml",
+        &recipe_with(&node, ("stop-v1", "start-v1"), "", ""),
+    );
     app.commit("v1");
     app.deploy(&project);
     let v1 = project.current().unwrap();
@@ -979,7 +1004,10 @@ fn regression_each_release_is_stopped_and_started_with_its_own_commands() {
     );
 
     let mark = services_log(&node).len();
-    app.write("kiln.yml", &recipe_with(&node, ("stop-v2", "start-v2"), "", ""));
+    app.write(
+        "kiln.yml",
+        &recipe_with(&node, ("stop-v2", "start-v2"), "", ""),
+    );
     app.commit("v2");
     app.deploy(&project);
     let v2 = project.current().unwrap();
@@ -1006,7 +1034,10 @@ fn regression_recovery_after_kill_9_uses_each_releases_own_services() {
     let project = node.init("shop", "cooking");
     fill_data(&project);
     let app = node.app("shop");
-    app.write("kiln.yml", &recipe_with(&node, ("stop-v1", "start-v1"), "", ""));
+    app.write(
+        "kiln.yml",
+        &recipe_with(&node, ("stop-v1", "start-v1"), "", ""),
+    );
     app.commit("v1");
     app.deploy(&project);
     let v1 = project.current().unwrap();
@@ -1128,7 +1159,11 @@ fn regression_rollback_with_data_restores_data_from_when_the_release_was_last_li
     let db = project.data().join("db.txt");
     app.write(
         "kiln.yml",
-        &recipe(&node, "  deploy:\n    - echo b > \"$KILN_DATA_DIR/db.txt\"\n", ""),
+        &recipe(
+            &node,
+            "  deploy:\n    - echo b > \"$KILN_DATA_DIR/db.txt\"\n",
+            "",
+        ),
     )
     .write("app.txt", "b\n");
     app.commit("b");
@@ -1167,12 +1202,22 @@ fn regression_a_manual_rollback_logs_into_logs() {
     let name = logs[1].strip_suffix(".log").unwrap();
     assert!(out.contains(&format!("kiln logs shop {name}")), "{out}");
     let log = fs::read_to_string(project.path(&format!("logs/{name}.log"))).unwrap();
-    assert!(log.contains(&format!("-----> rolled back to {first}")), "{log}");
-    assert!(!project.path(&format!("archives/{name}/rollback.log")).exists());
+    assert!(
+        log.contains(&format!("-----> rolled back to {first}")),
+        "{log}"
+    );
+    assert!(
+        !project
+            .path(&format!("archives/{name}/rollback.log"))
+            .exists()
+    );
     // `kiln logs` shows it, by name and as the newest.
     assert_eq!(node.ok(&["logs", "shop", name]), log);
     assert_eq!(node.ok(&["logs", "shop"]), log);
-    assert!(node.ok(&["logs", "shop", &first]).contains(&format!("deployed {first}")));
+    assert!(
+        node.ok(&["logs", "shop", &first])
+            .contains(&format!("deployed {first}"))
+    );
 }
 
 /// Regression: releases were pruned only after a good deploy, so failed release trees piled up
@@ -1197,7 +1242,10 @@ fn regression_failed_releases_beyond_keep_are_pruned_and_orphans_removed() {
         let (_, output) = app.push(&project);
         assert!(output.contains("deploy FAILED"), "{output}");
     }
-    let failed: Vec<String> = project.releases()[1..].iter().map(|r| r.0.clone()).collect();
+    let failed: Vec<String> = project.releases()[1..]
+        .iter()
+        .map(|r| r.0.clone())
+        .collect();
     let newest = failed.last().unwrap();
     assert!(project.path(&format!("archives/{newest}/failed")).is_dir());
     assert!(project.path(&format!("deploy/{newest}")).is_dir());
