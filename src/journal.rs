@@ -18,7 +18,8 @@ pub enum Phase {
     Started,
     /// The data snapshot is complete; services still run, nothing live changed.
     Snapshotted,
-    /// services.stop is about to run (or ran): data/ and run/ may change from here on.
+    /// The live release's services.stop is about to run (or ran): data/ and run/ may change
+    /// from here on.
     Stopping,
     /// run/ is about to be switched (or was): compare run/'s inode with `run_inode`.
     Switching,
@@ -94,7 +95,9 @@ impl Journal {
                     .map(Some)
                     .map_err(|e| Error::RollbackFailed {
                         reason: format!("the journal `{}` is unreadable ({e})", path.display()),
-                        hint: "inspect run/ and data/ by hand, then remove the journal".into(),
+                        hint: "inspect run/ and data/ by hand, then remove it with \
+                               `kiln recover <name> --abandon`"
+                            .into(),
                     })
             }
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),

@@ -161,20 +161,21 @@ pub fn releases(project: &Project, as_json: bool) -> Result<(), Error> {
     Ok(())
 }
 
-/// `<target>-rollback-<id>`, the log of a manual rollback: its id says when it started.
-fn rollback_log_id(name: &str) -> Option<&str> {
-    let (target, id) = name.split_once("-rollback-")?;
-    (crate::release::valid_id(target) && crate::release::valid_id(id)).then_some(id)
+/// `<target>-rollback-<id>`: the name of a manual rollback's log.
+fn is_rollback_log(name: &str) -> bool {
+    name.split_once("-rollback-").is_some_and(|(target, id)| {
+        crate::release::valid_id(target) && crate::release::valid_id(id)
+    })
 }
 
 /// `kiln logs`: the log of a deploy (by release id) or of a manual rollback (by the name it
-/// printed); without a name, the newest of either.
+/// printed); without a name, the newest one.
 pub fn logs(project: &Project, release: Option<&str>) -> Result<(), Error> {
     let paths = &project.paths;
     let log = ReleaseLog::load(&paths.release_log())?;
     let id = match release {
         Some(id) => {
-            let rollback = rollback_log_id(id).is_some() && paths.log_file(id).is_file();
+            let rollback = is_rollback_log(id) && paths.log_file(id).is_file();
             if log.get(id).is_none() && !rollback {
                 return Err(Error::UnknownRelease {
                     project: paths.name.clone(),
@@ -184,27 +185,23 @@ pub fn logs(project: &Project, release: Option<&str>) -> Result<(), Error> {
             id.to_string()
         }
         None => {
-            let newest_rollback = fs::read_dir(&paths.logs)
+            // The log written last: ids say the time only to the second, and a rollback often
+            // follows a deploy within one.
+            let newest = fs::read_dir(&paths.logs)
                 .into_iter()
                 .flatten()
                 .flatten()
-                .filter_map(|e| {
-                    let name = e.file_name().to_string_lossy().into_owned();
+                .filter_map(|entry| {
+                    let name = entry.file_name().to_string_lossy().into_owned();
                     let stem = name.strip_suffix(".log")?.to_string();
-                    rollback_log_id(&stem).map(|id| (id.to_string(), stem.clone()))
+                    let ours = log.get(&stem).is_some() || is_rollback_log(&stem);
+                    let written = entry.metadata().and_then(|m| m.modified()).ok()?;
+                    ours.then_some((written, stem))
                 })
                 .max();
-            // Release ids and rollback ids both start with the time they were made.
-            match (log.records.last(), newest_rollback) {
-                (Some(r), Some((at, name))) => {
-                    if at > r.id {
-                        name
-                    } else {
-                        r.id.clone()
-                    }
-                }
-                (Some(r), None) => r.id.clone(),
-                (None, Some((_, name))) => name,
+            match (newest, log.records.last()) {
+                (Some((_, name)), _) => name,
+                (None, Some(record)) => record.id.clone(),
                 (None, None) => {
                     println!("no deploys of `{}` yet", paths.name);
                     return Ok(());

@@ -970,6 +970,16 @@ fn regression_a_rollback_that_cannot_finish_can_be_abandoned() {
     app.write("kiln.yml", &recipe(&node, "", ""));
     app.commit("fixed");
     app.deploy(&project);
+
+    // A journal that cannot even be read is abandoned too.
+    fs::write(project.path("state/journal.json"), "{").unwrap();
+    let out = node.kiln(&["deploy", "shop"]);
+    assert_eq!(out.status.code(), Some(3), "{}", text(&out));
+    assert!(text(&out).contains("--abandon"), "{}", text(&out));
+    let as_left = Before::take(&project);
+    node.ok(&["recover", "shop", "--abandon"]);
+    as_left.assert_unchanged(&project, "abandoning an unreadable journal");
+    assert!(!project.path("state/journal.json").exists());
 }
 
 /// Regression: a deploy that changed `services.stop` stopped the old release with the new
