@@ -1281,3 +1281,82 @@ fn regression_failed_releases_beyond_keep_are_pruned_and_orphans_removed() {
     assert!(project.path(&format!("deploy/{good}")).is_dir());
     assert_eq!(project.current(), Some(good));
 }
+
+/// Regression: the journal that wedged staging, as the previous version wrote it (a failed
+/// first deploy whose undo would run the new release's failing start in the empty run/): once
+/// kiln is upgraded, `kiln recover` gets out of it.
+#[test]
+fn regression_a_wedged_first_deploy_journal_of_the_previous_version_recovers() {
+    let node = Node::new();
+    let project = node.init("shop", "cooking");
+    fill_data(&project);
+    let before = Before::take(&project);
+    let app = node.app("shop");
+    let log = node.dir.path().join("services.log");
+    // The start's shell is a child of kiln: $PPID is kiln, killed once the release started.
+    let killer = format!(
+        "services:\n  stop: echo stop >> {log}\n  start: kill -9 $PPID; sleep 5\nstages:\n  deploy:\n{MESS_UP}",
+        log = log.display()
+    );
+    app.write("kiln.yml", &killer);
+    app.commit("first");
+    app.push_next(&project);
+    let out = node.kiln(&["deploy", "shop", "--rev", "next"]);
+    assert_eq!(out.status.code(), None, "{}", text(&out));
+    // What the previous version journaled: its undo started the new release's (failing) start.
+    let path = project.path("state/journal.json");
+    let mut journal: serde_json::Value = serde_json::from_slice(&fs::read(&path).unwrap()).unwrap();
+    assert_eq!(journal["phase"], "switched");
+    assert!(journal["previous"].is_null());
+    journal["undo"]["start"] = "exit 1".into();
+    journal["undo"].as_object_mut().unwrap().remove("start_env");
+    journal.as_object_mut().unwrap().remove("log");
+    fs::write(&path, serde_json::to_vec_pretty(&journal).unwrap()).unwrap();
+
+    let out = node.kiln(&["recover", "shop"]);
+    assert_success(&out, "recover");
+    assert!(
+        text(&out).contains("rolled back (no release was live before)"),
+        "{}",
+        text(&out)
+    );
+    before.assert_unchanged(&project, "recovered");
+    assert_eq!(services_log(&node), "stop\n");
+    app.write("kiln.yml", &recipe(&node, "", ""));
+    app.commit("fixed");
+    app.deploy(&project);
+}
+
+/// Editable mode restarts in the same order: the running app stops with its own stop command,
+/// the deploy commands run, then the new code starts.
+#[test]
+fn regression_editable_mode_migrates_before_it_starts_the_new_code() {
+    let node = Node::new();
+    let project = node.init("shop", "editable");
+    let app = node.app("shop");
+    let log = node.dir.path().join("services.log");
+    let migrate = format!(
+        "  deploy:\n    - echo migrate $KILN_RELEASE >> {}\n",
+        log.display()
+    );
+    app.write(
+        "kiln.yml",
+        &recipe_with(&node, ("stop-v1", "start-v1"), &migrate, ""),
+    )
+    .write(".gitignore", "built.txt\n");
+    app.commit("v1");
+    app.deploy(&project);
+    let v1 = project.current().unwrap();
+    let mark = services_log(&node).len();
+    app.write(
+        "kiln.yml",
+        &recipe_with(&node, ("stop-v2", "start-v2"), &migrate, ""),
+    );
+    app.commit("v2");
+    app.deploy(&project);
+    let v2 = project.current().unwrap();
+    assert_eq!(
+        services_since(&node, mark),
+        format!("stop-v1 {v1}\nmigrate {v2}\nstart-v2 {v2}\n")
+    );
+}
