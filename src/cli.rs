@@ -63,7 +63,7 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
-    /// Switch back to the last good (or the named) release.
+    /// Switch back to the release live before the current one (or the named one).
     Rollback {
         name: String,
         release: Option<String>,
@@ -71,7 +71,7 @@ enum Command {
         #[arg(long)]
         with_data: bool,
     },
-    /// The log of a release (default: the newest).
+    /// The log of a deploy or a manual rollback (default: the newest).
     Logs {
         name: String,
         release: Option<String>,
@@ -89,7 +89,13 @@ enum Command {
     /// Change a project's mode (data/ is never touched).
     Mode { name: String, mode: String },
     /// Finish undoing an interrupted deploy.
-    Recover { name: String },
+    Recover {
+        name: String,
+        /// Give up the undo: record the failure in the release log and remove the journal,
+        /// leaving run/ and data/ as they are.
+        #[arg(long)]
+        abandon: bool,
+    },
     /// Release tarballs: what this node offers, and adding one by hand.
     Release {
         #[command(subcommand)]
@@ -291,11 +297,15 @@ fn dispatch(cli: Cli) -> Result<(), Error> {
             let project = node.project(&name)?;
             status::set_mode(&node, &project, mode)
         }
-        Command::Recover { name } => {
+        Command::Recover { name, abandon } => {
             let project = node.project(&name)?;
             let mut out = Reporter::to_stdout();
             let _lock = deploy::lock(&project, "recovery", &mut out)?;
-            if !crate::rollback::recover(&node, &project, &mut out)? {
+            if abandon {
+                if !crate::rollback::abandon(&project, &mut out)? {
+                    println!("nothing to abandon: no deploy of `{name}` is left to undo");
+                }
+            } else if !crate::rollback::recover(&node, &project, &mut out)? {
                 println!("nothing to recover: no deploy of `{name}` was interrupted");
             }
             Ok(())

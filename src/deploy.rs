@@ -20,7 +20,7 @@ use crate::journal::{Journal, Phase, UndoCommands};
 use crate::lock::ProjectLock;
 use crate::pillar::Pillar;
 use crate::project::{Node, Project};
-use crate::recipe::{Drift, Mode, Recipe, Stage};
+use crate::recipe::{Drift, Mode, Recipe, Services, Stage};
 use crate::redact::Redactor;
 use crate::release::{self, Manifest};
 use crate::release_log::{Record, ReleaseLog, Status};
@@ -165,6 +165,7 @@ pub fn deploy_locked(
             settings: &settings,
             reuse: reuse.map(|r| r.id),
             archive: paths.archive_dir(&release),
+            log_name: release.clone(),
         },
         out,
     );
@@ -180,6 +181,7 @@ pub fn deploy_locked(
         failure: None,
         source_release: None,
         snapshot_at: None,
+        live: Vec::new(),
     });
     run.log.save(&paths.release_log())?;
     let outcome = run.pipeline();
@@ -301,6 +303,11 @@ struct Run<'a> {
     commit: Oid,
     /// The release live before this deploy.
     live: Option<String>,
+    /// The live release's own services (from its kiln.yml): what stops it, and what starts
+    /// it again if this run is undone.
+    live_services: Services,
+    /// The environment of the live release's services commands.
+    live_env: BTreeMap<String, String>,
     pillar_rev: Option<String>,
     secrets: Vec<String>,
     redactor: Redactor,
@@ -314,6 +321,8 @@ struct Run<'a> {
     /// archives/<release> for a deploy; archives/<release>-rollback-<id> for a rollback, so a
     /// rollback never overwrites what the release's own deploy kept.
     archive: PathBuf,
+    /// The name of this run's log in logs/ (`<release>` for a deploy).
+    log_name: String,
     out: &'a mut Reporter,
 }
 
@@ -330,6 +339,7 @@ struct RunSetup<'a> {
     settings: &'a Settings,
     reuse: Option<String>,
     archive: PathBuf,
+    log_name: String,
 }
 
 impl<'a> Run<'a> {
@@ -341,6 +351,41 @@ impl<'a> Run<'a> {
             "KILN_BACKUP_DIR".into(),
             setup.archive.join("backup").display().to_string(),
         );
+        let paths = &setup.project.paths;
+        let live = setup.log.current.as_ref().and_then(|id| setup.log.get(id));
+        let mut live_env = base_env.clone();
+        live_env.insert("KILN_STAGE".into(), Stage::Deploy.as_str().into());
+        let live_services = match live {
+            None => Services::default(),
+            Some(record) => {
+                live_env.insert("KILN_RELEASE".into(), record.id.clone());
+                live_env.insert("KILN_COMMIT".into(), record.commit.clone());
+                live_env.insert(
+                    "KILN_DEPLOY_DIR".into(),
+                    paths.release_dir(&record.id).display().to_string(),
+                );
+                let recipe = Oid::from_str(&record.commit)
+                    .map_err(crate::error::git_error(format!(
+                        "read commit {}",
+                        record.commit
+                    )))
+                    .and_then(|commit| read_recipe(setup.repo, commit));
+                match recipe {
+                    Ok(recipe) => recipe.services,
+                    Err(e) => {
+                        // Stopping the live release with the new stop command is what kiln
+                        // did before it read the live one's: better than not stopping it.
+                        out.note(&format!(
+                            "warning: cannot read {RECIPE_FILE} of the live release {} ({}); \
+                             its services are stopped and started with this release's commands",
+                            record.id,
+                            crate::error::chain(&e)
+                        ));
+                        setup.recipe.services.clone()
+                    }
+                }
+            }
+        };
         Run {
             node: setup.node,
             project: setup.project,
@@ -350,6 +395,8 @@ impl<'a> Run<'a> {
             release: setup.release,
             commit: setup.commit,
             live: setup.log.current.clone(),
+            live_services,
+            live_env,
             pillar_rev: setup.pillar_rev,
             secrets: setup.settings.secrets.clone(),
             redactor: Redactor::new(&setup.settings.secrets),
@@ -359,6 +406,7 @@ impl<'a> Run<'a> {
             reuse: setup.reuse,
             baking: None,
             archive: setup.archive,
+            log_name: setup.log_name,
             out,
         }
     }
@@ -394,15 +442,23 @@ impl Run<'_> {
             snapshot: None,
             archive: self.archive.clone(),
             undo: UndoCommands {
+                // This release's processes are stopped with this release's command; the
+                // live release starts again with its own.
                 stop: self.recipe.services.stop.clone(),
-                start: self.recipe.services.start.clone(),
+                start: self
+                    .live_services
+                    .start
+                    .clone()
+                    .filter(|_| self.live.is_some()),
                 restore: self.recipe.restore.clone(),
                 env: self.env_for(Stage::Deploy),
+                start_env: Some(self.live_env.clone()),
                 secrets: self.secrets.clone(),
                 timeout: self.timeout(Stage::Deploy),
                 cwd: self.paths().run.clone(),
             },
             pid: std::process::id(),
+            log: Some(self.log_name.clone()),
         });
         self.record(Phase::Started)
     }
@@ -539,12 +595,22 @@ impl Run<'_> {
 
     fn shell(&mut self, stage: Stage, command: &str, cwd: &Path) -> Result<(), Failure> {
         let env = self.env_for(stage);
+        self.shell_with(stage, command, cwd, &env)
+    }
+
+    fn shell_with(
+        &mut self,
+        stage: Stage,
+        command: &str,
+        cwd: &Path,
+        env: &BTreeMap<String, String>,
+    ) -> Result<(), Failure> {
         self.out.command(stage.as_str(), command);
         let spec = CommandSpec {
             stage: stage.as_str(),
             command,
             cwd,
-            env: &env,
+            env,
             timeout: self.timeout(stage),
         };
         stage::run_command(&spec, &self.redactor, self.out)
@@ -671,17 +737,28 @@ impl Run<'_> {
     }
 
     /// Editable mode: the tree is already live; restart the services around the project's
-    /// deploy commands so the app runs the pushed code.
+    /// deploy commands so the app runs the pushed code (the running app is stopped with the
+    /// stop command it was started with).
     fn restart_in_place(&mut self) -> Result<(), Failure> {
         let project_dir = self.paths().project.clone();
-        if let Some(stop) = self.recipe.services.stop.clone() {
-            self.shell(Stage::Deploy, &stop, &project_dir)?;
-        }
+        self.stop_live(&project_dir)?;
+        self.commands(Stage::Deploy, &project_dir)?;
         if let Some(start) = self.recipe.services.start.clone() {
             self.shell(Stage::Deploy, &start, &project_dir)?;
         }
-        self.commands(Stage::Deploy, &project_dir)?;
         self.check(&project_dir)
+    }
+
+    /// Stops the live release with its own `services.stop` (nothing is live: nothing to stop).
+    fn stop_live(&mut self, cwd: &Path) -> Result<(), Failure> {
+        if self.live.is_none() {
+            return Ok(());
+        }
+        let Some(stop) = self.live_services.stop.clone() else {
+            return Ok(());
+        };
+        let env = self.live_env.clone();
+        self.shell_with(Stage::Deploy, &stop, cwd, &env)
     }
 
     fn check(&mut self, cwd: &Path) -> Result<(), Failure> {
@@ -704,9 +781,10 @@ impl Run<'_> {
         Ok(())
     }
 
-    /// Cooking and final mode: drift check, shadow tree, data snapshot, stop, switch, start,
-    /// deploy commands, health check. Everything that can be prepared is prepared before the
-    /// services stop.
+    /// Cooking and final mode: drift check, shadow tree, data snapshot, stop, switch, deploy
+    /// commands, start, health check. Everything that can be prepared is prepared before the
+    /// services stop; the deploy commands (migrations) run while nothing serves, so the new
+    /// release never serves a half-migrated database.
     fn go_live(&mut self) -> Result<(), Failure> {
         let tree_dir = self.paths().release_dir(&self.release);
         self.go_live_with(&tree_dir, None)
@@ -783,9 +861,7 @@ impl Run<'_> {
 
         self.record(Phase::Stopping).map_err(fail)?;
         let window = Instant::now();
-        if let Some(stop) = self.recipe.services.stop.clone() {
-            self.shell(Stage::Deploy, &stop, &paths.run)?;
-        }
+        self.stop_live(&paths.run)?;
         // Writes the app made between the snapshot and the stop belong in the snapshot too.
         backup::catch_up(&paths.data, &snapshot).map_err(fail)?;
         crate::failpoint("after-stop");
@@ -803,22 +879,26 @@ impl Run<'_> {
                 .note(&format!("data/ put back from {}", data.display()));
         }
         crate::failpoint("after-switch");
+        self.record(Phase::Migrating).map_err(fail)?;
+        self.out.note(&format!(
+            "switched run/ to {} ({})",
+            self.release,
+            method.as_str()
+        ));
+        self.commands(Stage::Deploy, &paths.run)?;
+        crate::failpoint("after-deploy-commands");
         self.record(Phase::Switched).map_err(fail)?;
         if let Some(start) = self.recipe.services.start.clone() {
             self.shell(Stage::Deploy, &start, &paths.run)?;
         }
         self.out.note(&format!(
-            "switched run/ to {} ({}); services were stopped for {}",
-            self.release,
-            method.as_str(),
+            "services were stopped for {}",
             seconds(window.elapsed())
         ));
         self.out.event(
             json!({"event": "switched", "release": self.release, "method": method.as_str(),
             "stopped_seconds": window.elapsed().as_secs_f64()}),
         );
-        self.commands(Stage::Deploy, &paths.run)?;
-        crate::failpoint("after-deploy-commands");
         self.check(&paths.run)
     }
 
@@ -863,9 +943,10 @@ impl Run<'_> {
         let paths = self.paths().clone();
         crate::failpoint("before-commit");
         let previous = self.log.current.clone();
+        let now = Utc::now();
         if let Some(record) = self.log.get_mut(&self.release) {
             record.status = Status::Good;
-            record.finished = Some(Utc::now());
+            record.finished = Some(now);
         }
         let is_rollback = self.journal.as_ref().map(|j| j.action.as_str()) == Some("rollback");
         if let Some(record) = previous
@@ -874,7 +955,15 @@ impl Run<'_> {
         {
             record.status = Status::RolledBack;
         }
-        self.log.current = Some(self.release.clone());
+        // The snapshot this run took is data/ as it was when the release it replaces was live.
+        let snapshot = self
+            .archive
+            .join("data")
+            .is_dir()
+            .then(|| self.archive.strip_prefix(&paths.archives).ok())
+            .flatten()
+            .map(|name| name.display().to_string());
+        self.log.went_live(&self.release, now, snapshot);
         self.log.save(&paths.release_log())?;
         crate::failpoint("after-commit");
         // Past the commit point nothing may fail the deploy (it is live and logged good): what
@@ -892,14 +981,8 @@ impl Run<'_> {
             self.out
                 .note(&format!("warning: {}", crate::error::chain(&e)));
         }
-        let pruned = prune(&paths, &self.log, self.recipe.keep as usize);
-        if self.mode == Mode::Final {
-            crate::fetch::prune_pulled(&paths, &self.log, &pruned);
-        }
-        if !pruned.is_empty() {
-            self.out
-                .note(&format!("pruned {} old release(s)", pruned.len()));
-        }
+        let log = self.log.clone();
+        self.prune(&log);
         // The next deploy rewrites the index.
         if self.mode != Mode::Editable
             && let Err(e) = crate::publish::write_index(&paths, &self.log, self.mode)
@@ -910,6 +993,30 @@ impl Run<'_> {
             ));
         }
         Ok(())
+    }
+
+    /// Removes what releases beyond `keep` left behind (after a good deploy, and after a
+    /// failed one too: repeated failures must not fill the disk).
+    fn prune(&mut self, log: &ReleaseLog) {
+        let paths = self.paths().clone();
+        let pruned = prune(&paths, log, self.recipe.keep as usize);
+        if self.mode == Mode::Final {
+            crate::fetch::prune_pulled(&paths, log, &pruned);
+        }
+        let orphans = if self.mode == Mode::Cooking {
+            prune_orphans(&paths, log)
+        } else {
+            0
+        };
+        if !pruned.is_empty() {
+            self.out
+                .note(&format!("pruned {} old release(s)", pruned.len()));
+        }
+        if orphans > 0 {
+            self.out.note(&format!(
+                "removed {orphans} file(s) of releases/ that no release in the log names"
+            ));
+        }
     }
 
     /// Undoes the failed deploy and builds the error for the final line.
@@ -923,7 +1030,18 @@ impl Run<'_> {
             json!({"event": "failure", "stage": failure.stage.as_str(), "reason": failure.reason}),
         );
         let outcome = match self.journal.take() {
-            Some(journal) => rollback::undo(&paths, &journal, &failure.reason, self.out),
+            Some(journal) => {
+                let undone = rollback::undo(&paths, &journal, &failure.reason, self.out);
+                if undone.is_ok() {
+                    match ReleaseLog::load(&paths.release_log()) {
+                        Ok(log) => self.prune(&log),
+                        Err(e) => self
+                            .out
+                            .note(&format!("warning: {}", crate::error::chain(&e))),
+                    }
+                }
+                undone
+            }
             None => {
                 // Editable mode: nothing was switched; the tree stays as pushed.
                 rollback::mark_failed(&paths, &self.release, &failure.reason)
@@ -949,11 +1067,7 @@ impl Run<'_> {
                         failure.reason,
                         crate::error::chain(&e)
                     ),
-                    hint: format!(
-                        "the journal is kept in {}; fix the cause and run `kiln recover {}`",
-                        paths.journal().display(),
-                        paths.name
-                    ),
+                    hint: rollback::recovery_hint(&paths),
                 };
                 self.out.headline(&error.to_string());
                 error
@@ -987,6 +1101,27 @@ pub fn prune(paths: &crate::layout::ProjectPaths, log: &ReleaseLog, keep: usize)
     prunable
 }
 
+/// Cooking mode: tarballs, manifests and signatures in releases/ that no release in the log
+/// names (left by deploys that never got a record, or by hand) go. Other files stay, and so
+/// does all of a final-mode releases/, which holds staging's ids and imported releases.
+pub fn prune_orphans(paths: &crate::layout::ProjectPaths, log: &ReleaseLog) -> usize {
+    let Ok(entries) = fs::read_dir(&paths.releases) else {
+        return 0;
+    };
+    let mut removed = 0;
+    for entry in entries.flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        let orphan = [".tar.zst", ".json.sig", ".json"]
+            .iter()
+            .find_map(|suffix| name.strip_suffix(suffix))
+            .is_some_and(|id| release::valid_id(id) && log.get(id).is_none());
+        if orphan && fs::remove_file(entry.path()).is_ok() {
+            removed += 1;
+        }
+    }
+    removed
+}
+
 fn wipe_dir(dir: &Path) -> Result<(), Error> {
     if fs::symlink_metadata(dir).is_ok() {
         fs::remove_dir_all(dir).map_err(|e| io_error("wipe", dir, e))?;
@@ -1006,9 +1141,9 @@ fn ensure_run_dir(run: &Path) -> Result<(), Error> {
     }
 }
 
-/// `kiln rollback`: takes the last good release before the live one (or `release`) live again
-/// through the same journaled switch as a deploy. `with_data` also puts data/ back as it was
-/// when that release was last live (the snapshot taken just before the release that followed it).
+/// `kiln rollback`: takes the release that was live before the current one (or `release`) live
+/// again through the same journaled switch as a deploy. `with_data` also puts data/ back as it
+/// was when that release was last live (the snapshot taken when it was last replaced).
 pub fn rollback_to(
     node: &Node,
     project: &Project,
@@ -1026,18 +1161,24 @@ pub fn rollback_to(
     rollback::recover(node, project, out)?;
     let log = ReleaseLog::load(&paths.release_log())?;
     let target = match release {
-        Some(id) => log
-            .get(id)
-            .filter(|r| matches!(r.status, Status::Good | Status::RolledBack))
-            .ok_or_else(|| Error::UnknownRelease {
+        Some(id) => {
+            let record = log.get(id).ok_or_else(|| Error::UnknownRelease {
                 project: paths.name.clone(),
                 release: id.to_string(),
-            })?,
+            })?;
+            if !matches!(record.status, Status::Good | Status::RolledBack) {
+                return Err(Error::NotGoodRelease {
+                    release: id.to_string(),
+                    status: match record.status {
+                        Status::Running => "has not finished deploying",
+                        _ => "failed",
+                    },
+                });
+            }
+            record
+        }
         None => log
-            .records
-            .iter()
-            .rev()
-            .find(|r| r.status == Status::Good && Some(&r.id) != log.current.as_ref())
+            .previous_live()
             .ok_or_else(|| Error::NothingToRollBack {
                 project: paths.name.clone(),
             })?,
@@ -1054,14 +1195,9 @@ pub fn rollback_to(
         });
     }
     let data_from = if with_data {
-        let position = log.records.iter().position(|r| r.id == target.id);
-        let snapshot = position
-            .and_then(|i| {
-                log.records[i + 1..]
-                    .iter()
-                    .find(|r| r.snapshot_at.is_some())
-            })
-            .map(|r| paths.archive_dir(&r.id).join("data"))
+        let snapshot = log
+            .snapshot_when_replaced(&target.id)
+            .map(|archive| paths.archives.join(archive).join("data"))
             .filter(|d| d.is_dir());
         Some(snapshot.ok_or_else(|| Error::Refused {
             message: format!(
@@ -1095,22 +1231,18 @@ pub fn rollback_to(
     }
     let pillar = Pillar::current(paths)?;
     let settings = Settings::gather(node, project, &recipe, &pillar, &target.id, commit)?;
-    let archive = paths.archive_dir(&format!(
-        "{}-rollback-{}",
-        target.id,
-        release::new_id(Utc::now())
-    ));
+    // Its archive and its log in logs/ share one name, `<target>-rollback-<id>`.
+    let log_name = format!("{}-rollback-{}", target.id, release::new_id(Utc::now()));
+    let archive = paths.archive_dir(&log_name);
     fs::create_dir_all(&archive).map_err(|e| io_error("create", &archive, e))?;
-    out.open_logs(
-        &archive.join("rollback.log"),
-        &archive.join("rollback.jsonl"),
-    )?;
+    out.open_logs(&paths.log_file(&log_name), &paths.events_file(&log_name))?;
     out.headline(&format!(
         "rolling back {} to {} ({})",
         paths.name,
         target.id,
         &target.commit[..7]
     ));
+    out.note(&format!("log: `kiln logs {} {log_name}`", paths.name));
     let mut run = Run::new(
         RunSetup {
             node,
@@ -1124,6 +1256,7 @@ pub fn rollback_to(
             settings: &settings,
             reuse: None,
             archive,
+            log_name,
         },
         out,
     );
@@ -1138,10 +1271,12 @@ pub fn rollback_to(
     match outcome {
         Ok(()) => {
             run.out.headline(&format!("rolled back to {}", target.id));
+            run.out.close_logs();
             Ok(())
         }
         Err(failure) => {
             let error = run.fail(failure);
+            run.out.close_logs();
             if let Some(Ok(oid)) = pillar_before.as_deref().map(Oid::from_str) {
                 crate::pillar::checkout(paths, oid)?;
             }

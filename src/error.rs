@@ -59,6 +59,12 @@ pub enum Error {
     #[error("unknown release `{release}` of project `{project}`")]
     UnknownRelease { project: String, release: String },
 
+    #[error("release {release} {status}; only good releases can be rolled back to")]
+    NotGoodRelease {
+        release: String,
+        status: &'static str,
+    },
+
     #[error("no good release of project `{project}` to roll back to")]
     NothingToRollBack { project: String },
 

@@ -18,21 +18,34 @@ pub enum Phase {
     Started,
     /// The data snapshot is complete; services still run, nothing live changed.
     Snapshotted,
-    /// services.stop is about to run (or ran): data/ and run/ may change from here on.
+    /// The live release's services.stop is about to run (or ran): data/ and run/ may change
+    /// from here on.
     Stopping,
     /// run/ is about to be switched (or was): compare run/'s inode with `run_inode`.
     Switching,
-    /// run/ is the new release; services start, deploy commands and the check run.
+    /// run/ is the new release and the deploy commands (migrations) run; the new release's
+    /// services have not been started.
+    Migrating,
+    /// The new release's services are about to start (or did); the check runs. Journals of
+    /// older kiln versions say this from the switch on, when the services started first.
     Switched,
 }
 
 /// What recovery needs to undo a deploy without kiln.yml or the deploying process.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct UndoCommands {
+    /// The new release's `services.stop`: stops what the deploy started.
     pub stop: Option<String>,
+    /// The `services.start` of the release live before (None: nothing was live, so nothing
+    /// is started again).
     pub start: Option<String>,
     pub restore: Vec<String>,
+    /// The environment of the new release's commands (stop, restore).
     pub env: BTreeMap<String, String>,
+    /// The environment of the live release's start; None in journals of older kiln versions,
+    /// which ran everything with `env`.
+    #[serde(default)]
+    pub start_env: Option<BTreeMap<String, String>>,
     pub secrets: Vec<String>,
     pub timeout: Duration,
     /// Where project commands run during a rollback (the live tree).
@@ -56,9 +69,25 @@ pub struct Journal {
     pub archive: std::path::PathBuf,
     pub undo: UndoCommands,
     pub pid: u32,
+    /// The name of the log in logs/ that this deploy or rollback writes (and its recovery
+    /// appends to); None in journals of older kiln versions.
+    #[serde(default)]
+    pub log: Option<String>,
 }
 
 impl Journal {
+    /// The name of this run's log in logs/.
+    pub fn log_name(&self) -> String {
+        if let Some(log) = &self.log {
+            return log.clone();
+        }
+        match (self.action.as_str(), self.archive.file_name()) {
+            // Older versions kept a rollback's log in its archive: start one in logs/.
+            ("rollback", Some(name)) => name.to_string_lossy().into_owned(),
+            _ => self.release.clone(),
+        }
+    }
+
     pub fn load(path: &Path) -> Result<Option<Journal>, Error> {
         match std::fs::read(path) {
             Ok(bytes) => {
@@ -66,7 +95,9 @@ impl Journal {
                     .map(Some)
                     .map_err(|e| Error::RollbackFailed {
                         reason: format!("the journal `{}` is unreadable ({e})", path.display()),
-                        hint: "inspect run/ and data/ by hand, then remove the journal".into(),
+                        hint: "inspect run/ and data/ by hand, then remove it with \
+                               `kiln recover <name> --abandon`"
+                            .into(),
                     })
             }
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
@@ -90,5 +121,34 @@ impl Journal {
         }
         let dir = path.parent().unwrap_or(Path::new("."));
         durable::fsync_dir(dir).map_err(|e| io_error("sync", dir, e))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A node may be upgraded between a crash and its recovery: the journal of the previous
+    /// version must still load.
+    #[test]
+    fn a_journal_of_the_previous_version_loads() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("journal.json");
+        let old = r#"{"release": "20261122T101500Z-3f2a9c1e", "action": "rollback",
+            "previous": "20261121T101500Z-00000001", "phase": "switched", "run_inode": 12,
+            "switch": "exchange", "snapshot": null,
+            "archive": "/p/archives/20261122T101500Z-3f2a9c1e-rollback-20261123T101500Z-0000abcd",
+            "undo": {"stop": "stop", "start": "start", "restore": [], "env": {"A": "1"},
+                     "secrets": [], "timeout": {"secs": 60, "nanos": 0}, "cwd": "/p/run"},
+            "pid": 7}"#;
+        std::fs::write(&path, old).unwrap();
+        let journal = Journal::load(&path).unwrap().unwrap();
+        assert_eq!(journal.phase, Phase::Switched);
+        assert!(journal.phase > Phase::Migrating);
+        assert_eq!(journal.undo.start_env, None);
+        assert_eq!(
+            journal.log_name(),
+            "20261122T101500Z-3f2a9c1e-rollback-20261123T101500Z-0000abcd"
+        );
     }
 }

@@ -32,22 +32,33 @@ pub fn undo(
     out.headline(&format!("rolling back {release}"));
     let redactor = Redactor::new(&journal.undo.secrets);
     out.set_redactor(redactor.clone());
+    // The live release's services were stopped (data/ may have changed from here on) ...
     let stopped = journal.phase >= Phase::Stopping;
-    let run = |label: &str, command: &str, out: &mut Reporter| -> Result<(), Error> {
+    // ... and the new release's may have been started.
+    let started = journal.phase >= Phase::Switched;
+    let run_with = |label: &str,
+                    command: &str,
+                    env: &std::collections::BTreeMap<String, String>,
+                    out: &mut Reporter|
+     -> Result<(), Error> {
         out.command(label, command);
         let spec = CommandSpec {
             stage: label,
             command,
             cwd: &journal.undo.cwd,
-            env: &journal.undo.env,
+            env,
             timeout: journal.undo.timeout,
         };
         stage::run_command(&spec, &redactor, out)?;
         Ok(())
     };
+    let run = |label: &str, command: &str, out: &mut Reporter| {
+        run_with(label, command, &journal.undo.env, out)
+    };
 
-    // The app of the failed release may be running: stop it before touching its files.
-    if let Some(stop) = journal.undo.stop.as_ref().filter(|_| stopped)
+    // The app of the failed release may be running: stop it, with its own stop command,
+    // before touching its files.
+    if let Some(stop) = journal.undo.stop.as_ref().filter(|_| started)
         && let Err(e) = run("rollback", stop, out)
     {
         out.note(&format!(
@@ -104,8 +115,16 @@ pub fn undo(
                 run("restore", command, out)?;
             }
         }
-        if let Some(start) = &journal.undo.start {
-            run("rollback", start, out)?;
+        // The release live before starts again with its own start command; when nothing was
+        // live, nothing starts (the new release's start would run in an empty run/).
+        if let Some(start) = journal
+            .undo
+            .start
+            .as_ref()
+            .filter(|_| journal.previous.is_some())
+        {
+            let env = journal.undo.start_env.as_ref().unwrap_or(&journal.undo.env);
+            run_with("rollback", start, env, out)?;
         }
     }
     if is_deploy {
@@ -169,10 +188,8 @@ pub fn recover(_node: &Node, project: &Project, out: &mut Reporter) -> Result<bo
         Journal::remove(&paths.journal())?;
         return Ok(false);
     }
-    let _ = out.open_logs(
-        &paths.log_file(&journal.release),
-        &paths.events_file(&journal.release),
-    );
+    let log_name = journal.log_name();
+    let _ = out.open_logs(&paths.log_file(&log_name), &paths.events_file(&log_name));
     out.headline(&format!(
         "recovering the interrupted {} of {} (pid {}, stopped at {:?})",
         journal.action, journal.release, journal.pid, journal.phase
@@ -184,13 +201,87 @@ pub fn recover(_node: &Node, project: &Project, out: &mut Reporter) -> Result<bo
             journal.release,
             crate::error::chain(&e)
         ),
-        hint: format!(
-            "the journal is kept in {}; fix the cause and run `kiln recover {}`",
-            paths.journal().display(),
-            paths.name
-        ),
+        hint: recovery_hint(paths),
     })?;
     out.headline(&format!("recovered: {outcome}"));
+    out.close_logs();
+    Ok(true)
+}
+
+/// What an operator can do about a rollback that could not finish.
+pub fn recovery_hint(paths: &ProjectPaths) -> String {
+    format!(
+        "the journal is kept in {}; fix the cause and run `kiln recover {name}`, or give up the \
+         undo with `kiln recover {name} --abandon` (run/ and data/ are then left as they are)",
+        paths.journal().display(),
+        name = paths.name
+    )
+}
+
+/// `kiln recover --abandon`: gives up undoing an interrupted or failed deploy or rollback.
+/// The release log records the failure and the journal goes; run/ and data/ are left exactly
+/// as they are, for the operator to check. Returns false when there was nothing to abandon.
+pub fn abandon(project: &Project, out: &mut Reporter) -> Result<bool, Error> {
+    let paths = &project.paths;
+    let path = paths.journal();
+    // An unreadable journal is one more reason to abandon: it can only be removed.
+    let journal = match Journal::load(&path) {
+        Ok(None) => return Ok(false),
+        Ok(Some(journal)) => Some(journal),
+        Err(Error::RollbackFailed { .. }) => None,
+        Err(e) => return Err(e),
+    };
+    let mut log = ReleaseLog::load(&paths.release_log())?;
+    let committed = journal
+        .as_ref()
+        .is_some_and(|j| log.current.as_deref() == Some(j.release.as_str()));
+    if let Some(journal) = journal.as_ref().filter(|_| !committed) {
+        let name = journal.log_name();
+        let _ = out.open_logs(&paths.log_file(&name), &paths.events_file(&name));
+        out.headline(&format!(
+            "abandoning the undo of the {} of {} (stopped at {:?})",
+            journal.action, journal.release, journal.phase
+        ));
+    } else {
+        out.headline("abandoning the undo");
+    }
+    let reason = "the undo was abandoned by an operator (kiln recover --abandon)";
+    let mut marked = Vec::new();
+    for record in log.records.iter_mut().filter(|r| {
+        r.status == Status::Running
+            || journal.as_ref().is_some_and(|j| {
+                !committed && j.action == "deploy" && j.release == r.id && r.status != Status::Good
+            })
+    }) {
+        record.status = Status::Failed;
+        record.finished = Some(Utc::now());
+        record.failure = Some(reason.into());
+        marked.push(record.id.clone());
+    }
+    log.save(&paths.release_log())?;
+    Journal::remove(&path)?;
+    for id in &marked {
+        out.note(&format!("release {id} is marked failed in the release log"));
+    }
+    if let Some(journal) = journal.as_ref().filter(|_| !committed) {
+        if journal.action == "rollback" {
+            out.note(&format!(
+                "the release log still names {} live",
+                log.current.as_deref().unwrap_or("no release")
+            ));
+        }
+        if let Some(snapshot) = journal.snapshot.as_ref().filter(|s| s.is_dir()) {
+            out.note(&format!(
+                "data/ as it was before is kept in {}",
+                snapshot.display()
+            ));
+        }
+    }
+    out.note("the journal is removed; data/ and run/ were not touched: check them by hand");
+    out.event(
+        json!({"event": "abandoned", "release": journal.as_ref().map(|j| &j.release),
+        "marked_failed": marked}),
+    );
     out.close_logs();
     Ok(true)
 }

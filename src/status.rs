@@ -172,27 +172,55 @@ pub fn releases(project: &Project, as_json: bool) -> Result<(), Error> {
     Ok(())
 }
 
+/// `<target>-rollback-<id>`: the name of a manual rollback's log.
+fn is_rollback_log(name: &str) -> bool {
+    name.split_once("-rollback-").is_some_and(|(target, id)| {
+        crate::release::valid_id(target) && crate::release::valid_id(id)
+    })
+}
+
+/// `kiln logs`: the log of a deploy (by release id) or of a manual rollback (by the name it
+/// printed); without a name, the newest one.
 pub fn logs(project: &Project, release: Option<&str>) -> Result<(), Error> {
-    let log = ReleaseLog::load(&project.paths.release_log())?;
+    let paths = &project.paths;
+    let log = ReleaseLog::load(&paths.release_log())?;
     let id = match release {
         Some(id) => {
-            if log.get(id).is_none() {
+            let rollback = is_rollback_log(id) && paths.log_file(id).is_file();
+            if log.get(id).is_none() && !rollback {
                 return Err(Error::UnknownRelease {
-                    project: project.paths.name.clone(),
+                    project: paths.name.clone(),
                     release: id.to_string(),
                 });
             }
             id.to_string()
         }
-        None => match log.records.last() {
-            Some(r) => r.id.clone(),
-            None => {
-                println!("no deploys of `{}` yet", project.paths.name);
-                return Ok(());
+        None => {
+            // The log written last: ids say the time only to the second, and a rollback often
+            // follows a deploy within one.
+            let newest = fs::read_dir(&paths.logs)
+                .into_iter()
+                .flatten()
+                .flatten()
+                .filter_map(|entry| {
+                    let name = entry.file_name().to_string_lossy().into_owned();
+                    let stem = name.strip_suffix(".log")?.to_string();
+                    let ours = log.get(&stem).is_some() || is_rollback_log(&stem);
+                    let written = entry.metadata().and_then(|m| m.modified()).ok()?;
+                    ours.then_some((written, stem))
+                })
+                .max();
+            match (newest, log.records.last()) {
+                (Some((_, name)), _) => name,
+                (None, Some(record)) => record.id.clone(),
+                (None, None) => {
+                    println!("no deploys of `{}` yet", paths.name);
+                    return Ok(());
+                }
             }
-        },
+        }
     };
-    let path = project.paths.log_file(&id);
+    let path = paths.log_file(&id);
     let text = fs::read(&path).map_err(|e| io_error("read", &path, e))?;
     use std::io::Write;
     let _ = std::io::stdout().write_all(&text);

@@ -15,9 +15,8 @@ use std::time::Duration;
 
 use common::*;
 
-/// A project with one good release live and a data/ that has a bit of everything.
-fn live_project(node: &Node, extra: &str) -> (Project, App, String) {
-    let project = node.init("shop", "cooking");
+/// Gives data/ a bit of everything.
+fn fill_data(project: &Project) {
     let data = project.data();
     fs::write(data.join("db.txt"), "rows: 1\n").unwrap();
     fs::create_dir_all(data.join("uploads/empty")).unwrap();
@@ -25,6 +24,12 @@ fn live_project(node: &Node, extra: &str) -> (Project, App, String) {
     fs::write(data.join(std::ffi::OsStr::from_bytes(b"caf\xe9.bin")), "x").unwrap();
     symlink("uploads/a.png", data.join("latest")).unwrap();
     fs::set_permissions(data.join("db.txt"), fs::Permissions::from_mode(0o640)).unwrap();
+}
+
+/// A project with one good release live and a data/ that has a bit of everything.
+fn live_project(node: &Node, extra: &str) -> (Project, App, String) {
+    let project = node.init("shop", "cooking");
+    fill_data(&project);
     let app = node.app("shop");
     app.write("kiln.yml", &recipe(node, "", extra))
         .write("app.txt", "v1\n");
@@ -35,8 +40,14 @@ fn live_project(node: &Node, extra: &str) -> (Project, App, String) {
     (project, app, good)
 }
 
-/// A recipe whose services log to services.log outside the project, plus `stages`.
+/// A recipe whose services log to services.log outside the project (`stop <release>`,
+/// `start <release>`), plus `stages`.
 fn recipe(node: &Node, stages: &str, extra: &str) -> String {
+    recipe_with(node, ("stop", "start"), stages, extra)
+}
+
+/// [`recipe`] with services that log other words, e.g. ("stop-v2", "start-v2").
+fn recipe_with(node: &Node, (stop, start): (&str, &str), stages: &str, extra: &str) -> String {
     let log = node.dir.path().join("services.log");
     let build = if stages.contains("  build:") {
         ""
@@ -44,7 +55,7 @@ fn recipe(node: &Node, stages: &str, extra: &str) -> String {
         "  build:\n    - echo built > built.txt\n"
     };
     format!(
-        "services:\n  stop: echo stop >> {log}\n  start: echo start >> {log}\n{extra}stages:\n{build}{stages}",
+        "services:\n  stop: echo {stop} $KILN_RELEASE >> {log}\n  start: echo {start} $KILN_RELEASE >> {log}\n{extra}stages:\n{build}{stages}",
         log = log.display()
     )
 }
@@ -146,11 +157,13 @@ fn a_failure_in_any_stage_leaves_run_and_data_exactly_as_before() {
                 .is_dir(),
             "{stage}: the failed tree is kept for inspection"
         );
-        // Services were stopped and started again around the rollback when they had been stopped.
+        // The live release was stopped and started again when it had been stopped; the new
+        // one was stopped again only if it had been started (deploy commands run before that).
         let services = services_log(&node)[services_before.len()..].to_string();
         let expected_services = match stage {
-            "configure" | "build" => "",
-            _ => "stop\nstart\nstop\nstart\n",
+            "configure" | "build" => String::new(),
+            "deploy" => format!("stop {good}\nstart {good}\n"),
+            _ => format!("stop {good}\nstart {failed_id}\nstop {failed_id}\nstart {good}\n"),
         };
         assert_eq!(services, expected_services, "{stage}");
     }
@@ -642,10 +655,15 @@ fn a_deploy_survives_the_pusher_disconnecting() {
     std::thread::sleep(Duration::from_millis(1200));
     push.kill().unwrap();
     let _ = push.wait();
-    // The deploy goes on without its audience and finishes.
+    // The deploy goes on without its audience and finishes: its last line is written a moment
+    // after the commit point names it live.
+    let finished = |release: &str| {
+        fs::read_to_string(project.path(&format!("logs/{release}.log")))
+            .is_ok_and(|log| log.contains(&format!("-----> deployed {release}")))
+    };
     let mut done = false;
     for _ in 0..600 {
-        if project.current().is_some() {
+        if project.current().is_some_and(|r| finished(&r)) {
             done = true;
             break;
         }
@@ -768,6 +786,18 @@ fn regression_an_interrupted_manual_rollback_is_undone_not_taken_for_done() {
     assert_success(&out, "recover");
     assert_eq!(project.current(), Some(second));
     before.assert_unchanged(&project, "");
+    // The recovery goes on in the rollback's own log.
+    let log = project
+        .names_in("logs")
+        .into_iter()
+        .find(|n| n.starts_with(&format!("{first}-rollback-")) && n.ends_with(".log"))
+        .unwrap();
+    let log = fs::read_to_string(project.path(&format!("logs/{log}"))).unwrap();
+    assert!(log.contains("-----> rolling back shop to"), "{log}");
+    assert!(
+        log.contains("-----> recovering the interrupted rollback"),
+        "{log}"
+    );
 }
 
 #[test]
@@ -820,6 +850,515 @@ fn regression_a_rollback_backs_up_into_its_own_archive() {
         .collect();
     assert_eq!(rollback_dumps.len(), 1);
     assert!(rollback_dumps[0].is_file());
+}
+
+/// The services lines written since `mark` (a length of the services log read earlier).
+fn services_since(node: &Node, mark: usize) -> String {
+    services_log(node)[mark..].to_string()
+}
+
+/// Regression: with no release live, a deploy whose `services.start` failed was rolled back by
+/// running that same start again in the empty run/, which failed too (exit 3), and every later
+/// `kiln recover`, `kiln deploy` and `kiln rollback` exited 3 with the same error.
+#[test]
+fn regression_a_failed_first_deploy_stops_what_it_started_and_the_next_push_deploys() {
+    let node = Node::new();
+    let project = node.init("shop", "cooking");
+    fill_data(&project);
+    let before = Before::take(&project);
+    let app = node.app("shop");
+    let log = node.dir.path().join("services.log");
+    let failing_start = format!(
+        "services:\n  stop: echo stop $KILN_RELEASE >> {log}\n  start: echo start $KILN_RELEASE >> {log}; exit 1\nstages:\n  deploy:\n{MESS_UP}",
+        log = log.display()
+    );
+    app.write("kiln.yml", &failing_start)
+        .write("app.txt", "v1\n");
+    app.commit("start fails");
+    app.push_next(&project);
+    let out = node.kiln(&["deploy", "shop", "--rev", "next"]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    assert!(
+        text(&out).contains("rolled back (no release was live before)"),
+        "{}",
+        text(&out)
+    );
+    before.assert_unchanged(&project, "a failed first deploy");
+    let failed = project.releases()[0].0.clone();
+    // What was started is stopped; nothing is started again: nothing was live.
+    assert_eq!(
+        services_log(&node),
+        format!("start {failed}\nstop {failed}\n")
+    );
+    assert_eq!(project.releases(), [(failed, "failed".to_string())]);
+    assert_eq!(project.current(), None);
+    assert!(!project.path("state/journal.json").exists());
+    let out = node.kiln(&["recover", "shop"]);
+    assert!(text(&out).contains("nothing to recover"), "{}", text(&out));
+
+    // The next push of a fix deploys.
+    app.write("kiln.yml", &recipe(&node, "", ""));
+    app.commit("fixed");
+    app.deploy(&project);
+    assert_eq!(
+        fs::read_to_string(project.run().join("app.txt")).unwrap(),
+        "v1\n"
+    );
+}
+
+/// Regression: a rollback that could not finish left no way out but editing
+/// state/journal.json by hand; `kiln recover --abandon` records the failure and removes the
+/// journal without touching run/ or data/.
+#[test]
+fn regression_a_rollback_that_cannot_finish_can_be_abandoned() {
+    let node = Node::new();
+    let restore = "restore:\n  - exit 1\n";
+    let (project, app, good) = live_project(&node, "");
+    app.write(
+        "kiln.yml",
+        &recipe(
+            &node,
+            &format!("  deploy:\n{MESS_UP}    - exit 1\n"),
+            restore,
+        ),
+    );
+    app.commit("fails, and so does its restore");
+    app.push_next(&project);
+    let out = node.kiln(&["deploy", "shop", "--rev", "next"]);
+    assert_eq!(out.status.code(), Some(3), "{}", text(&out));
+    assert!(
+        text(&out).contains("`kiln recover shop --abandon`"),
+        "{}",
+        text(&out)
+    );
+    for args in [
+        &["recover", "shop"][..],
+        &["deploy", "shop"],
+        &["rollback", "shop"],
+    ] {
+        let out = node.kiln(args);
+        assert_eq!(out.status.code(), Some(3), "{args:?}: {}", text(&out));
+        assert!(
+            text(&out).contains("`kiln recover shop --abandon`"),
+            "{args:?}: {}",
+            text(&out)
+        );
+    }
+    let as_left = Before::take(&project);
+    let out = node.kiln(&["recover", "shop", "--abandon"]);
+    assert_success(&out, "recover --abandon");
+    assert!(
+        text(&out).contains("data/ and run/ were not touched"),
+        "{}",
+        text(&out)
+    );
+    as_left.assert_unchanged(&project, "abandon");
+    assert!(!project.path("state/journal.json").exists());
+    let log = project.release_log();
+    assert_eq!(log["records"][1]["status"], "failed");
+    assert!(
+        log["records"][1]["failure"]
+            .as_str()
+            .is_some_and(|f| f.contains("abandon")),
+        "{log}"
+    );
+    assert_eq!(project.current(), Some(good));
+    let out = node.kiln(&["recover", "shop", "--abandon"]);
+    assert!(text(&out).contains("nothing to abandon"), "{}", text(&out));
+
+    // The project deploys again.
+    app.write("kiln.yml", &recipe(&node, "", ""));
+    app.commit("fixed");
+    app.deploy(&project);
+
+    // A journal that cannot even be read is abandoned too.
+    fs::write(project.path("state/journal.json"), "{").unwrap();
+    let out = node.kiln(&["deploy", "shop"]);
+    assert_eq!(out.status.code(), Some(3), "{}", text(&out));
+    assert!(text(&out).contains("--abandon"), "{}", text(&out));
+    let as_left = Before::take(&project);
+    node.ok(&["recover", "shop", "--abandon"]);
+    as_left.assert_unchanged(&project, "abandoning an unreadable journal");
+    assert!(!project.path("state/journal.json").exists());
+}
+
+/// Regression: a deploy that changed `services.stop` stopped the old release with the new
+/// release's stop command (and a rollback started the old release with the new start).
+#[test]
+fn regression_each_release_is_stopped_and_started_with_its_own_commands() {
+    let node = Node::new();
+    let project = node.init("shop", "cooking");
+    let app = node.app("shop");
+    app.write(
+        "kiln.yml",
+        &recipe_with(&node, ("stop-v1", "start-v1"), "", ""),
+    );
+    app.commit("v1");
+    app.deploy(&project);
+    let v1 = project.current().unwrap();
+
+    // A failed deploy: v1 is stopped with v1's stop, v2 with v2's, v1 starts with v1's start.
+    let mark = services_log(&node).len();
+    let check = "check:\n  command: exit 1\n  timeout: 1s\n  interval: 200ms\n";
+    app.write(
+        "kiln.yml",
+        &recipe_with(&node, ("stop-v2", "start-v2"), "", check),
+    );
+    app.commit("v2 fails its check");
+    let (_, output) = app.push(&project);
+    assert!(output.contains("deploy FAILED"), "{output}");
+    let failed = project.releases()[1].0.clone();
+    assert_eq!(
+        services_since(&node, mark),
+        format!("stop-v1 {v1}\nstart-v2 {failed}\nstop-v2 {failed}\nstart-v1 {v1}\n")
+    );
+
+    let mark = services_log(&node).len();
+    app.write(
+        "kiln.yml",
+        &recipe_with(&node, ("stop-v2", "start-v2"), "", ""),
+    );
+    app.commit("v2");
+    app.deploy(&project);
+    let v2 = project.current().unwrap();
+    assert_eq!(
+        services_since(&node, mark),
+        format!("stop-v1 {v1}\nstart-v2 {v2}\n")
+    );
+
+    // `kiln rollback`: the current release stops with its own stop, the target starts with its own.
+    let mark = services_log(&node).len();
+    let out = node.kiln(&["rollback", "shop"]);
+    assert_success(&out, "rollback");
+    assert_eq!(project.current(), Some(v1.clone()));
+    assert_eq!(
+        services_since(&node, mark),
+        format!("stop-v2 {v2}\nstart-v1 {v1}\n")
+    );
+}
+
+/// Regression: recovery after kill -9 ran the new release's start to bring the old one back.
+#[test]
+fn regression_recovery_after_kill_9_uses_each_releases_own_services() {
+    let node = Node::new();
+    let project = node.init("shop", "cooking");
+    fill_data(&project);
+    let app = node.app("shop");
+    app.write(
+        "kiln.yml",
+        &recipe_with(&node, ("stop-v1", "start-v1"), "", ""),
+    );
+    app.commit("v1");
+    app.deploy(&project);
+    let v1 = project.current().unwrap();
+    let before = Before::take(&project);
+    let mark = services_log(&node).len();
+    // The check's shell is a child of kiln: $PPID is kiln, killed once v2 has started.
+    let check = "check:\n  command: kill -9 $PPID; sleep 5\n  timeout: 10s\n  interval: 1s\n";
+    app.write(
+        "kiln.yml",
+        &recipe_with(
+            &node,
+            ("stop-v2", "start-v2"),
+            &format!("  deploy:\n{MESS_UP}"),
+            check,
+        ),
+    );
+    app.commit("v2, killed during its check");
+    app.push_next(&project);
+    let out = node.kiln(&["deploy", "shop", "--rev", "next"]);
+    assert_eq!(out.status.code(), None, "{}", text(&out));
+    let out = node.kiln(&["recover", "shop"]);
+    assert_success(&out, "recover");
+    before.assert_unchanged(&project, "recovered");
+    let killed = project.releases()[1].0.clone();
+    assert_eq!(
+        services_since(&node, mark),
+        format!("stop-v1 {v1}\nstart-v2 {killed}\nstop-v2 {killed}\nstart-v1 {v1}\n")
+    );
+}
+
+/// Regression: deploy commands (migrations) ran after the new release's services started, so
+/// it served requests against a half-migrated database.
+#[test]
+fn regression_deploy_commands_run_before_the_new_release_starts() {
+    let node = Node::new();
+    let (project, app, good) = live_project(&node, "");
+    let mark = services_log(&node).len();
+    let log = node.dir.path().join("services.log");
+    app.write(
+        "kiln.yml",
+        &recipe(
+            &node,
+            &format!(
+                "  deploy:\n    - echo migrate $KILN_RELEASE >> {}\n",
+                log.display()
+            ),
+            "",
+        ),
+    );
+    app.commit("with a migration");
+    app.deploy(&project);
+    let new = project.current().unwrap();
+    assert_eq!(
+        services_since(&node, mark),
+        format!("stop {good}\nmigrate {new}\nstart {new}\n")
+    );
+}
+
+/// Regression: `kiln rollback <failed release>` said "unknown release" though `kiln releases`
+/// lists it.
+#[test]
+fn regression_rollback_to_a_failed_release_says_it_failed() {
+    let node = Node::new();
+    let (project, app, _) = live_project(&node, "");
+    app.write("kiln.yml", &recipe(&node, "  deploy:\n    - exit 1\n", ""));
+    app.commit("fails");
+    assert!(!app.push(&project).0 || project.releases()[1].1 == "failed");
+    let failed = project.releases()[1].0.clone();
+    let before = Before::take(&project);
+    let out = node.kiln(&["rollback", "shop", &failed]);
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    assert_eq!(
+        String::from_utf8_lossy(&out.stderr),
+        format!("error: release {failed} failed; only good releases can be rolled back to\n")
+    );
+    before.assert_unchanged(&project, "refused rollback");
+    let out = node.kiln(&["rollback", "shop", "20200101T000000Z-00000000"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        text(&out).contains("error: unknown release"),
+        "{}",
+        text(&out)
+    );
+}
+
+/// Regression: a release rolled away from was no longer a target of plain `kiln rollback`
+/// ("no good release"), though it is good to return to.
+#[test]
+fn regression_plain_rollback_goes_back_to_the_release_live_before() {
+    let node = Node::new();
+    let (project, app, a) = live_project(&node, "");
+    app.write("app.txt", "b\n");
+    app.commit("b");
+    app.deploy(&project);
+    let b = project.current().unwrap();
+    node.ok(&["rollback", "shop"]);
+    assert_eq!(project.current(), Some(a.clone()));
+    // b was rolled away from; it was live before a, so it is where `kiln rollback` goes.
+    let out = node.ok(&["rollback", "shop"]);
+    assert!(out.contains(&format!("rolled back to {b}")), "{out}");
+    assert_eq!(project.current(), Some(b.clone()));
+    assert_eq!(
+        fs::read_to_string(project.run().join("app.txt")).unwrap(),
+        "b\n"
+    );
+    app.write("app.txt", "c\n");
+    app.commit("c");
+    app.deploy(&project);
+    node.ok(&["rollback", "shop"]);
+    assert_eq!(project.current(), Some(b));
+}
+
+/// Regression: `--with-data` put back the snapshot taken when the release was first replaced,
+/// not data/ as it was when it was last live.
+#[test]
+fn regression_rollback_with_data_restores_data_from_when_the_release_was_last_live() {
+    let node = Node::new();
+    let (project, app, a) = live_project(&node, "");
+    let db = project.data().join("db.txt");
+    app.write(
+        "kiln.yml",
+        &recipe(
+            &node,
+            "  deploy:\n    - echo b > \"$KILN_DATA_DIR/db.txt\"\n",
+            "",
+        ),
+    )
+    .write("app.txt", "b\n");
+    app.commit("b");
+    app.deploy(&project);
+    assert_eq!(fs::read_to_string(&db).unwrap(), "b\n");
+    node.ok(&["rollback", "shop", &a]);
+    // a is live a second time and its data changes.
+    fs::write(&db, "a, second time\n").unwrap();
+    app.write("kiln.yml", &recipe(&node, "", ""))
+        .write("app.txt", "c\n");
+    app.commit("c");
+    app.deploy(&project);
+    fs::write(&db, "c\n").unwrap();
+
+    let out = node.ok(&["rollback", "shop", &a, "--with-data"]);
+    assert!(out.contains(&format!("rolled back to {a}")), "{out}");
+    assert_eq!(fs::read_to_string(&db).unwrap(), "a, second time\n");
+}
+
+/// Regression: a manual rollback's log went to archives/, where `kiln logs` cannot show it.
+#[test]
+fn regression_a_manual_rollback_logs_into_logs() {
+    let node = Node::new();
+    let (project, app, first) = live_project(&node, "");
+    app.write("app.txt", "v2\n");
+    app.commit("v2");
+    app.deploy(&project);
+    let out = node.ok(&["rollback", "shop"]);
+    let logs: Vec<String> = project
+        .names_in("logs")
+        .into_iter()
+        .filter(|n| n.starts_with(&format!("{first}-rollback-")))
+        .collect();
+    assert_eq!(logs.len(), 2, "{logs:?}");
+    assert!(logs[0].ends_with(".jsonl") && logs[1].ends_with(".log"));
+    let name = logs[1].strip_suffix(".log").unwrap();
+    assert!(out.contains(&format!("kiln logs shop {name}")), "{out}");
+    let log = fs::read_to_string(project.path(&format!("logs/{name}.log"))).unwrap();
+    assert!(
+        log.contains(&format!("-----> rolled back to {first}")),
+        "{log}"
+    );
+    assert!(
+        !project
+            .path(&format!("archives/{name}/rollback.log"))
+            .exists()
+    );
+    // `kiln logs` shows it, by name and as the newest.
+    assert_eq!(node.ok(&["logs", "shop", name]), log);
+    assert_eq!(node.ok(&["logs", "shop"]), log);
+    assert!(
+        node.ok(&["logs", "shop", &first])
+            .contains(&format!("deployed {first}"))
+    );
+}
+
+/// Regression: releases were pruned only after a good deploy, so failed release trees piled up
+/// (235 MB for 7 failures on staging), and tarballs no release names were never removed.
+#[test]
+fn regression_failed_releases_beyond_keep_are_pruned_and_orphans_removed() {
+    let node = Node::new();
+    let (project, app, good) = live_project(&node, "keep: 1\n");
+    let orphan = "20200101T000000Z-0000beef";
+    for suffix in [".tar.zst", ".json", ".json.sig"] {
+        fs::write(project.path(&format!("releases/{orphan}{suffix}")), "x").unwrap();
+    }
+    fs::write(project.path("releases/notes.txt"), "mine\n").unwrap();
+    // Failures after the switch: each leaves deploy/<id>, archives/<id>/failed and a tarball.
+    for i in 0..3 {
+        app.write(
+            "kiln.yml",
+            &recipe(&node, "  deploy:\n    - exit 1\n", "keep: 1\n"),
+        )
+        .write("n.txt", &i.to_string());
+        app.commit(&format!("bad {i}"));
+        let (_, output) = app.push(&project);
+        assert!(output.contains("deploy FAILED"), "{output}");
+    }
+    let failed: Vec<String> = project.releases()[1..]
+        .iter()
+        .map(|r| r.0.clone())
+        .collect();
+    let newest = failed.last().unwrap();
+    assert!(project.path(&format!("archives/{newest}/failed")).is_dir());
+    assert!(project.path(&format!("deploy/{newest}")).is_dir());
+    for id in &failed[..2] {
+        assert!(!project.path(&format!("deploy/{id}")).exists(), "{id}");
+        assert!(!project.path(&format!("archives/{id}")).exists(), "{id}");
+        assert!(
+            !project.path(&format!("releases/{id}.tar.zst")).exists(),
+            "{id}"
+        );
+    }
+    assert_eq!(
+        project.release_files(),
+        [
+            format!("{good}.json"),
+            format!("{good}.tar.zst"),
+            format!("{newest}.tar.zst"),
+            "index.json".to_string(),
+            "notes.txt".to_string(),
+        ]
+    );
+    // The live release is never pruned.
+    assert!(project.path(&format!("deploy/{good}")).is_dir());
+    assert_eq!(project.current(), Some(good));
+}
+
+/// Regression: the journal that wedged staging, as the previous version wrote it (a failed
+/// first deploy whose undo would run the new release's failing start in the empty run/): once
+/// kiln is upgraded, `kiln recover` gets out of it.
+#[test]
+fn regression_a_wedged_first_deploy_journal_of_the_previous_version_recovers() {
+    let node = Node::new();
+    let project = node.init("shop", "cooking");
+    fill_data(&project);
+    let before = Before::take(&project);
+    let app = node.app("shop");
+    let log = node.dir.path().join("services.log");
+    // The start's shell is a child of kiln: $PPID is kiln, killed once the release started.
+    let killer = format!(
+        "services:\n  stop: echo stop >> {log}\n  start: kill -9 $PPID; sleep 5\nstages:\n  deploy:\n{MESS_UP}",
+        log = log.display()
+    );
+    app.write("kiln.yml", &killer);
+    app.commit("first");
+    app.push_next(&project);
+    let out = node.kiln(&["deploy", "shop", "--rev", "next"]);
+    assert_eq!(out.status.code(), None, "{}", text(&out));
+    // What the previous version journaled: its undo started the new release's (failing) start.
+    let path = project.path("state/journal.json");
+    let mut journal: serde_json::Value = serde_json::from_slice(&fs::read(&path).unwrap()).unwrap();
+    assert_eq!(journal["phase"], "switched");
+    assert!(journal["previous"].is_null());
+    journal["undo"]["start"] = "exit 1".into();
+    journal["undo"].as_object_mut().unwrap().remove("start_env");
+    journal.as_object_mut().unwrap().remove("log");
+    fs::write(&path, serde_json::to_vec_pretty(&journal).unwrap()).unwrap();
+
+    let out = node.kiln(&["recover", "shop"]);
+    assert_success(&out, "recover");
+    assert!(
+        text(&out).contains("rolled back (no release was live before)"),
+        "{}",
+        text(&out)
+    );
+    before.assert_unchanged(&project, "recovered");
+    assert_eq!(services_log(&node), "stop\n");
+    app.write("kiln.yml", &recipe(&node, "", ""));
+    app.commit("fixed");
+    app.deploy(&project);
+}
+
+/// Editable mode restarts in the same order: the running app stops with its own stop command,
+/// the deploy commands run, then the new code starts.
+#[test]
+fn regression_editable_mode_migrates_before_it_starts_the_new_code() {
+    let node = Node::new();
+    let project = node.init("shop", "editable");
+    let app = node.app("shop");
+    let log = node.dir.path().join("services.log");
+    let migrate = format!(
+        "  deploy:\n    - echo migrate $KILN_RELEASE >> {}\n",
+        log.display()
+    );
+    app.write(
+        "kiln.yml",
+        &recipe_with(&node, ("stop-v1", "start-v1"), &migrate, ""),
+    )
+    .write(".gitignore", "built.txt\n");
+    app.commit("v1");
+    app.deploy(&project);
+    let v1 = project.current().unwrap();
+    let mark = services_log(&node).len();
+    app.write(
+        "kiln.yml",
+        &recipe_with(&node, ("stop-v2", "start-v2"), &migrate, ""),
+    );
+    app.commit("v2");
+    app.deploy(&project);
+    let v2 = project.current().unwrap();
+    assert_eq!(
+        services_since(&node, mark),
+        format!("stop-v1 {v1}\nmigrate {v2}\nstart-v2 {v2}\n")
+    );
 }
 
 /// Issue 9: a Flask app writes `__pycache__/`, `*.pyc` and `instance/` in run/; every deploy
