@@ -4,7 +4,7 @@
 use std::io;
 use std::path::{Path, PathBuf};
 
-use crate::config_error::ConfigError;
+use crate::config::config_error::ConfigError;
 
 /// Exit statuses (DESIGN.md section 7).
 pub const EXIT_OK: i32 = 0;
@@ -32,7 +32,7 @@ pub enum Error {
     Config(#[from] ConfigError),
 
     #[error("{0}")]
-    Settings(#[from] crate::settings::SettingsError),
+    Settings(#[from] crate::config::settings::SettingsError),
 
     #[error("could not {action} `{}`: {source}", path.display())]
     Io {
@@ -63,25 +63,25 @@ pub enum Error {
     NothingToRollBack { project: String },
 
     #[error("{0}")]
-    Stage(#[from] crate::stage::StageError),
+    Stage(#[from] crate::exec::stage::StageError),
 
     #[error("{0}")]
-    Sync(#[from] crate::sync::SyncError),
+    Sync(#[from] crate::fs::sync::SyncError),
 
     #[error("{0}")]
-    Tree(#[from] crate::tree::TreeError),
+    Tree(#[from] crate::fs::tree::TreeError),
 
     #[error("{0}")]
-    Bake(#[from] crate::bake::BakeError),
+    Bake(#[from] crate::release::bake::BakeError),
 
     #[error("{0}")]
-    Unpack(#[from] crate::unpack::UnpackError),
+    Unpack(#[from] crate::release::unpack::UnpackError),
 
     #[error("{0}")]
-    Fetch(#[from] crate::fetch::FetchError),
+    Fetch(#[from] crate::release::fetch::FetchError),
 
     #[error("{0}")]
-    Signing(#[from] crate::signing::SigningError),
+    Signing(#[from] crate::release::signing::SigningError),
 
     #[error("{message}")]
     Refused { message: String },
@@ -147,7 +147,7 @@ mod tests {
 
     #[test]
     fn chain_adds_causes_once() {
-        let sync = crate::sync::SyncError::Io {
+        let sync = crate::fs::sync::SyncError::Io {
             action: "copy",
             path: PathBuf::from("a"),
             source: io::Error::other("disk full"),

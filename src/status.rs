@@ -4,14 +4,14 @@ use std::fs;
 
 use serde_json::json;
 
-use crate::backup;
+use crate::config::project::{Node, Project};
+use crate::config::recipe::Mode;
 use crate::error::{Error, io_error};
-use crate::journal::Journal;
-use crate::lock;
-use crate::project::{Node, Project};
-use crate::recipe::Mode;
-use crate::release_log::ReleaseLog;
-use crate::switch;
+use crate::transaction::backup;
+use crate::transaction::journal::Journal;
+use crate::transaction::lock;
+use crate::transaction::release_log::ReleaseLog;
+use crate::transaction::switch;
 
 /// How run/ shows the live tree.
 pub fn run_kind(project: &Project) -> String {
@@ -40,7 +40,7 @@ pub fn status(project: &Project, as_json: bool) -> Result<(), Error> {
     let drift = if project.config.mode == Mode::Editable {
         // Reading must not create anything: no checkout yet means no edits.
         if paths.project.join(".git").exists() {
-            crate::git::Checkout::open_or_init(&paths.project, &paths.project_repo)
+            crate::fs::git::Checkout::open_or_init(&paths.project, &paths.project_repo)
                 .and_then(|c| c.local_edits())
                 .unwrap_or_default()
         } else {
@@ -200,7 +200,7 @@ pub fn set_mode(node: &Node, project: &Project, mode: Mode) -> Result<(), Error>
     }
     config.mode = mode;
     let _ = node;
-    crate::durable::write_atomic(
+    crate::fs::durable::write_atomic(
         &project.paths.project_yml,
         config.to_yaml().as_bytes(),
         0o644,

@@ -5,7 +5,7 @@
 //! releases/ dir (listing comes from the `index.json` staging writes there, since a static
 //! server need not list directories).
 //!
-//! This module only moves bytes. Nothing it returns is trusted: [`crate::fetch`] verifies the
+//! This module only moves bytes. Nothing it returns is trusted: [`crate::release::fetch`] verifies the
 //! manifest's signature, the tarball's checksum and the unpacked tree before anything is used.
 
 use std::ffi::OsString;
@@ -18,8 +18,8 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 use serde::Deserialize;
 
-use crate::layout;
-use crate::release;
+use crate::config::layout;
+use crate::release::manifest as release;
 
 /// The listing staging keeps in its releases/ dir: a JSON array of the manifests of its good
 /// releases.

@@ -107,7 +107,7 @@ impl fmt::Display for HumanDuration {
     }
 }
 
-/// For `#[serde(deserialize_with = "crate::duration::deserialize")]`. A zero duration is
+/// For `#[serde(deserialize_with = "crate::config::duration::deserialize")]`. A zero duration is
 /// refused: as a timeout it would fail every command, as an interval it would spin.
 pub fn deserialize<'de, D>(deserializer: D) -> Result<Duration, D::Error>
 where

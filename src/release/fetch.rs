@@ -18,17 +18,17 @@ use git2::Oid;
 use serde_json::json;
 use sha2::{Digest, Sha256};
 
-use crate::bake::HashingWriter;
+use crate::config::layout::ProjectPaths;
+use crate::config::project::{Node, Project};
 use crate::error::Error;
-use crate::layout::ProjectPaths;
-use crate::project::{Node, Project};
-use crate::release::{self, Manifest};
-use crate::release_log::ReleaseLog;
-use crate::report::{Reporter, seconds};
-use crate::signing::{BadSignature, TrustedKey};
-use crate::source::{Listed, Part, Source, SourceError};
-use crate::tree;
-use crate::unpack::{self, Limits, UnpackError, UnpackInfo, UnpackOptions};
+use crate::exec::report::{Reporter, seconds};
+use crate::fs::tree;
+use crate::release::bake::HashingWriter;
+use crate::release::manifest::{self as release, Manifest};
+use crate::release::signing::{BadSignature, TrustedKey};
+use crate::release::source::{Listed, Part, Source, SourceError};
+use crate::release::unpack::{self, Limits, UnpackError, UnpackInfo, UnpackOptions};
+use crate::transaction::release_log::ReleaseLog;
 
 /// Largest manifest or signature accepted.
 const SMALL_LIMIT: u64 = 1 << 20;
@@ -252,7 +252,7 @@ fn local_releases(dir: &Path) -> Result<Vec<Listed>, Error> {
     if !dir.is_dir() {
         return Ok(Vec::new());
     }
-    Ok(crate::source::scan_dir(dir)?)
+    Ok(crate::release::source::scan_dir(dir)?)
 }
 
 /// Checks a manifest's signature and content; returns it parsed.
@@ -323,7 +323,7 @@ fn check_checksum(release: &str, manifest: &Manifest, actual: String) -> Result<
 fn check_local(paths: &ProjectPaths, expect: &Expect) -> Result<Manifest, FetchError> {
     let manifest_path = paths.manifest(expect.release);
     let bytes = fs::read(&manifest_path).map_err(io_err("read", &manifest_path))?;
-    let sig_path = crate::signing::signature_path(&manifest_path);
+    let sig_path = crate::release::signing::signature_path(&manifest_path);
     let signature = read_optional(&sig_path)?;
     let manifest = check_manifest(expect, &bytes, signature.as_deref())?;
     let tarball = paths.tarball(expect.release);
@@ -438,7 +438,7 @@ impl Incoming {
             let final_path = paths.releases.join(&name);
             fs::rename(&staged, &final_path).map_err(io_err("move", &staged))?;
         }
-        crate::durable::fsync_dir(&paths.releases).map_err(io_err("sync", &paths.releases))
+        crate::fs::durable::fsync_dir(&paths.releases).map_err(io_err("sync", &paths.releases))
     }
 }
 
@@ -538,7 +538,7 @@ pub fn import(
             .into());
         }
     };
-    let signature = read_optional(&crate::signing::signature_path(&manifest_path))?;
+    let signature = read_optional(&crate::release::signing::signature_path(&manifest_path))?;
     let trusted = trusted_key(project)?;
     let expect = Expect {
         release: id,
@@ -548,7 +548,7 @@ pub fn import(
     let manifest = check_manifest(&expect, &manifest_bytes, signature.as_deref())?;
 
     // Pruning and deploys read releases/: add to it under the project lock.
-    let _lock = crate::deploy::lock(project, "release import", out)?;
+    let _lock = crate::deploy::pipeline::lock(project, "release import", out)?;
     paths.ensure()?;
     let incoming_dir = Incoming::new_dir(paths)?;
     let tarball = incoming_dir.path().join(Part::Tarball.file_name(id));
@@ -722,7 +722,7 @@ mod tests {
     #[test]
     fn a_trusted_key_requires_a_signature() {
         let dir = tempfile::tempdir().unwrap();
-        let public = crate::signing::generate(dir.path()).unwrap();
+        let public = crate::release::signing::generate(dir.path()).unwrap();
         let key = TrustedKey::parse(&public).unwrap();
         let commit = "c".repeat(40);
         let expect = Expect {

@@ -10,8 +10,8 @@ use std::time::Duration;
 
 use serde::{Deserialize, Deserializer};
 
-use crate::config_error::{ConfigError, parse_yaml_or_default};
-use crate::duration;
+use crate::config::config_error::{ConfigError, parse_yaml_or_default};
+use crate::config::duration;
 
 /// How a project is deployed on this node (DESIGN.md section 2).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Deserialize)]

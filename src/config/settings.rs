@@ -11,7 +11,7 @@ use serde::{Deserialize, Deserializer};
 use serde_json::{Map, Value};
 use thiserror::Error;
 
-use crate::config_error::{ConfigError, is_blank, parse_yaml};
+use crate::config::config_error::{ConfigError, is_blank, parse_yaml};
 
 /// What a secret is replaced with, whatever its length (the length is a hint too).
 pub const MASK: &str = "********";

@@ -4,11 +4,11 @@
 
 use std::io::BufRead;
 
-use crate::deploy::{self, DeployRequest};
+use crate::config::project::Node;
+use crate::deploy::pipeline::{self as deploy, DeployRequest};
 use crate::error::Error;
-use crate::git;
-use crate::project::Node;
-use crate::report::Reporter;
+use crate::exec::report::Reporter;
+use crate::fs::git;
 
 const ZERO: &str = "0000000000000000000000000000000000000000";
 
@@ -84,7 +84,7 @@ pub fn pre_receive(
             }
             Ok(())
         }
-        Repo::Pillar => crate::pillar::validate_push(&project, updates),
+        Repo::Pillar => crate::config::pillar::validate_push(&project, updates),
     }
 }
 
@@ -98,7 +98,7 @@ pub fn post_receive(
 ) -> Result<(), Error> {
     let project = node.project(name)?;
     if repo == Repo::Pillar {
-        return crate::pillar::after_push(node, &project, updates, out);
+        return crate::config::pillar::after_push(node, &project, updates, out);
     }
     let deploy_ref = format!("refs/heads/{}", project.config.branch);
     let mut target = None;

@@ -6,8 +6,8 @@ use std::path::Path;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
-use crate::durable;
 use crate::error::{Error, io_error};
+use crate::fs::durable;
 
 pub fn new_id(now: DateTime<Utc>) -> String {
     let mut bytes = [0u8; 4];

@@ -10,8 +10,8 @@ use std::time::Duration;
 use serde_json::json;
 
 use crate::error::{Error, io_error};
-use crate::redact::Redactor;
-use crate::stage::{OutputSink, Stream};
+use crate::exec::redact::Redactor;
+use crate::exec::stage::{OutputSink, Stream};
 
 pub const INDENT: &str = "       ";
 

@@ -1,7 +1,7 @@
 //! The deploy pipeline: gather, pre_install, configure, build, bundle, deploy, post_deploy
 //! (DESIGN.md section 3). Each stage does kiln's own work for the mode, then the project's
 //! commands. In cooking and final mode everything from the data snapshot on is journaled, and
-//! any failure hands over to [`crate::rollback`], which puts run/ and data/ back.
+//! any failure hands over to [`crate::deploy::rollback`], which puts run/ and data/ back.
 
 use std::collections::BTreeMap;
 use std::fs;
@@ -12,25 +12,25 @@ use chrono::Utc;
 use git2::Oid;
 use serde_json::json;
 
-use crate::backup;
-use crate::bake;
+use crate::config::pillar::Pillar;
+use crate::config::project::{Node, Project};
+use crate::config::recipe::{Drift, Mode, Recipe, Stage};
+use crate::config::settings;
+use crate::deploy::rollback;
 use crate::error::{Error, io_error};
-use crate::git;
-use crate::journal::{Journal, Phase, UndoCommands};
-use crate::lock::ProjectLock;
-use crate::pillar::Pillar;
-use crate::project::{Node, Project};
-use crate::recipe::{Drift, Mode, Recipe, Stage};
-use crate::redact::Redactor;
-use crate::release::{self, Manifest};
-use crate::release_log::{Record, ReleaseLog, Status};
-use crate::report::{Reporter, seconds};
-use crate::rollback;
-use crate::settings;
-use crate::stage::{self, CheckSpec, CommandSpec};
-use crate::switch::{self, Method};
-use crate::sync::{self, SyncOptions};
-use crate::tree;
+use crate::exec::redact::Redactor;
+use crate::exec::report::{Reporter, seconds};
+use crate::exec::stage::{self, CheckSpec, CommandSpec};
+use crate::fs::git;
+use crate::fs::sync::{self, SyncOptions};
+use crate::fs::tree;
+use crate::release::bake;
+use crate::release::manifest::{self as release, Manifest};
+use crate::transaction::backup;
+use crate::transaction::journal::{Journal, Phase, UndoCommands};
+use crate::transaction::lock::ProjectLock;
+use crate::transaction::release_log::{Record, ReleaseLog, Status};
+use crate::transaction::switch::{self, Method};
 
 pub const RECIPE_FILE: &str = "kiln.yml";
 
@@ -149,7 +149,7 @@ pub fn deploy_locked(
     ));
     out.event(
         json!({"event": "deploy_start", "release": release, "commit": commit.to_string(),
-        "mode": mode.as_str(), "who": request.who, "time": crate::report::now()}),
+        "mode": mode.as_str(), "who": request.who, "time": crate::exec::report::now()}),
     );
 
     let mut run = Run::new(
@@ -245,7 +245,7 @@ impl Settings {
             .unwrap_or_default();
         let user_env = settings::env_vars(&merged)?;
         let common = p.state.join(format!("common-{release}.json"));
-        crate::durable::write_atomic(
+        crate::fs::durable::write_atomic(
             &common,
             &serde_json::to_vec_pretty(&merged).unwrap_or_default(),
             0o600,
@@ -363,7 +363,7 @@ impl<'a> Run<'a> {
 }
 
 impl Run<'_> {
-    fn paths(&self) -> &crate::layout::ProjectPaths {
+    fn paths(&self) -> &crate::config::layout::ProjectPaths {
         &self.project.paths
     }
 
@@ -477,7 +477,7 @@ impl Run<'_> {
             }
             (Stage::Build, Mode::Cooking) => self.commands(stage, &paths.build),
             (Stage::Configure, Mode::Final) => {
-                let source_release = crate::fetch::fetch_release(
+                let source_release = crate::release::fetch::fetch_release(
                     self.node,
                     self.project,
                     self.commit,
@@ -609,7 +609,7 @@ impl Run<'_> {
             }
             _ => {}
         }
-        crate::durable::replace_symlink(&target, &paths.run)
+        crate::fs::durable::replace_symlink(&target, &paths.run)
     }
 
     /// Cooking mode: build/ becomes the immutable release tree. It is baked into a tarball on
@@ -655,7 +655,7 @@ impl Run<'_> {
             tree_digest: digest,
         };
         manifest.save(&paths.manifest(&self.release))?;
-        crate::signing::sign_manifest_if_keyed(self.node, &paths.manifest(&self.release))?;
+        crate::release::signing::sign_manifest_if_keyed(self.node, &paths.manifest(&self.release))?;
         self.out.note(&format!(
             "baked releases/{}.tar.zst: {} files, {} bytes, sha256 {}",
             self.release,
@@ -869,7 +869,7 @@ impl Run<'_> {
         self.journal = None;
         let mut tidy = vec![Journal::remove(&paths.journal())];
         if self.mode != Mode::Editable {
-            tidy.push(crate::durable::replace_symlink(
+            tidy.push(crate::fs::durable::replace_symlink(
                 Path::new(&self.release),
                 &paths.deploy.join("current"),
             ));
@@ -880,7 +880,7 @@ impl Run<'_> {
         }
         let pruned = prune(&paths, &self.log, self.recipe.keep as usize);
         if self.mode == Mode::Final {
-            crate::fetch::prune_pulled(&paths, &self.log, &pruned);
+            crate::release::fetch::prune_pulled(&paths, &self.log, &pruned);
         }
         if !pruned.is_empty() {
             self.out
@@ -888,7 +888,7 @@ impl Run<'_> {
         }
         // The next deploy rewrites the index.
         if self.mode != Mode::Editable
-            && let Err(e) = crate::publish::write_index(&paths, &self.log, self.mode)
+            && let Err(e) = crate::release::publish::write_index(&paths, &self.log, self.mode)
         {
             self.out.note(&format!(
                 "warning: could not update releases/index.json: {}",
@@ -950,7 +950,11 @@ impl Run<'_> {
 
 /// Leftovers of releases beyond `keep` (deploy dirs, tarballs, archives) go; see
 /// [`ReleaseLog::prunable`] for what is always kept.
-pub fn prune(paths: &crate::layout::ProjectPaths, log: &ReleaseLog, keep: usize) -> Vec<String> {
+pub fn prune(
+    paths: &crate::config::layout::ProjectPaths,
+    log: &ReleaseLog,
+    keep: usize,
+) -> Vec<String> {
     let prunable = log.prunable(keep);
     for id in &prunable {
         let _ = fs::remove_dir_all(paths.release_dir(id));
@@ -1072,7 +1076,7 @@ pub fn rollback_to(
         .as_deref()
         .and_then(|rev| Oid::from_str(rev).ok());
     if let Some(oid) = pillar_target.filter(|oid| Some(oid.to_string()) != pillar_before) {
-        crate::pillar::checkout(paths, oid)?;
+        crate::config::pillar::checkout(paths, oid)?;
         out.headline(&format!(
             "pillar/ back at {}, as {} ran with",
             git::short(oid),
@@ -1129,7 +1133,7 @@ pub fn rollback_to(
         Err(failure) => {
             let error = run.fail(failure);
             if let Some(Ok(oid)) = pillar_before.as_deref().map(Oid::from_str) {
-                crate::pillar::checkout(paths, oid)?;
+                crate::config::pillar::checkout(paths, oid)?;
             }
             Err(error)
         }

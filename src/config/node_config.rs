@@ -10,9 +10,9 @@ use std::time::Duration;
 
 use serde::{Deserialize, Deserializer};
 
-use crate::config_error::{ConfigError, parse_yaml_or_default, read_optional};
-use crate::duration;
-use crate::recipe::{Mode, UnknownName, named_enum};
+use crate::config::config_error::{ConfigError, parse_yaml_or_default, read_optional};
+use crate::config::duration;
+use crate::config::recipe::{Mode, UnknownName, named_enum};
 
 /// What kind of node this is; it gives new projects their default mode.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Deserialize)]
@@ -259,7 +259,7 @@ fn keys<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Vec<String>, D::Er
 fn projects<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Vec<String>, D::Error> {
     let projects = Vec::<String>::deserialize(deserializer)?;
     for project in &projects {
-        if project != "*" && !crate::layout::valid_name(project) {
+        if project != "*" && !crate::config::layout::valid_name(project) {
             return Err(custom(format!(
                 "invalid project name `{project}`: expected `*` or a name matching `[a-z0-9][a-z0-9._-]{{0,62}}`"
             )));

@@ -19,7 +19,7 @@ use tokio::io::{AsyncRead, AsyncReadExt};
 use tokio::process::{Child, ChildStderr, ChildStdout};
 use tokio::time::Instant;
 
-use crate::redact::{Carry, Redactor};
+use crate::exec::redact::{Carry, Redactor};
 
 /// A line longer than this without a newline is delivered in pieces of at most this size, so
 /// that a command printing megabytes without a newline cannot hold its output back forever.
@@ -586,7 +586,7 @@ impl LineSplitter {
 #[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
-    use crate::redact::MASK;
+    use crate::exec::redact::MASK;
 
     type Lines = Vec<(Stream, Vec<u8>)>;
 

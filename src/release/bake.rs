@@ -491,7 +491,7 @@ impl Read for ChunkReader<'_> {
 #[allow(clippy::unwrap_used)] // tests may unwrap: a panic is a test failure
 mod tests {
     use super::*;
-    use crate::unpack::{Limits, UnpackOptions, unpack};
+    use crate::release::unpack::{Limits, UnpackOptions, unpack};
     use nix::sys::stat::{UtimensatFlags, utimensat};
     use nix::sys::time::TimeSpec;
     use std::ffi::OsStr;

@@ -7,9 +7,9 @@ use std::path::Path;
 
 use serde::{Deserialize, Deserializer};
 
-use crate::config_error::{ConfigError, is_blank, parse_yaml, read_optional};
-use crate::node_config::PillarPush;
-use crate::recipe::Mode;
+use crate::config::config_error::{ConfigError, is_blank, parse_yaml, read_optional};
+use crate::config::node_config::PillarPush;
+use crate::config::recipe::Mode;
 
 /// The parsed project.yml.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]

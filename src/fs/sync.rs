@@ -20,7 +20,7 @@ use nix::fcntl::AT_FDCWD;
 use nix::sys::stat::{UtimensatFlags, futimens, utimensat};
 use nix::sys::time::TimeSpec;
 
-use crate::tree::Kind;
+use crate::fs::tree::Kind;
 
 /// A previous snapshot to hard-link unchanged files from.
 pub struct LinkBase<'a> {
@@ -648,8 +648,8 @@ fn io_err(action: &'static str, path: &Path, source: io::Error) -> SyncError {
 #[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
-    use crate::tree;
-    use crate::tree::tests::{N, build, p, set_mtime};
+    use crate::fs::tree;
+    use crate::fs::tree::tests::{N, build, p, set_mtime};
     use std::io::Write;
     use std::time::Duration;
 

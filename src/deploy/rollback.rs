@@ -8,17 +8,17 @@ use std::path::Path;
 use chrono::Utc;
 use serde_json::json;
 
-use crate::backup;
+use crate::config::layout::ProjectPaths;
+use crate::config::project::{Node, Project};
 use crate::error::{Error, io_error};
-use crate::journal::{Journal, Phase};
-use crate::layout::ProjectPaths;
-use crate::project::{Node, Project};
-use crate::redact::Redactor;
-use crate::release_log::{ReleaseLog, Status};
-use crate::report::Reporter;
-use crate::stage::{self, CommandSpec};
-use crate::switch::{self, Method};
-use crate::sync::{self, SyncOptions};
+use crate::exec::redact::Redactor;
+use crate::exec::report::Reporter;
+use crate::exec::stage::{self, CommandSpec};
+use crate::fs::sync::{self, SyncOptions};
+use crate::transaction::backup;
+use crate::transaction::journal::{Journal, Phase};
+use crate::transaction::release_log::{ReleaseLog, Status};
+use crate::transaction::switch::{self, Method};
 
 /// Puts the node back as it was before the journaled deploy; returns the outcome for the final
 /// line ("rolled back to <release>"). On error the journal stays, for `kiln recover`.

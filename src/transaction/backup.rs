@@ -10,8 +10,8 @@ use std::path::{Path, PathBuf};
 use std::time::SystemTime;
 
 use crate::error::{Error, io_error};
-use crate::sync::{self, LinkBase, SyncOptions, SyncStats};
-use crate::tree::{self, ChangeKind};
+use crate::fs::sync::{self, LinkBase, SyncOptions, SyncStats};
+use crate::fs::tree::{self, ChangeKind};
 
 /// Copies `data` into `dest` (which must not exist yet), sharing unchanged files with `base`.
 pub fn snapshot(

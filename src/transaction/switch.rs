@@ -64,7 +64,7 @@ pub fn exchange(a: &Path, b: &Path) -> Result<(), Error> {
     renameat2(AT_FDCWD, a, AT_FDCWD, b, RenameFlags::RENAME_EXCHANGE)
         .map_err(|e| io_error("switch", a, std::io::Error::from(e)))?;
     let dir = a.parent().unwrap_or(Path::new("."));
-    crate::durable::fsync_dir(dir).map_err(|e| io_error("sync", dir, e))
+    crate::fs::durable::fsync_dir(dir).map_err(|e| io_error("sync", dir, e))
 }
 
 pub fn inode(path: &Path) -> Option<u64> {

@@ -6,15 +6,15 @@ use std::path::Path;
 
 use serde_json::Value;
 
-use crate::deploy::{self, DeployRequest};
+use crate::config::layout::ProjectPaths;
+use crate::config::node_config::PillarPush;
+use crate::config::project::{Node, Project};
+use crate::config::settings;
+use crate::deploy::pipeline::{self as deploy, DeployRequest};
 use crate::error::{Error, io_error};
-use crate::git;
-use crate::layout::ProjectPaths;
-use crate::node_config::PillarPush;
-use crate::project::{Node, Project};
-use crate::release_log::ReleaseLog;
-use crate::report::Reporter;
-use crate::settings;
+use crate::exec::report::Reporter;
+use crate::fs::git;
+use crate::transaction::release_log::ReleaseLog;
 
 pub const FILE: &str = "pillar.yml";
 
@@ -35,7 +35,10 @@ impl Pillar {
         };
         let file = paths.pillar.join(FILE);
         let settings = match std::fs::read_to_string(&file) {
-            Ok(text) => Some(crate::settings::parse_pillar(&text, Path::new(&file))?),
+            Ok(text) => Some(crate::config::settings::parse_pillar(
+                &text,
+                Path::new(&file),
+            )?),
             Err(_) => None,
         };
         Ok(Pillar { settings, rev })
@@ -43,7 +46,10 @@ impl Pillar {
 }
 
 /// pre-receive of git/pillar.git: pillar.yml of the pushed commit must be a valid mapping.
-pub fn validate_push(project: &Project, updates: &[crate::hook::RefUpdate]) -> Result<(), Error> {
+pub fn validate_push(
+    project: &Project,
+    updates: &[crate::push::hook::RefUpdate],
+) -> Result<(), Error> {
     let branch_ref = format!("refs/heads/{}", project.config.branch);
     let repo = git::open_bare(&project.paths.pillar_repo)?;
     for update in updates
@@ -56,7 +62,7 @@ pub fn validate_push(project: &Project, updates: &[crate::hook::RefUpdate]) -> R
         })?;
         if let Some(bytes) = git::read_file(&repo, oid, FILE)? {
             let text = String::from_utf8_lossy(&bytes);
-            crate::settings::parse_pillar(&text, Path::new(FILE))?;
+            crate::config::settings::parse_pillar(&text, Path::new(FILE))?;
         }
     }
     Ok(())
@@ -68,7 +74,7 @@ pub fn validate_push(project: &Project, updates: &[crate::hook::RefUpdate]) -> R
 pub fn after_push(
     node: &Node,
     project: &Project,
-    updates: &[crate::hook::RefUpdate],
+    updates: &[crate::push::hook::RefUpdate],
     out: &mut Reporter,
 ) -> Result<(), Error> {
     let branch_ref = format!("refs/heads/{}", project.config.branch);
@@ -86,9 +92,9 @@ pub fn after_push(
         rev: update.new.clone(),
         repo: project.paths.pillar_repo.clone(),
     })?;
-    crate::hook::keep_going_without_pusher();
+    crate::push::hook::keep_going_without_pusher();
     let lock = deploy::lock(project, "pillar update", out)?;
-    crate::rollback::recover(node, project, out)?;
+    crate::deploy::rollback::recover(node, project, out)?;
     let previous = Pillar::current(&project.paths)?.rev;
     checkout(&project.paths, oid)?;
     let policy = project
@@ -109,7 +115,7 @@ pub fn after_push(
     ));
     let request = DeployRequest {
         rev: None,
-        who: crate::hook::pusher(),
+        who: crate::push::hook::pusher(),
         settings_only: true,
     };
     match deploy::deploy_locked(node, project, &request, &lock, out) {
@@ -188,7 +194,7 @@ pub fn show(node: &Node, project: &Project, reveal: bool) -> Result<Value, Error
     };
     let recipe = match commit {
         Some(oid) => deploy::read_recipe(&repo, oid)?,
-        None => crate::recipe::Recipe::default(),
+        None => crate::config::recipe::Recipe::default(),
     };
     let pillar = Pillar::current(paths)?;
     let environment = node.config.environment.as_str();

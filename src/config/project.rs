@@ -3,10 +3,10 @@
 
 use std::path::{Path, PathBuf};
 
+use crate::config::layout::{self, Layout, ProjectPaths};
+use crate::config::node_config::NodeConfig;
+use crate::config::project_config::ProjectConfig;
 use crate::error::{Error, io_error};
-use crate::layout::{self, Layout, ProjectPaths};
-use crate::node_config::NodeConfig;
-use crate::project_config::ProjectConfig;
 
 pub const DEFAULT_ROOT: &str = "/srv/projects";
 

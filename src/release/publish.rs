@@ -6,12 +6,12 @@
 use std::fs::{self, File};
 use std::io::{self, Write};
 
+use crate::config::layout::ProjectPaths;
+use crate::config::recipe::Mode;
 use crate::error::{Error, io_error};
-use crate::layout::ProjectPaths;
-use crate::recipe::Mode;
-use crate::release::{self, Manifest};
-use crate::release_log::{ReleaseLog, Status};
-use crate::source::{INDEX_FILE, Part};
+use crate::release::manifest::{self as release, Manifest};
+use crate::release::source::{INDEX_FILE, Part};
+use crate::transaction::release_log::{ReleaseLog, Status};
 
 /// The releases a node offers, oldest first: in cooking mode the good releases of the
 /// release log whose files are still in releases/; in final mode every release in releases/
@@ -63,7 +63,7 @@ fn listing(manifests: &[Manifest]) -> Vec<u8> {
 /// Rewrites `releases/index.json` (atomically: a server may be reading it).
 pub fn write_index(paths: &ProjectPaths, log: &ReleaseLog, mode: Mode) -> Result<(), Error> {
     let manifests = offered(paths, log, mode)?;
-    crate::durable::write_atomic(
+    crate::fs::durable::write_atomic(
         &paths.releases.join(INDEX_FILE),
         &listing(&manifests),
         0o644,
@@ -151,11 +151,11 @@ fn ignore_broken_pipe(result: io::Result<()>) -> Result<(), Error> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::release_log::Record;
+    use crate::transaction::release_log::Record;
     use chrono::Utc;
 
     fn paths(root: &std::path::Path) -> ProjectPaths {
-        let paths = crate::layout::Layout::default_layout().project(root, "shop");
+        let paths = crate::config::layout::Layout::default_layout().project(root, "shop");
         paths.ensure().unwrap();
         paths
     }
@@ -180,7 +180,7 @@ mod tests {
     }
 
     fn record(id: &str, status: Status) -> Record {
-        crate::release_log::test_record(id, status)
+        crate::transaction::release_log::test_record(id, status)
     }
 
     const GOOD: &str = "20260101T000000Z-00000001";

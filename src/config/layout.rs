@@ -10,7 +10,7 @@ use serde::Deserialize;
 use crate::error::{Error, io_error};
 
 /// The layout shipped with kiln, used unless node.yml names another file.
-pub const DEFAULT_LAYOUT: &str = include_str!("../layouts/default.yml");
+pub const DEFAULT_LAYOUT: &str = include_str!("../../layouts/default.yml");
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]

@@ -18,8 +18,8 @@ use base64::Engine;
 use base64::engine::general_purpose::STANDARD;
 use ed25519_dalek::{Signature, Signer, SigningKey, VerifyingKey};
 
+use crate::config::project::Node;
 use crate::error::Error;
-use crate::project::Node;
 
 /// The secret key's file under the node root. The leading dot keeps it clear of project
 /// names, which must start with a letter or digit.
@@ -163,7 +163,7 @@ pub fn sign_manifest_if_keyed(node: &Node, manifest: &Path) -> Result<(), Error>
         return Ok(());
     };
     let bytes = fs::read(manifest).map_err(|e| crate::error::io_error("read", manifest, e))?;
-    crate::durable::write_atomic(
+    crate::fs::durable::write_atomic(
         &signature_path(manifest),
         sign_text(&key, &bytes).as_bytes(),
         0o644,

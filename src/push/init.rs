@@ -6,14 +6,14 @@ use std::fs;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
+use crate::config::project::Node;
+use crate::config::project_config::ProjectConfig;
+use crate::config::recipe::Mode;
 use crate::error::{Error, io_error};
-use crate::git;
-use crate::project::Node;
-use crate::project_config::ProjectConfig;
-use crate::recipe::Mode;
+use crate::fs::git;
 
-pub const PRE_RECEIVE: &str = include_str!("../hooks/pre-receive");
-pub const POST_RECEIVE: &str = include_str!("../hooks/post-receive");
+pub const PRE_RECEIVE: &str = include_str!("../../hooks/pre-receive");
+pub const POST_RECEIVE: &str = include_str!("../../hooks/post-receive");
 
 pub struct InitRequest {
     pub name: String,
@@ -72,7 +72,7 @@ pub fn init(node: &Node, request: &InitRequest, kiln: &Path) -> Result<InitRepor
         fs::set_permissions(private, fs::Permissions::from_mode(0o700))
             .map_err(|e| io_error("restrict", private, e))?;
     }
-    crate::durable::write_atomic(&paths.project_yml, config.to_yaml().as_bytes(), 0o644)?;
+    crate::fs::durable::write_atomic(&paths.project_yml, config.to_yaml().as_bytes(), 0o644)?;
     Ok(InitReport {
         created,
         project_repo: paths.project_repo.clone(),
@@ -97,7 +97,7 @@ fn install_hooks(repo: &Path, kiln: &Path, root: &Path, name: &str) -> Result<()
             .replace("@PROJECT@", name)
             .replace("@REPO@", which);
         let path = hooks.join(file);
-        crate::durable::write_atomic(&path, text.as_bytes(), 0o755)?;
+        crate::fs::durable::write_atomic(&path, text.as_bytes(), 0o755)?;
     }
     Ok(())
 }
