@@ -276,7 +276,7 @@ fn dispatch(cli: Cli) -> Result<(), Error> {
         }
         Command::Config { name, reveal } => {
             let project = node.project(&name)?;
-            let value = crate::config::pillar::show(&node, &project, reveal)?;
+            let value = crate::status::config(&node, &project, reveal)?;
             println!(
                 "{}",
                 serde_json::to_string_pretty(&value).unwrap_or_default()
@@ -291,7 +291,7 @@ fn dispatch(cli: Cli) -> Result<(), Error> {
         Command::Recover { name } => {
             let project = node.project(&name)?;
             let mut out = Reporter::to_stdout();
-            let _lock = deploy::lock(&project, "recovery", &mut out)?;
+            let _lock = crate::transaction::lock::lock(&project, "recovery", &mut out)?;
             if !crate::deploy::rollback::recover(&node, &project, &mut out)? {
                 println!("nothing to recover: no deploy of `{name}` was interrupted");
             }

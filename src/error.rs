@@ -12,6 +12,12 @@ pub const EXIT_DEPLOY_FAILED: i32 = 1;
 pub const EXIT_BAD_INPUT: i32 = 2;
 pub const EXIT_ROLLBACK_FAILED: i32 = 3;
 
+/// The error of a mechanism above this module (a stage command, bake, unpack, fetch, signing),
+/// boxed so that this module, which every other one imports, imports none of them: each
+/// converts its own error type with a `From` impl next to it. The message and the causes are
+/// the mechanism's own, unchanged.
+pub type MechanismError = Box<dyn std::error::Error + Send + Sync>;
+
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     #[error(
@@ -63,7 +69,7 @@ pub enum Error {
     NothingToRollBack { project: String },
 
     #[error("{0}")]
-    Stage(#[from] crate::exec::stage::StageError),
+    Stage(#[source] MechanismError),
 
     #[error("{0}")]
     Sync(#[from] crate::fs::sync::SyncError),
@@ -72,16 +78,16 @@ pub enum Error {
     Tree(#[from] crate::fs::tree::TreeError),
 
     #[error("{0}")]
-    Bake(#[from] crate::release::bake::BakeError),
+    Bake(#[source] MechanismError),
 
     #[error("{0}")]
-    Unpack(#[from] crate::release::unpack::UnpackError),
+    Unpack(#[source] MechanismError),
 
     #[error("{0}")]
-    Fetch(#[from] crate::release::fetch::FetchError),
+    Fetch(#[source] MechanismError),
 
     #[error("{0}")]
-    Signing(#[from] crate::release::signing::SigningError),
+    Signing(#[source] MechanismError),
 
     #[error("{message}")]
     Refused { message: String },

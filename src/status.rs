@@ -1,12 +1,17 @@
-//! What operators read: `kiln status`, `kiln releases`, `kiln logs`, and `kiln mode`.
+//! What operators read: `kiln status`, `kiln releases`, `kiln logs`, `kiln config`, and
+//! `kiln mode`.
 
 use std::fs;
 
-use serde_json::json;
+use serde_json::{Value, json};
 
+use crate::config::pillar::Pillar;
 use crate::config::project::{Node, Project};
 use crate::config::recipe::Mode;
+use crate::config::settings;
+use crate::deploy::pipeline as deploy;
 use crate::error::{Error, io_error};
+use crate::fs::git;
 use crate::transaction::backup;
 use crate::transaction::journal::Journal;
 use crate::transaction::lock;
@@ -211,4 +216,44 @@ pub fn set_mode(node: &Node, project: &Project, mode: Mode) -> Result<(), Error>
         mode.as_str()
     );
     Ok(())
+}
+
+/// `kiln config`: the merged settings of the live release (or the deploy branch's tip),
+/// secrets masked unless `reveal`.
+pub fn config(node: &Node, project: &Project, reveal: bool) -> Result<Value, Error> {
+    let paths = &project.paths;
+    let log = ReleaseLog::load(&paths.release_log())?;
+    let repo = git::open_bare(&paths.project_repo)?;
+    let live = log.current.as_ref().and_then(|id| log.get(id));
+    let commit = match live {
+        Some(record) => git2::Oid::from_str(&record.commit).ok(),
+        None => git::branch_tip(&repo, &project.config.branch),
+    };
+    let recipe = match commit {
+        Some(oid) => deploy::read_recipe(&repo, oid)?,
+        None => crate::config::recipe::Recipe::default(),
+    };
+    let pillar = Pillar::current(paths)?;
+    let environment = node.config.environment.as_str();
+    let merged = settings::merge(
+        serde_json::json!({
+            "project": paths.name,
+            "mode": project.config.mode.as_str(),
+            "release": log.current,
+            "commit": commit.map(|c| c.to_string()),
+            "environment": environment,
+        }),
+        &recipe.defaults,
+        pillar.settings.as_ref(),
+        environment,
+    );
+    if reveal {
+        return Ok(merged);
+    }
+    let secrets = pillar
+        .settings
+        .as_ref()
+        .map(settings::secrets)
+        .unwrap_or_default();
+    Ok(settings::mask(&merged, &secrets))
 }

@@ -7,14 +7,8 @@ use std::path::Path;
 use serde_json::Value;
 
 use crate::config::layout::ProjectPaths;
-use crate::config::node_config::PillarPush;
-use crate::config::project::{Node, Project};
-use crate::config::settings;
-use crate::deploy::pipeline::{self as deploy, DeployRequest};
 use crate::error::{Error, io_error};
-use crate::exec::report::Reporter;
 use crate::fs::git;
-use crate::transaction::release_log::ReleaseLog;
 
 pub const FILE: &str = "pillar.yml";
 
@@ -45,100 +39,6 @@ impl Pillar {
     }
 }
 
-/// pre-receive of git/pillar.git: pillar.yml of the pushed commit must be a valid mapping.
-pub fn validate_push(
-    project: &Project,
-    updates: &[crate::push::hook::RefUpdate],
-) -> Result<(), Error> {
-    let branch_ref = format!("refs/heads/{}", project.config.branch);
-    let repo = git::open_bare(&project.paths.pillar_repo)?;
-    for update in updates
-        .iter()
-        .filter(|u| u.name == branch_ref && !u.is_delete())
-    {
-        let oid = git2::Oid::from_str(&update.new).map_err(|_| Error::UnknownRev {
-            rev: update.new.clone(),
-            repo: project.paths.pillar_repo.clone(),
-        })?;
-        if let Some(bytes) = git::read_file(&repo, oid, FILE)? {
-            let text = String::from_utf8_lossy(&bytes);
-            crate::config::settings::parse_pillar(&text, Path::new(FILE))?;
-        }
-    }
-    Ok(())
-}
-
-/// post-receive of git/pillar.git: check the new pillar out in pillar/ and, unless the node or
-/// project says to only record it, deploy the live release again with the new settings. If that
-/// deploy fails, pillar/ goes back to the settings the live release runs with.
-pub fn after_push(
-    node: &Node,
-    project: &Project,
-    updates: &[crate::push::hook::RefUpdate],
-    out: &mut Reporter,
-) -> Result<(), Error> {
-    let branch_ref = format!("refs/heads/{}", project.config.branch);
-    let Some(update) = updates
-        .iter()
-        .find(|u| u.name == branch_ref && !u.is_delete())
-    else {
-        out.headline(&format!(
-            "ignoring this pillar push: only {} is used",
-            project.config.branch
-        ));
-        return Ok(());
-    };
-    let oid = git2::Oid::from_str(&update.new).map_err(|_| Error::UnknownRev {
-        rev: update.new.clone(),
-        repo: project.paths.pillar_repo.clone(),
-    })?;
-    crate::push::hook::keep_going_without_pusher();
-    let lock = deploy::lock(project, "pillar update", out)?;
-    crate::deploy::rollback::recover(node, project, out)?;
-    let previous = Pillar::current(&project.paths)?.rev;
-    checkout(&project.paths, oid)?;
-    let policy = project
-        .config
-        .pillar_push
-        .unwrap_or(node.config.pillar_push);
-    let live = ReleaseLog::load(&project.paths.release_log())?.current;
-    if policy == PillarPush::Record || live.is_none() {
-        out.headline(&format!(
-            "pillar {} recorded; the next deploy uses it",
-            git::short(oid)
-        ));
-        return Ok(());
-    }
-    out.headline(&format!(
-        "pillar {} checked out; deploying the live release again with it",
-        git::short(oid)
-    ));
-    let request = DeployRequest {
-        rev: None,
-        who: crate::push::hook::pusher(),
-        settings_only: true,
-    };
-    match deploy::deploy_locked(node, project, &request, &lock, out) {
-        Ok(_) => Ok(()),
-        Err(error) => {
-            let back = match previous.as_deref().map(git2::Oid::from_str) {
-                Some(Ok(old)) => checkout(&project.paths, old).map(|()| git::short(old)),
-                _ => clear(&project.paths).map(|()| "no pillar".to_string()),
-            };
-            match back {
-                Ok(old) => out.headline(&format!(
-                    "pillar/ is back at {old}, the settings the live release runs with; fix the pillar and push again"
-                )),
-                Err(e) => out.headline(&format!(
-                    "could not put pillar/ back: {}",
-                    crate::error::chain(&e)
-                )),
-            }
-            Err(error)
-        }
-    }
-}
-
 /// Checks out pillar commit `oid` in pillar/, readable only by kiln's user.
 pub fn checkout(paths: &ProjectPaths, oid: git2::Oid) -> Result<(), Error> {
     let checkout = git::Checkout::open_or_init(&paths.pillar, &paths.pillar_repo)?;
@@ -147,7 +47,7 @@ pub fn checkout(paths: &ProjectPaths, oid: git2::Oid) -> Result<(), Error> {
 }
 
 /// Empties pillar/ (the project had no pillar before the push that failed).
-fn clear(paths: &ProjectPaths) -> Result<(), Error> {
+pub fn clear(paths: &ProjectPaths) -> Result<(), Error> {
     std::fs::remove_dir_all(&paths.pillar).map_err(|e| io_error("remove", &paths.pillar, e))?;
     std::fs::create_dir(&paths.pillar).map_err(|e| io_error("create", &paths.pillar, e))?;
     restrict(&paths.pillar)
@@ -179,44 +79,4 @@ pub fn restrict(dir: &Path) -> Result<(), Error> {
         }
     }
     Ok(())
-}
-
-/// `kiln config`: the merged settings of the live release (or the deploy branch's tip),
-/// secrets masked unless `reveal`.
-pub fn show(node: &Node, project: &Project, reveal: bool) -> Result<Value, Error> {
-    let paths = &project.paths;
-    let log = ReleaseLog::load(&paths.release_log())?;
-    let repo = git::open_bare(&paths.project_repo)?;
-    let live = log.current.as_ref().and_then(|id| log.get(id));
-    let commit = match live {
-        Some(record) => git2::Oid::from_str(&record.commit).ok(),
-        None => git::branch_tip(&repo, &project.config.branch),
-    };
-    let recipe = match commit {
-        Some(oid) => deploy::read_recipe(&repo, oid)?,
-        None => crate::config::recipe::Recipe::default(),
-    };
-    let pillar = Pillar::current(paths)?;
-    let environment = node.config.environment.as_str();
-    let merged = settings::merge(
-        serde_json::json!({
-            "project": paths.name,
-            "mode": project.config.mode.as_str(),
-            "release": log.current,
-            "commit": commit.map(|c| c.to_string()),
-            "environment": environment,
-        }),
-        &recipe.defaults,
-        pillar.settings.as_ref(),
-        environment,
-    );
-    if reveal {
-        return Ok(merged);
-    }
-    let secrets = pillar
-        .settings
-        .as_ref()
-        .map(settings::secrets)
-        .unwrap_or_default();
-    Ok(settings::mask(&merged, &secrets))
 }

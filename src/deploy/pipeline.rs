@@ -28,7 +28,7 @@ use crate::release::bake;
 use crate::release::manifest::{self as release, Manifest};
 use crate::transaction::backup;
 use crate::transaction::journal::{Journal, Phase, UndoCommands};
-use crate::transaction::lock::ProjectLock;
+use crate::transaction::lock::{ProjectLock, lock};
 use crate::transaction::release_log::{Record, ReleaseLog, Status};
 use crate::transaction::switch::{self, Method};
 
@@ -60,7 +60,10 @@ impl Failure {
     fn new(stage: Stage, error: impl Into<Error>) -> Failure {
         let error = error.into();
         let reason = match &error {
-            Error::Stage(e) => e.summary(),
+            Error::Stage(e) => match e.downcast_ref::<stage::StageError>() {
+                Some(e) => e.summary(),
+                None => crate::error::chain(&**e),
+            },
             other => crate::error::chain(other),
         };
         Failure { stage, reason }
@@ -78,19 +81,6 @@ pub fn read_recipe(repo: &git2::Repository, commit: Oid) -> Result<Recipe, Error
         }
         None => Ok(Recipe::parse("", Path::new(RECIPE_FILE))?),
     }
-}
-
-/// Takes the project lock, telling the user whom it waits for.
-pub fn lock(project: &Project, action: &str, out: &mut Reporter) -> Result<ProjectLock, Error> {
-    ProjectLock::acquire(&project.paths.state, action, &mut |holder| match holder {
-        Some(h) => out.headline(&format!(
-            "waiting for the {} of {} (pid {}) to finish",
-            h.action,
-            h.release.as_deref().unwrap_or("this project"),
-            h.pid
-        )),
-        None => out.headline("waiting for another kiln command on this project to finish"),
-    })
 }
 
 /// Runs a whole deploy of `project` under its lock.

@@ -116,6 +116,12 @@ pub enum StageError {
     },
 }
 
+impl From<StageError> for crate::error::Error {
+    fn from(e: StageError) -> Self {
+        crate::error::Error::Stage(Box::new(e))
+    }
+}
+
 impl StageError {
     /// The stage whose command failed.
     pub fn stage(&self) -> &str {

@@ -1,14 +1,19 @@
 //! The git hooks installed in the bare repos call `kiln hook pre-receive|post-receive`.
 //! pre-receive refuses a push whose kiln.yml (or pillar.yml) is invalid, so the branch does
 //! not move; post-receive deploys a push of the deploy branch and says other refs are ignored.
+//! A pillar push is checked out in pillar/ and the live release deployed again with it.
 
 use std::io::BufRead;
+use std::path::Path;
 
-use crate::config::project::Node;
+use crate::config::node_config::PillarPush;
+use crate::config::pillar::{self, Pillar};
+use crate::config::project::{Node, Project};
 use crate::deploy::pipeline::{self as deploy, DeployRequest};
 use crate::error::Error;
 use crate::exec::report::Reporter;
 use crate::fs::git;
+use crate::transaction::release_log::ReleaseLog;
 
 const ZERO: &str = "0000000000000000000000000000000000000000";
 
@@ -84,7 +89,7 @@ pub fn pre_receive(
             }
             Ok(())
         }
-        Repo::Pillar => crate::config::pillar::validate_push(&project, updates),
+        Repo::Pillar => validate_pillar_push(&project, updates),
     }
 }
 
@@ -98,7 +103,7 @@ pub fn post_receive(
 ) -> Result<(), Error> {
     let project = node.project(name)?;
     if repo == Repo::Pillar {
-        return crate::config::pillar::after_push(node, &project, updates, out);
+        return after_pillar_push(node, &project, updates, out);
     }
     let deploy_ref = format!("refs/heads/{}", project.config.branch);
     let mut target = None;
@@ -129,6 +134,97 @@ pub fn post_receive(
         out,
     )
     .map(|_| ())
+}
+
+/// pre-receive of git/pillar.git: pillar.yml of the pushed commit must be a valid mapping.
+pub fn validate_pillar_push(project: &Project, updates: &[RefUpdate]) -> Result<(), Error> {
+    let branch_ref = format!("refs/heads/{}", project.config.branch);
+    let repo = git::open_bare(&project.paths.pillar_repo)?;
+    for update in updates
+        .iter()
+        .filter(|u| u.name == branch_ref && !u.is_delete())
+    {
+        let oid = git2::Oid::from_str(&update.new).map_err(|_| Error::UnknownRev {
+            rev: update.new.clone(),
+            repo: project.paths.pillar_repo.clone(),
+        })?;
+        if let Some(bytes) = git::read_file(&repo, oid, pillar::FILE)? {
+            let text = String::from_utf8_lossy(&bytes);
+            crate::config::settings::parse_pillar(&text, Path::new(pillar::FILE))?;
+        }
+    }
+    Ok(())
+}
+
+/// post-receive of git/pillar.git: check the new pillar out in pillar/ and, unless the node or
+/// project says to only record it, deploy the live release again with the new settings. If that
+/// deploy fails, pillar/ goes back to the settings the live release runs with.
+pub fn after_pillar_push(
+    node: &Node,
+    project: &Project,
+    updates: &[RefUpdate],
+    out: &mut Reporter,
+) -> Result<(), Error> {
+    let branch_ref = format!("refs/heads/{}", project.config.branch);
+    let Some(update) = updates
+        .iter()
+        .find(|u| u.name == branch_ref && !u.is_delete())
+    else {
+        out.headline(&format!(
+            "ignoring this pillar push: only {} is used",
+            project.config.branch
+        ));
+        return Ok(());
+    };
+    let oid = git2::Oid::from_str(&update.new).map_err(|_| Error::UnknownRev {
+        rev: update.new.clone(),
+        repo: project.paths.pillar_repo.clone(),
+    })?;
+    keep_going_without_pusher();
+    let lock = crate::transaction::lock::lock(project, "pillar update", out)?;
+    crate::deploy::rollback::recover(node, project, out)?;
+    let previous = Pillar::current(&project.paths)?.rev;
+    pillar::checkout(&project.paths, oid)?;
+    let policy = project
+        .config
+        .pillar_push
+        .unwrap_or(node.config.pillar_push);
+    let live = ReleaseLog::load(&project.paths.release_log())?.current;
+    if policy == PillarPush::Record || live.is_none() {
+        out.headline(&format!(
+            "pillar {} recorded; the next deploy uses it",
+            git::short(oid)
+        ));
+        return Ok(());
+    }
+    out.headline(&format!(
+        "pillar {} checked out; deploying the live release again with it",
+        git::short(oid)
+    ));
+    let request = DeployRequest {
+        rev: None,
+        who: pusher(),
+        settings_only: true,
+    };
+    match deploy::deploy_locked(node, project, &request, &lock, out) {
+        Ok(_) => Ok(()),
+        Err(error) => {
+            let back = match previous.as_deref().map(git2::Oid::from_str) {
+                Some(Ok(old)) => pillar::checkout(&project.paths, old).map(|()| git::short(old)),
+                _ => pillar::clear(&project.paths).map(|()| "no pillar".to_string()),
+            };
+            match back {
+                Ok(old) => out.headline(&format!(
+                    "pillar/ is back at {old}, the settings the live release runs with; fix the pillar and push again"
+                )),
+                Err(e) => out.headline(&format!(
+                    "could not put pillar/ back: {}",
+                    crate::error::chain(&e)
+                )),
+            }
+            Err(error)
+        }
+    }
 }
 
 /// A pusher who disconnects (SIGHUP, closed pipe) must not abort a deploy halfway. A handler

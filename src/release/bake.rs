@@ -53,6 +53,12 @@ pub enum BakeError {
     Write { path: PathBuf, source: io::Error },
 }
 
+impl From<BakeError> for crate::error::Error {
+    fn from(e: BakeError) -> Self {
+        crate::error::Error::Bake(Box::new(e))
+    }
+}
+
 /// Archives `tree` into `out` as a zstd-compressed tar at compression `level`.
 ///
 /// Entries are the paths below `tree` (not `tree` itself), in byte order; `out` appears only

@@ -81,6 +81,12 @@ pub enum FetchError {
     MissingManifest { path: PathBuf },
 }
 
+impl From<FetchError> for Error {
+    fn from(e: FetchError) -> Self {
+        Error::Fetch(Box::new(e))
+    }
+}
+
 /// Why a release was not accepted.
 #[derive(Debug, thiserror::Error)]
 pub enum Refusal {
@@ -104,7 +110,7 @@ pub enum Refusal {
 
 impl From<SourceError> for Error {
     fn from(e: SourceError) -> Error {
-        Error::Fetch(FetchError::Source(e))
+        Error::Fetch(Box::new(FetchError::Source(e)))
     }
 }
 
@@ -548,7 +554,7 @@ pub fn import(
     let manifest = check_manifest(&expect, &manifest_bytes, signature.as_deref())?;
 
     // Pruning and deploys read releases/: add to it under the project lock.
-    let _lock = crate::deploy::pipeline::lock(project, "release import", out)?;
+    let _lock = crate::transaction::lock::lock(project, "release import", out)?;
     paths.ensure()?;
     let incoming_dir = Incoming::new_dir(paths)?;
     let tarball = incoming_dir.path().join(Part::Tarball.file_name(id));

@@ -49,6 +49,12 @@ pub enum SigningError {
     Random { reason: String },
 }
 
+impl From<SigningError> for Error {
+    fn from(e: SigningError) -> Self {
+        Error::Signing(Box::new(e))
+    }
+}
+
 /// Why a signature was not accepted (the caller names the release).
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum BadSignature {

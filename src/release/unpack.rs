@@ -90,6 +90,12 @@ pub enum UnpackError {
     Io { path: PathBuf, source: io::Error },
 }
 
+impl From<UnpackError> for crate::error::Error {
+    fn from(e: UnpackError) -> Self {
+        crate::error::Error::Unpack(Box::new(e))
+    }
+}
+
 fn after_entry(after: &Option<String>) -> String {
     match after {
         Some(name) => format!(" after entry `{name}`"),

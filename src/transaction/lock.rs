@@ -7,7 +7,9 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
+use crate::config::project::Project;
 use crate::error::{Error, io_error};
+use crate::exec::report::Reporter;
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Holder {
@@ -83,6 +85,19 @@ impl Drop for ProjectLock {
     fn drop(&mut self) {
         let _ = fs::remove_file(&self.holder_path);
     }
+}
+
+/// Takes the project lock, telling the user whom it waits for.
+pub fn lock(project: &Project, action: &str, out: &mut Reporter) -> Result<ProjectLock, Error> {
+    ProjectLock::acquire(&project.paths.state, action, &mut |holder| match holder {
+        Some(h) => out.headline(&format!(
+            "waiting for the {} of {} (pid {}) to finish",
+            h.action,
+            h.release.as_deref().unwrap_or("this project"),
+            h.pid
+        )),
+        None => out.headline("waiting for another kiln command on this project to finish"),
+    })
 }
 
 fn read_holder(path: &Path) -> Option<Holder> {
