@@ -1,4 +1,4 @@
-//! The command line (DESIGN.md section 7): parsing with clap, dispatch, and the one place that
+//! The command line (docs/commands.md): parsing with clap, dispatch, and the one place that
 //! turns an error into `error: ...` and an exit status.
 
 use std::io::Write;

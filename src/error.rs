@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 
 use crate::config::config_error::ConfigError;
 
-/// Exit statuses (DESIGN.md section 7).
+/// Exit statuses (docs/commands.md).
 pub const EXIT_OK: i32 = 0;
 pub const EXIT_DEPLOY_FAILED: i32 = 1;
 pub const EXIT_BAD_INPUT: i32 = 2;

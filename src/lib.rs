@@ -17,7 +17,7 @@ pub mod status;
 pub mod transaction;
 
 /// Parses the command line, runs the command, prints any error as one `error: ...` line and
-/// returns the exit status (DESIGN.md section 7).
+/// returns the exit status (docs/commands.md).
 pub fn run() -> i32 {
     let _scenario = fail::FailScenario::setup();
     cli::main()

@@ -242,7 +242,7 @@ impl ProjectPaths {
     }
 }
 
-/// `^[a-z0-9][a-z0-9._-]{0,62}$` (DESIGN.md section 1).
+/// `^[a-z0-9][a-z0-9._-]{0,62}$` (docs/layout.md).
 pub fn valid_name(name: &str) -> bool {
     let bytes = name.as_bytes();
     !bytes.is_empty()

@@ -1,4 +1,4 @@
-//! `<root>/node.yml`: what only the node's operators decide (DESIGN.md section 6): the
+//! `<root>/node.yml`: what only the node's operators decide (docs/node-config.md): the
 //! environment, notification servers, limits, and who may come in over SSH. It never comes
 //! from a pushed repository. A missing file means a staging node with default limits and no
 //! users.

@@ -17,7 +17,7 @@ pub struct Node {
 }
 
 impl Node {
-    /// `--root`, else `$KILN_ROOT`, else /srv/projects (DESIGN.md section 1).
+    /// `--root`, else `$KILN_ROOT`, else /srv/projects (docs/layout.md).
     pub fn open(root: Option<PathBuf>) -> Result<Node, Error> {
         let root = root
             .or_else(|| std::env::var_os("KILN_ROOT").map(PathBuf::from))

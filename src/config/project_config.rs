@@ -1,6 +1,6 @@
-//! `<root>/<name>/project.yml`: what the node's operators decide for one project (DESIGN.md
-//! section 6): its mode, deploy branch, where a final-mode node pulls releases from and whose
-//! signature it trusts. Written by `kiln init` and `kiln mode`, read by every deploy.
+//! `<root>/<name>/project.yml`: what the node's operators decide for one project
+//! (docs/node-config.md): its mode, deploy branch, where a final-mode node pulls releases from
+//! and whose signature it trusts. Written by `kiln init` and `kiln mode`, read by every deploy.
 
 use std::fmt::Write as _;
 use std::path::Path;
@@ -73,7 +73,7 @@ impl ProjectConfig {
     }
 
     /// The file as `kiln init` writes it: a comment header, then one key per line, in the
-    /// order of DESIGN.md section 6. Unset optional keys are left out; [`Self::load`] reads
+    /// order of docs/node-config.md. Unset optional keys are left out; [`Self::load`] reads
     /// the result back to an equal value.
     pub fn to_yaml(&self) -> String {
         let mut out = String::from(

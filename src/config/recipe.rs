@@ -1,4 +1,4 @@
-//! The project's recipe, `kiln.yml` at the root of the pushed app (DESIGN.md section 4): what
+//! The project's recipe, `kiln.yml` at the root of the pushed app (docs/kiln-yml.md): what
 //! to run at each stage, how to stop and start the app, how to check it and back it up.
 //! It is parsed strictly, before anything changes, so a typo refuses the push instead of
 //! half-running a deploy.
@@ -13,7 +13,7 @@ use serde::{Deserialize, Deserializer};
 use crate::config::config_error::{ConfigError, parse_yaml_or_default};
 use crate::config::duration;
 
-/// How a project is deployed on this node (DESIGN.md section 2).
+/// How a project is deployed on this node (README.md, "Modes").
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Mode {
@@ -34,7 +34,7 @@ impl Mode {
     }
 }
 
-/// The stages of every deploy, in the order they run (DESIGN.md section 3).
+/// The stages of every deploy, in the order they run (docs/kiln-yml.md).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Stage {
@@ -121,7 +121,7 @@ pub(crate) use named_enum;
 named_enum!(Mode, "mode");
 named_enum!(Stage, "stage");
 
-/// What a deploy does with manual edits it finds in run/ (DESIGN.md section 9).
+/// What a deploy does with manual edits it finds in run/ (README.md, "Manual fixes").
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Drift {
@@ -396,7 +396,8 @@ mod tests {
         items.iter().map(|item| (*item).to_owned()).collect()
     }
 
-    /// The example of DESIGN.md section 4, verbatim.
+    /// The first published kiln.yml example, verbatim: it must keep parsing (docs/kiln-yml.md
+    /// shows the current one).
     const DESIGN_EXAMPLE: &str = r#"keep: 5                      # good releases (and their data snapshots) to keep
 stages:                      # any stage name from section 3; each a list of shell commands
   build:

@@ -1,7 +1,8 @@
-//! The merged settings of a deploy (DESIGN.md section 5): kiln's own values, the recipe's
-//! `defaults`, then the pillar, then the pillar's section for this node's environment. The
-//! result is what `$KILN_COMMON` holds and where `env:` comes from. Pillar values are secrets:
-//! this module also lists them and masks them wherever settings or output are shown.
+//! The merged settings of a deploy (README.md, "Pillar: private settings"): kiln's own
+//! values, the recipe's `defaults`, then the pillar, then the pillar's section for this node's
+//! environment. The result is what `$KILN_COMMON` holds and where `env:` comes from. Pillar
+//! values are secrets: this module also lists them and masks them wherever settings or output
+//! are shown.
 
 use std::collections::BTreeMap;
 use std::fmt;

@@ -1,5 +1,5 @@
 //! The deploy pipeline: gather, pre_install, configure, build, bundle, deploy, post_deploy
-//! (DESIGN.md section 3). Each stage does kiln's own work for the mode, then the project's
+//! (docs/kiln-yml.md). Each stage does kiln's own work for the mode, then the project's
 //! commands. In cooking and final mode everything from the data snapshot on is journaled, and
 //! any failure hands over to [`crate::deploy::rollback`], which puts run/ and data/ back.
 
@@ -195,8 +195,8 @@ pub fn deploy_locked(
     }
 }
 
-/// The merged settings of one deploy: the environment of project commands (DESIGN.md
-/// section 4, minus KILN_STAGE), the pillar's secrets, and the `$KILN_COMMON` file, which is
+/// The merged settings of one deploy: the environment of project commands (docs/kiln-yml.md,
+/// minus KILN_STAGE), the pillar's secrets, and the `$KILN_COMMON` file, which is
 /// readable only by kiln's user and removed when the deploy ends.
 struct Settings {
     env: BTreeMap<String, String>,

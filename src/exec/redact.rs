@@ -1,4 +1,4 @@
-//! Keeps pillar secrets out of everything kiln prints or logs (design, section 5): stage output
+//! Keeps pillar secrets out of everything kiln prints or logs (README.md, "Pillar: private settings"): stage output
 //! passes through a [`Redactor`] before it reaches the pusher or a log file.
 //!
 //! Masking is conservative: when occurrences of secrets overlap, the union of them is masked

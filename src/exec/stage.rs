@@ -1,4 +1,4 @@
-//! Runs the project's own commands for a stage (design, sections 3 and 4): each through
+//! Runs the project's own commands for a stage (docs/kiln-yml.md): each through
 //! `sh -c` with exactly the environment the caller built, its output redacted and streamed
 //! line by line to the pusher as it arrives, and a timeout that kills the command together with
 //! everything it started.
