@@ -21,8 +21,8 @@ use std::process::ExitCode;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use anyhow::{Context, Result, bail};
-use kiln::sync::{LinkBase, SyncOptions};
-use kiln::unpack::{Limits, UnpackOptions};
+use kiln::fs::sync::{LinkBase, SyncOptions};
+use kiln::release::unpack::{Limits, UnpackOptions};
 
 const USAGE: &str = "usage:
   kiln-bench gen DIR --files N [--seed S] [--min-total-mb M]
@@ -72,7 +72,7 @@ fn run(args: &[String]) -> Result<()> {
             println!("modified {m}, added {a}, deleted {d}");
         }
         "sync" => {
-            kiln::sync::sync_tree(&p(0)?, &p(1)?, &SyncOptions::default())?;
+            kiln::fs::sync::sync_tree(&p(0)?, &p(1)?, &SyncOptions::default())?;
         }
         "snapshot" | "snapshot-nosync" => {
             let (data, dest, base) = (p(0)?, p(1)?, p(2)?);
@@ -81,7 +81,7 @@ fn run(args: &[String]) -> Result<()> {
                 None => fs::metadata(&base)?.modified()?,
             };
             if cmd == "snapshot" {
-                kiln::backup::snapshot(&data, &dest, Some((&base, taken_at)))?;
+                kiln::transaction::backup::snapshot(&data, &dest, Some((&base, taken_at)))?;
             } else {
                 // The same link-dest copy without the final syncfs, to show what durability costs.
                 let opts = SyncOptions {
@@ -91,7 +91,7 @@ fn run(args: &[String]) -> Result<()> {
                     }),
                     durable: false,
                 };
-                kiln::sync::sync_tree(&data, &dest, &opts)?;
+                kiln::fs::sync::sync_tree(&data, &dest, &opts)?;
             }
         }
         "bake" => {
@@ -99,7 +99,7 @@ fn run(args: &[String]) -> Result<()> {
                 Some(l) => l.parse().context("LEVEL")?,
                 None => 3,
             };
-            kiln::bake::bake(&p(0)?, &p(1)?, level)?;
+            kiln::release::bake::bake(&p(0)?, &p(1)?, level)?;
         }
         "unpack" => {
             let opts = UnpackOptions {
@@ -109,7 +109,7 @@ fn run(args: &[String]) -> Result<()> {
                 },
                 link_roots: &[],
             };
-            kiln::unpack::unpack(&p(0)?, &p(1)?, &opts)?;
+            kiln::release::unpack::unpack(&p(0)?, &p(1)?, &opts)?;
         }
         _ => bail!("unknown subcommand `{cmd}`\n{USAGE}"),
     }

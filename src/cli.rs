@@ -1,4 +1,4 @@
-//! The command line (DESIGN.md section 7): parsing with clap, dispatch, and the one place that
+//! The command line (docs/commands.md): parsing with clap, dispatch, and the one place that
 //! turns an error into `error: ...` and an exit status.
 
 use std::io::Write;
@@ -6,14 +6,14 @@ use std::path::PathBuf;
 
 use clap::{Parser, Subcommand};
 
-use crate::deploy::{self, DeployRequest};
+use crate::config::project::Node;
+use crate::config::recipe::Mode;
+use crate::deploy::pipeline::{self as deploy, DeployRequest};
 use crate::error::{EXIT_BAD_INPUT, EXIT_OK, Error};
-use crate::hook::{self, Repo};
-use crate::init::{self, InitRequest};
-use crate::project::Node;
-use crate::recipe::Mode;
-use crate::report::Reporter;
-use crate::source::Part;
+use crate::exec::report::Reporter;
+use crate::push::hook::{self, Repo};
+use crate::push::init::{self, InitRequest};
+use crate::release::source::Part;
 use crate::status;
 
 #[derive(Debug, Parser)]
@@ -275,11 +275,17 @@ fn dispatch(cli: Cli) -> Result<(), Error> {
         } => {
             let project = node.project(&name)?;
             let mut out = Reporter::to_stdout();
-            crate::deploy::rollback_to(&node, &project, release.as_deref(), with_data, &mut out)
+            crate::deploy::pipeline::rollback_to(
+                &node,
+                &project,
+                release.as_deref(),
+                with_data,
+                &mut out,
+            )
         }
         Command::Config { name, reveal, json } => {
             let project = node.project(&name)?;
-            let value = crate::pillar::show(&node, &project, reveal)?;
+            let value = crate::status::config(&node, &project, reveal)?;
             if json {
                 println!(
                     "{}",
@@ -300,12 +306,12 @@ fn dispatch(cli: Cli) -> Result<(), Error> {
         Command::Recover { name, abandon } => {
             let project = node.project(&name)?;
             let mut out = Reporter::to_stdout();
-            let _lock = deploy::lock(&project, "recovery", &mut out)?;
+            let _lock = crate::transaction::lock::lock(&project, "recovery", &mut out)?;
             if abandon {
-                if !crate::rollback::abandon(&project, &mut out)? {
+                if !crate::deploy::rollback::abandon(&project, &mut out)? {
                     println!("nothing to abandon: no deploy of `{name}` is left to undo");
                 }
-            } else if !crate::rollback::recover(&node, &project, &mut out)? {
+            } else if !crate::deploy::rollback::recover(&node, &project, &mut out)? {
                 println!("nothing to recover: no deploy of `{name}` was interrupted");
             }
             Ok(())
@@ -313,8 +319,8 @@ fn dispatch(cli: Cli) -> Result<(), Error> {
         Command::Release { command } => release(&node, command),
         Command::Key { command } => {
             let public = match command {
-                KeyCommand::Generate => crate::signing::generate(&node.root)?,
-                KeyCommand::Show => crate::signing::public_key(&node.root)?,
+                KeyCommand::Generate => crate::release::signing::generate(&node.root)?,
+                KeyCommand::Show => crate::release::signing::public_key(&node.root)?,
             };
             println!("{public}");
             Ok(())
@@ -341,7 +347,7 @@ fn release(node: &Node, command: ReleaseCommand) -> Result<(), Error> {
         ReleaseCommand::List { name, json } => {
             let project = node.project(&name)?;
             let stdout = std::io::stdout();
-            crate::publish::list(
+            crate::release::publish::list(
                 &project.paths,
                 project.config.mode,
                 json,
@@ -363,12 +369,12 @@ fn release(node: &Node, command: ReleaseCommand) -> Result<(), Error> {
                 Part::Tarball
             };
             let stdout = std::io::stdout();
-            crate::publish::export(&project.paths, &release, part, &mut stdout.lock())
+            crate::release::publish::export(&project.paths, &release, part, &mut stdout.lock())
         }
         ReleaseCommand::Import { name, file } => {
             let project = node.project(&name)?;
             let mut out = Reporter::to_stdout();
-            let manifest = crate::fetch::import(node, &project, &file, &mut out)?;
+            let manifest = crate::release::fetch::import(node, &project, &file, &mut out)?;
             println!(
                 "imported release {} ({}) into {}; deploy its commit with `kiln deploy {name} --rev {}`",
                 manifest.release,

@@ -4,13 +4,19 @@
 use std::io;
 use std::path::{Path, PathBuf};
 
-use crate::config_error::ConfigError;
+use crate::config::config_error::ConfigError;
 
-/// Exit statuses (DESIGN.md section 7).
+/// Exit statuses (docs/commands.md).
 pub const EXIT_OK: i32 = 0;
 pub const EXIT_DEPLOY_FAILED: i32 = 1;
 pub const EXIT_BAD_INPUT: i32 = 2;
 pub const EXIT_ROLLBACK_FAILED: i32 = 3;
+
+/// The error of a mechanism above this module (a stage command, bake, unpack, fetch, signing),
+/// boxed so that this module, which every other one imports, imports none of them: each
+/// converts its own error type with a `From` impl next to it. The message and the causes are
+/// the mechanism's own, unchanged.
+pub type MechanismError = Box<dyn std::error::Error + Send + Sync>;
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -32,7 +38,7 @@ pub enum Error {
     Config(#[from] ConfigError),
 
     #[error("{0}")]
-    Settings(#[from] crate::settings::SettingsError),
+    Settings(#[from] crate::config::settings::SettingsError),
 
     #[error("could not {action} `{}`: {source}", path.display())]
     Io {
@@ -69,25 +75,25 @@ pub enum Error {
     NothingToRollBack { project: String },
 
     #[error("{0}")]
-    Stage(#[from] crate::stage::StageError),
+    Stage(#[source] MechanismError),
 
     #[error("{0}")]
-    Sync(#[from] crate::sync::SyncError),
+    Sync(#[from] crate::fs::sync::SyncError),
 
     #[error("{0}")]
-    Tree(#[from] crate::tree::TreeError),
+    Tree(#[from] crate::fs::tree::TreeError),
 
     #[error("{0}")]
-    Bake(#[from] crate::bake::BakeError),
+    Bake(#[source] MechanismError),
 
     #[error("{0}")]
-    Unpack(#[from] crate::unpack::UnpackError),
+    Unpack(#[source] MechanismError),
 
     #[error("{0}")]
-    Fetch(#[from] crate::fetch::FetchError),
+    Fetch(#[source] MechanismError),
 
     #[error("{0}")]
-    Signing(#[from] crate::signing::SigningError),
+    Signing(#[source] MechanismError),
 
     #[error("{message}")]
     Refused { message: String },
@@ -153,7 +159,7 @@ mod tests {
 
     #[test]
     fn chain_adds_causes_once() {
-        let sync = crate::sync::SyncError::Io {
+        let sync = crate::fs::sync::SyncError::Io {
             action: "copy",
             path: PathBuf::from("a"),
             source: io::Error::other("disk full"),

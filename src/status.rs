@@ -1,17 +1,22 @@
-//! What operators read: `kiln status`, `kiln releases`, `kiln logs`, and `kiln mode`.
+//! What operators read: `kiln status`, `kiln releases`, `kiln logs`, `kiln config`, and
+//! `kiln mode`.
 
 use std::fs;
 
-use serde_json::json;
+use serde_json::{Value, json};
 
-use crate::backup;
+use crate::config::pillar::Pillar;
+use crate::config::project::{Node, Project};
+use crate::config::recipe::Mode;
+use crate::config::settings;
+use crate::deploy::pipeline as deploy;
 use crate::error::{Error, io_error};
-use crate::journal::Journal;
-use crate::lock;
-use crate::project::{Node, Project};
-use crate::recipe::Mode;
-use crate::release_log::ReleaseLog;
-use crate::switch;
+use crate::fs::git;
+use crate::transaction::backup;
+use crate::transaction::journal::Journal;
+use crate::transaction::lock;
+use crate::transaction::release_log::ReleaseLog;
+use crate::transaction::switch;
 
 /// How run/ shows the live tree.
 pub fn run_kind(project: &Project) -> String {
@@ -38,7 +43,7 @@ pub fn status(node: &Node, project: &Project, as_json: bool) -> Result<(), Error
     let last = log.records.last();
     let running = lock::current_holder(&paths.state);
     let interrupted = Journal::load(&paths.journal())?.filter(|_| running.is_none());
-    let repo = crate::git::open_bare(&paths.project_repo)?;
+    let repo = git::open_bare(&paths.project_repo)?;
     let live_commit = log
         .current
         .as_ref()
@@ -47,7 +52,7 @@ pub fn status(node: &Node, project: &Project, as_json: bool) -> Result<(), Error
     let drift = if project.config.mode == Mode::Editable {
         // Reading must not create anything: no checkout yet means no edits.
         if paths.project.join(".git").exists() {
-            let edits = crate::git::Checkout::open_or_init(&paths.project, &paths.project_repo)
+            let edits = crate::fs::git::Checkout::open_or_init(&paths.project, &paths.project_repo)
                 .and_then(|c| c.local_edits())
                 .unwrap_or_default();
             backup::editable_edits(&repo, live_commit, &paths.project, edits)?
@@ -175,7 +180,7 @@ pub fn releases(project: &Project, as_json: bool) -> Result<(), Error> {
 /// `<target>-rollback-<id>`: the name of a manual rollback's log.
 fn is_rollback_log(name: &str) -> bool {
     name.split_once("-rollback-").is_some_and(|(target, id)| {
-        crate::release::valid_id(target) && crate::release::valid_id(id)
+        crate::release::manifest::valid_id(target) && crate::release::manifest::valid_id(id)
     })
 }
 
@@ -239,7 +244,7 @@ pub fn set_mode(node: &Node, project: &Project, mode: Mode) -> Result<(), Error>
     }
     config.mode = mode;
     let _ = node;
-    crate::durable::write_atomic(
+    crate::fs::durable::write_atomic(
         &project.paths.project_yml,
         config.to_yaml().as_bytes(),
         0o644,
@@ -250,4 +255,44 @@ pub fn set_mode(node: &Node, project: &Project, mode: Mode) -> Result<(), Error>
         mode.as_str()
     );
     Ok(())
+}
+
+/// `kiln config`: the merged settings of the live release (or the deploy branch's tip), in the
+/// project's environment, secrets masked unless `reveal`.
+pub fn config(node: &Node, project: &Project, reveal: bool) -> Result<Value, Error> {
+    let paths = &project.paths;
+    let log = ReleaseLog::load(&paths.release_log())?;
+    let repo = git::open_bare(&paths.project_repo)?;
+    let live = log.current.as_ref().and_then(|id| log.get(id));
+    let commit = match live {
+        Some(record) => git2::Oid::from_str(&record.commit).ok(),
+        None => git::branch_tip(&repo, &project.config.branch),
+    };
+    let recipe = match commit {
+        Some(oid) => deploy::read_recipe(&repo, oid)?,
+        None => crate::config::recipe::Recipe::default(),
+    };
+    let pillar = Pillar::current(paths)?;
+    let environment = project.config.environment(&node.config).as_str();
+    let merged = settings::merge(
+        serde_json::json!({
+            "project": paths.name,
+            "mode": project.config.mode.as_str(),
+            "release": log.current,
+            "commit": commit.map(|c| c.to_string()),
+            "environment": environment,
+        }),
+        &recipe.defaults,
+        pillar.settings.as_ref(),
+        environment,
+    );
+    if reveal {
+        return Ok(merged);
+    }
+    let secrets = pillar
+        .settings
+        .as_ref()
+        .map(settings::secrets)
+        .unwrap_or_default();
+    Ok(settings::mask(&merged, &secrets))
 }

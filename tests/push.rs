@@ -65,14 +65,14 @@ fn cooking_deploy_builds_into_run_and_tarball() {
     let tarball = project.path(&format!("releases/{release}.tar.zst"));
     assert_eq!(
         manifest["sha256"].as_str().unwrap(),
-        kiln::bake::sha256_file(&tarball).unwrap()
+        kiln::release::bake::sha256_file(&tarball).unwrap()
     );
     let unpacked = node.dir.path().join("unpacked");
-    kiln::unpack::unpack(
+    kiln::release::unpack::unpack(
         &tarball,
         &unpacked,
-        &kiln::unpack::UnpackOptions {
-            limits: kiln::unpack::Limits {
+        &kiln::release::unpack::UnpackOptions {
+            limits: kiln::release::unpack::Limits {
                 max_bytes: 1 << 30,
                 max_entries: 100_000,
             },
@@ -86,7 +86,7 @@ fn cooking_deploy_builds_into_run_and_tarball() {
     );
     assert_eq!(
         manifest["tree_digest"].as_str().unwrap(),
-        kiln::tree::digest(&unpacked).unwrap()
+        kiln::fs::tree::digest(&unpacked).unwrap()
     );
     // kiln.yml, src/app.txt, public/index.html and the non-UTF-8 file (home.html is a link).
     assert_eq!(manifest["files"].as_u64().unwrap(), 4, "{manifest}");

@@ -1,0 +1,13 @@
+//! What the node, the project and the push say: the recipe (kiln.yml), node.yml and
+//! project.yml, the pillar and the merged settings, the layout of a project on disk, and the
+//! strict YAML parser they share.
+
+pub mod config_error;
+pub mod duration;
+pub mod layout;
+pub mod node_config;
+pub mod pillar;
+pub mod project;
+pub mod project_config;
+pub mod recipe;
+pub mod settings;

@@ -1,0 +1,576 @@
+//! `<root>/node.yml`: what only the node's operators decide (docs/node-config.md): the
+//! environment, notification servers, limits, and who may come in over SSH. It never comes
+//! from a pushed repository. A missing file means a staging node with default limits and no
+//! users.
+
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+use std::time::Duration;
+
+use serde::{Deserialize, Deserializer};
+
+use crate::config::config_error::{ConfigError, parse_yaml_or_default, read_optional};
+use crate::config::duration;
+use crate::config::recipe::{Mode, UnknownName, named_enum};
+
+/// Which section of the pillar (`environments.<name>`) a project's deploys use; in node.yml it
+/// also gives new projects their default mode.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Environment {
+    Dev,
+    #[default]
+    Staging,
+    Prod,
+}
+
+impl Environment {
+    pub const ALL: [Environment; 3] = [Environment::Dev, Environment::Staging, Environment::Prod];
+
+    /// The name used in node.yml and as the key under the pillar's `environments:`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Environment::Dev => "dev",
+            Environment::Staging => "staging",
+            Environment::Prod => "prod",
+        }
+    }
+
+    /// The mode `kiln init` gives a project when none is asked for.
+    pub fn default_mode(self) -> Mode {
+        match self {
+            Environment::Dev => Mode::Editable,
+            Environment::Staging => Mode::Cooking,
+            Environment::Prod => Mode::Final,
+        }
+    }
+
+    /// The environment of a project in `mode` when neither project.yml nor node.yml names
+    /// one: what the mode is for (final runs production, cooking staging, editable dev).
+    pub fn of_mode(mode: Mode) -> Environment {
+        match mode {
+            Mode::Editable => Environment::Dev,
+            Mode::Cooking => Environment::Staging,
+            Mode::Final => Environment::Prod,
+        }
+    }
+}
+
+named_enum!(Environment, "environment");
+
+/// What a push to a project's pillar repository does.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum PillarPush {
+    /// Redeploy the live commit with the new pillar.
+    #[default]
+    Redeploy,
+    /// Only record the new pillar; it is used by the next deploy.
+    Record,
+}
+
+impl PillarPush {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            PillarPush::Redeploy => "redeploy",
+            PillarPush::Record => "record",
+        }
+    }
+}
+
+impl fmt::Display for PillarPush {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// The parsed node.yml.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct NodeConfig {
+    /// The environment of every project on this node that project.yml gives none. Default:
+    /// none, so each project's follows its mode ([`Environment::of_mode`]). New projects
+    /// get this environment's default mode (staging's, cooking, when unset).
+    pub environment: Option<Environment>,
+    /// The layout file to use instead of `layouts/default.yml`.
+    pub layout: Option<PathBuf>,
+    pub notify: Notify,
+    pub limits: Limits,
+    /// Who may come in over SSH, and to do what. Default: nobody.
+    pub users: Vec<User>,
+    /// Default for every project; project.yml may say otherwise. Default `redeploy`.
+    pub pillar_push: PillarPush,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Notify {
+    pub smtp: Option<Smtp>,
+    /// URLs that get a JSON POST for each deploy outcome.
+    #[serde(deserialize_with = "webhooks")]
+    pub webhooks: Vec<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Smtp {
+    pub host: String,
+    /// Default 25.
+    #[serde(default = "default_smtp_port")]
+    pub port: u16,
+    /// The sender address.
+    pub from: String,
+    #[serde(default)]
+    pub username: Option<String>,
+    #[serde(default)]
+    pub password: Option<String>,
+    /// Default false.
+    #[serde(default)]
+    pub starttls: bool,
+}
+
+fn default_smtp_port() -> u16 {
+    25
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Limits {
+    /// Largest release archive accepted, in bytes. Default 10 GiB; node.yml may say `512M`.
+    #[serde(deserialize_with = "size")]
+    pub archive_bytes: u64,
+    /// Most entries accepted in a release archive. Default 1,000,000.
+    #[serde(deserialize_with = "positive_u64")]
+    pub archive_entries: u64,
+    /// Timeout of a stage that kiln.yml gives none. Default 30m.
+    #[serde(deserialize_with = "duration::deserialize")]
+    pub stage_timeout: Duration,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            archive_bytes: 10 << 30,
+            archive_entries: 1_000_000,
+            stage_timeout: Duration::from_secs(30 * 60),
+        }
+    }
+}
+
+/// Someone allowed in over SSH.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct User {
+    #[serde(deserialize_with = "user_name")]
+    pub name: String,
+    /// OpenSSH public keys (`ssh-ed25519 AAAA... comment`).
+    #[serde(deserialize_with = "keys")]
+    pub keys: Vec<String>,
+    /// Project names this user may push to and manage, or `*` for all. Default `["*"]`.
+    #[serde(default = "all_projects", deserialize_with = "projects")]
+    pub projects: Vec<String>,
+    /// May push to the pillar repositories of those projects. Default false.
+    #[serde(default)]
+    pub pillar: bool,
+    /// May run node-wide commands (`kiln init`, `kiln key generate`). Default false.
+    #[serde(default)]
+    pub admin: bool,
+}
+
+fn all_projects() -> Vec<String> {
+    vec!["*".to_owned()]
+}
+
+impl User {
+    /// Whether this user's rights cover the project `name`.
+    pub fn may_access(&self, name: &str) -> bool {
+        self.projects
+            .iter()
+            .any(|project| project == "*" || project == name)
+    }
+}
+
+impl NodeConfig {
+    /// Reads node.yml. A missing or blank file gives the defaults.
+    pub fn load(path: &Path) -> Result<NodeConfig, ConfigError> {
+        match read_optional(path)? {
+            Some(text) => NodeConfig::parse(&text, path),
+            None => Ok(NodeConfig::default()),
+        }
+    }
+
+    /// Parses node.yml's text; `file` names it in errors.
+    pub fn parse(text: &str, file: &Path) -> Result<NodeConfig, ConfigError> {
+        let config: NodeConfig = parse_yaml_or_default(text, file)?;
+        // Two entries for one name would make "which rights apply" a guess.
+        let mut names: Vec<&str> = config.users.iter().map(|user| user.name.as_str()).collect();
+        names.sort_unstable();
+        if let Some(pair) = names.windows(2).find(|pair| pair[0] == pair[1]) {
+            return Err(ConfigError::whole_file(
+                file,
+                format!("user `{}` is listed more than once", pair[0]),
+            ));
+        }
+        Ok(config)
+    }
+
+    /// The user named `name`, if node.yml lists one.
+    pub fn user(&self, name: &str) -> Option<&User> {
+        self.users.iter().find(|user| user.name == name)
+    }
+}
+
+fn custom<E: serde::de::Error>(message: String) -> E {
+    E::custom(message)
+}
+
+/// User names end up in authorized_keys `command=` options and in logs: keep them to a
+/// shell- and quote-safe alphabet.
+fn user_name<'de, D: Deserializer<'de>>(deserializer: D) -> Result<String, D::Error> {
+    let name = String::deserialize(deserializer)?;
+    let mut chars = name.chars();
+    let valid = chars
+        .next()
+        .is_some_and(|first| first.is_ascii_lowercase() || first == '_')
+        && chars.all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || "._-".contains(c))
+        && name.len() <= 64;
+    if !valid {
+        return Err(custom(format!(
+            "invalid user name `{name}`: use lowercase letters, digits, `.`, `_` and `-`, starting with a letter or `_`"
+        )));
+    }
+    Ok(name)
+}
+
+/// Each key becomes one authorized_keys line; a newline in it would add a line of the
+/// author's choosing (with its own options), so the shape is checked here.
+fn keys<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Vec<String>, D::Error> {
+    let keys = Vec::<String>::deserialize(deserializer)?;
+    for key in &keys {
+        let mut fields = key.split_ascii_whitespace();
+        let kind = fields.next().unwrap_or("");
+        let known = kind.starts_with("ssh-")
+            || kind.starts_with("ecdsa-sha2-")
+            || kind.starts_with("sk-ssh-")
+            || kind.starts_with("sk-ecdsa-sha2-");
+        let has_body = fields.next().is_some();
+        if !known || !has_body || key.chars().any(char::is_control) {
+            let mut shown: String = key.chars().take(40).collect();
+            if shown.len() < key.len() {
+                shown.push_str("...");
+            }
+            return Err(custom(format!(
+                "invalid SSH public key `{}`: expected one line `<type> <base64> [comment]`, e.g. `ssh-ed25519 AAAA... me@laptop`",
+                shown.escape_debug()
+            )));
+        }
+    }
+    Ok(keys)
+}
+
+fn projects<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Vec<String>, D::Error> {
+    let projects = Vec::<String>::deserialize(deserializer)?;
+    for project in &projects {
+        if project != "*" && !crate::config::layout::valid_name(project) {
+            return Err(custom(format!(
+                "invalid project name `{project}`: expected `*` or a name matching `[a-z0-9][a-z0-9._-]{{0,62}}`"
+            )));
+        }
+    }
+    Ok(projects)
+}
+
+fn webhooks<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Vec<String>, D::Error> {
+    let urls = Vec::<String>::deserialize(deserializer)?;
+    for url in &urls {
+        let has_host = ["http://", "https://"].iter().any(|scheme| {
+            url.strip_prefix(scheme)
+                .is_some_and(|rest| !rest.is_empty())
+        });
+        if !has_host || url.chars().any(char::is_whitespace) {
+            return Err(custom(format!(
+                "invalid webhook `{url}`: expected an `http://` or `https://` URL"
+            )));
+        }
+    }
+    Ok(urls)
+}
+
+fn positive_u64<'de, D: Deserializer<'de>>(deserializer: D) -> Result<u64, D::Error> {
+    let value = u64::deserialize(deserializer)?;
+    if value == 0 {
+        return Err(custom("must be greater than zero".to_owned()));
+    }
+    Ok(value)
+}
+
+/// A byte count: a plain integer, or a string with a binary unit (`512M`, `10G`, `1GiB`).
+fn size<'de, D: Deserializer<'de>>(deserializer: D) -> Result<u64, D::Error> {
+    struct Visitor;
+
+    impl serde::de::Visitor<'_> for Visitor {
+        type Value = u64;
+
+        fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            f.write_str("a size such as `10G`, `512M` or a number of bytes")
+        }
+
+        fn visit_u64<E: serde::de::Error>(self, bytes: u64) -> Result<u64, E> {
+            Ok(bytes)
+        }
+
+        fn visit_i64<E: serde::de::Error>(self, bytes: i64) -> Result<u64, E> {
+            u64::try_from(bytes).map_err(|_| E::custom(format!("invalid size `{bytes}`")))
+        }
+
+        fn visit_str<E: serde::de::Error>(self, text: &str) -> Result<u64, E> {
+            parse_size(text).map_err(E::custom)
+        }
+    }
+
+    let bytes = deserializer.deserialize_any(Visitor)?;
+    if bytes == 0 {
+        return Err(custom("size must be greater than zero".to_owned()));
+    }
+    Ok(bytes)
+}
+
+/// `10G`, `512M`, `1GiB`, `64K`, `2T`, `4096`: units are powers of 1024.
+pub fn parse_size(text: &str) -> Result<u64, String> {
+    let invalid =
+        || format!("invalid size `{text}`, expected a number of bytes or e.g. `512M`, `10G`, `1T`");
+    let trimmed = text.trim();
+    let digits_end = trimmed
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(trimmed.len());
+    if digits_end == 0 {
+        return Err(invalid());
+    }
+    let number: u64 = trimmed[..digits_end].parse().map_err(|_| invalid())?;
+    let shift = match trimmed[digits_end..].trim_start() {
+        "" | "B" => 0,
+        "K" | "k" | "KiB" => 10,
+        "M" | "MiB" => 20,
+        "G" | "GiB" => 30,
+        "T" | "TiB" => 40,
+        _ => return Err(invalid()),
+    };
+    number
+        .checked_mul(1 << shift)
+        .ok_or_else(|| format!("size `{text}` is too large"))
+}
+
+impl FromStr for PillarPush {
+    type Err = UnknownName;
+
+    fn from_str(text: &str) -> Result<Self, UnknownName> {
+        match text {
+            "redeploy" => Ok(PillarPush::Redeploy),
+            "record" => Ok(PillarPush::Record),
+            _ => Err(UnknownName::new(
+                "pillar push policy",
+                text,
+                &["redeploy", "record"],
+            )),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> Result<NodeConfig, ConfigError> {
+        NodeConfig::parse(text, Path::new("node.yml"))
+    }
+
+    const KEY: &str = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIB7 ann@laptop";
+
+    #[test]
+    fn missing_or_blank_node_yml_gives_defaults() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let missing = NodeConfig::load(&dir.path().join("node.yml")).expect("defaults");
+        assert_eq!(missing, NodeConfig::default());
+        assert_eq!(
+            parse("# nothing yet\n").expect("blank"),
+            NodeConfig::default()
+        );
+
+        let config = NodeConfig::default();
+        assert_eq!(config.environment, None);
+        assert_eq!(config.limits.archive_bytes, 10 * 1024 * 1024 * 1024);
+        assert_eq!(config.limits.archive_entries, 1_000_000);
+        assert_eq!(config.limits.stage_timeout, Duration::from_secs(1800));
+        assert_eq!(config.pillar_push, PillarPush::Redeploy);
+        assert!(config.users.is_empty());
+        assert_eq!(config.notify, Notify::default());
+    }
+
+    #[test]
+    fn loads_a_full_node_yml() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("node.yml");
+        let text = format!(
+            "environment: prod\nlayout: /etc/kiln/layout.yml\nnotify:\n  smtp:\n    host: mail.example.com\n    from: kiln@example.com\n    starttls: true\n    username: kiln\n    password: hunter22\n  webhooks: [https://hooks.example.com/kiln]\nlimits:\n  archive_bytes: 512M\n  archive_entries: 5000\n  stage_timeout: 1h\nusers:\n  - name: ann\n    keys: ['{KEY}']\n    admin: true\n    pillar: true\n  - name: bob\n    keys: []\n    projects: [shop, blog]\npillar_push: record\n"
+        );
+        std::fs::write(&path, text).expect("write node.yml");
+        let config = NodeConfig::load(&path).expect("node.yml loads");
+        assert_eq!(config.environment, Some(Environment::Prod));
+        assert_eq!(config.layout, Some(PathBuf::from("/etc/kiln/layout.yml")));
+        assert_eq!(
+            config.notify.smtp,
+            Some(Smtp {
+                host: "mail.example.com".into(),
+                port: 25,
+                from: "kiln@example.com".into(),
+                username: Some("kiln".into()),
+                password: Some("hunter22".into()),
+                starttls: true,
+            })
+        );
+        assert_eq!(config.notify.webhooks, ["https://hooks.example.com/kiln"]);
+        assert_eq!(config.limits.archive_bytes, 512 << 20);
+        assert_eq!(config.limits.archive_entries, 5000);
+        assert_eq!(config.limits.stage_timeout, Duration::from_secs(3600));
+        assert_eq!(config.pillar_push, PillarPush::Record);
+
+        let ann = config.user("ann").expect("ann is listed");
+        assert_eq!(ann.keys, [KEY]);
+        assert_eq!(ann.projects, ["*"]);
+        assert!(ann.admin && ann.pillar && ann.may_access("anything"));
+        let bob = config.user("bob").expect("bob is listed");
+        assert!(!bob.admin && !bob.pillar);
+        assert!(bob.may_access("blog") && !bob.may_access("wiki"));
+        assert!(config.user("eve").is_none());
+    }
+
+    #[test]
+    fn environment_names_and_default_modes() {
+        let cases = [
+            ("dev", Environment::Dev, Mode::Editable),
+            ("staging", Environment::Staging, Mode::Cooking),
+            ("prod", Environment::Prod, Mode::Final),
+        ];
+        for (name, environment, mode) in cases {
+            assert_eq!(name.parse::<Environment>(), Ok(environment));
+            assert_eq!(environment.to_string(), name);
+            assert_eq!(environment.default_mode(), mode);
+            assert_eq!(Environment::of_mode(mode), environment);
+        }
+        assert!("production".parse::<Environment>().is_err());
+    }
+
+    #[test]
+    fn sizes() {
+        let cases = [
+            ("4096", Ok(4096)),
+            ("64K", Ok(64 << 10)),
+            ("512M", Ok(512 << 20)),
+            ("10G", Ok(10 << 30)),
+            ("1GiB", Ok(1 << 30)),
+            ("2T", Ok(2 << 40)),
+            ("1 G", Ok(1 << 30)),
+            (
+                "10GB",
+                Err("invalid size `10GB`, expected a number of bytes or e.g. `512M`, `10G`, `1T`"),
+            ),
+            (
+                "G",
+                Err("invalid size `G`, expected a number of bytes or e.g. `512M`, `10G`, `1T`"),
+            ),
+            (
+                "1.5G",
+                Err("invalid size `1.5G`, expected a number of bytes or e.g. `512M`, `10G`, `1T`"),
+            ),
+            ("99999999999T", Err("size `99999999999T` is too large")),
+        ];
+        for (text, expected) in cases {
+            assert_eq!(parse_size(text), expected.map_err(str::to_owned), "{text}");
+        }
+    }
+
+    #[test]
+    fn refuses_bad_node_yml_with_their_position() {
+        let cases = [
+            (
+                "environment: production\n".to_owned(),
+                "node.yml:1:14: unknown variant `production`, expected one of `dev`, `staging`, `prod`",
+            ),
+            (
+                "enviroment: prod\n".to_owned(),
+                "node.yml:1:1: unknown field `enviroment`, expected one of `environment`, `layout`, `notify`, `limits`, `users`, `pillar_push`",
+            ),
+            (
+                "limits:\n  archive_bytes: 0\n".to_owned(),
+                "node.yml:2:18: size must be greater than zero",
+            ),
+            (
+                "limits:\n  archive_bytes: lots\n".to_owned(),
+                "node.yml:2:18: invalid size `lots`, expected a number of bytes or e.g. `512M`, `10G`, `1T`",
+            ),
+            (
+                "limits:\n  archive_entries: 0\n".to_owned(),
+                "node.yml:2:20: must be greater than zero",
+            ),
+            (
+                "limits:\n  stage_timeout: forever\n".to_owned(),
+                "node.yml:2:18: invalid duration `forever`, expected e.g. `500ms`, `30s`, `20m` or `1h30m`",
+            ),
+            (
+                "notify:\n  smtp:\n    host: mail\n".to_owned(),
+                "node.yml:3:5: missing field `from`",
+            ),
+            (
+                "notify:\n  smtp:\n    host: mail\n    from: a@b\n    port: 70000\n".to_owned(),
+                "node.yml:5:11: expected a whole number, 0 or more",
+            ),
+            (
+                "notify:\n  smtp:\n    host: mail\n    from: a@b\n    starttls: yes\n".to_owned(),
+                "node.yml:5:15: invalid boolean (strict mode expects true/false)",
+            ),
+            (
+                "notify:\n  webhooks: [ftp://x]\n".to_owned(),
+                "node.yml:2:13: invalid webhook `ftp://x`: expected an `http://` or `https://` URL",
+            ),
+            (
+                format!("users:\n  - name: Ann\n    keys: ['{KEY}']\n"),
+                "node.yml:2:11: invalid user name `Ann`: use lowercase letters, digits, `.`, `_` and `-`, starting with a letter or `_`",
+            ),
+            (
+                "users:\n  - name: ann\n    keys: [\"ssh-ed25519 AAAA\\ncommand=\\\"sh\\\" ssh-rsa AAAA\"]\n".to_owned(),
+                "node.yml:3:11: invalid SSH public key `ssh-ed25519 AAAA\\ncommand=\\\"sh\\\" ssh-rsa AA...`: expected one line `<type> <base64> [comment]`, e.g. `ssh-ed25519 AAAA... me@laptop`",
+            ),
+            (
+                "users:\n  - name: ann\n    keys: [AAAAC3Nz]\n".to_owned(),
+                "node.yml:3:11: invalid SSH public key `AAAAC3Nz`: expected one line `<type> <base64> [comment]`, e.g. `ssh-ed25519 AAAA... me@laptop`",
+            ),
+            (
+                "users:\n  - name: ann\n    keys: []\n    projects: [Shop]\n".to_owned(),
+                "node.yml:4:15: invalid project name `Shop`: expected `*` or a name matching `[a-z0-9][a-z0-9._-]{0,62}`",
+            ),
+            (
+                "users:\n  - name: ann\n    keys: []\n    root: true\n".to_owned(),
+                "node.yml:4:5: unknown field `root`, expected one of `name`, `keys`, `projects`, `pillar`, `admin`",
+            ),
+            (
+                "users:\n  - name: ann\n    keys: []\n  - name: ann\n    keys: []\n".to_owned(),
+                "node.yml: user `ann` is listed more than once",
+            ),
+            (
+                "pillar_push: always\n".to_owned(),
+                "node.yml:1:14: unknown variant `always`, expected one of `redeploy`, `record`",
+            ),
+        ];
+        let mut mismatches = Vec::new();
+        for (text, expected) in &cases {
+            let error = parse(text).expect_err(text);
+            if error.to_string() != *expected {
+                mismatches.push(format!(
+                    "{text:?}\n  got:      {error}\n  expected: {expected}"
+                ));
+            }
+        }
+        assert!(mismatches.is_empty(), "{}", mismatches.join("\n"));
+    }
+}

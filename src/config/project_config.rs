@@ -1,0 +1,428 @@
+//! `<root>/<name>/project.yml`: what the node's operators decide for one project
+//! (docs/node-config.md): its mode, deploy branch, where a final-mode node pulls releases from
+//! and whose signature it trusts, and the environment when it is not the mode's. Written by
+//! `kiln init` and `kiln mode`, read by every deploy.
+
+use std::fmt::Write as _;
+use std::path::Path;
+
+use serde::{Deserialize, Deserializer};
+
+use crate::config::config_error::{ConfigError, is_blank, parse_yaml, read_optional};
+use crate::config::node_config::{Environment, NodeConfig, PillarPush};
+use crate::config::recipe::Mode;
+
+/// The parsed project.yml.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ProjectConfig {
+    /// Required: its default depends on the node's environment, which `kiln init` knows and
+    /// this file must not guess.
+    pub mode: Mode,
+    /// The branch whose pushes deploy. Default `master`.
+    #[serde(default = "default_branch", deserialize_with = "branch")]
+    pub branch: String,
+    /// Where a final-mode node pulls releases from: `ssh://`, `http(s)://` or a directory.
+    #[serde(default, deserialize_with = "optional_text")]
+    pub source: Option<String>,
+    /// The staging node's release signing key (`ed25519:...`).
+    #[serde(default, deserialize_with = "optional_text")]
+    pub trusted_key: Option<String>,
+    /// Notification recipients (mail addresses or webhook URLs) for this project.
+    #[serde(default, deserialize_with = "recipients")]
+    pub notify: Vec<String>,
+    /// Overrides node.yml's `pillar_push` for this project.
+    #[serde(default)]
+    pub pillar_push: Option<PillarPush>,
+    /// Overrides node.yml's `environment` (and the mode's default) for this project.
+    #[serde(default)]
+    pub environment: Option<Environment>,
+}
+
+fn default_branch() -> String {
+    "master".to_owned()
+}
+
+impl ProjectConfig {
+    /// A fresh project's settings: `mode`, branch `master`, nothing else.
+    pub fn new(mode: Mode) -> Self {
+        ProjectConfig {
+            mode,
+            branch: default_branch(),
+            source: None,
+            trusted_key: None,
+            notify: Vec::new(),
+            pillar_push: None,
+            environment: None,
+        }
+    }
+
+    /// The environment this project's deploys run in, whose `environments.<name>` pillar
+    /// section they use: project.yml's, else node.yml's, else the one the mode is for.
+    pub fn environment(&self, node: &NodeConfig) -> Environment {
+        self.environment
+            .or(node.environment)
+            .unwrap_or_else(|| Environment::of_mode(self.mode))
+    }
+
+    /// Reads project.yml. Unlike node.yml, a missing file is an error: the caller decides
+    /// whether that means "not a project" or "use the defaults".
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        match read_optional(path)? {
+            Some(text) => Self::parse(&text, path),
+            None => Err(ConfigError::whole_file(path, "no such file")),
+        }
+    }
+
+    /// Parses project.yml's text; `file` names it in errors.
+    pub fn parse(text: &str, file: &Path) -> Result<Self, ConfigError> {
+        if is_blank(text) {
+            return Err(ConfigError::whole_file(
+                file,
+                "the file is empty: it needs at least `mode: editable|cooking|final`",
+            ));
+        }
+        parse_yaml(text, file)
+    }
+
+    /// The file as `kiln init` writes it: a comment header, then one key per line, in the
+    /// order of docs/node-config.md. Unset optional keys are left out; [`Self::load`] reads
+    /// the result back to an equal value.
+    pub fn to_yaml(&self) -> String {
+        let mut out = String::from(
+            "# kiln project settings: decided by this node's operators, never by a push.\n\
+             # Written by `kiln init`; edit by hand or with `kiln mode`.\n",
+        );
+        // Writing to a String cannot fail.
+        let _ = writeln!(out, "mode: {}", self.mode);
+        let _ = writeln!(out, "branch: {}", scalar(&self.branch));
+        if let Some(source) = &self.source {
+            let _ = writeln!(out, "source: {}", scalar(source));
+        }
+        if let Some(key) = &self.trusted_key {
+            let _ = writeln!(out, "trusted_key: {}", scalar(key));
+        }
+        if !self.notify.is_empty() {
+            let items: Vec<String> = self.notify.iter().map(|item| scalar(item)).collect();
+            let _ = writeln!(out, "notify: [{}]", items.join(", "));
+        }
+        if let Some(push) = self.pillar_push {
+            let _ = writeln!(out, "pillar_push: {push}");
+        }
+        if let Some(environment) = self.environment {
+            let _ = writeln!(out, "environment: {environment}");
+        }
+        out
+    }
+}
+
+/// `text` as a YAML scalar: plain when that reads back as the same string, else double
+/// quoted (a JSON string is a valid YAML double-quoted scalar).
+fn scalar(text: &str) -> String {
+    let plain_safe = text.chars().next().is_some_and(|first| {
+        first.is_ascii_alphanumeric() || ("/.~_".contains(first) && text != "~")
+    }) && text
+        .chars()
+        .all(|c| c.is_ascii_alphanumeric() || "._-/:@+=~%".contains(c))
+        && !text.ends_with(':')
+        && !text.contains(": ")
+        && !looks_typed(text);
+    if plain_safe {
+        text.to_owned()
+    } else {
+        serde_json::Value::String(text.to_owned()).to_string()
+    }
+}
+
+/// Plain scalars a YAML reader may take for something other than a string.
+fn looks_typed(text: &str) -> bool {
+    let lower = text.to_ascii_lowercase();
+    matches!(
+        lower.as_str(),
+        "true" | "false" | "null" | "yes" | "no" | "on" | "off" | "y" | "n" | ".inf" | ".nan"
+    ) || text.parse::<f64>().is_ok()
+        || text.starts_with(|c: char| c.is_ascii_digit())
+}
+
+/// git itself allows more, but a name kiln passes to git and prints in messages must not
+/// read as an option or a range, nor need quoting.
+fn branch<'de, D: Deserializer<'de>>(deserializer: D) -> Result<String, D::Error> {
+    let name = String::deserialize(deserializer)?;
+    if let Some(reason) = branch_problem(&name) {
+        return Err(serde::de::Error::custom(format!(
+            "invalid branch `{}`: {reason}",
+            name.escape_debug()
+        )));
+    }
+    Ok(name)
+}
+
+/// Why `name` is not an acceptable deploy branch, if it is not.
+pub fn branch_problem(name: &str) -> Option<&'static str> {
+    if name.is_empty() {
+        Some("it is empty")
+    } else if name.starts_with('-') {
+        Some("it starts with `-`")
+    } else if name.contains("..") {
+        Some("it contains `..`")
+    } else if name.chars().any(|c| c.is_whitespace() || c.is_control()) {
+        Some("it contains a space or control character")
+    } else if name.chars().any(|c| "~^:?*[\\".contains(c)) {
+        Some("git does not allow `~ ^ : ? * [ \\` in branch names")
+    } else if name.starts_with('/') || name.ends_with('/') || name.contains("//") {
+        Some("it has an empty path component")
+    } else if name.ends_with('.') || name.ends_with(".lock") || name.contains("@{") {
+        Some("git does not allow it (trailing `.`, `.lock` or `@{`)")
+    } else if name.split('/').any(|part| part.starts_with('.')) {
+        Some("a path component starts with `.`")
+    } else {
+        None
+    }
+}
+
+fn optional_text<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Option<String>, D::Error> {
+    let text = Option::<String>::deserialize(deserializer)?;
+    if text.as_deref().is_some_and(|text| text.trim().is_empty()) {
+        return Err(serde::de::Error::custom(
+            "empty value: leave the key out instead",
+        ));
+    }
+    Ok(text)
+}
+
+fn recipients<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Vec<String>, D::Error> {
+    let recipients = Vec::<String>::deserialize(deserializer)?;
+    for recipient in &recipients {
+        let webhook = recipient.starts_with("http://") || recipient.starts_with("https://");
+        if recipient.chars().any(char::is_whitespace) || !(webhook || recipient.contains('@')) {
+            return Err(serde::de::Error::custom(format!(
+                "invalid recipient `{recipient}`: expected a mail address or an `http(s)://` URL"
+            )));
+        }
+    }
+    Ok(recipients)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> Result<ProjectConfig, ConfigError> {
+        ProjectConfig::parse(text, Path::new("project.yml"))
+    }
+
+    #[test]
+    fn design_example_parses() {
+        let text = "# <root>/shop/project.yml on a production node\nmode: final\nbranch: master\n\
+            source: ssh://kiln@staging.example.com/srv/projects/shop   # or a directory, or http(s)://\n\
+            trusted_key: ed25519:3Jx...                                # staging's release signing key\n\
+            notify: [ops@example.com]\n";
+        let config = parse(text).expect("the design example parses");
+        assert_eq!(
+            config,
+            ProjectConfig {
+                mode: Mode::Final,
+                branch: "master".into(),
+                source: Some("ssh://kiln@staging.example.com/srv/projects/shop".into()),
+                trusted_key: Some("ed25519:3Jx...".into()),
+                notify: vec!["ops@example.com".into()],
+                pillar_push: None,
+                environment: None,
+            }
+        );
+    }
+
+    #[test]
+    fn only_the_mode_is_required() {
+        let config = parse("mode: editable\n").expect("parses");
+        assert_eq!(config, ProjectConfig::new(Mode::Editable));
+        assert_eq!(config.branch, "master");
+    }
+
+    #[test]
+    fn missing_project_yml_is_an_error() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("project.yml");
+        let error = ProjectConfig::load(&path).expect_err("missing file");
+        assert_eq!(
+            error.to_string(),
+            format!("{}: no such file", path.display())
+        );
+    }
+
+    #[test]
+    fn to_yaml_round_trips_through_load() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("project.yml");
+        let full = ProjectConfig {
+            mode: Mode::Final,
+            branch: "release/2.x".into(),
+            source: Some("ssh://kiln@staging.example.com:2222/srv/projects/shop".into()),
+            trusted_key: Some("ed25519:3JxQ+/9z=".into()),
+            notify: vec![
+                "ops@example.com".into(),
+                "https://hooks.example.com/x?a=1&b=2".into(),
+            ],
+            pillar_push: Some(PillarPush::Record),
+            environment: Some(Environment::Staging),
+        };
+        let awkward = ProjectConfig {
+            mode: Mode::Cooking,
+            branch: "yes".into(),
+            source: Some("/srv/releases with space/#shop: \"quoted\" 'single' \\ back".into()),
+            trusted_key: Some("123".into()),
+            notify: vec!["a,b@example.com".into(), "[x]@y".into()],
+            pillar_push: Some(PillarPush::Redeploy),
+            environment: None,
+        };
+        let cases = [
+            ProjectConfig::new(Mode::Editable),
+            ProjectConfig::new(Mode::Cooking),
+            full,
+            awkward,
+        ];
+        for config in cases {
+            let yaml = config.to_yaml();
+            assert!(yaml.starts_with("# kiln project settings"), "{yaml}");
+            std::fs::write(&path, &yaml).expect("write project.yml");
+            let loaded =
+                ProjectConfig::load(&path).unwrap_or_else(|error| panic!("{error}\n{yaml}"));
+            assert_eq!(loaded, config, "{yaml}");
+        }
+        assert_eq!(
+            ProjectConfig::new(Mode::Final)
+                .to_yaml()
+                .lines()
+                .skip(2)
+                .collect::<Vec<_>>(),
+            ["mode: final", "branch: master"]
+        );
+    }
+
+    #[test]
+    fn environment_is_project_yml_then_node_yml_then_the_modes() {
+        let node = |environment| NodeConfig {
+            environment,
+            ..NodeConfig::default()
+        };
+        let project = |mode, environment| ProjectConfig {
+            environment,
+            ..ProjectConfig::new(mode)
+        };
+        let (dev, staging, prod) = (
+            Some(Environment::Dev),
+            Some(Environment::Staging),
+            Some(Environment::Prod),
+        );
+        let cases = [
+            (project(Mode::Final, None), node(None), Environment::Prod),
+            (
+                project(Mode::Cooking, None),
+                node(None),
+                Environment::Staging,
+            ),
+            (project(Mode::Editable, None), node(None), Environment::Dev),
+            (
+                project(Mode::Final, None),
+                node(staging),
+                Environment::Staging,
+            ),
+            (project(Mode::Editable, None), node(prod), Environment::Prod),
+            (project(Mode::Final, dev), node(staging), Environment::Dev),
+            (project(Mode::Cooking, prod), node(None), Environment::Prod),
+        ];
+        for (project, node, expected) in cases {
+            assert_eq!(project.environment(&node), expected, "{project:?} {node:?}");
+        }
+        let parsed = parse("mode: final\nenvironment: staging\n").expect("parses");
+        assert_eq!(parsed.environment, staging);
+        assert_eq!(
+            parse("mode: final\nenvironment: production\n")
+                .expect_err("unknown environment")
+                .to_string(),
+            "project.yml:2:14: unknown variant `production`, expected one of `dev`, `staging`, `prod`"
+        );
+    }
+
+    #[test]
+    fn branch_names() {
+        let cases = [
+            ("master", None),
+            ("release/2.x", None),
+            ("feature_x-1", None),
+            ("", Some("it is empty")),
+            ("-rf", Some("it starts with `-`")),
+            ("a..b", Some("it contains `..`")),
+            (
+                "my branch",
+                Some("it contains a space or control character"),
+            ),
+            (
+                "a:b",
+                Some("git does not allow `~ ^ : ? * [ \\` in branch names"),
+            ),
+            ("a//b", Some("it has an empty path component")),
+            (
+                "x.lock",
+                Some("git does not allow it (trailing `.`, `.lock` or `@{`)"),
+            ),
+            ("a/.hidden", Some("a path component starts with `.`")),
+        ];
+        for (name, expected) in cases {
+            assert_eq!(branch_problem(name), expected, "{name:?}");
+        }
+    }
+
+    #[test]
+    fn refuses_bad_project_yml_with_their_position() {
+        let cases = [
+            (
+                "",
+                "project.yml: the file is empty: it needs at least `mode: editable|cooking|final`",
+            ),
+            (
+                "# only a comment\n",
+                "project.yml: the file is empty: it needs at least `mode: editable|cooking|final`",
+            ),
+            ("branch: main\n", "project.yml:1:1: missing field `mode`"),
+            (
+                "mode: prod\n",
+                "project.yml:1:7: unknown variant `prod`, expected one of `editable`, `cooking`, `final`",
+            ),
+            (
+                "mode: final\nbranch: my branch\n",
+                "project.yml:2:9: invalid branch `my branch`: it contains a space or control character",
+            ),
+            (
+                "mode: final\nbranch: --upload-pack=x\n",
+                "project.yml:2:9: invalid branch `--upload-pack=x`: it starts with `-`",
+            ),
+            (
+                "mode: final\nbranch: a..b\n",
+                "project.yml:2:9: invalid branch `a..b`: it contains `..`",
+            ),
+            (
+                "mode: final\nsource: ''\n",
+                "project.yml:2:9: empty value: leave the key out instead",
+            ),
+            (
+                "mode: final\nnotify: [ops]\n",
+                "project.yml:2:9: invalid recipient `ops`: expected a mail address or an `http(s)://` URL",
+            ),
+            (
+                "mode: final\nkey: x\n",
+                "project.yml:2:1: unknown field `key`, expected one of `mode`, `branch`, `source`, `trusted_key`, `notify`, `pillar_push`, `environment`",
+            ),
+        ];
+        let mut mismatches = Vec::new();
+        for (text, expected) in cases {
+            let error = parse(text).expect_err(text);
+            if error.to_string() != expected {
+                mismatches.push(format!(
+                    "{text:?}\n  got:      {error}\n  expected: {expected}"
+                ));
+            }
+        }
+        assert!(mismatches.is_empty(), "{}", mismatches.join("\n"));
+    }
+}

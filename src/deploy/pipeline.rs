@@ -1,0 +1,1267 @@
+//! The deploy pipeline: gather, pre_install, configure, build, bundle, deploy, post_deploy
+//! (docs/kiln-yml.md). Each stage does kiln's own work for the mode, then the project's
+//! commands. In cooking and final mode everything from the data snapshot on is journaled, and
+//! any failure hands over to [`crate::deploy::rollback`], which puts run/ and data/ back.
+
+use std::collections::BTreeMap;
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use chrono::Utc;
+use git2::Oid;
+use serde_json::json;
+
+use crate::config::pillar::Pillar;
+use crate::config::project::{Node, Project};
+use crate::config::recipe::{Drift, Mode, Recipe, Services, Stage};
+use crate::config::settings;
+use crate::deploy::rollback;
+use crate::error::{Error, io_error};
+use crate::exec::redact::Redactor;
+use crate::exec::report::{Reporter, seconds};
+use crate::exec::stage::{self, CheckSpec, CommandSpec};
+use crate::fs::git;
+use crate::fs::sync::{self, SyncOptions};
+use crate::fs::tree;
+use crate::release::bake;
+use crate::release::manifest::{self as release, Manifest};
+use crate::transaction::backup;
+use crate::transaction::journal::{Journal, Phase, UndoCommands};
+use crate::transaction::lock::{ProjectLock, lock};
+use crate::transaction::release_log::{Record, ReleaseLog, Status};
+use crate::transaction::switch::{self, Method};
+
+pub use crate::config::recipe::{RECIPE_FILE, read_recipe};
+
+/// What to deploy and on whose behalf.
+pub struct DeployRequest {
+    /// A revision of git/project.git; None: the tip of the deploy branch.
+    pub rev: Option<String>,
+    pub who: String,
+    /// A pillar push: deploy the live release again with the new settings. Its tree is reused
+    /// (configure, deploy and post_deploy run again; build does not).
+    pub settings_only: bool,
+}
+
+pub struct Deployed {
+    pub release: String,
+    pub commit: Oid,
+}
+
+/// Why a deploy stopped: the stage and a short reason for the final line.
+#[derive(Debug)]
+pub struct Failure {
+    pub stage: Stage,
+    pub reason: String,
+}
+
+impl Failure {
+    fn new(stage: Stage, error: impl Into<Error>) -> Failure {
+        let error = error.into();
+        let reason = match &error {
+            Error::Stage(e) => match e.downcast_ref::<stage::StageError>() {
+                Some(e) => e.summary(),
+                None => crate::error::chain(&**e),
+            },
+            other => crate::error::chain(other),
+        };
+        Failure { stage, reason }
+    }
+}
+
+/// Runs a whole deploy of `project` under its lock.
+pub fn deploy(
+    node: &Node,
+    project: &Project,
+    request: &DeployRequest,
+    out: &mut Reporter,
+) -> Result<Deployed, Error> {
+    let lock = lock(project, "deploy", out)?;
+    rollback::recover(node, project, out)?;
+    deploy_locked(node, project, request, &lock, out)
+}
+
+/// A deploy for a caller that already holds the project lock (and ran recovery).
+pub fn deploy_locked(
+    node: &Node,
+    project: &Project,
+    request: &DeployRequest,
+    lock: &ProjectLock,
+    out: &mut Reporter,
+) -> Result<Deployed, Error> {
+    let started = Instant::now();
+    let paths = &project.paths;
+    let repo = git::open_bare(&paths.project_repo)?;
+    let log = ReleaseLog::load(&paths.release_log())?;
+    let reuse = log
+        .current
+        .as_ref()
+        .and_then(|id| log.get(id))
+        .filter(|_| request.settings_only)
+        .cloned();
+    let rev = match (&reuse, &request.rev) {
+        (Some(live), _) => live.commit.clone(),
+        (None, Some(rev)) => rev.clone(),
+        (None, None) => project.config.branch.clone(),
+    };
+    let commit = git::resolve(&repo, &rev)?;
+    let recipe = read_recipe(&repo, commit)?;
+    let pillar = Pillar::current(paths)?;
+    let mode = project.config.mode;
+    let release = release::new_id(Utc::now());
+    lock.set_holder("deploy", Some(&release))?;
+    paths.ensure()?;
+
+    let settings = Settings::gather(node, project, &recipe, &pillar, &release, commit)?;
+
+    out.set_redactor(Redactor::new(&settings.secrets));
+    out.open_logs(&paths.log_file(&release), &paths.events_file(&release))?;
+    out.headline(&format!(
+        "deploying {} ({}) of {} in {} mode as {release}",
+        git::short(commit),
+        git::summary(&repo, commit),
+        paths.name,
+        mode.as_str()
+    ));
+    out.event(
+        json!({"event": "deploy_start", "release": release, "commit": commit.to_string(),
+        "mode": mode.as_str(), "who": request.who, "time": crate::exec::report::now()}),
+    );
+
+    let mut run = Run::new(
+        RunSetup {
+            node,
+            project,
+            repo: &repo,
+            recipe: &recipe,
+            release: release.clone(),
+            commit,
+            log,
+            pillar_rev: pillar.rev.clone(),
+            settings: &settings,
+            reuse: reuse.map(|r| r.id),
+            archive: paths.archive_dir(&release),
+            log_name: release.clone(),
+        },
+        out,
+    );
+    run.log.records.push(Record {
+        id: release.clone(),
+        commit: commit.to_string(),
+        pillar_rev: pillar.rev.clone(),
+        mode: mode.as_str().to_string(),
+        status: Status::Running,
+        who: request.who.clone(),
+        started: Utc::now(),
+        finished: None,
+        failure: None,
+        source_release: None,
+        snapshot_at: None,
+        live: Vec::new(),
+    });
+    run.log.save(&paths.release_log())?;
+    let outcome = run.pipeline();
+    match outcome {
+        Ok(()) => {
+            run.out.headline(&format!(
+                "deployed {release} ({}) in {}",
+                git::short(commit),
+                seconds(started.elapsed())
+            ));
+            run.out.event(
+                json!({"event": "deploy_end", "release": release, "status": "good",
+                "seconds": started.elapsed().as_secs_f64()}),
+            );
+            run.out.close_logs();
+            Ok(Deployed { release, commit })
+        }
+        Err(failure) => {
+            let result = run.fail(failure);
+            run.out.close_logs();
+            Err(result)
+        }
+    }
+}
+
+/// The merged settings of one deploy: the environment of project commands (docs/kiln-yml.md,
+/// minus KILN_STAGE), the pillar's secrets, and the `$KILN_COMMON` file, which is
+/// readable only by kiln's user and removed when the deploy ends.
+struct Settings {
+    env: BTreeMap<String, String>,
+    secrets: Vec<String>,
+    common: PathBuf,
+}
+
+impl Settings {
+    fn gather(
+        node: &Node,
+        project: &Project,
+        recipe: &Recipe,
+        pillar: &Pillar,
+        release: &str,
+        commit: Oid,
+    ) -> Result<Settings, Error> {
+        let p = &project.paths;
+        let mode = project.config.mode;
+        let environment = project.config.environment(&node.config).as_str();
+        let merged = settings::merge(
+            json!({
+                "project": p.name,
+                "mode": mode.as_str(),
+                "release": release,
+                "commit": commit.to_string(),
+                "environment": environment,
+            }),
+            &recipe.defaults,
+            pillar.settings.as_ref(),
+            environment,
+        );
+        let secrets = pillar
+            .settings
+            .as_ref()
+            .map(settings::secrets)
+            .unwrap_or_default();
+        let user_env = settings::env_vars(&merged)?;
+        let common = p.state.join(format!("common-{release}.json"));
+        crate::fs::durable::write_atomic(
+            &common,
+            &serde_json::to_vec_pretty(&merged).unwrap_or_default(),
+            0o600,
+        )?;
+
+        let mut env = BTreeMap::new();
+        let path = std::env::var("PATH").unwrap_or_else(|_| "/usr/local/bin:/usr/bin:/bin".into());
+        env.insert("PATH".into(), path);
+        if let Ok(home) = std::env::var("HOME") {
+            env.insert("HOME".into(), home);
+        }
+        env.insert("LANG".into(), "C.UTF-8".into());
+        let dir = |p: &Path| p.display().to_string();
+        env.insert("KILN_PROJECT".into(), p.name.clone());
+        env.insert("KILN_MODE".into(), mode.as_str().into());
+        env.insert("KILN_RELEASE".into(), release.into());
+        env.insert("KILN_COMMIT".into(), commit.to_string());
+        env.insert("KILN_ROOT".into(), dir(&node.root));
+        env.insert("KILN_CHECKOUT_DIR".into(), dir(&p.project));
+        // The old, misleading name of the checkout, kept for the recipes that use it.
+        env.insert("KILN_PROJECT_DIR".into(), dir(&p.project));
+        env.insert("KILN_BUILD_DIR".into(), dir(&p.build));
+        env.insert("KILN_DEPLOY_DIR".into(), dir(&p.release_dir(release)));
+        env.insert("KILN_RUN_DIR".into(), dir(&p.run));
+        env.insert("KILN_DATA_DIR".into(), dir(&p.data));
+        env.insert("KILN_PILLAR_DIR".into(), dir(&p.pillar));
+        // KILN_BACKUP_DIR depends on where the run keeps its archive: see Run::new.
+        env.insert("KILN_COMMON".into(), dir(&common));
+        // settings::env_vars refuses KILN_* names, so the user's env cannot override these.
+        env.extend(user_env);
+        Ok(Settings {
+            env,
+            secrets,
+            common,
+        })
+    }
+}
+
+impl Drop for Settings {
+    fn drop(&mut self) {
+        let _ = fs::remove_file(&self.common);
+    }
+}
+
+/// One deploy in progress.
+struct Run<'a> {
+    node: &'a Node,
+    project: &'a Project,
+    repo: &'a git2::Repository,
+    recipe: &'a Recipe,
+    mode: Mode,
+    release: String,
+    commit: Oid,
+    /// The release live before this deploy.
+    live: Option<String>,
+    /// The live release's own services (from its kiln.yml): what stops it, and what starts
+    /// it again if this run is undone.
+    live_services: Services,
+    /// The environment of the live release's services commands.
+    live_env: BTreeMap<String, String>,
+    pillar_rev: Option<String>,
+    secrets: Vec<String>,
+    redactor: Redactor,
+    base_env: BTreeMap<String, String>,
+    journal: Option<Journal>,
+    log: ReleaseLog,
+    /// A settings-only redeploy: the live release whose tree is reused.
+    reuse: Option<String>,
+    /// The tarball being baked: (tree digest, bake info).
+    baking: Option<std::thread::JoinHandle<Result<(String, bake::BakeInfo), Error>>>,
+    /// archives/<release> for a deploy; archives/<release>-rollback-<id> for a rollback, so a
+    /// rollback never overwrites what the release's own deploy kept.
+    archive: PathBuf,
+    /// The name of this run's log in logs/ (`<release>` for a deploy).
+    log_name: String,
+    out: &'a mut Reporter,
+}
+
+/// What a deploy or a rollback knows once it has gathered its inputs.
+struct RunSetup<'a> {
+    node: &'a Node,
+    project: &'a Project,
+    repo: &'a git2::Repository,
+    recipe: &'a Recipe,
+    release: String,
+    commit: Oid,
+    log: ReleaseLog,
+    pillar_rev: Option<String>,
+    settings: &'a Settings,
+    reuse: Option<String>,
+    archive: PathBuf,
+    log_name: String,
+}
+
+impl<'a> Run<'a> {
+    fn new(setup: RunSetup<'a>, out: &'a mut Reporter) -> Run<'a> {
+        // Backups go with what this run keeps: a rollback must not write into the archive of
+        // the release it rolls back to.
+        let mut base_env = setup.settings.env.clone();
+        base_env.insert(
+            "KILN_BACKUP_DIR".into(),
+            setup.archive.join("backup").display().to_string(),
+        );
+        let paths = &setup.project.paths;
+        let live = setup.log.current.as_ref().and_then(|id| setup.log.get(id));
+        let mut live_env = base_env.clone();
+        live_env.insert("KILN_STAGE".into(), Stage::Deploy.as_str().into());
+        let live_services = match live {
+            None => Services::default(),
+            Some(record) => {
+                live_env.insert("KILN_RELEASE".into(), record.id.clone());
+                live_env.insert("KILN_COMMIT".into(), record.commit.clone());
+                live_env.insert(
+                    "KILN_DEPLOY_DIR".into(),
+                    paths.release_dir(&record.id).display().to_string(),
+                );
+                let recipe = Oid::from_str(&record.commit)
+                    .map_err(crate::error::git_error(format!(
+                        "read commit {}",
+                        record.commit
+                    )))
+                    .and_then(|commit| read_recipe(setup.repo, commit));
+                match recipe {
+                    Ok(recipe) => recipe.services,
+                    Err(e) => {
+                        // Stopping the live release with the new stop command is what kiln
+                        // did before it read the live one's: better than not stopping it.
+                        out.note(&format!(
+                            "warning: cannot read {RECIPE_FILE} of the live release {} ({}); \
+                             its services are stopped and started with this release's commands",
+                            record.id,
+                            crate::error::chain(&e)
+                        ));
+                        setup.recipe.services.clone()
+                    }
+                }
+            }
+        };
+        Run {
+            node: setup.node,
+            project: setup.project,
+            repo: setup.repo,
+            recipe: setup.recipe,
+            mode: setup.project.config.mode,
+            release: setup.release,
+            commit: setup.commit,
+            live: setup.log.current.clone(),
+            live_services,
+            live_env,
+            pillar_rev: setup.pillar_rev,
+            secrets: setup.settings.secrets.clone(),
+            redactor: Redactor::new(&setup.settings.secrets),
+            base_env,
+            journal: None,
+            log: setup.log,
+            reuse: setup.reuse,
+            baking: None,
+            archive: setup.archive,
+            log_name: setup.log_name,
+            out,
+        }
+    }
+}
+
+impl Run<'_> {
+    fn paths(&self) -> &crate::config::layout::ProjectPaths {
+        &self.project.paths
+    }
+
+    fn pipeline(&mut self) -> Result<(), Failure> {
+        if self.mode != Mode::Editable {
+            self.begin_journal("deploy")
+                .map_err(|e| Failure::new(Stage::Gather, e))?;
+        }
+        for stage in Stage::ALL {
+            let started = Instant::now();
+            self.out.stage_start(stage.as_str());
+            self.stage(stage)?;
+            self.out.stage_end(stage.as_str(), started.elapsed());
+        }
+        Ok(())
+    }
+
+    fn begin_journal(&mut self, action: &str) -> Result<(), Error> {
+        self.journal = Some(Journal {
+            release: self.release.clone(),
+            action: action.into(),
+            previous: self.live.clone(),
+            phase: Phase::Started,
+            run_inode: None,
+            switch: Method::Exchange.as_str().into(),
+            snapshot: None,
+            archive: self.archive.clone(),
+            undo: UndoCommands {
+                // This release's processes are stopped with this release's command; the
+                // live release starts again with its own.
+                stop: self.recipe.services.stop.clone(),
+                start: self
+                    .live_services
+                    .start
+                    .clone()
+                    .filter(|_| self.live.is_some()),
+                restore: self.recipe.restore.clone(),
+                env: self.env_for(Stage::Deploy),
+                start_env: Some(self.live_env.clone()),
+                secrets: self.secrets.clone(),
+                timeout: self.timeout(Stage::Deploy),
+                cwd: self.paths().run.clone(),
+            },
+            pid: std::process::id(),
+            log: Some(self.log_name.clone()),
+        });
+        self.record(Phase::Started)
+    }
+
+    fn stage(&mut self, stage: Stage) -> Result<(), Failure> {
+        let fail = |e: Error| Failure::new(stage, e);
+        let paths = self.paths().clone();
+        match (stage, self.mode) {
+            (Stage::Gather, _) => self.commands(stage, &paths.base),
+            (Stage::PreInstall, Mode::Editable) => {
+                paths.ensure().map_err(fail)?;
+                self.checkout(true).map_err(fail)?;
+                self.link_run_to_project().map_err(fail)?;
+                self.commands(stage, &paths.project)
+            }
+            (Stage::PreInstall, _) => {
+                paths.ensure().map_err(fail)?;
+                self.checkout(false).map_err(fail)?;
+                if self.mode == Mode::Cooking {
+                    wipe_dir(&paths.build).map_err(fail)?;
+                }
+                self.commands(stage, &paths.project)
+            }
+            (Stage::Build, Mode::Editable | Mode::Cooking) if self.reuse.is_some() => {
+                self.out
+                    .note("skipped: only the settings changed, the release is not rebuilt");
+                Ok(())
+            }
+            (Stage::Configure | Stage::Build, Mode::Editable) => {
+                self.commands(stage, &paths.project)
+            }
+            (Stage::Configure, Mode::Cooking) => {
+                if let Some(live) = self.reuse.clone() {
+                    let stats = sync::sync_tree(
+                        &paths.release_dir(&live),
+                        &paths.build,
+                        &SyncOptions::default(),
+                    )
+                    .map_err(|e| fail(e.into()))?;
+                    self.out.note(&format!(
+                        "copied the tree of {live} ({} files) into build/",
+                        stats.copied
+                    ));
+                } else {
+                    let live = self.live.as_ref().and_then(|id| self.log.get(id));
+                    let live_commit = live.and_then(|r| Oid::from_str(&r.commit).ok());
+                    let live_started = live.map(|r| std::time::SystemTime::from(r.started));
+                    let live_tree = self.live.as_ref().map(|id| paths.release_dir(id));
+                    let previous = live_commit.zip(live_tree.as_deref()).zip(live_started).map(
+                        |((commit, tree), started)| git::Previous {
+                            commit,
+                            tree,
+                            started,
+                            share: [Stage::Configure, Stage::Build, Stage::Bundle]
+                                .iter()
+                                .all(|stage| self.recipe.commands(self.mode, *stage).is_empty()),
+                        },
+                    );
+                    // Before this deploy started: whatever the build touches is newer.
+                    let stamp = self
+                        .log
+                        .get(&self.release)
+                        .map(|r| std::time::SystemTime::from(r.started))
+                        .unwrap_or_else(std::time::SystemTime::now)
+                        - Duration::from_secs(1);
+                    let files = git::export(self.repo, self.commit, &paths.build, previous, stamp)
+                        .map_err(fail)?;
+                    self.out.note(&format!(
+                        "exported {} ({files} files) into build/",
+                        git::short(self.commit)
+                    ));
+                }
+                self.commands(stage, &paths.build)
+            }
+            (Stage::Build, Mode::Cooking) => self.commands(stage, &paths.build),
+            (Stage::Configure, Mode::Final) => {
+                let source_release = crate::release::fetch::fetch_release(
+                    self.node,
+                    self.project,
+                    self.commit,
+                    &self.release,
+                    self.out,
+                )
+                .map_err(fail)?;
+                if let Some(record) = self.log.get_mut(&self.release) {
+                    record.source_release = Some(source_release);
+                }
+                self.log.save(&paths.release_log()).map_err(fail)?;
+                self.commands(stage, &paths.release_dir(&self.release))
+            }
+            (Stage::Build, Mode::Final) => {
+                self.out.note("skipped: final mode never builds");
+                Ok(())
+            }
+            (Stage::Bundle, Mode::Editable) => self.commands(stage, &paths.project),
+            (Stage::Bundle, Mode::Cooking) => {
+                self.commands(stage, &paths.build)?;
+                self.bundle().map_err(fail)
+            }
+            (Stage::Bundle, Mode::Final) => self.commands(stage, &paths.release_dir(&self.release)),
+            (Stage::Deploy, Mode::Editable) => self.restart_in_place(),
+            (Stage::Deploy, _) => self.go_live(),
+            (Stage::PostDeploy, Mode::Editable) => {
+                self.commands(stage, &paths.project)?;
+                self.commit_release().map_err(fail)
+            }
+            (Stage::PostDeploy, _) => {
+                self.finish_bake()
+                    .map_err(|e| Failure::new(Stage::Bundle, e))?;
+                self.commands(stage, &paths.run)?;
+                self.commit_release().map_err(fail)
+            }
+        }
+    }
+
+    fn timeout(&self, stage: Stage) -> Duration {
+        self.recipe
+            .timeout(stage, self.node.config.limits.stage_timeout)
+    }
+
+    fn env_for(&self, stage: Stage) -> BTreeMap<String, String> {
+        let mut env = self.base_env.clone();
+        env.insert("KILN_STAGE".into(), stage.as_str().into());
+        env
+    }
+
+    fn commands(&mut self, stage: Stage, cwd: &Path) -> Result<(), Failure> {
+        let commands: Vec<String> = self.recipe.commands(self.mode, stage).to_vec();
+        for command in &commands {
+            self.shell(stage, command, cwd)?;
+        }
+        Ok(())
+    }
+
+    fn shell(&mut self, stage: Stage, command: &str, cwd: &Path) -> Result<(), Failure> {
+        let env = self.env_for(stage);
+        self.shell_with(stage, command, cwd, &env)
+    }
+
+    fn shell_with(
+        &mut self,
+        stage: Stage,
+        command: &str,
+        cwd: &Path,
+        env: &BTreeMap<String, String>,
+    ) -> Result<(), Failure> {
+        self.out.command(stage.as_str(), command);
+        let spec = CommandSpec {
+            stage: stage.as_str(),
+            command,
+            cwd,
+            env,
+            timeout: self.timeout(stage),
+        };
+        stage::run_command(&spec, &self.redactor, self.out)
+            .map(|_| ())
+            .map_err(|e| Failure::new(stage, e))
+    }
+
+    fn record(&mut self, phase: Phase) -> Result<(), Error> {
+        let path = self.paths().journal();
+        match &mut self.journal {
+            Some(journal) => journal.record(&path, phase),
+            None => Ok(()),
+        }
+    }
+
+    /// Updates project/ to the commit. In editable mode project/ is the live tree: manual
+    /// edits there would be lost, so they make the deploy refuse.
+    fn checkout(&mut self, refuse_edits: bool) -> Result<(), Error> {
+        let paths = self.paths();
+        let checkout = git::Checkout::open_or_init(&paths.project, &paths.project_repo)?;
+        if refuse_edits {
+            let live = self.live_commit();
+            let edits =
+                backup::editable_edits(self.repo, live, &paths.project, checkout.local_edits()?)?;
+            if !edits.is_empty() {
+                return Err(Error::LocalEdits { files: edits });
+            }
+        }
+        checkout.checkout(self.commit)
+    }
+
+    /// Editable mode: run/ shows project/.
+    fn link_run_to_project(&mut self) -> Result<(), Error> {
+        let paths = self.paths().clone();
+        let target = Path::new(
+            paths
+                .project
+                .file_name()
+                .unwrap_or_else(|| std::ffi::OsStr::new("project")),
+        )
+        .to_path_buf();
+        match fs::symlink_metadata(&paths.run) {
+            Ok(meta)
+                if meta.file_type().is_symlink()
+                    && fs::read_link(&paths.run).ok().as_deref() == Some(target.as_path()) =>
+            {
+                return Ok(());
+            }
+            Ok(meta) if meta.is_dir() => {
+                // A tree left by cooking or final mode: keep it, never delete it silently.
+                let empty = fs::read_dir(&paths.run)
+                    .map(|mut d| d.next().is_none())
+                    .unwrap_or(false);
+                if empty {
+                    fs::remove_dir(&paths.run).map_err(|e| io_error("remove", &paths.run, e))?;
+                } else {
+                    let keep = paths.archive_dir(&self.release).join("run-before-editable");
+                    fs::create_dir_all(paths.archive_dir(&self.release))
+                        .map_err(|e| io_error("create", &keep, e))?;
+                    fs::rename(&paths.run, &keep).map_err(|e| io_error("move", &paths.run, e))?;
+                    self.out.note(&format!(
+                        "moved the previous run/ tree to {}",
+                        keep.display()
+                    ));
+                }
+            }
+            _ => {}
+        }
+        crate::fs::durable::replace_symlink(&target, &paths.run)
+    }
+
+    /// Cooking mode: build/ becomes the immutable release tree. It is baked into a tarball on
+    /// another thread while the deploy stage prepares and switches, and the release becomes
+    /// good only once the tarball and its manifest are written ([`Run::finish_bake`]).
+    fn bundle(&mut self) -> Result<(), Error> {
+        let paths = self.paths().clone();
+        let tree_dir = paths.release_dir(&self.release);
+        fs::rename(&paths.build, &tree_dir).map_err(|e| io_error("move", &paths.build, e))?;
+        fs::create_dir(&paths.build).map_err(|e| io_error("create", &paths.build, e))?;
+        let tarball = paths.tarball(&self.release);
+        self.baking = Some(std::thread::spawn(move || {
+            let digest = tree::digest(&tree_dir)?;
+            let info = bake::bake(&tree_dir, &tarball, 3)?;
+            Ok((digest, info))
+        }));
+        self.out.note(&format!(
+            "baking releases/{}.tar.zst while the deploy goes on",
+            self.release
+        ));
+        Ok(())
+    }
+
+    /// Waits for the tarball and writes the manifest (and its signature).
+    fn finish_bake(&mut self) -> Result<(), Error> {
+        let Some(baking) = self.baking.take() else {
+            return Ok(());
+        };
+        let (digest, info) = baking.join().map_err(|_| Error::Refused {
+            message: format!("baking release {} crashed", self.release),
+        })??;
+        let paths = self.paths().clone();
+        let manifest = Manifest {
+            format: 1,
+            release: self.release.clone(),
+            project: paths.name.clone(),
+            commit: self.commit.to_string(),
+            pillar_rev: self.pillar_rev.clone(),
+            created: Utc::now(),
+            sha256: info.sha256.clone(),
+            files: info.files,
+            bytes: info.bytes,
+            tree_digest: digest,
+        };
+        manifest.save(&paths.manifest(&self.release))?;
+        crate::release::signing::sign_manifest_if_keyed(self.node, &paths.manifest(&self.release))?;
+        self.out.note(&format!(
+            "baked releases/{}.tar.zst: {} files, {} bytes, sha256 {}",
+            self.release,
+            info.files,
+            info.bytes,
+            &info.sha256[..16]
+        ));
+        Ok(())
+    }
+
+    /// Editable mode: the tree is already live; restart the services around the project's
+    /// deploy commands so the app runs the pushed code (the running app is stopped with the
+    /// stop command it was started with).
+    fn restart_in_place(&mut self) -> Result<(), Failure> {
+        let project_dir = self.paths().project.clone();
+        self.stop_live(&project_dir)?;
+        self.commands(Stage::Deploy, &project_dir)?;
+        if let Some(start) = self.recipe.services.start.clone() {
+            self.shell(Stage::Deploy, &start, &project_dir)?;
+        }
+        self.check(&project_dir)
+    }
+
+    /// Stops the live release with its own `services.stop` (nothing is live: nothing to stop).
+    fn stop_live(&mut self, cwd: &Path) -> Result<(), Failure> {
+        if self.live.is_none() {
+            return Ok(());
+        }
+        let Some(stop) = self.live_services.stop.clone() else {
+            return Ok(());
+        };
+        let env = self.live_env.clone();
+        self.shell_with(Stage::Deploy, &stop, cwd, &env)
+    }
+
+    fn check(&mut self, cwd: &Path) -> Result<(), Failure> {
+        let Some(check) = self.recipe.check.clone() else {
+            return Ok(());
+        };
+        let env = self.env_for(Stage::Deploy);
+        self.out.note(&format!("check: {}", check.command));
+        let spec = CheckSpec {
+            stage: Stage::Deploy.as_str(),
+            command: &check.command,
+            cwd,
+            env: &env,
+            timeout: check.timeout,
+            interval: check.interval,
+        };
+        let attempts = stage::run_check(&spec, &self.redactor, self.out)
+            .map_err(|e| Failure::new(Stage::Deploy, e))?;
+        self.out.note(&format!("check passed (attempt {attempts})"));
+        Ok(())
+    }
+
+    /// Cooking and final mode: drift check, shadow tree, data snapshot, stop, switch, deploy
+    /// commands, start, health check. Everything that can be prepared is prepared before the
+    /// services stop; the deploy commands (migrations) run while nothing serves, so the new
+    /// release never serves a half-migrated database.
+    fn go_live(&mut self) -> Result<(), Failure> {
+        let tree_dir = self.paths().release_dir(&self.release);
+        self.go_live_with(&tree_dir, None)
+    }
+
+    /// Takes `tree_dir` live. `data_from`: a snapshot to put data/ back to once the services
+    /// are stopped (a rollback `--with-data`).
+    fn go_live_with(&mut self, tree_dir: &Path, data_from: Option<&Path>) -> Result<(), Failure> {
+        let fail = |e: Error| Failure::new(Stage::Deploy, e);
+        let paths = self.paths().clone();
+        self.save_drift().map_err(fail)?;
+        ensure_run_dir(&paths.run).map_err(fail)?;
+
+        let method = switch::method(&paths.run, &paths.shadow);
+        let prepare_from = match method {
+            Method::Exchange => tree_dir,
+            // Keep a copy of the live tree to switch back to.
+            Method::InPlace => &paths.run,
+        };
+        let t = Instant::now();
+        let stats = sync::sync_tree(prepare_from, &paths.shadow, &SyncOptions::default())
+            .map_err(|e| fail(e.into()))?;
+        self.out.note(&format!(
+            "prepared the next tree ({} copied, {} removed, {} unchanged) in {}",
+            stats.copied,
+            stats.removed,
+            stats.unchanged,
+            seconds(t.elapsed())
+        ));
+        if let Some(journal) = &mut self.journal {
+            journal.switch = method.as_str().into();
+            journal.run_inode = switch::inode(&paths.run);
+        }
+
+        let snapshot = self.archive.join("data");
+        let base = self
+            .log
+            .last_snapshot(&self.release)
+            .and_then(|r| {
+                let dir = paths.archive_dir(&r.id).join("data");
+                dir.is_dir().then_some((dir, r.snapshot_at))
+            })
+            .and_then(|(dir, at)| at.map(|at| (dir, std::time::SystemTime::from(at))));
+        let t = Instant::now();
+        let taken_at = Utc::now();
+        let stats = backup::snapshot(
+            &paths.data,
+            &snapshot,
+            base.as_ref().map(|(d, at)| (d.as_path(), *at)),
+        )
+        .map_err(fail)?;
+        self.out.note(&format!(
+            "data snapshot: {} copied, {} shared with the previous snapshot, in {}",
+            stats.copied,
+            stats.linked,
+            seconds(t.elapsed())
+        ));
+        fs::create_dir_all(self.archive.join("backup"))
+            .map_err(|e| fail(io_error("create", &paths.archives, e)))?;
+        for command in self.recipe.backup.clone() {
+            self.shell(Stage::Deploy, &command, &paths.run)?;
+        }
+        if self.journal.as_ref().map(|j| j.action.as_str()) == Some("deploy") {
+            if let Some(record) = self.log.get_mut(&self.release) {
+                record.snapshot_at = Some(taken_at);
+            }
+            self.log.save(&paths.release_log()).map_err(fail)?;
+        }
+        if let Some(journal) = &mut self.journal {
+            journal.snapshot = Some(snapshot.clone());
+        }
+        self.record(Phase::Snapshotted).map_err(fail)?;
+        crate::failpoint("after-snapshot");
+
+        self.record(Phase::Stopping).map_err(fail)?;
+        let window = Instant::now();
+        self.stop_live(&paths.run)?;
+        // Writes the app made between the snapshot and the stop belong in the snapshot too.
+        backup::catch_up(&paths.data, &snapshot).map_err(fail)?;
+        crate::failpoint("after-stop");
+        self.record(Phase::Switching).map_err(fail)?;
+        match method {
+            Method::Exchange => switch::exchange(&paths.run, &paths.shadow).map_err(fail)?,
+            Method::InPlace => {
+                sync::sync_tree(tree_dir, &paths.run, &SyncOptions::default())
+                    .map_err(|e| fail(e.into()))?;
+            }
+        }
+        if let Some(data) = data_from {
+            backup::restore(data, &paths.data).map_err(fail)?;
+            self.out
+                .note(&format!("data/ put back from {}", data.display()));
+        }
+        crate::failpoint("after-switch");
+        self.record(Phase::Migrating).map_err(fail)?;
+        self.out.note(&format!(
+            "switched run/ to {} ({})",
+            self.release,
+            method.as_str()
+        ));
+        self.commands(Stage::Deploy, &paths.run)?;
+        crate::failpoint("after-deploy-commands");
+        self.record(Phase::Switched).map_err(fail)?;
+        if let Some(start) = self.recipe.services.start.clone() {
+            self.shell(Stage::Deploy, &start, &paths.run)?;
+        }
+        self.out.note(&format!(
+            "services were stopped for {}",
+            seconds(window.elapsed())
+        ));
+        self.out.event(
+            json!({"event": "switched", "release": self.release, "method": method.as_str(),
+            "stopped_seconds": window.elapsed().as_secs_f64()}),
+        );
+        self.check(&paths.run)
+    }
+
+    /// The commit of the release that was live before this run.
+    fn live_commit(&self) -> Option<Oid> {
+        self.live
+            .as_ref()
+            .and_then(|id| self.log.get(id))
+            .and_then(|record| Oid::from_str(&record.commit).ok())
+    }
+
+    /// Manual edits in run/ are saved under archives/<release>/drift and reported, or refused.
+    /// What the live release's `.gitignore`s and `drift_ignore` leave out is neither.
+    fn save_drift(&mut self) -> Result<(), Error> {
+        let paths = self.paths().clone();
+        let live_tree = self.live.as_ref().map(|r| paths.release_dir(r));
+        let ignore = backup::live_ignore(self.repo, self.live_commit())?;
+        let drift = backup::find_drift(&paths.run, live_tree.as_deref(), &ignore)?;
+        if drift.is_empty() {
+            return Ok(());
+        }
+        let listed = drift.paths();
+        if self.recipe.drift == Drift::Refuse {
+            return Err(Error::DriftRefused { files: listed });
+        }
+        let dest = self.archive.join("drift");
+        backup::save_drift(&paths.run, &drift, &dest)?;
+        self.out.note(&format!(
+            "manual edits found in run/ were saved under {}:",
+            dest.display()
+        ));
+        for line in &listed {
+            self.out.note(&format!("  {line}"));
+        }
+        self.out
+            .event(json!({"event": "drift", "changes": listed, "saved": dest}));
+        Ok(())
+    }
+
+    /// The commit point: the release log says the release is good and live.
+    fn commit_release(&mut self) -> Result<(), Error> {
+        let paths = self.paths().clone();
+        crate::failpoint("before-commit");
+        let previous = self.log.current.clone();
+        let now = Utc::now();
+        if let Some(record) = self.log.get_mut(&self.release) {
+            record.status = Status::Good;
+            record.finished = Some(now);
+        }
+        let is_rollback = self.journal.as_ref().map(|j| j.action.as_str()) == Some("rollback");
+        if let Some(record) = previous
+            .filter(|p| is_rollback && *p != self.release)
+            .and_then(|p| self.log.get_mut(&p))
+        {
+            record.status = Status::RolledBack;
+        }
+        // The snapshot this run took is data/ as it was when the release it replaces was live.
+        let snapshot = self
+            .archive
+            .join("data")
+            .is_dir()
+            .then(|| self.archive.strip_prefix(&paths.archives).ok())
+            .flatten()
+            .map(|name| name.display().to_string());
+        self.log.went_live(&self.release, now, snapshot);
+        self.log.save(&paths.release_log())?;
+        crate::failpoint("after-commit");
+        // Past the commit point nothing may fail the deploy (it is live and logged good): what
+        // follows is tidying, and a failure is a warning. A journal left behind is harmless:
+        // recovery sees the release live and only removes it.
+        self.journal = None;
+        let mut tidy = vec![Journal::remove(&paths.journal())];
+        if self.mode != Mode::Editable {
+            tidy.push(crate::fs::durable::replace_symlink(
+                Path::new(&self.release),
+                &paths.deploy.join("current"),
+            ));
+        }
+        for e in tidy.into_iter().filter_map(Result::err) {
+            self.out
+                .note(&format!("warning: {}", crate::error::chain(&e)));
+        }
+        let log = self.log.clone();
+        self.prune(&log);
+        // The next deploy rewrites the index.
+        if self.mode != Mode::Editable
+            && let Err(e) = crate::release::publish::write_index(&paths, &self.log, self.mode)
+        {
+            self.out.note(&format!(
+                "warning: could not update releases/index.json: {}",
+                crate::error::chain(&e)
+            ));
+        }
+        Ok(())
+    }
+
+    /// Removes what releases beyond `keep` left behind (after a good deploy, and after a
+    /// failed one too: repeated failures must not fill the disk).
+    fn prune(&mut self, log: &ReleaseLog) {
+        let paths = self.paths().clone();
+        let pruned = prune(&paths, log, self.recipe.keep as usize);
+        if self.mode == Mode::Final {
+            crate::release::fetch::prune_pulled(&paths, log, &pruned);
+        }
+        let orphans = if self.mode == Mode::Cooking {
+            prune_orphans(&paths, log)
+        } else {
+            0
+        };
+        if !pruned.is_empty() {
+            self.out
+                .note(&format!("pruned {} old release(s)", pruned.len()));
+        }
+        if orphans > 0 {
+            self.out.note(&format!(
+                "removed {orphans} file(s) of releases/ that no release in the log names"
+            ));
+        }
+    }
+
+    /// Undoes the failed deploy and builds the error for the final line.
+    fn fail(&mut self, failure: Failure) -> Error {
+        let paths = self.paths().clone();
+        // The baker reads the release tree that the rollback is about to move away.
+        if let Some(baking) = self.baking.take() {
+            let _ = baking.join();
+        }
+        self.out.event(
+            json!({"event": "failure", "stage": failure.stage.as_str(), "reason": failure.reason}),
+        );
+        let outcome = match self.journal.take() {
+            Some(journal) => {
+                let undone = rollback::undo(&paths, &journal, &failure.reason, self.out);
+                if undone.is_ok() {
+                    match ReleaseLog::load(&paths.release_log()) {
+                        Ok(log) => self.prune(&log),
+                        Err(e) => self
+                            .out
+                            .note(&format!("warning: {}", crate::error::chain(&e))),
+                    }
+                }
+                undone
+            }
+            None => {
+                // Editable mode: nothing was switched; the tree stays as pushed.
+                rollback::mark_failed(&paths, &self.release, &failure.reason)
+                    .map(|_| String::from("the tree is left as pushed"))
+            }
+        };
+        match outcome {
+            Ok(outcome) => {
+                let error = Error::DeployFailed {
+                    stage: failure.stage.as_str().into(),
+                    reason: failure.reason,
+                    outcome,
+                };
+                self.out.headline(&error.to_string());
+                error
+            }
+            Err(e) => {
+                let error = Error::RollbackFailed {
+                    reason: format!(
+                        "deploy of {} failed at {} ({}), then undoing it failed: {}",
+                        self.release,
+                        failure.stage.as_str(),
+                        failure.reason,
+                        crate::error::chain(&e)
+                    ),
+                    hint: rollback::recovery_hint(&paths),
+                };
+                self.out.headline(&error.to_string());
+                error
+            }
+        }
+    }
+}
+
+/// Leftovers of releases beyond `keep` (deploy dirs, tarballs, archives) go; see
+/// [`ReleaseLog::prunable`] for what is always kept.
+pub fn prune(
+    paths: &crate::config::layout::ProjectPaths,
+    log: &ReleaseLog,
+    keep: usize,
+) -> Vec<String> {
+    let prunable = log.prunable(keep);
+    for id in &prunable {
+        let _ = fs::remove_dir_all(paths.release_dir(id));
+        let _ = fs::remove_file(paths.tarball(id));
+        let _ = fs::remove_file(paths.manifest(id));
+        let _ = fs::remove_file(paths.releases.join(format!("{id}.json.sig")));
+        let _ = fs::remove_dir_all(paths.archive_dir(id));
+    }
+    // What rollbacks to a pruned release kept (`<id>-rollback-<rollback id>`) goes with it.
+    if let Ok(entries) = fs::read_dir(&paths.archives) {
+        for entry in entries.flatten() {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            if let Some((id, _)) = name.split_once("-rollback-")
+                && prunable.iter().any(|p| p == id)
+            {
+                let _ = fs::remove_dir_all(entry.path());
+            }
+        }
+    }
+    prunable
+}
+
+/// Cooking mode: tarballs, manifests and signatures in releases/ that no release in the log
+/// names (left by deploys that never got a record, or by hand) go. Other files stay, and so
+/// does all of a final-mode releases/, which holds staging's ids and imported releases.
+pub fn prune_orphans(paths: &crate::config::layout::ProjectPaths, log: &ReleaseLog) -> usize {
+    let Ok(entries) = fs::read_dir(&paths.releases) else {
+        return 0;
+    };
+    let mut removed = 0;
+    for entry in entries.flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        let orphan = [".tar.zst", ".json.sig", ".json"]
+            .iter()
+            .find_map(|suffix| name.strip_suffix(suffix))
+            .is_some_and(|id| release::valid_id(id) && log.get(id).is_none());
+        if orphan && fs::remove_file(entry.path()).is_ok() {
+            removed += 1;
+        }
+    }
+    removed
+}
+
+fn wipe_dir(dir: &Path) -> Result<(), Error> {
+    if fs::symlink_metadata(dir).is_ok() {
+        fs::remove_dir_all(dir).map_err(|e| io_error("wipe", dir, e))?;
+    }
+    fs::create_dir_all(dir).map_err(|e| io_error("create", dir, e))
+}
+
+/// run/ must be a directory in cooking and final mode (editable mode leaves a symlink).
+fn ensure_run_dir(run: &Path) -> Result<(), Error> {
+    match fs::symlink_metadata(run) {
+        Ok(meta) if meta.file_type().is_symlink() => {
+            fs::remove_file(run).map_err(|e| io_error("remove", run, e))?;
+            fs::create_dir(run).map_err(|e| io_error("create", run, e))
+        }
+        Ok(_) => Ok(()),
+        Err(_) => fs::create_dir(run).map_err(|e| io_error("create", run, e)),
+    }
+}
+
+/// `kiln rollback`: takes the release that was live before the current one (or `release`) live
+/// again through the same journaled switch as a deploy. `with_data` also puts data/ back as it
+/// was when that release was last live (the snapshot taken when it was last replaced).
+pub fn rollback_to(
+    node: &Node,
+    project: &Project,
+    release: Option<&str>,
+    with_data: bool,
+    out: &mut Reporter,
+) -> Result<(), Error> {
+    let paths = &project.paths;
+    if project.config.mode == Mode::Editable {
+        return Err(Error::Usage(
+            "editable mode has no releases to roll back to: push the commit you want".into(),
+        ));
+    }
+    let lock = lock(project, "rollback", out)?;
+    rollback::recover(node, project, out)?;
+    let log = ReleaseLog::load(&paths.release_log())?;
+    let target = match release {
+        Some(id) => {
+            let record = log.get(id).ok_or_else(|| Error::UnknownRelease {
+                project: paths.name.clone(),
+                release: id.to_string(),
+            })?;
+            if !matches!(record.status, Status::Good | Status::RolledBack) {
+                return Err(Error::NotGoodRelease {
+                    release: id.to_string(),
+                    status: match record.status {
+                        Status::Running => "has not finished deploying",
+                        _ => "failed",
+                    },
+                });
+            }
+            record
+        }
+        None => log
+            .previous_live()
+            .ok_or_else(|| Error::NothingToRollBack {
+                project: paths.name.clone(),
+            })?,
+    }
+    .clone();
+    let tree = paths.release_dir(&target.id);
+    if !tree.is_dir() {
+        return Err(Error::Refused {
+            message: format!(
+                "the tree of release {} is gone from {}: it was pruned",
+                target.id,
+                paths.deploy.display()
+            ),
+        });
+    }
+    let data_from = if with_data {
+        let snapshot = log
+            .snapshot_when_replaced(&target.id)
+            .map(|archive| paths.archives.join(archive).join("data"))
+            .filter(|d| d.is_dir());
+        Some(snapshot.ok_or_else(|| Error::Refused {
+            message: format!(
+                "no data snapshot of the time {} was live is kept: roll back without `--with-data`",
+                target.id
+            ),
+        })?)
+    } else {
+        None
+    };
+    lock.set_holder("rollback", Some(&target.id))?;
+    let repo = git::open_bare(&paths.project_repo)?;
+    let commit = Oid::from_str(&target.commit).map_err(|_| Error::UnknownRev {
+        rev: target.commit.clone(),
+        repo: paths.project_repo.clone(),
+    })?;
+    let recipe = read_recipe(&repo, commit)?;
+    // The release runs again with the settings it ran with: its pillar commit.
+    let pillar_before = Pillar::current(paths)?.rev;
+    let pillar_target = target
+        .pillar_rev
+        .as_deref()
+        .and_then(|rev| Oid::from_str(rev).ok());
+    if let Some(oid) = pillar_target.filter(|oid| Some(oid.to_string()) != pillar_before) {
+        crate::config::pillar::checkout(paths, oid)?;
+        out.headline(&format!(
+            "pillar/ back at {}, as {} ran with",
+            git::short(oid),
+            target.id
+        ));
+    }
+    let pillar = Pillar::current(paths)?;
+    let settings = Settings::gather(node, project, &recipe, &pillar, &target.id, commit)?;
+    // Its archive and its log in logs/ share one name, `<target>-rollback-<id>`.
+    let log_name = format!("{}-rollback-{}", target.id, release::new_id(Utc::now()));
+    let archive = paths.archive_dir(&log_name);
+    fs::create_dir_all(&archive).map_err(|e| io_error("create", &archive, e))?;
+    out.open_logs(&paths.log_file(&log_name), &paths.events_file(&log_name))?;
+    out.headline(&format!(
+        "rolling back {} to {} ({})",
+        paths.name,
+        target.id,
+        &target.commit[..7]
+    ));
+    out.note(&format!("log: `kiln logs {} {log_name}`", paths.name));
+    let mut run = Run::new(
+        RunSetup {
+            node,
+            project,
+            repo: &repo,
+            recipe: &recipe,
+            release: target.id.clone(),
+            commit,
+            log,
+            pillar_rev: pillar.rev.clone(),
+            settings: &settings,
+            reuse: None,
+            archive,
+            log_name,
+        },
+        out,
+    );
+    let outcome = run
+        .begin_journal("rollback")
+        .map_err(|e| Failure::new(Stage::Deploy, e))
+        .and_then(|()| run.go_live_with(&tree, data_from.as_deref()))
+        .and_then(|()| {
+            run.commit_release()
+                .map_err(|e| Failure::new(Stage::PostDeploy, e))
+        });
+    match outcome {
+        Ok(()) => {
+            run.out.headline(&format!("rolled back to {}", target.id));
+            run.out.close_logs();
+            Ok(())
+        }
+        Err(failure) => {
+            let error = run.fail(failure);
+            run.out.close_logs();
+            if let Some(Ok(oid)) = pillar_before.as_deref().map(Oid::from_str) {
+                crate::config::pillar::checkout(paths, oid)?;
+            }
+            Err(error)
+        }
+    }
+}

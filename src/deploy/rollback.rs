@@ -1,0 +1,287 @@
+//! Undoing deploys: after a failure (called by the pipeline), after a crash (the next kiln
+//! command on the project finds the journal and finishes the job), and by hand
+//! (`kiln rollback`). Every path leaves run/ and data/ exactly as they were before the deploy.
+
+use std::fs;
+use std::path::Path;
+
+use chrono::Utc;
+use serde_json::json;
+
+use crate::config::layout::ProjectPaths;
+use crate::config::project::{Node, Project};
+use crate::error::{Error, io_error};
+use crate::exec::redact::Redactor;
+use crate::exec::report::Reporter;
+use crate::exec::stage::{self, CommandSpec};
+use crate::fs::sync::{self, SyncOptions};
+use crate::transaction::backup;
+use crate::transaction::journal::{Journal, Phase};
+use crate::transaction::release_log::{ReleaseLog, Status};
+use crate::transaction::switch::{self, Method};
+
+/// Puts the node back as it was before the journaled deploy; returns the outcome for the final
+/// line ("rolled back to <release>"). On error the journal stays, for `kiln recover`.
+pub fn undo(
+    paths: &ProjectPaths,
+    journal: &Journal,
+    reason: &str,
+    out: &mut Reporter,
+) -> Result<String, Error> {
+    let release = &journal.release;
+    out.headline(&format!("rolling back {release}"));
+    let redactor = Redactor::new(&journal.undo.secrets);
+    out.set_redactor(redactor.clone());
+    // The live release's services were stopped (data/ may have changed from here on) ...
+    let stopped = journal.phase >= Phase::Stopping;
+    // ... and the new release's may have been started.
+    let started = journal.phase >= Phase::Switched;
+    let run_with = |label: &str,
+                    command: &str,
+                    env: &std::collections::BTreeMap<String, String>,
+                    out: &mut Reporter|
+     -> Result<(), Error> {
+        out.command(label, command);
+        let spec = CommandSpec {
+            stage: label,
+            command,
+            cwd: &journal.undo.cwd,
+            env,
+            timeout: journal.undo.timeout,
+        };
+        stage::run_command(&spec, &redactor, out)?;
+        Ok(())
+    };
+    let run = |label: &str, command: &str, out: &mut Reporter| {
+        run_with(label, command, &journal.undo.env, out)
+    };
+
+    // The app of the failed release may be running: stop it, with its own stop command,
+    // before touching its files.
+    if let Some(stop) = journal.undo.stop.as_ref().filter(|_| started)
+        && let Err(e) = run("rollback", stop, out)
+    {
+        out.note(&format!(
+            "stopping the services failed ({}); carrying on",
+            crate::error::chain(&e)
+        ));
+    }
+    let failed = journal.archive.join("failed");
+    let is_deploy = journal.action == "deploy";
+    let method = Method::parse(&journal.switch);
+    let switched = match method {
+        Method::Exchange => {
+            journal.run_inode.is_some() && switch::inode(&paths.run) != journal.run_inode
+        }
+        Method::InPlace => journal.phase >= Phase::Switching,
+    };
+    fs::create_dir_all(&journal.archive).map_err(|e| io_error("create", &journal.archive, e))?;
+    if switched {
+        match method {
+            Method::Exchange => {
+                switch::exchange(&paths.run, &paths.shadow)?;
+                crate::failpoint("rollback-after-exchange");
+                // The shadow now holds the failed live tree: keep it for inspection.
+                keep_failed(&paths.shadow, &failed)?;
+            }
+            Method::InPlace => {
+                if !failed.exists() {
+                    sync::sync_tree(&paths.run, &failed, &SyncOptions::default())?;
+                }
+                sync::sync_tree(&paths.shadow, &paths.run, &SyncOptions::default())?;
+            }
+        }
+        out.note("run/ switched back");
+    } else if is_deploy {
+        let tree = paths.release_dir(release);
+        if tree.exists() {
+            keep_failed(&tree, &failed)?;
+        } else if fs::read_dir(&paths.build)
+            .map(|mut d| d.next().is_some())
+            .unwrap_or(false)
+        {
+            keep_failed(&paths.build, &failed)?;
+            fs::create_dir_all(&paths.build).map_err(|e| io_error("create", &paths.build, e))?;
+        }
+    }
+    if stopped {
+        if let Some(snapshot) = &journal.snapshot {
+            let stats = backup::restore(snapshot, &paths.data)?;
+            out.note(&format!(
+                "data/ restored from the snapshot ({} files put back, {} removed)",
+                stats.copied, stats.removed
+            ));
+            for command in &journal.undo.restore {
+                run("restore", command, out)?;
+            }
+        }
+        // The release live before starts again with its own start command; when nothing was
+        // live, nothing starts (the new release's start would run in an empty run/).
+        if let Some(start) = journal
+            .undo
+            .start
+            .as_ref()
+            .filter(|_| journal.previous.is_some())
+        {
+            let env = journal.undo.start_env.as_ref().unwrap_or(&journal.undo.env);
+            run_with("rollback", start, env, out)?;
+        }
+    }
+    if is_deploy {
+        mark_failed(paths, release, reason)?;
+    }
+    Journal::remove(&paths.journal())?;
+    out.event(json!({"event": "rolled_back", "release": release, "to": journal.previous}));
+    Ok(match &journal.previous {
+        Some(previous) => format!("rolled back to {previous}"),
+        None => "rolled back (no release was live before)".to_string(),
+    })
+}
+
+/// Moves the failed tree aside for inspection. A rollback finished by `kiln recover` after an
+/// interruption may get here twice: the first tree kept (the failed live tree) is the one to keep.
+fn keep_failed(tree: &Path, failed: &Path) -> Result<(), Error> {
+    if failed.exists() {
+        return Ok(());
+    }
+    fs::rename(tree, failed).map_err(|e| io_error("keep", tree, e))
+}
+
+/// Records in the release log that `release` failed.
+pub fn mark_failed(paths: &ProjectPaths, release: &str, reason: &str) -> Result<(), Error> {
+    let mut log = ReleaseLog::load(&paths.release_log())?;
+    if let Some(record) = log.get_mut(release) {
+        record.status = Status::Failed;
+        record.finished = Some(Utc::now());
+        record.failure = Some(reason.to_string());
+    }
+    log.save(&paths.release_log())
+}
+
+/// Finishes an interrupted deploy, if there is one: run by every command that takes the lock.
+pub fn recover(_node: &Node, project: &Project, out: &mut Reporter) -> Result<bool, Error> {
+    let paths = &project.paths;
+    let journal = Journal::load(&paths.journal())?;
+    let mut log = ReleaseLog::load(&paths.release_log())?;
+    let Some(journal) = journal else {
+        // A deploy without journal (editable mode) that died: nothing to undo, but the log
+        // must not say it is still running.
+        let mut changed = false;
+        for record in log
+            .records
+            .iter_mut()
+            .filter(|r| r.status == Status::Running)
+        {
+            record.status = Status::Failed;
+            record.finished = Some(Utc::now());
+            record.failure = Some("interrupted".into());
+            changed = true;
+        }
+        if changed {
+            log.save(&paths.release_log())?;
+        }
+        return Ok(false);
+    };
+    if log.current.as_deref() == Some(journal.release.as_str()) {
+        // The crash came after the commit point (the release log names the release live, in
+        // the same atomic write that marks it good): the deploy or rollback is complete.
+        Journal::remove(&paths.journal())?;
+        return Ok(false);
+    }
+    let log_name = journal.log_name();
+    let _ = out.open_logs(&paths.log_file(&log_name), &paths.events_file(&log_name));
+    out.headline(&format!(
+        "recovering the interrupted {} of {} (pid {}, stopped at {:?})",
+        journal.action, journal.release, journal.pid, journal.phase
+    ));
+    let reason = format!("interrupted during {:?}", journal.phase).to_lowercase();
+    let outcome = undo(paths, &journal, &reason, out).map_err(|e| Error::RollbackFailed {
+        reason: format!(
+            "recovering {} failed: {}",
+            journal.release,
+            crate::error::chain(&e)
+        ),
+        hint: recovery_hint(paths),
+    })?;
+    out.headline(&format!("recovered: {outcome}"));
+    out.close_logs();
+    Ok(true)
+}
+
+/// What an operator can do about a rollback that could not finish.
+pub fn recovery_hint(paths: &ProjectPaths) -> String {
+    format!(
+        "the journal is kept in {}; fix the cause and run `kiln recover {name}`, or give up the \
+         undo with `kiln recover {name} --abandon` (run/ and data/ are then left as they are)",
+        paths.journal().display(),
+        name = paths.name
+    )
+}
+
+/// `kiln recover --abandon`: gives up undoing an interrupted or failed deploy or rollback.
+/// The release log records the failure and the journal goes; run/ and data/ are left exactly
+/// as they are, for the operator to check. Returns false when there was nothing to abandon.
+pub fn abandon(project: &Project, out: &mut Reporter) -> Result<bool, Error> {
+    let paths = &project.paths;
+    let path = paths.journal();
+    // An unreadable journal is one more reason to abandon: it can only be removed.
+    let journal = match Journal::load(&path) {
+        Ok(None) => return Ok(false),
+        Ok(Some(journal)) => Some(journal),
+        Err(Error::RollbackFailed { .. }) => None,
+        Err(e) => return Err(e),
+    };
+    let mut log = ReleaseLog::load(&paths.release_log())?;
+    let committed = journal
+        .as_ref()
+        .is_some_and(|j| log.current.as_deref() == Some(j.release.as_str()));
+    if let Some(journal) = journal.as_ref().filter(|_| !committed) {
+        let name = journal.log_name();
+        let _ = out.open_logs(&paths.log_file(&name), &paths.events_file(&name));
+        out.headline(&format!(
+            "abandoning the undo of the {} of {} (stopped at {:?})",
+            journal.action, journal.release, journal.phase
+        ));
+    } else {
+        out.headline("abandoning the undo");
+    }
+    let reason = "the undo was abandoned by an operator (kiln recover --abandon)";
+    let mut marked = Vec::new();
+    for record in log.records.iter_mut().filter(|r| {
+        r.status == Status::Running
+            || journal.as_ref().is_some_and(|j| {
+                !committed && j.action == "deploy" && j.release == r.id && r.status != Status::Good
+            })
+    }) {
+        record.status = Status::Failed;
+        record.finished = Some(Utc::now());
+        record.failure = Some(reason.into());
+        marked.push(record.id.clone());
+    }
+    log.save(&paths.release_log())?;
+    Journal::remove(&path)?;
+    for id in &marked {
+        out.note(&format!("release {id} is marked failed in the release log"));
+    }
+    if let Some(journal) = journal.as_ref().filter(|_| !committed) {
+        if journal.action == "rollback" {
+            out.note(&format!(
+                "the release log still names {} live",
+                log.current.as_deref().unwrap_or("no release")
+            ));
+        }
+        if let Some(snapshot) = journal.snapshot.as_ref().filter(|s| s.is_dir()) {
+            out.note(&format!(
+                "data/ as it was before is kept in {}",
+                snapshot.display()
+            ));
+        }
+    }
+    out.note("the journal is removed; data/ and run/ were not touched: check them by hand");
+    out.event(
+        json!({"event": "abandoned", "release": journal.as_ref().map(|j| &j.release),
+        "marked_failed": marked}),
+    );
+    out.close_logs();
+    Ok(true)
+}

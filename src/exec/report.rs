@@ -1,0 +1,180 @@
+//! What a deploy tells its audience: the pusher (live `remote:` lines through the hook's
+//! stdout), logs/<release>.log (the same text) and logs/<release>.jsonl (structured events).
+//! A pusher who disconnects must not stop the deploy, so write errors to stdout are ignored.
+
+use std::fs::{File, OpenOptions};
+use std::io::Write;
+use std::path::Path;
+use std::time::Duration;
+
+use serde_json::json;
+
+use crate::error::{Error, io_error};
+use crate::exec::redact::Redactor;
+use crate::exec::stage::{OutputSink, Stream};
+
+pub const INDENT: &str = "       ";
+
+pub struct Reporter {
+    stdout: Option<Box<dyn Write + Send>>,
+    log: Option<File>,
+    events: Option<File>,
+    /// Text written before the log was opened, so the log holds the whole story.
+    pending: Vec<u8>,
+    /// Pillar secrets never leave kiln: everything written is redacted (stage output already
+    /// is, line by line, by the runner; this also covers kiln's own lines and events).
+    redactor: Redactor,
+}
+
+impl Reporter {
+    pub fn to_stdout() -> Reporter {
+        Reporter {
+            stdout: Some(Box::new(std::io::stdout())),
+            log: None,
+            events: None,
+            pending: Vec::new(),
+            redactor: Redactor::default(),
+        }
+    }
+
+    pub fn silent() -> Reporter {
+        Reporter {
+            stdout: None,
+            log: None,
+            events: None,
+            pending: Vec::new(),
+            redactor: Redactor::default(),
+        }
+    }
+
+    /// Starts writing logs/<release>.log and .jsonl (appending: a recovery adds to the log of
+    /// the release it undoes).
+    pub fn open_logs(&mut self, log: &Path, events: &Path) -> Result<(), Error> {
+        let open = |path: &Path| {
+            OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(path)
+                .map_err(|e| io_error("open", path, e))
+        };
+        let mut file = open(log)?;
+        let _ = file.write_all(&self.pending);
+        self.pending.clear();
+        self.log = Some(file);
+        self.events = Some(open(events)?);
+        Ok(())
+    }
+
+    pub fn set_redactor(&mut self, redactor: Redactor) {
+        self.redactor = redactor;
+    }
+
+    pub fn close_logs(&mut self) {
+        self.log = None;
+        self.events = None;
+    }
+
+    fn write_text(&mut self, bytes: &[u8]) {
+        let redacted = self.redactor.redact(bytes);
+        let bytes = redacted.as_ref();
+        if let Some(out) = &mut self.stdout {
+            // A closed pipe (the pusher went away) must not abort the deploy.
+            if out.write_all(bytes).and_then(|_| out.flush()).is_err() {
+                self.stdout = None;
+            }
+        }
+        match &mut self.log {
+            Some(log) => {
+                let _ = log.write_all(bytes);
+            }
+            None => self.pending.extend_from_slice(bytes),
+        }
+    }
+
+    pub fn event(&mut self, value: serde_json::Value) {
+        if let Some(events) = &mut self.events {
+            let value = redact_value(value, &self.redactor);
+            let mut line = serde_json::to_vec(&value).unwrap_or_default();
+            line.push(b'\n');
+            let _ = events.write_all(&line);
+        }
+    }
+
+    /// `-----> text`
+    pub fn headline(&mut self, text: &str) {
+        self.write_text(format!("-----> {text}\n").as_bytes());
+    }
+
+    /// An indented line under the current header.
+    pub fn note(&mut self, text: &str) {
+        self.write_text(format!("{INDENT}{text}\n").as_bytes());
+    }
+
+    pub fn stage_start(&mut self, stage: &str) {
+        self.headline(stage);
+        self.event(json!({"event": "stage_start", "stage": stage, "time": now()}));
+    }
+
+    pub fn stage_end(&mut self, stage: &str, took: Duration) {
+        self.note(&format!("{stage} done in {}", seconds(took)));
+        self.event(json!({"event": "stage_end", "stage": stage, "seconds": took.as_secs_f64(), "time": now()}));
+    }
+
+    pub fn command(&mut self, stage: &str, command: &str) {
+        self.note(&format!("$ {command}"));
+        self.event(json!({"event": "command", "stage": stage, "command": command, "time": now()}));
+    }
+}
+
+impl OutputSink for Reporter {
+    fn line(&mut self, stream: Stream, line: &[u8]) {
+        let mut text = Vec::with_capacity(line.len() + 8);
+        text.extend_from_slice(INDENT.as_bytes());
+        text.extend_from_slice(line);
+        text.push(b'\n');
+        self.write_text(&text);
+        if self.events.is_some() {
+            let stream = match stream {
+                Stream::Stdout => "stdout",
+                Stream::Stderr => "stderr",
+            };
+            self.event(
+                json!({"event": "output", "stream": stream, "line": String::from_utf8_lossy(line)}),
+            );
+        }
+    }
+}
+
+/// Redacts every string inside an event before it is encoded (JSON escaping could otherwise
+/// hide a secret with quotes or backslashes from a redaction of the encoded text).
+fn redact_value(value: serde_json::Value, redactor: &Redactor) -> serde_json::Value {
+    use serde_json::Value;
+    if redactor.is_empty() {
+        return value;
+    }
+    match value {
+        Value::String(s) => {
+            Value::String(String::from_utf8_lossy(&redactor.redact(s.as_bytes())).into_owned())
+        }
+        Value::Array(items) => Value::Array(
+            items
+                .into_iter()
+                .map(|v| redact_value(v, redactor))
+                .collect(),
+        ),
+        Value::Object(map) => Value::Object(
+            map.into_iter()
+                .map(|(k, v)| (k, redact_value(v, redactor)))
+                .collect(),
+        ),
+        other => other,
+    }
+}
+
+pub fn seconds(d: Duration) -> String {
+    format!("{:.1}s", d.as_secs_f64())
+}
+
+pub fn now() -> String {
+    chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
+}
