@@ -172,7 +172,9 @@ pub struct Ssh {
 }
 
 /// What a user may do with one project. `admin` is node-wide and lives on [`User`].
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Deserialize)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Deserialize, serde::Serialize,
+)]
 #[serde(rename_all = "lowercase")]
 pub enum Right {
     /// Push the app repo; read status, releases, ps, logs; fetch the app repo and releases.
