@@ -6,6 +6,7 @@
 
 use std::path::PathBuf;
 
+pub mod caller;
 pub mod forced;
 pub mod keys;
 pub mod request;

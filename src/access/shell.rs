@@ -12,7 +12,7 @@ use std::process::Command;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
-use crate::access::forced::{Caller, exec};
+use crate::access::caller::{Caller, exec};
 use crate::access::{AccessError, io, refused};
 use crate::config::node_config::{ALL_PROJECTS, Right};
 use crate::config::project::{Node, Project};
