@@ -42,6 +42,10 @@ pub struct DeployRequest {
     /// A pillar push: deploy the live release again with the new settings. Its tree is reused
     /// (configure, deploy and post_deploy run again; build does not).
     pub settings_only: bool,
+    /// How to try again, for the end of the last line when the deploy fails and is rolled
+    /// back: pushing the same commit again deploys nothing (git answers `Everything
+    /// up-to-date` and runs no hook).
+    pub retry: Option<String>,
 }
 
 pub struct Deployed {
@@ -49,21 +53,35 @@ pub struct Deployed {
     pub commit: Oid,
 }
 
-/// Why a deploy stopped: the stage and a short reason for the final line.
+/// Why a deploy stopped: the stage and the reason, in two lengths.
 #[derive(Debug)]
 pub struct Failure {
     pub stage: Stage,
+    /// For the release log, `kiln releases` and the events: a failed command is kept whole
+    /// (up to [`stage::KEPT_COMMAND_CHARS`]).
     pub reason: String,
+    /// For the last line of the push: the same with a long command cut at a word boundary.
+    pub brief: String,
 }
 
 impl Failure {
     fn new(stage: Stage, error: impl Into<Error>) -> Failure {
         let error = error.into();
-        let reason = match &error {
-            Error::Stage(e) => e.summary(),
-            other => crate::error::chain(other),
+        let (reason, brief) = match &error {
+            Error::Stage(e) => (
+                e.summary(stage::KEPT_COMMAND_CHARS),
+                e.summary(stage::HEADLINE_COMMAND_CHARS),
+            ),
+            other => {
+                let text = crate::error::chain(other);
+                (text.clone(), text)
+            }
         };
-        Failure { stage, reason }
+        Failure {
+            stage,
+            reason,
+            brief,
+        }
     }
 }
 
@@ -101,8 +119,41 @@ pub fn deploy(
     out: &mut Reporter,
 ) -> Result<Deployed, Error> {
     let lock = lock(project, "deploy", out)?;
-    rollback::recover(node, project, out)?;
+    recover_first(
+        node,
+        project,
+        &format!("`kiln deploy {}`", project.paths.name),
+        out,
+    )?;
     deploy_locked(node, project, request, &lock, out)
+}
+
+/// Finishes an interrupted or failed deploy before a new one starts. When that fails the new
+/// deploy must not start, and the pusher must hear it on the last line: after a post-receive
+/// push the branch has moved, and a push that silently deploys nothing looks like a success.
+/// `then`: what to do after recovering by hand, for the message.
+pub fn recover_first(
+    node: &Node,
+    project: &Project,
+    then: &str,
+    out: &mut Reporter,
+) -> Result<(), Error> {
+    let Err(error) = rollback::recover(node, project, out) else {
+        return Ok(());
+    };
+    let cause = match &error {
+        Error::RollbackFailed { reason, .. } => reason.clone(),
+        other => crate::error::chain(other),
+    };
+    let error = Error::NotDeployed {
+        project: project.paths.name.clone(),
+        cause,
+        then: then.to_string(),
+        exit: error.exit_code(),
+    };
+    out.headline(&error.to_string());
+    out.close_logs();
+    Err(error)
 }
 
 /// A deploy for a caller that already holds the project lock (and ran recovery).
@@ -198,7 +249,7 @@ pub fn deploy_locked(
             Ok(Deployed { release, commit })
         }
         Err(failure) => {
-            let result = run.fail(failure);
+            let result = run.fail(failure, request.retry.as_deref());
             run.out.close_logs();
             Err(result)
         }
@@ -898,8 +949,9 @@ impl Run<'_> {
         Ok(())
     }
 
-    /// Undoes the failed deploy and builds the error for the final line.
-    fn fail(&mut self, failure: Failure) -> Error {
+    /// Undoes the failed deploy and builds the error for the final line; `retry` (how to try
+    /// again) ends that line when the undo worked.
+    fn fail(&mut self, failure: Failure, retry: Option<&str>) -> Error {
         let paths = self.paths().clone();
         // The baker reads the release tree that the rollback is about to move away.
         if let Some(baking) = self.baking.take() {
@@ -920,8 +972,11 @@ impl Run<'_> {
             Ok(outcome) => {
                 let error = Error::DeployFailed {
                     stage: failure.stage.as_str().into(),
-                    reason: failure.reason,
-                    outcome,
+                    reason: failure.brief,
+                    outcome: match retry {
+                        Some(retry) => format!("{outcome}; {retry}"),
+                        None => outcome,
+                    },
                 };
                 self.out.headline(&error.to_string());
                 error
@@ -932,7 +987,7 @@ impl Run<'_> {
                         "deploy of {} failed at {} ({}), then undoing it failed: {}",
                         self.release,
                         failure.stage.as_str(),
-                        failure.reason,
+                        failure.brief,
                         crate::error::chain(&e)
                     ),
                     hint: format!(
@@ -1127,7 +1182,7 @@ pub fn rollback_to(
             Ok(())
         }
         Err(failure) => {
-            let error = run.fail(failure);
+            let error = run.fail(failure, None);
             if let Some(Ok(oid)) = pillar_before.as_deref().map(Oid::from_str) {
                 crate::pillar::checkout(paths, oid)?;
             }

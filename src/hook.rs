@@ -1,13 +1,15 @@
 //! The git hooks installed in the bare repos call `kiln hook pre-receive|post-receive`.
 //! pre-receive refuses a push whose kiln.yml (or pillar.yml) is invalid, so the branch does
 //! not move; post-receive deploys a push of the deploy branch and says other refs are ignored.
+//! With `reject_failed_push`, pre-receive deploys instead, so a failed deploy refuses the push.
 
 use std::io::BufRead;
 
 use crate::deploy::{self, DeployRequest};
 use crate::error::Error;
 use crate::git;
-use crate::project::Node;
+use crate::project::{Node, Project};
+use crate::recipe::{Mode, Recipe};
 use crate::report::Reporter;
 
 const ZERO: &str = "0000000000000000000000000000000000000000";
@@ -61,34 +63,40 @@ pub fn pusher() -> String {
         .unwrap_or_else(|| "unknown".into())
 }
 
+/// Refuses a push whose kiln.yml (or pillar.yml) is invalid. With `reject_failed_push` it
+/// also deploys the pushed deploy branch, before git moves it: a failed deploy then refuses
+/// the push ([`deploys_in_pre_receive`]).
 pub fn pre_receive(
     node: &Node,
     name: &str,
     repo: Repo,
     updates: &[RefUpdate],
+    out: &mut Reporter,
 ) -> Result<(), Error> {
     let project = node.project(name)?;
-    match repo {
-        Repo::Project => {
-            let deploy_ref = format!("refs/heads/{}", project.config.branch);
-            let bare = git::open_bare(&project.paths.project_repo)?;
-            for update in updates
-                .iter()
-                .filter(|u| u.name == deploy_ref && !u.is_delete())
-            {
-                let oid = git2::Oid::from_str(&update.new).map_err(|_| Error::UnknownRev {
-                    rev: update.new.clone(),
-                    repo: project.paths.project_repo.clone(),
-                })?;
-                deploy::read_recipe(&bare, oid)?;
-            }
-            Ok(())
+    if repo == Repo::Pillar {
+        return crate::pillar::validate_push(&project, updates);
+    }
+    let bare = git::open_bare(&project.paths.project_repo)?;
+    let mut target = None;
+    for update in deploy_branch_updates(&project, updates) {
+        let oid = git2::Oid::from_str(&update.new).map_err(|_| Error::UnknownRev {
+            rev: update.new.clone(),
+            repo: project.paths.project_repo.clone(),
+        })?;
+        let recipe = deploy::read_recipe(&bare, oid)?;
+        target = Some((update, recipe));
+    }
+    match target {
+        Some((update, recipe)) if deploys_in_pre_receive(node, &project, &recipe) => {
+            announce_ignored(&project, updates, out);
+            deploy_before_the_branch_moves(node, &project, update, out)
         }
-        Repo::Pillar => crate::pillar::validate_push(&project, updates),
+        _ => Ok(()),
     }
 }
 
-/// Deploys the pushed deploy branch; returns the exit status.
+/// Deploys the pushed deploy branch (when pre-receive has not); returns the exit status.
 pub fn post_receive(
     node: &Node,
     name: &str,
@@ -100,12 +108,86 @@ pub fn post_receive(
     if repo == Repo::Pillar {
         return crate::pillar::after_push(node, &project, updates, out);
     }
+    let target = deploy_branch_updates(&project, updates).last();
+    if let Some(update) = target
+        && deployed_by_pre_receive(node, &project, update)
+    {
+        // pre-receive deployed it and said so; its final line stays the push's last line.
+        return Ok(());
+    }
+    announce_ignored(&project, updates, out);
+    let Some(update) = target else {
+        return Ok(());
+    };
+    keep_going_without_pusher();
+    deploy::deploy(
+        node,
+        &project,
+        &DeployRequest {
+            rev: Some(update.new.clone()),
+            who: pusher(),
+            settings_only: false,
+            // Pushing the same commit again deploys nothing: git answers `Everything
+            // up-to-date` and runs no hook.
+            retry: Some(format!("retry with `kiln deploy {}`", project.paths.name)),
+        },
+        out,
+    )
+    .map(|_| ())
+}
+
+/// Whether a push of the deploy branch deploys from pre-receive, so that a failed deploy
+/// refuses the push and the branch does not move (Heroku's and Dokku's behaviour), instead of
+/// from post-receive, after git moved the branch.
+///
+/// project.yml decides, else node.yml, else the pushed kiln.yml: it changes who may move the
+/// branch and how long a push holds its connection, which is the operators' call (as every
+/// node-side setting), and a push must not be able to turn off what they rely on (the branch
+/// only ever names a commit that deployed). Editable mode never rolls back: a failed deploy
+/// leaves the tree as pushed, which needs the pushed commit, and git deletes the objects of a
+/// refused push; it always deploys from post-receive.
+pub fn deploys_in_pre_receive(node: &Node, project: &Project, recipe: &Recipe) -> bool {
+    project.config.mode != Mode::Editable
+        && project
+            .config
+            .reject_failed_push
+            .or(node.config.reject_failed_push)
+            .unwrap_or(recipe.reject_failed_push)
+}
+
+/// In post-receive: pre-receive deployed this update already. The same settings decide as
+/// there; kiln.yml of the commit is readable now that git moved the objects out of quarantine.
+fn deployed_by_pre_receive(node: &Node, project: &Project, update: &RefUpdate) -> bool {
+    let recipe = git::open_bare(&project.paths.project_repo).and_then(|bare| {
+        let oid = git2::Oid::from_str(&update.new).map_err(|_| Error::UnknownRev {
+            rev: update.new.clone(),
+            repo: project.paths.project_repo.clone(),
+        })?;
+        deploy::read_recipe(&bare, oid)
+    });
+    // Unreadable here means pre-receive refused it, so it cannot have been deployed; the
+    // deploy then reports the error.
+    recipe.is_ok_and(|recipe| deploys_in_pre_receive(node, project, &recipe))
+}
+
+fn deploy_branch_updates<'a>(
+    project: &Project,
+    updates: &'a [RefUpdate],
+) -> impl Iterator<Item = &'a RefUpdate> {
     let deploy_ref = format!("refs/heads/{}", project.config.branch);
-    let mut target = None;
-    for update in updates {
-        if update.name == deploy_ref && !update.is_delete() {
-            target = Some(update.new.clone());
-        } else if update.is_delete() {
+    updates
+        .iter()
+        .filter(move |u| u.name == deploy_ref && !u.is_delete())
+}
+
+/// Says which refs of the push do not deploy.
+fn announce_ignored(project: &Project, updates: &[RefUpdate], out: &mut Reporter) {
+    let deploy_ref = format!("refs/heads/{}", project.config.branch);
+    for update in updates
+        .iter()
+        .filter(|u| u.name != deploy_ref || u.is_delete())
+    {
+        if update.is_delete() {
             out.headline(&format!("ignoring the deletion of {}", update.name));
         } else {
             out.headline(&format!(
@@ -114,21 +196,58 @@ pub fn post_receive(
             ));
         }
     }
-    let Some(commit) = target else {
-        return Ok(());
-    };
+}
+
+/// pre-receive's deploy: the pushed commit is read from git's quarantine. If the deploy
+/// fails, the push is refused: git deletes the pushed objects and the branch does not move,
+/// so nothing that stays may refer to them except the failed release's record and logs.
+fn deploy_before_the_branch_moves(
+    node: &Node,
+    project: &Project,
+    update: &RefUpdate,
+    out: &mut Reporter,
+) -> Result<(), Error> {
     keep_going_without_pusher();
-    deploy::deploy(
-        node,
-        &project,
-        &DeployRequest {
-            rev: Some(commit),
-            who: pusher(),
-            settings_only: false,
-        },
-        out,
-    )
-    .map(|_| ())
+    let paths = &project.paths;
+    let lock = deploy::lock(project, "deploy", out)?;
+    deploy::recover_first(node, project, "push again", out)?;
+    // A push that waited for another push's deploy of this branch must not deploy over it:
+    // git would then refuse to move the branch (it checks the old tip), and the node would
+    // run a commit that no branch names.
+    let bare = git::open_bare(&paths.project_repo)?;
+    let tip = git::branch_tip(&bare, &project.config.branch);
+    if tip.map(|oid| oid.to_string()).as_deref().unwrap_or(ZERO) != update.old {
+        return Err(Error::Refused {
+            message: format!(
+                "`{}` moved to {} while this push waited for another deploy: fetch, merge and push again",
+                project.config.branch,
+                tip.map(git::short).unwrap_or_else(|| "nothing".into())
+            ),
+        });
+    }
+    let checked_out = git::checked_out(&paths.project);
+    let request = DeployRequest {
+        rev: Some(update.new.clone()),
+        who: pusher(),
+        settings_only: false,
+        retry: Some("the push is refused (the branch did not move); push again to retry".into()),
+    };
+    let result = deploy::deploy_locked(node, project, &request, &lock, out);
+    if result.is_err()
+        && let Some(before) = checked_out
+    {
+        // project/ shows the refused commit, whose objects git is about to delete.
+        let back = git::Checkout::open_or_init(&paths.project, &paths.project_repo)
+            .and_then(|checkout| checkout.checkout(before));
+        if let Err(e) = back {
+            out.note(&format!(
+                "warning: could not check {} out in project/ again: {}",
+                git::short(before),
+                crate::error::chain(&e)
+            ));
+        }
+    }
+    result.map(|_| ())
 }
 
 /// A pusher who disconnects (SIGHUP, closed pipe) must not abort a deploy halfway. A handler

@@ -111,6 +111,8 @@ pub fn after_push(
         rev: None,
         who: crate::hook::pusher(),
         settings_only: true,
+        // `kiln deploy` would not use the pillar pushed: it is put back on failure.
+        retry: None,
     };
     match deploy::deploy_locked(node, project, &request, &lock, out) {
         Ok(_) => Ok(()),

@@ -33,6 +33,9 @@ pub struct ProjectConfig {
     /// Overrides node.yml's `pillar_push` for this project.
     #[serde(default)]
     pub pillar_push: Option<PillarPush>,
+    /// Overrides node.yml's (and kiln.yml's) `reject_failed_push` for this project.
+    #[serde(default)]
+    pub reject_failed_push: Option<bool>,
 }
 
 fn default_branch() -> String {
@@ -49,6 +52,7 @@ impl ProjectConfig {
             trusted_key: None,
             notify: Vec::new(),
             pillar_push: None,
+            reject_failed_push: None,
         }
     }
 
@@ -95,6 +99,9 @@ impl ProjectConfig {
         }
         if let Some(push) = self.pillar_push {
             let _ = writeln!(out, "pillar_push: {push}");
+        }
+        if let Some(reject) = self.reject_failed_push {
+            let _ = writeln!(out, "reject_failed_push: {reject}");
         }
         out
     }
@@ -211,6 +218,7 @@ mod tests {
                 trusted_key: Some("ed25519:3Jx...".into()),
                 notify: vec!["ops@example.com".into()],
                 pillar_push: None,
+                reject_failed_push: None,
             }
         );
     }
@@ -247,6 +255,7 @@ mod tests {
                 "https://hooks.example.com/x?a=1&b=2".into(),
             ],
             pillar_push: Some(PillarPush::Record),
+            reject_failed_push: Some(true),
         };
         let awkward = ProjectConfig {
             mode: Mode::Cooking,
@@ -255,6 +264,7 @@ mod tests {
             trusted_key: Some("123".into()),
             notify: vec!["a,b@example.com".into(), "[x]@y".into()],
             pillar_push: Some(PillarPush::Redeploy),
+            reject_failed_push: Some(false),
         };
         let cases = [
             ProjectConfig::new(Mode::Editable),
@@ -347,7 +357,7 @@ mod tests {
             ),
             (
                 "mode: final\nkey: x\n",
-                "project.yml:2:1: unknown field `key`, expected one of `mode`, `branch`, `source`, `trusted_key`, `notify`, `pillar_push`",
+                "project.yml:2:1: unknown field `key`, expected one of `mode`, `branch`, `source`, `trusted_key`, `notify`, `pillar_push`, `reject_failed_push`",
             ),
         ];
         let mut mismatches = Vec::new();

@@ -154,6 +154,9 @@ pub struct Recipe {
     pub timeouts: StageTimeouts,
     pub drift: Drift,
     pub modes: ModeOverrides,
+    /// Deploy from the pre-receive hook, so that a failed deploy refuses the push and the
+    /// branch does not move. Default false; node.yml or project.yml decide when they say.
+    pub reject_failed_push: bool,
 }
 
 impl Default for Recipe {
@@ -169,6 +172,7 @@ impl Default for Recipe {
             timeouts: StageTimeouts::default(),
             drift: Drift::default(),
             modes: ModeOverrides::default(),
+            reject_failed_push: false,
         }
     }
 }
@@ -477,6 +481,12 @@ modes:                       # per-mode overrides of `stages`
         let recipe = Recipe::default();
         assert_eq!(recipe.keep, 5);
         assert_eq!(recipe.drift, Drift::Save);
+        assert!(!recipe.reject_failed_push);
+        assert!(
+            parse("reject_failed_push: true\n")
+                .expect("parses")
+                .reject_failed_push
+        );
         for stage in Stage::ALL {
             assert!(recipe.commands(Mode::Final, stage).is_empty());
         }
@@ -547,7 +557,7 @@ modes:                       # per-mode overrides of `stages`
         let cases = [
             (
                 "keep: 3\nstagez:\n  build: make\n",
-                "kiln.yml:2:1: unknown field `stagez`, expected one of `keep`, `stages`, `services`, `check`, `backup`, `restore`, `defaults`, `timeouts`, `drift`, `modes`",
+                "kiln.yml:2:1: unknown field `stagez`, expected one of `keep`, `stages`, `services`, `check`, `backup`, `restore`, `defaults`, `timeouts`, `drift`, `modes`, `reject_failed_push`",
             ),
             (
                 "stages:\n  biuld: make\n",
@@ -592,6 +602,10 @@ modes:                       # per-mode overrides of `stages`
             (
                 "drift: ignore\n",
                 "kiln.yml:1:8: unknown variant `ignore`, expected one of `save`, `refuse`",
+            ),
+            (
+                "reject_failed_push: sometimes\n",
+                "kiln.yml:1:21: invalid boolean (strict mode expects true/false)",
             ),
             (
                 "stages:\n  build:\n    - make\n    - [nested]\n",
