@@ -248,6 +248,7 @@ fn dispatch(cli: Cli) -> Result<(), Error> {
                     settings_only: false,
                     // Whoever typed the command knows how to run it again.
                     retry: None,
+                    receive_pack: None,
                 },
                 &mut out,
             )

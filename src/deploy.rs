@@ -46,6 +46,11 @@ pub struct DeployRequest {
     /// back: pushing the same commit again deploys nothing (git answers `Everything
     /// up-to-date` and runs no hook).
     pub retry: Option<String>,
+    /// A deploy from pre-receive: the pid of the git receive-pack that runs the hook. If it
+    /// dies (a pusher's terminal hung up on a local push), git deletes the pushed objects and
+    /// can no longer move the branch, so the deploy must fail and roll back rather than leave
+    /// the node running a commit that no branch names.
+    pub receive_pack: Option<i32>,
 }
 
 pub struct Deployed {
@@ -219,6 +224,7 @@ pub fn deploy_locked(
         },
         out,
     );
+    run.receive_pack = request.receive_pack;
     run.log.records.push(Record {
         id: release.clone(),
         commit: commit.to_string(),
@@ -358,6 +364,8 @@ struct Run<'a> {
     log: ReleaseLog,
     /// A settings-only redeploy: the live release whose tree is reused.
     reuse: Option<String>,
+    /// See [`DeployRequest::receive_pack`].
+    receive_pack: Option<i32>,
     /// The tarball being baked: (tree digest, bake info).
     baking: Option<std::thread::JoinHandle<Result<(String, bake::BakeInfo), Error>>>,
     /// archives/<release> for a deploy; archives/<release>-rollback-<id> for a rollback, so a
@@ -406,6 +414,7 @@ impl<'a> Run<'a> {
             journal: None,
             log: setup.log,
             reuse: setup.reuse,
+            receive_pack: None,
             baking: None,
             archive: setup.archive,
             out,
@@ -424,6 +433,7 @@ impl Run<'_> {
                 .map_err(|e| Failure::new(Stage::Gather, e))?;
         }
         for stage in Stage::ALL {
+            self.push_still_open(stage)?;
             let started = Instant::now();
             self.out.stage_start(stage.as_str());
             self.stage(stage)?;
@@ -562,8 +572,25 @@ impl Run<'_> {
                 self.finish_bake()
                     .map_err(|e| Failure::new(Stage::Bundle, e))?;
                 self.commands(stage, &paths.run)?;
+                self.push_still_open(stage)?;
                 self.commit_release().map_err(fail)
             }
+        }
+    }
+
+    /// A deploy from pre-receive stops once git's receive-pack is gone (see
+    /// [`DeployRequest::receive_pack`]); the hook then has another parent.
+    fn push_still_open(&self, stage: Stage) -> Result<(), Failure> {
+        match self.receive_pack {
+            Some(pid) if nix::unistd::getppid().as_raw() != pid => Err(Failure::new(
+                stage,
+                Error::Refused {
+                    message: format!(
+                        "the push was aborted: git receive-pack (pid {pid}) is gone and cannot move the branch any more"
+                    ),
+                },
+            )),
+            _ => Ok(()),
         }
     }
 

@@ -3,7 +3,9 @@
 //! not move; post-receive deploys a push of the deploy branch and says other refs are ignored.
 //! With `reject_failed_push`, pre-receive deploys instead, so a failed deploy refuses the push.
 
+use std::fs;
 use std::io::BufRead;
+use std::time::{Duration, Instant};
 
 use crate::deploy::{self, DeployRequest};
 use crate::error::Error;
@@ -113,6 +115,10 @@ pub fn post_receive(
         && deployed_by_pre_receive(node, &project, update)
     {
         // pre-receive deployed it and said so; its final line stays the push's last line.
+        let pending = project.paths.state.join(PENDING_PUSH);
+        if fs::read_to_string(&pending).is_ok_and(|text| text.contains(&update.new)) {
+            let _ = fs::remove_file(&pending);
+        }
         return Ok(());
     }
     announce_ignored(&project, updates, out);
@@ -130,6 +136,7 @@ pub fn post_receive(
             // Pushing the same commit again deploys nothing: git answers `Everything
             // up-to-date` and runs no hook.
             retry: Some(format!("retry with `kiln deploy {}`", project.paths.name)),
+            receive_pack: None,
         },
         out,
     )
@@ -214,9 +221,10 @@ fn deploy_before_the_branch_moves(
     // A push that waited for another push's deploy of this branch must not deploy over it:
     // git would then refuse to move the branch (it checks the old tip), and the node would
     // run a commit that no branch names.
+    wait_for_the_branch_of_the_push_before(project, out);
     let bare = git::open_bare(&paths.project_repo)?;
     let tip = git::branch_tip(&bare, &project.config.branch);
-    if tip.map(|oid| oid.to_string()).as_deref().unwrap_or(ZERO) != update.old {
+    if tip_text(tip) != update.old {
         return Err(Error::Refused {
             message: format!(
                 "`{}` moved to {} while this push waited for another deploy: fetch, merge and push again",
@@ -231,11 +239,13 @@ fn deploy_before_the_branch_moves(
         who: pusher(),
         settings_only: false,
         retry: Some("the push is refused (the branch did not move); push again to retry".into()),
+        // The hook is exec-ed by git receive-pack.
+        receive_pack: Some(nix::unistd::getppid().as_raw()),
     };
     let result = deploy::deploy_locked(node, project, &request, &lock, out);
-    if result.is_err()
-        && let Some(before) = checked_out
-    {
+    if result.is_ok() {
+        leave_pending_push(project, update, out);
+    } else if let Some(before) = checked_out {
         // project/ shows the refused commit, whose objects git is about to delete.
         let back = git::Checkout::open_or_init(&paths.project, &paths.project_repo)
             .and_then(|checkout| checkout.checkout(before));
@@ -248,6 +258,69 @@ fn deploy_before_the_branch_moves(
         }
     }
     result.map(|_| ())
+}
+
+/// `state/pending-push`: `<pid of git receive-pack> <new tip>`, left by a pre-receive deploy
+/// that worked. git moves the branch only once the hook has exited, and with it released the
+/// project lock: a push waiting for that lock could check the branch a moment before git moves
+/// it, deploy, and then have git refuse to move the branch (it checks the old tip), leaving
+/// the node running a commit that no branch names.
+const PENDING_PUSH: &str = "pending-push";
+
+/// How long a push waits for git to move the branch for the push before it, at most.
+const PENDING_PUSH_WAIT: Duration = Duration::from_secs(60);
+
+fn leave_pending_push(project: &Project, update: &RefUpdate, out: &mut Reporter) {
+    // The hook is exec-ed by git receive-pack, whose end bounds when it can move the branch.
+    let git = nix::unistd::getppid();
+    if git.as_raw() <= 1 {
+        return;
+    }
+    let path = project.paths.state.join(PENDING_PUSH);
+    let text = format!("{git} {}\n", update.new);
+    if let Err(e) = crate::durable::write_atomic(&path, text.as_bytes(), 0o600) {
+        out.note(&format!("warning: {}", crate::error::chain(&e)));
+    }
+}
+
+/// Waits until git has moved the branch for the push that deployed before this one (or has
+/// given up: its receive-pack is gone).
+fn wait_for_the_branch_of_the_push_before(project: &Project, out: &mut Reporter) {
+    let path = project.paths.state.join(PENDING_PUSH);
+    let Ok(text) = fs::read_to_string(&path) else {
+        return;
+    };
+    let mut parts = text.split_whitespace();
+    let git = parts.next().and_then(|pid| pid.parse::<i32>().ok());
+    if let (Some(git), Some(new)) = (git, parts.next()) {
+        let started = Instant::now();
+        let mut told = false;
+        while started.elapsed() < PENDING_PUSH_WAIT {
+            let tip = git::open_bare(&project.paths.project_repo)
+                .ok()
+                .and_then(|bare| git::branch_tip(&bare, &project.config.branch));
+            let alive = !matches!(
+                nix::sys::signal::kill(nix::unistd::Pid::from_raw(git), None),
+                Err(nix::errno::Errno::ESRCH)
+            );
+            if tip_text(tip) == new || !alive {
+                break;
+            }
+            if !told {
+                out.headline(&format!(
+                    "waiting for git to move {} for the push before this one",
+                    project.config.branch
+                ));
+                told = true;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+    let _ = fs::remove_file(&path);
+}
+
+fn tip_text(tip: Option<git2::Oid>) -> String {
+    tip.map_or_else(|| ZERO.to_string(), |oid| oid.to_string())
 }
 
 /// A pusher who disconnects (SIGHUP, closed pipe) must not abort a deploy halfway. A handler

@@ -113,6 +113,7 @@ pub fn after_push(
         settings_only: true,
         // `kiln deploy` would not use the pillar pushed: it is put back on failure.
         retry: None,
+        receive_pack: None,
     };
     match deploy::deploy_locked(node, project, &request, &lock, out) {
         Ok(_) => Ok(()),
