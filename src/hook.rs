@@ -172,8 +172,8 @@ fn deployed_by_pre_receive(node: &Node, project: &Project, update: &RefUpdate) -
         })?;
         deploy::read_recipe(&bare, oid)
     });
-    // Unreadable here means pre-receive refused it, so it cannot have been deployed; the
-    // deploy then reports the error.
+    // pre-receive refuses a commit whose kiln.yml it cannot read, so an error here means
+    // pre-receive did not deploy it; the deploy then reports the error.
     recipe.is_ok_and(|recipe| deploys_in_pre_receive(node, project, &recipe))
 }
 
@@ -215,6 +215,8 @@ fn deploy_before_the_branch_moves(
     out: &mut Reporter,
 ) -> Result<(), Error> {
     keep_going_without_pusher();
+    // The hook is exec-ed by git receive-pack: see DeployRequest::receive_pack.
+    let receive_pack = nix::unistd::getppid().as_raw();
     let paths = &project.paths;
     let lock = deploy::lock(project, "deploy", out)?;
     deploy::recover_first(node, project, "push again", out)?;
@@ -239,12 +241,11 @@ fn deploy_before_the_branch_moves(
         who: pusher(),
         settings_only: false,
         retry: Some("the push is refused (the branch did not move); push again to retry".into()),
-        // The hook is exec-ed by git receive-pack.
-        receive_pack: Some(nix::unistd::getppid().as_raw()),
+        receive_pack: Some(receive_pack),
     };
     let result = deploy::deploy_locked(node, project, &request, &lock, out);
     if result.is_ok() {
-        leave_pending_push(project, update, out);
+        leave_pending_push(project, receive_pack, update, out);
     } else if let Some(before) = checked_out {
         // project/ shows the refused commit, whose objects git is about to delete.
         let back = git::Checkout::open_or_init(&paths.project, &paths.project_repo)
@@ -270,10 +271,9 @@ const PENDING_PUSH: &str = "pending-push";
 /// How long a push waits for git to move the branch for the push before it, at most.
 const PENDING_PUSH_WAIT: Duration = Duration::from_secs(60);
 
-fn leave_pending_push(project: &Project, update: &RefUpdate, out: &mut Reporter) {
-    // The hook is exec-ed by git receive-pack, whose end bounds when it can move the branch.
-    let git = nix::unistd::getppid();
-    if git.as_raw() <= 1 {
+fn leave_pending_push(project: &Project, git: i32, update: &RefUpdate, out: &mut Reporter) {
+    // A receive-pack that is gone moves no branch.
+    if git <= 1 || nix::unistd::getppid().as_raw() != git {
         return;
     }
     let path = project.paths.state.join(PENDING_PUSH);

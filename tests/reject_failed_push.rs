@@ -415,3 +415,143 @@ fn a_vanished_pusher_keeps_the_deploy_but_a_dead_receive_pack_rolls_it_back() {
     assert_same(&run_before, &fingerprint(&project.run()), "run/");
     assert_same(&data_before, &fingerprint(&project.data()), "data/");
 }
+
+/// Issue 9 with `reject_failed_push`: when recovering the previous deploy fails (here its
+/// journal is unreadable), the push is refused and says so on its last line.
+#[test]
+fn a_failed_recovery_refuses_the_push() {
+    let node = Node::new();
+    let project = node.init("shop", "cooking");
+    project.add_setting("reject_failed_push: true");
+    migrations_work(&node, true);
+    let app = node.app("shop");
+    app.write("kiln.yml", &recipe(&node, None))
+        .write("app.txt", "v1\n");
+    let good = app.commit("good");
+    app.deploy(&project);
+    fs::write(project.path("state/journal.json"), "{ torn").unwrap();
+
+    app.write("app.txt", "v2\n");
+    app.commit("v2");
+    let (ok, output) = app.push(&project);
+    assert!(!ok, "{output}");
+    let last = last_remote_line(&output);
+    assert!(
+        last.starts_with(
+            "remote: -----> NOT deployed: recovering the previous deploy failed: the journal `"
+        ) && last.ends_with(
+            "; run `kiln recover shop` (or `kiln recover shop --abandon`) then push again"
+        ),
+        "{output}"
+    );
+    assert_eq!(project.branch_tip("master").as_deref(), Some(good.as_str()));
+    assert_eq!(statuses(&project), ["good"]);
+
+    fs::remove_file(project.path("state/journal.json")).unwrap();
+    app.deploy(&project);
+    assert_eq!(statuses(&project), ["good", "good"]);
+}
+
+/// Production with `reject_failed_push`: a commit that staging has not baked is refused and
+/// the branch does not move; one it has deploys from pre-receive.
+#[test]
+fn final_mode_refuses_a_commit_staging_has_not_baked() {
+    let staging_node = Node::new();
+    let staging = staging_node.init("shop", "cooking");
+    let production_node = staging_node.sibling("production");
+    let production = production_node.init_with(
+        "shop",
+        &[
+            "--mode",
+            "final",
+            "--source",
+            staging.base.to_str().unwrap(),
+        ],
+    );
+    production.add_setting("reject_failed_push: true");
+    let app = staging_node.app("shop");
+    app.write(
+        "kiln.yml",
+        "stages:\n  build:\n    - cp app.txt built.txt\n",
+    )
+    .write("app.txt", "v1\n");
+    let baked = app.commit("baked on staging");
+    app.deploy(&staging);
+    app.deploy(&production);
+    assert_eq!(
+        production.branch_tip("master").as_deref(),
+        Some(baked.as_str())
+    );
+    let run_before = fingerprint(&production.run());
+
+    app.write("app.txt", "v2\n");
+    let unbaked = app.commit("not on staging");
+    let (ok, output) = app.push(&production);
+    assert!(!ok, "{output}");
+    assert!(
+        last_remote_line(&output).starts_with(&format!(
+            "remote: -----> deploy FAILED at configure (no release of {unbaked} at "
+        )),
+        "{output}"
+    );
+    assert!(
+        last_remote_line(&output)
+            .ends_with("; the push is refused (the branch did not move); push again to retry"),
+        "{output}"
+    );
+    assert_eq!(
+        production.branch_tip("master").as_deref(),
+        Some(baked.as_str())
+    );
+    assert_same(&run_before, &fingerprint(&production.run()), "run/");
+
+    // Once staging has it, the same push works.
+    app.deploy(&staging);
+    app.deploy(&production);
+    assert_eq!(
+        fs::read_to_string(production.run().join("built.txt")).unwrap(),
+        "v2\n"
+    );
+    assert_eq!(
+        production.branch_tip("master").as_deref(),
+        Some(unbaked.as_str())
+    );
+}
+
+/// The very first push is refused: project/ was checked out at its commit (read from the
+/// quarantine), which git then deleted; the next push must still deploy.
+#[test]
+fn a_refused_first_push_does_not_break_the_next_one() {
+    let node = Node::new();
+    let project = node.init("shop", "cooking");
+    let app = node.app("shop");
+    migrations_work(&node, false);
+    app.write("kiln.yml", &recipe(&node, Some(true)))
+        .write("app.txt", "v1\n")
+        .write("only-in-the-refused-commit.txt", "x\n");
+    let refused = app.commit("refused");
+    let (ok, output) = app.push(&project);
+    assert!(!ok, "{output}");
+    assert!(!git_has_object(&project, &refused));
+    assert_eq!(project.branch_tip("master"), None);
+
+    // The fix replaces the refused commit, so the next push does not bring it back.
+    migrations_work(&node, true);
+    app.remove("only-in-the-refused-commit.txt")
+        .write("app.txt", "v2\n");
+    assert_success(&app.git(&["add", "-A"]), "git add");
+    assert_success(
+        &app.git(&["commit", "-q", "--amend", "-m", "good"]),
+        "git commit",
+    );
+    let out = app.git(&["rev-parse", "HEAD"]);
+    let good = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    app.deploy(&project);
+    assert!(!git_has_object(&project, &refused));
+    assert_eq!(project.branch_tip("master").as_deref(), Some(good.as_str()));
+    assert_eq!(project_checkout(&project), good);
+    assert_eq!(
+        fs::read_to_string(project.run().join("built.txt")).unwrap(),
+        "v2\n"
+    );
+}
