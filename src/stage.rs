@@ -165,7 +165,7 @@ pub const HEADLINE_COMMAND_CHARS: usize = 80;
 /// ...). Longer than `max_chars`, it is cut at the last word boundary before that and ends in
 /// `…`; a first word longer than that is kept whole (up to [`KEPT_COMMAND_CHARS`]), because a
 /// command cut inside a word reads as another command.
-pub fn command_on_one_line(command: &str, max_chars: usize) -> String {
+fn command_on_one_line(command: &str, max_chars: usize) -> String {
     let mut text = String::new();
     for line in command.lines().map(str::trim).filter(|l| !l.is_empty()) {
         if !text.is_empty() {
