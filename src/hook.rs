@@ -112,13 +112,10 @@ pub fn post_receive(
     }
     let target = deploy_branch_updates(&project, updates).last();
     if let Some(update) = target
-        && deployed_by_pre_receive(node, &project, update)
+        && deployed_by_pre_receive(&project, update)
     {
         // pre-receive deployed it and said so; its final line stays the push's last line.
-        let pending = project.paths.state.join(PENDING_PUSH);
-        if fs::read_to_string(&pending).is_ok_and(|text| text.contains(&update.new)) {
-            let _ = fs::remove_file(&pending);
-        }
+        let _ = fs::remove_file(project.paths.state.join(PENDING_PUSH));
         return Ok(());
     }
     announce_ignored(&project, updates, out);
@@ -162,19 +159,13 @@ pub fn deploys_in_pre_receive(node: &Node, project: &Project, recipe: &Recipe) -
             .unwrap_or(recipe.reject_failed_push)
 }
 
-/// In post-receive: pre-receive deployed this update already. The same settings decide as
-/// there; kiln.yml of the commit is readable now that git moved the objects out of quarantine.
-fn deployed_by_pre_receive(node: &Node, project: &Project, update: &RefUpdate) -> bool {
-    let recipe = git::open_bare(&project.paths.project_repo).and_then(|bare| {
-        let oid = git2::Oid::from_str(&update.new).map_err(|_| Error::UnknownRev {
-            rev: update.new.clone(),
-            repo: project.paths.project_repo.clone(),
-        })?;
-        deploy::read_recipe(&bare, oid)
-    });
-    // pre-receive refuses a commit whose kiln.yml it cannot read, so an error here means
-    // pre-receive did not deploy it; the deploy then reports the error.
-    recipe.is_ok_and(|recipe| deploys_in_pre_receive(node, project, &recipe))
+/// In post-receive: pre-receive deployed this update already. Its note says so, not the
+/// settings, which an operator may have changed in between: the note names this commit and
+/// this push's receive-pack, which runs both hooks.
+fn deployed_by_pre_receive(project: &Project, update: &RefUpdate) -> bool {
+    PendingPush::read(project).is_some_and(|pending| {
+        pending.receive_pack == nix::unistd::getppid().as_raw() && pending.new == update.new
+    })
 }
 
 fn deploy_branch_updates<'a>(
@@ -262,11 +253,28 @@ fn deploy_before_the_branch_moves(
 }
 
 /// `state/pending-push`: `<pid of git receive-pack> <new tip>`, left by a pre-receive deploy
-/// that worked. git moves the branch only once the hook has exited, and with it released the
-/// project lock: a push waiting for that lock could check the branch a moment before git moves
-/// it, deploy, and then have git refuse to move the branch (it checks the old tip), leaving
-/// the node running a commit that no branch names.
+/// that worked, for two readers. git moves the branch only once the hook has exited, and with
+/// it released the project lock: a push waiting for that lock could check the branch a moment
+/// before git moves it, deploy, and then have git refuse to move the branch (it checks the old
+/// tip), leaving the node running a commit that no branch names; it waits instead. And the
+/// post-receive hook of the same push learns from it not to deploy again (and removes it).
 const PENDING_PUSH: &str = "pending-push";
+
+struct PendingPush {
+    receive_pack: i32,
+    new: String,
+}
+
+impl PendingPush {
+    fn read(project: &Project) -> Option<PendingPush> {
+        let text = fs::read_to_string(project.paths.state.join(PENDING_PUSH)).ok()?;
+        let mut parts = text.split_whitespace();
+        Some(PendingPush {
+            receive_pack: parts.next()?.parse().ok()?,
+            new: parts.next()?.to_string(),
+        })
+    }
+}
 
 /// How long a push waits for git to move the branch for the push before it, at most.
 const PENDING_PUSH_WAIT: Duration = Duration::from_secs(60);
@@ -279,44 +287,42 @@ fn leave_pending_push(project: &Project, git: i32, update: &RefUpdate, out: &mut
     let path = project.paths.state.join(PENDING_PUSH);
     let text = format!("{git} {}\n", update.new);
     if let Err(e) = crate::durable::write_atomic(&path, text.as_bytes(), 0o600) {
-        out.note(&format!("warning: {}", crate::error::chain(&e)));
+        out.note(&format!(
+            "warning: {}; post-receive will deploy {} again",
+            crate::error::chain(&e),
+            &update.new[..7]
+        ));
     }
 }
 
 /// Waits until git has moved the branch for the push that deployed before this one (or has
 /// given up: its receive-pack is gone).
 fn wait_for_the_branch_of_the_push_before(project: &Project, out: &mut Reporter) {
-    let path = project.paths.state.join(PENDING_PUSH);
-    let Ok(text) = fs::read_to_string(&path) else {
+    let Some(pending) = PendingPush::read(project) else {
         return;
     };
-    let mut parts = text.split_whitespace();
-    let git = parts.next().and_then(|pid| pid.parse::<i32>().ok());
-    if let (Some(git), Some(new)) = (git, parts.next()) {
-        let started = Instant::now();
-        let mut told = false;
-        while started.elapsed() < PENDING_PUSH_WAIT {
-            let tip = git::open_bare(&project.paths.project_repo)
-                .ok()
-                .and_then(|bare| git::branch_tip(&bare, &project.config.branch));
-            let alive = !matches!(
-                nix::sys::signal::kill(nix::unistd::Pid::from_raw(git), None),
-                Err(nix::errno::Errno::ESRCH)
-            );
-            if tip_text(tip) == new || !alive {
-                break;
-            }
-            if !told {
-                out.headline(&format!(
-                    "waiting for git to move {} for the push before this one",
-                    project.config.branch
-                ));
-                told = true;
-            }
-            std::thread::sleep(Duration::from_millis(20));
+    let started = Instant::now();
+    let mut told = false;
+    while started.elapsed() < PENDING_PUSH_WAIT {
+        let tip = git::open_bare(&project.paths.project_repo)
+            .ok()
+            .and_then(|bare| git::branch_tip(&bare, &project.config.branch));
+        let alive = !matches!(
+            nix::sys::signal::kill(nix::unistd::Pid::from_raw(pending.receive_pack), None),
+            Err(nix::errno::Errno::ESRCH)
+        );
+        if tip_text(tip) == pending.new || !alive {
+            return;
         }
+        if !told {
+            out.headline(&format!(
+                "waiting for git to move {} for the push before this one",
+                project.config.branch
+            ));
+            told = true;
+        }
+        std::thread::sleep(Duration::from_millis(20));
     }
-    let _ = fs::remove_file(&path);
 }
 
 fn tip_text(tip: Option<git2::Oid>) -> String {
