@@ -290,7 +290,7 @@ fn leave_pending_push(project: &Project, git: i32, update: &RefUpdate, out: &mut
         out.note(&format!(
             "warning: {}; post-receive will deploy {} again",
             crate::error::chain(&e),
-            &update.new[..7]
+            update.new.get(..7).unwrap_or(&update.new)
         ));
     }
 }
