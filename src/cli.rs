@@ -170,7 +170,9 @@ pub fn main() -> i32 {
             // reaches the pusher, so do not repeat it there.
             let announced = matches!(
                 error,
-                Error::DeployFailed { .. } | Error::RollbackFailed { .. }
+                Error::DeployFailed { .. }
+                    | Error::RollbackFailed { .. }
+                    | Error::NotDeployed { .. }
             );
             if !(in_hook && announced) {
                 let _ = writeln!(std::io::stderr(), "error: {}", error_chain(&error));
@@ -186,7 +188,9 @@ fn error_chain(error: &Error) -> String {
     let mut chars = text.chars();
     match chars.next() {
         Some(first)
-            if !text.starts_with("deploy FAILED") && !text.starts_with("rollback FAILED") =>
+            if !["deploy FAILED", "rollback FAILED", "NOT deployed"]
+                .iter()
+                .any(|loud| text.starts_with(loud)) =>
         {
             first.to_lowercase().collect::<String>() + chars.as_str()
         }
@@ -251,6 +255,9 @@ fn dispatch(cli: Cli) -> Result<(), Error> {
                     rev,
                     who: hook::pusher(),
                     settings_only: false,
+                    // Whoever typed the command knows how to run it again.
+                    retry: None,
+                    receive_pack: None,
                 },
                 &mut out,
             )
@@ -332,10 +339,10 @@ fn dispatch(cli: Cli) -> Result<(), Error> {
                 Repo::Project
             };
             let updates = hook::parse_updates(std::io::stdin().lock());
+            let mut out = Reporter::to_stdout();
             if which == "pre-receive" {
-                hook::pre_receive(&node, &name, repo, &updates)
+                hook::pre_receive(&node, &name, repo, &updates, &mut out)
             } else {
-                let mut out = Reporter::to_stdout();
                 hook::post_receive(&node, &name, repo, &updates, &mut out)
             }
         }

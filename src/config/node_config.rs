@@ -101,6 +101,9 @@ pub struct NodeConfig {
     pub users: Vec<User>,
     /// Default for every project; project.yml may say otherwise. Default `redeploy`.
     pub pillar_push: PillarPush,
+    /// Deploy from the pre-receive hook, so that a failed deploy refuses the push. Default
+    /// for every project; project.yml may say otherwise. Unset: kiln.yml decides.
+    pub reject_failed_push: Option<bool>,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
@@ -403,6 +406,7 @@ mod tests {
         assert_eq!(config.limits.archive_entries, 1_000_000);
         assert_eq!(config.limits.stage_timeout, Duration::from_secs(1800));
         assert_eq!(config.pillar_push, PillarPush::Redeploy);
+        assert_eq!(config.reject_failed_push, None);
         assert!(config.users.is_empty());
         assert_eq!(config.notify, Notify::default());
     }
@@ -412,7 +416,7 @@ mod tests {
         let dir = tempfile::tempdir().expect("tempdir");
         let path = dir.path().join("node.yml");
         let text = format!(
-            "environment: prod\nlayout: /etc/kiln/layout.yml\nnotify:\n  smtp:\n    host: mail.example.com\n    from: kiln@example.com\n    starttls: true\n    username: kiln\n    password: hunter22\n  webhooks: [https://hooks.example.com/kiln]\nlimits:\n  archive_bytes: 512M\n  archive_entries: 5000\n  stage_timeout: 1h\nusers:\n  - name: ann\n    keys: ['{KEY}']\n    admin: true\n    pillar: true\n  - name: bob\n    keys: []\n    projects: [shop, blog]\npillar_push: record\n"
+            "environment: prod\nlayout: /etc/kiln/layout.yml\nnotify:\n  smtp:\n    host: mail.example.com\n    from: kiln@example.com\n    starttls: true\n    username: kiln\n    password: hunter22\n  webhooks: [https://hooks.example.com/kiln]\nlimits:\n  archive_bytes: 512M\n  archive_entries: 5000\n  stage_timeout: 1h\nusers:\n  - name: ann\n    keys: ['{KEY}']\n    admin: true\n    pillar: true\n  - name: bob\n    keys: []\n    projects: [shop, blog]\npillar_push: record\nreject_failed_push: true\n"
         );
         std::fs::write(&path, text).expect("write node.yml");
         let config = NodeConfig::load(&path).expect("node.yml loads");
@@ -434,6 +438,7 @@ mod tests {
         assert_eq!(config.limits.archive_entries, 5000);
         assert_eq!(config.limits.stage_timeout, Duration::from_secs(3600));
         assert_eq!(config.pillar_push, PillarPush::Record);
+        assert_eq!(config.reject_failed_push, Some(true));
 
         let ann = config.user("ann").expect("ann is listed");
         assert_eq!(ann.keys, [KEY]);
@@ -499,7 +504,7 @@ mod tests {
             ),
             (
                 "enviroment: prod\n".to_owned(),
-                "node.yml:1:1: unknown field `enviroment`, expected one of `environment`, `layout`, `notify`, `limits`, `users`, `pillar_push`",
+                "node.yml:1:1: unknown field `enviroment`, expected one of `environment`, `layout`, `notify`, `limits`, `users`, `pillar_push`, `reject_failed_push`",
             ),
             (
                 "limits:\n  archive_bytes: 0\n".to_owned(),
