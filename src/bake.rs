@@ -5,6 +5,9 @@
 //! nanosecond mtimes, symlinks, empty directories and names that are not UTF-8. Reading the
 //! tree runs on its own thread, feeding a bounded channel, so that file I/O overlaps with
 //! archiving and the multithreaded compressor while memory stays bounded.
+//!
+//! Before a tree is baked, [`check_links`] holds it to the symlink rules production's unpack
+//! applies ([`LinkRules`]), so that staging never publishes a release production would refuse.
 
 use std::ffi::OsString;
 use std::fs::{self, File, Metadata};
@@ -17,6 +20,8 @@ use std::thread;
 
 use sha2::{Digest, Sha256};
 use tar::{EntryType, Header};
+
+use crate::unpack::{LinkRefusal, LinkRules, ReleaseLinks, show};
 
 /// Largest piece of file data sent through the channel at once.
 const CHUNK: usize = 256 * 1024;
@@ -51,6 +56,64 @@ pub enum BakeError {
     Changed { path: PathBuf },
     #[error("cannot write release archive `{}`: {source}", path.display())]
     Write { path: PathBuf, source: io::Error },
+    #[error(
+        "release tree entry `{entry}`: {reason}; production would refuse this release, so it is not baked: make the link relative, copy what it points to into the tree (e.g. `python3 -m venv --copies`), or add its directory to `allowed_link_roots` in node.yml on staging and production (now: {roots})"
+    )]
+    Unpromotable {
+        /// Relative to the release root.
+        entry: String,
+        reason: LinkRefusal,
+        /// The system roots in force, for the message.
+        roots: String,
+    },
+}
+
+/// Checks every symlink of the release tree at `tree` against `rules`, exactly as
+/// production's unpack will; the first refused link is named by its path in the tree.
+pub fn check_links(tree: &Path, rules: &LinkRules) -> Result<(), BakeError> {
+    let unpromotable = |entry: String, reason| {
+        let roots: Vec<String> = rules
+            .system_roots()
+            .iter()
+            .map(|root| format!("`{}`", root.display()))
+            .collect();
+        BakeError::Unpromotable {
+            entry,
+            reason,
+            roots: if roots.is_empty() {
+                "none".into()
+            } else {
+                roots.join(", ")
+            },
+        }
+    };
+    let mut links = ReleaseLinks::new(rules);
+    let walk = walkdir::WalkDir::new(tree)
+        .follow_links(false)
+        .sort_by_file_name();
+    for entry in walk {
+        let entry = entry.map_err(|e| {
+            let path = e.path().unwrap_or(tree).to_path_buf();
+            BakeError::Read {
+                source: e
+                    .into_io_error()
+                    .unwrap_or_else(|| io::Error::other("walk failed")),
+                path,
+            }
+        })?;
+        if !entry.path_is_symlink() {
+            continue;
+        }
+        let rel = entry.path().strip_prefix(tree).unwrap_or(entry.path());
+        let rel = rel.as_os_str().as_bytes();
+        let target = fs::read_link(entry.path()).map_err(read_err(entry.path()))?;
+        links
+            .add(rel, target.as_os_str().as_bytes())
+            .map_err(|reason| unpromotable(show(rel), reason))?;
+    }
+    links
+        .check()
+        .map_err(|(entry, reason)| unpromotable(entry, reason))
 }
 
 /// Archives `tree` into `out` as a zstd-compressed tar at compression `level`.
@@ -491,7 +554,7 @@ impl Read for ChunkReader<'_> {
 #[allow(clippy::unwrap_used)] // tests may unwrap: a panic is a test failure
 mod tests {
     use super::*;
-    use crate::unpack::{Limits, UnpackOptions, unpack};
+    use crate::unpack::{Limits, LinkRules, UnpackOptions, unpack};
     use nix::sys::stat::{UtimensatFlags, utimensat};
     use nix::sys::time::TimeSpec;
     use std::ffi::OsStr;
@@ -614,10 +677,10 @@ mod tests {
 
         let dest = tmp.path().join("deploy/r1");
         fs::create_dir(tmp.path().join("deploy")).unwrap();
-        let roots = [data.as_path()];
+        let rules = LinkRules::new(vec![data.clone()], Vec::new(), &tmp.path().join("node"));
         let opts = UnpackOptions {
             limits: ROOMY,
-            link_roots: &roots,
+            links: &rules,
         };
         let unpacked = unpack(&out, &dest, &opts).unwrap();
         assert_eq!((unpacked.files, unpacked.bytes), (info.files, info.bytes));

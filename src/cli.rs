@@ -13,6 +13,7 @@ use crate::init::{self, InitRequest};
 use crate::project::Node;
 use crate::recipe::Mode;
 use crate::report::Reporter;
+use crate::signing::SignWhich;
 use crate::source::Part;
 use crate::status;
 
@@ -130,6 +131,15 @@ enum ReleaseCommand {
     /// Add a release by hand: FILE is `<release>.tar.zst`, with `<release>.json` (and
     /// `<release>.json.sig`) next to it. Checked like a pull; a later deploy of its commit uses it.
     Import { name: String, file: PathBuf },
+    /// Sign releases baked before this node had its key (`kiln key generate`), without
+    /// rebuilding: RELEASE, or every release the node offers with --all.
+    Sign {
+        name: String,
+        #[arg(required_unless_present = "all", conflicts_with = "all")]
+        release: Option<String>,
+        #[arg(long)]
+        all: bool,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -357,6 +367,24 @@ fn release(node: &Node, command: ReleaseCommand) -> Result<(), Error> {
                 project.paths.releases.display(),
                 manifest.commit
             );
+            Ok(())
+        }
+        ReleaseCommand::Sign { name, release, all } => {
+            let project = node.project(&name)?;
+            let mut out = Reporter::to_stdout();
+            let _lock = deploy::lock(&project, "signing", &mut out)?;
+            crate::rollback::recover(node, &project, &mut out)?;
+            let which = match (&release, all) {
+                (Some(id), false) => SignWhich::One(id),
+                _ => SignWhich::All,
+            };
+            let outcomes = crate::signing::sign_releases(node, &project, which)?;
+            if outcomes.is_empty() {
+                println!("project `{name}` offers no release to sign");
+            }
+            for (id, outcome) in outcomes {
+                println!("{id}: {}", outcome.as_str());
+            }
             Ok(())
         }
     }

@@ -28,7 +28,7 @@ use crate::report::{Reporter, seconds};
 use crate::signing::{BadSignature, TrustedKey};
 use crate::source::{Listed, Part, Source, SourceError};
 use crate::tree;
-use crate::unpack::{self, Limits, UnpackError, UnpackInfo, UnpackOptions};
+use crate::unpack::{self, Limits, LinkRules, UnpackError, UnpackInfo, UnpackOptions};
 
 /// Largest manifest or signature accepted.
 const SMALL_LIMIT: u64 = 1 << 20;
@@ -458,10 +458,10 @@ fn unpack_checked(
     dest: &Path,
 ) -> Result<UnpackInfo, FetchError> {
     let release = &manifest.release;
-    let link_roots = [paths.run.as_path(), paths.data.as_path()];
+    let links = LinkRules::for_project(node, paths);
     let opts = UnpackOptions {
         limits: node_limits(node),
-        link_roots: &link_roots,
+        links: &links,
     };
     // A refused archive is never kept: name it by its file name, not the temp dir it sat in.
     let name = PathBuf::from(tarball.file_name().unwrap_or(tarball.as_os_str()));

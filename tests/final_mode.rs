@@ -413,6 +413,7 @@ fn hostile_cases(outside: &Path, production: &Project) -> Vec<Hostile> {
     let data = at(&production.data());
     let outside_dir = at(outside);
     let victim = at(&outside.join("victim.txt"));
+    let node_key = at(&production.node.root.join(".node-key"));
     vec![
         Hostile {
             class: "`..` path",
@@ -437,9 +438,17 @@ fn hostile_cases(outside: &Path, production: &Project) -> Vec<Hostile> {
             ],
             entry: "out".into(),
             reason: format!(
-                "is a symlink to `{outside_dir}`, an absolute path outside the allowed link roots"
+                "is a symlink to `{outside_dir}`, which leaves the release for a path outside the allowed link roots"
             ),
             planted: vec![outside.join("through.txt")],
+        },
+        // Never into the node root, whatever node.yml allows: other projects and the key.
+        Hostile {
+            class: "symlink into the node root",
+            entries: vec![page(), Raw::symlink("key", &node_key)],
+            entry: "key".into(),
+            reason: format!("is a symlink to `{node_key}`, which leads into the node root"),
+            planted: vec![],
         },
         // Links into data/ are allowed (apps keep uploads there); writing through them is not.
         Hostile {
@@ -808,5 +817,184 @@ fn ssh_source_pulls_through_kiln_release_export() {
             "no release of {second} at {source}; push it to staging first"
         )),
         "{all}"
+    );
+}
+
+/// Debian's python, which the node's own packages provide (`.ci/run` installs it).
+const SYSTEM_PYTHON: &str = "/usr/bin/python3";
+
+/// An app whose build makes a virtualenv in `.venv` with `python` (no pip: no network).
+fn venv_app(node: &Node, python: &str) -> App {
+    let app = node.app(PROJECT);
+    app.write(
+        "kiln.yml",
+        &format!(
+            "stages:\n  build:\n    - touch \"$KILN_ROOT/build-ran\"\n    - {python} -m venv --without-pip .venv\n"
+        ),
+    )
+    .write("app.py", "print('hello')\n");
+    app
+}
+
+/// Runs the venv's python in `run` and returns what it printed: 1, then its sys.prefix.
+fn venv_python(run: &Path) -> String {
+    let out = Command::new(run.join(".venv/bin/python"))
+        .args(["-c", "import sys; print(1); print(sys.prefix)"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", text(&out));
+    String::from_utf8(out.stdout).unwrap()
+}
+
+/// Where the venv `python3 -m venv` makes with `python` links its `bin/python3`.
+fn venv_link_target(dir: &Path, python: &str) -> PathBuf {
+    let venv = dir.join("probe-venv");
+    let out = Command::new(python)
+        .args(["-m", "venv", "--without-pip"])
+        .arg(&venv)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", text(&out));
+    let target = fs::read_link(venv.join("bin/python3")).unwrap();
+    fs::remove_dir_all(venv).unwrap();
+    target
+}
+
+/// Issue 9: a standard venv has `.venv/bin/python3 -> /usr/bin/python3`; staging baked and
+/// published it, and production refused the whole release for that link.
+#[test]
+fn regression_a_venv_of_the_system_python_goes_from_staging_to_production_and_runs() {
+    if !Path::new(SYSTEM_PYTHON).exists() {
+        eprintln!("skipped: {SYSTEM_PYTHON} is not installed");
+        return;
+    }
+    let (staging, key) = staging(true);
+    let app = venv_app(&staging.node, SYSTEM_PYTHON);
+    let commit = app.commit("venv");
+    app.deploy(&staging);
+    let production = production(
+        &staging,
+        "production",
+        path_str(&staging.base),
+        key.as_deref(),
+    );
+    let output = app.deploy(&production);
+    assert!(output.contains("signature verified"), "{output}");
+    assert_deployed_like_staging(&production, &staging, &commit);
+    let run = production.run();
+    assert_eq!(
+        fs::read_link(run.join(".venv/bin/python3")).unwrap(),
+        Path::new(SYSTEM_PYTHON)
+    );
+    // The venv's own interpreter runs from production's run/: its prefix is run/.venv.
+    let printed = venv_python(&run);
+    assert_eq!(printed, format!("1\n{}\n", run.join(".venv").display()));
+}
+
+/// Issue 9: staging baked, signed and published a release whose link production refuses;
+/// now the staging deploy fails at bundle, names the entry, and publishes nothing.
+#[test]
+fn regression_staging_refuses_a_link_that_production_would_refuse_and_publishes_nothing() {
+    let (staging, _) = staging(true);
+    let app = app(&staging.node);
+    app.commit("one");
+    app.deploy(&staging);
+    let live = staging.current();
+    // Outside the node root and outside every default link root.
+    let elsewhere = staging.node.dir.path().join("elsewhere/bin/python3");
+    app.write(
+        "kiln.yml",
+        &format!(
+            "stages:\n  build:\n    - mkdir -p .venv/bin\n    - ln -s {} .venv/bin/python3\n",
+            elsewhere.display()
+        ),
+    );
+    let second = app.commit("two");
+    app.push_next(&staging);
+    let index = fs::read(staging.releases_dir().join("index.json")).unwrap();
+    let before = Untouched::take(&staging);
+
+    let output = staging.node.kiln(&["deploy", PROJECT, "--rev", &second]);
+    let all = text(&output);
+    assert_eq!(output.status.code(), Some(1), "{all}");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    let expected = format!(
+        "error: deploy FAILED at bundle (release tree entry `.venv/bin/python3`: symlink to `{}`, which leaves the release for a path outside the allowed link roots; production would refuse this release, so it is not baked:",
+        elsewhere.display()
+    );
+    assert!(
+        stderr.starts_with(&expected),
+        "expected `{expected}`\n{all}"
+    );
+    assert!(
+        stderr.contains("`allowed_link_roots` in node.yml on staging and production (now: `/usr`, `/bin`, `/sbin`, `/lib`, `/lib64`, `/opt`)")
+            && stderr.trim_end().ends_with(&format!("rolled back to {}", live.clone().unwrap())),
+        "{all}"
+    );
+    assert_eq!(stderr.lines().count(), 1, "{all}");
+    // No tarball, manifest or signature, and the index staging serves is unchanged.
+    before.check(&staging, &second, "unpromotable link");
+    assert_eq!(
+        fs::read(staging.releases_dir().join("index.json")).unwrap(),
+        index
+    );
+    assert_eq!(staging.current(), live);
+}
+
+/// pyenv's python (first on PATH on the machine issue 9 came from) makes venvs linking into
+/// a home directory, which no default link root covers: staging refuses them, until both
+/// nodes' node.yml allow that directory; then production runs the venv.
+#[test]
+fn a_venv_of_a_pyenv_python_is_refused_at_staging_unless_both_nodes_allow_its_root() {
+    let (staging, _) = staging(false);
+    let target = venv_link_target(staging.node.dir.path(), "python3");
+    let defaults = ["/usr", "/bin", "/sbin", "/lib", "/lib64", "/opt"];
+    if defaults.iter().any(|root| target.starts_with(root)) {
+        eprintln!(
+            "skipped: `python3` on PATH makes venvs linking to {} (under a default link root)",
+            target.display()
+        );
+        return;
+    }
+    let app = venv_app(&staging.node, "python3");
+    let commit = app.commit("venv");
+    app.push_next(&staging);
+    let output = staging.node.kiln(&["deploy", PROJECT, "--rev", &commit]);
+    let all = text(&output);
+    assert_eq!(output.status.code(), Some(1), "{all}");
+    let expected = format!(
+        "error: deploy FAILED at bundle (release tree entry `.venv/bin/python3`: symlink to `{}`, which leaves the release for a path outside the allowed link roots;",
+        target.display()
+    );
+    assert!(
+        String::from_utf8_lossy(&output.stderr).starts_with(&expected),
+        "expected `{expected}`\n{all}"
+    );
+    assert!(
+        !staging
+            .release_files()
+            .iter()
+            .any(|f| f.ends_with(".tar.zst")),
+        "{:?}",
+        staging.release_files()
+    );
+
+    // The interpreter's installation dir (e.g. /root/.pyenv/versions/3.11.7), on both nodes.
+    let root = target.parent().and_then(Path::parent).unwrap();
+    let node_yml = format!(
+        "allowed_link_roots: [{}, {}]\n",
+        defaults.join(", "),
+        root.display()
+    );
+    staging.node.write_node_yml(&node_yml);
+    app.deploy(&staging);
+    let production = production(&staging, "production", path_str(&staging.base), None);
+    production.node.write_node_yml(&node_yml);
+    app.deploy(&production);
+    assert_deployed_like_staging(&production, &staging, &commit);
+    let run = production.run();
+    assert_eq!(
+        venv_python(&run),
+        format!("1\n{}\n", run.join(".venv").display())
     );
 }
