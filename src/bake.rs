@@ -781,6 +781,118 @@ mod tests {
         assert_eq!(fs::read_dir(tmp.path()).unwrap().count(), 1);
     }
 
+    /// Staging's check and production's unpack agree on every tree: what `check_links`
+    /// accepts unpacks, and what it refuses the unpack refuses, naming the same entry.
+    #[test]
+    fn check_links_refuses_exactly_what_the_unpack_refuses() {
+        let tmp = tempfile::tempdir().unwrap();
+        let node = tmp.path().join("node");
+        let data = node.join("shop/data");
+        fs::create_dir_all(&data).unwrap();
+        let roots = crate::node_config::DEFAULT_LINK_ROOTS
+            .map(PathBuf::from)
+            .to_vec();
+        let rules = LinkRules::new(vec![data.clone()], roots, &node);
+        let in_data = data.join("uploads").display().to_string();
+        let key = node.join(".node-key").display().to_string();
+        // (name, links as path -> target, the entry refused)
+        type Case<'a> = (&'a str, Vec<(&'a str, &'a str)>, Option<&'a str>);
+        let cases: Vec<Case> = vec![
+            (
+                "a venv of the system python",
+                vec![
+                    (".venv/bin/python", "python3"),
+                    (".venv/bin/python3", "/usr/bin/python3"),
+                    (".venv/lib64", "lib"),
+                ],
+                None,
+            ),
+            (
+                "uploads kept in data/",
+                vec![("public/uploads", &in_data)],
+                None,
+            ),
+            (
+                "a venv of a pyenv python",
+                vec![(
+                    ".venv/bin/python3",
+                    "/root/.pyenv/versions/3.11.7/bin/python3",
+                )],
+                Some(".venv/bin/python3"),
+            ),
+            ("the node's signing key", vec![("k", &key)], Some("k")),
+            (
+                "`..` in an absolute link",
+                vec![("x", "/usr/../etc")],
+                Some("x"),
+            ),
+            (
+                "a relative link leaving",
+                vec![("a/up", "../..")],
+                Some("a/up"),
+            ),
+            (
+                "leaving through another link",
+                vec![("s/up", ".."), ("x", "s/up/../../y")],
+                Some("x"),
+            ),
+        ];
+        for (i, (name, links, refused)) in cases.into_iter().enumerate() {
+            let tree = tmp.path().join(format!("tree{i}"));
+            fs::create_dir(&tree).unwrap();
+            for (path, target) in &links {
+                let path = tree.join(path);
+                fs::create_dir_all(path.parent().unwrap()).unwrap();
+                symlink(target, path).unwrap();
+            }
+            let checked = check_links(&tree, &rules);
+            let out = tmp.path().join(format!("tree{i}.tar.zst"));
+            bake(&tree, &out, 1).unwrap();
+            let dest = tmp.path().join(format!("unpacked{i}"));
+            let opts = UnpackOptions {
+                limits: ROOMY,
+                links: &rules,
+            };
+            let unpacked = unpack(&out, &dest, &opts);
+            match (refused, checked, unpacked) {
+                (None, Ok(()), Ok(_)) => {}
+                (
+                    Some(want),
+                    Err(BakeError::Unpromotable { entry, reason, .. }),
+                    Err(crate::unpack::UnpackError::Refused {
+                        entry: refused_entry,
+                        reason: crate::unpack::Refusal::Link(unpack_reason),
+                        ..
+                    }),
+                ) => {
+                    assert_eq!(
+                        (entry.as_str(), refused_entry.as_str()),
+                        (want, want),
+                        "{name}"
+                    );
+                    assert_eq!(reason, unpack_reason, "{name}");
+                }
+                (_, checked, unpacked) => {
+                    panic!("{name}: check {checked:?}, unpack {unpacked:?}")
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn an_unpromotable_link_is_named_with_what_to_do() {
+        let tmp = tempfile::tempdir().unwrap();
+        let tree = tmp.path().join("tree");
+        fs::create_dir_all(tree.join(".venv/bin")).unwrap();
+        symlink("/root/.pyenv/bin/python3", tree.join(".venv/bin/python3")).unwrap();
+        let rules = LinkRules::new(Vec::new(), vec![PathBuf::from("/usr")], tmp.path());
+        let error = check_links(&tree, &rules).unwrap_err().to_string();
+        assert_eq!(
+            error,
+            "release tree entry `.venv/bin/python3`: symlink to `/root/.pyenv/bin/python3`, which leaves the release for a path outside the allowed link roots; production would refuse this release, so it is not baked: make the link relative, copy what it points to into the tree (e.g. `python3 -m venv --copies`), or add its directory to `allowed_link_roots` in node.yml on staging and production (now: `/usr`)"
+        );
+    }
+
     #[test]
     fn pax_time_handles_negative_times() {
         assert_eq!(pax_time(1, 5), "1.000000005");

@@ -1768,6 +1768,214 @@ mod tests {
         assert!(names(&env.deploy).is_empty());
     }
 
+    /// What [`ReleaseLinks`] says about a set of links: accepted, or the first refused link
+    /// and the kind of refusal.
+    #[derive(Debug, PartialEq, Eq)]
+    enum Verdict {
+        Accepted,
+        Escapes(&'static str),
+        OutsideRoots(&'static str),
+        AbsoluteParent(&'static str),
+        IntoNodeRoot(&'static str),
+        Loop(&'static str),
+    }
+
+    fn verdict(rules: &LinkRules, links: &[(&'static str, &str)]) -> Verdict {
+        let mut set = ReleaseLinks::new(rules);
+        let refused = links
+            .iter()
+            .find_map(|(path, target)| {
+                set.add(path.as_bytes(), target.as_bytes())
+                    .err()
+                    .map(|r| (*path, r))
+            })
+            .or_else(|| {
+                set.check().err().map(|(path, r)| {
+                    let path = links.iter().find(|(p, _)| *p == path).unwrap().0;
+                    (path, r)
+                })
+            });
+        match refused {
+            None => Verdict::Accepted,
+            Some((path, LinkRefusal::Escapes { .. })) => Verdict::Escapes(path),
+            Some((path, LinkRefusal::OutsideRoots { .. })) => Verdict::OutsideRoots(path),
+            Some((path, LinkRefusal::AbsoluteParent { .. })) => Verdict::AbsoluteParent(path),
+            Some((path, LinkRefusal::IntoNodeRoot { .. })) => Verdict::IntoNodeRoot(path),
+            Some((path, LinkRefusal::Loop { .. })) => Verdict::Loop(path),
+        }
+    }
+
+    /// The one rule set staging's bake check and production's unpack share, on its own: a
+    /// node rooted at /opt/kiln (inside an allowed root, to show it stays off limits) with
+    /// the default system roots, and a project `shop` on it.
+    #[test]
+    fn link_rules_accept_what_toolchains_make_and_nothing_that_leaves_the_release_unsafely() {
+        let defaults: Vec<PathBuf> = crate::node_config::DEFAULT_LINK_ROOTS
+            .iter()
+            .map(PathBuf::from)
+            .collect();
+        let project = vec![
+            PathBuf::from("/opt/kiln/shop/run"),
+            PathBuf::from("/opt/kiln/shop/data"),
+        ];
+        let node = Path::new("/opt/kiln");
+        let standard = LinkRules::new(project.clone(), defaults, node);
+        let strict = LinkRules::new(project, Vec::new(), node);
+        use Verdict::*;
+        let venv = [
+            (".venv/bin/python", "python3"),
+            (".venv/bin/python3", "/usr/bin/python3"),
+            (".venv/bin/python3.11", "python3"),
+            (".venv/lib64", "lib"),
+        ];
+        type Case<'a> = (
+            &'a str,
+            &'a LinkRules,
+            Vec<(&'static str, &'a str)>,
+            Verdict,
+        );
+        let cases: Vec<Case> = vec![
+            (
+                "a venv of the system python",
+                &standard,
+                venv.to_vec(),
+                Accepted,
+            ),
+            (
+                "a venv of the system python, no system roots",
+                &strict,
+                venv.to_vec(),
+                OutsideRoots(".venv/bin/python3"),
+            ),
+            (
+                "a venv of a pyenv python",
+                &standard,
+                vec![(
+                    ".venv/bin/python3",
+                    "/root/.pyenv/versions/3.11.7/bin/python3",
+                )],
+                OutsideRoots(".venv/bin/python3"),
+            ),
+            (
+                "merged-/usr names and a toolchain in /opt",
+                &standard,
+                vec![
+                    ("sh", "/bin/sh"),
+                    ("node", "/opt/node/bin/node"),
+                    ("ld", "/lib64/ld.so"),
+                ],
+                Accepted,
+            ),
+            (
+                "`.` and doubled slashes are harmless",
+                &standard,
+                vec![("py", "/usr/./bin//python3")],
+                Accepted,
+            ),
+            (
+                "a root is a whole component, not a prefix",
+                &standard,
+                vec![("x", "/usrx/bin/python3")],
+                OutsideRoots("x"),
+            ),
+            (
+                "/etc is not a default root",
+                &standard,
+                vec![("x", "/etc/passwd")],
+                OutsideRoots("x"),
+            ),
+            (
+                "`..` in an absolute target",
+                &standard,
+                vec![("x", "/usr/../etc/shadow")],
+                AbsoluteParent("x"),
+            ),
+            (
+                "`..` that stays inside a root lexically is still refused",
+                &standard,
+                vec![("x", "/usr/lib/../bin/python3")],
+                AbsoluteParent("x"),
+            ),
+            (
+                "`..` after a link to a system root",
+                &standard,
+                vec![("l", "/usr/lib"), ("m", "l/../etc")],
+                AbsoluteParent("m"),
+            ),
+            (
+                "a chain through a link to a system root",
+                &standard,
+                vec![("l", "/usr/lib"), ("m", "l/python3")],
+                Accepted,
+            ),
+            (
+                "into the node root, though /opt is allowed",
+                &standard,
+                vec![("key", "/opt/kiln/.node-key")],
+                IntoNodeRoot("key"),
+            ),
+            (
+                "into another project's data",
+                &standard,
+                vec![("x", "/opt/kiln/blog/data")],
+                IntoNodeRoot("x"),
+            ),
+            (
+                "into the node root, also without system roots",
+                &strict,
+                vec![("x", "/opt/kiln/shop/pillar/pillar.yml")],
+                IntoNodeRoot("x"),
+            ),
+            (
+                "into the project's own data/ and run/",
+                &strict,
+                vec![
+                    ("uploads", "/opt/kiln/shop/data/uploads"),
+                    ("r", "/opt/kiln/shop/run"),
+                ],
+                Accepted,
+            ),
+            (
+                "`..` out of the project's data/",
+                &strict,
+                vec![("x", "/opt/kiln/shop/data/../pillar")],
+                AbsoluteParent("x"),
+            ),
+            (
+                "a relative link inside",
+                &strict,
+                vec![("a/b", "../c")],
+                Accepted,
+            ),
+            (
+                "a relative link leaving",
+                &strict,
+                vec![("a/b", "../../c")],
+                Escapes("a/b"),
+            ),
+            (
+                "leaving through another link",
+                &strict,
+                vec![("s/up", ".."), ("x", "s/up/../../y")],
+                Escapes("x"),
+            ),
+            (
+                "a loop",
+                &strict,
+                vec![("a", "b/x"), ("b", "a/y")],
+                Loop("a"),
+            ),
+        ];
+        let mut wrong = Vec::new();
+        for (name, rules, links, want) in cases {
+            let got = verdict(rules, &links);
+            if got != want {
+                wrong.push(format!("{name}: got {got:?}, want {want:?}"));
+            }
+        }
+        assert!(wrong.is_empty(), "{}", wrong.join("\n"));
+    }
+
     #[test]
     fn pax_time_parses_fractions_and_negative_times() {
         type Want = Option<(i64, i64)>;

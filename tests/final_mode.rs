@@ -998,3 +998,91 @@ fn a_venv_of_a_pyenv_python_is_refused_at_staging_unless_both_nodes_allow_its_ro
         format!("1\n{}\n", run.join(".venv").display())
     );
 }
+
+/// Releases baked before `kiln key generate` are signed after the fact, without rebuilding,
+/// and a production node that trusts the key then pulls and verifies them. A release that
+/// is not there, or whose tarball no longer matches its manifest, is refused and nothing is
+/// signed.
+#[test]
+fn release_sign_signs_releases_baked_before_the_key_and_production_verifies_them() {
+    let (staging, _) = staging(false);
+    let app = app(&staging.node);
+    let first = app.commit("one");
+    app.deploy(&staging);
+    app.write("index.html", "<h1>shop, second edition</h1>\n");
+    let second = app.commit("two");
+    app.deploy(&staging);
+    let (one, two) = (
+        staging.offered_release(&first),
+        staging.offered_release(&second),
+    );
+    let sig = |id: &str| staging.releases_dir().join(format!("{id}.json.sig"));
+    assert!(!sig(&one).exists() && !sig(&two).exists());
+
+    // No key yet: nothing to sign with.
+    let output = staging.node.kiln(&["release", "sign", PROJECT, "--all"]);
+    assert_eq!(output.status.code(), Some(2), "{}", text(&output));
+    assert_eq!(
+        String::from_utf8_lossy(&output.stderr),
+        "error: this node has no signing key: create one with `kiln key generate`\n"
+    );
+
+    let key = staging.node.ok(&["key", "generate"]).trim().to_string();
+    let manifests = |ids: &[&str]| -> Vec<Vec<u8>> {
+        ids.iter()
+            .map(|id| fs::read(staging.releases_dir().join(format!("{id}.json"))).unwrap())
+            .collect()
+    };
+    let before = manifests(&[&one, &two]);
+    let stdout = staging.node.ok(&["release", "sign", PROJECT, "--all"]);
+    assert_eq!(stdout, format!("{one}: signed\n{two}: signed\n"));
+    assert_eq!(manifests(&[&one, &two]), before, "manifests unchanged");
+    let signature = fs::read(sig(&two)).unwrap();
+    let stdout = staging.node.ok(&["release", "sign", PROJECT, &two]);
+    assert_eq!(
+        stdout,
+        format!("{two}: already signed with this node's key\n")
+    );
+    assert_eq!(fs::read(sig(&two)).unwrap(), signature);
+
+    let production = production(&staging, "production", path_str(&staging.base), Some(&key));
+    let output = app.deploy(&production);
+    assert!(output.contains("signature verified"), "{output}");
+    assert_deployed_like_staging(&production, &staging, &second);
+
+    // A release that is not there: exit 2, one line, nothing written.
+    let files = staging.release_files();
+    let missing = "20990101T000000Z-00000000";
+    let output = staging.node.kiln(&["release", "sign", PROJECT, missing]);
+    assert_eq!(output.status.code(), Some(2), "{}", text(&output));
+    assert_eq!(
+        String::from_utf8_lossy(&output.stderr),
+        format!(
+            "error: no good release `{missing}` of project `{PROJECT}` to sign: `kiln release list {PROJECT}` shows the releases this node offers\n"
+        )
+    );
+    assert_eq!(staging.release_files(), files);
+
+    // A tarball that no longer matches its manifest is not vouched for, and with --all
+    // neither is any other release.
+    fs::remove_file(sig(&one)).unwrap();
+    fs::remove_file(sig(&two)).unwrap();
+    let tarball = staging.releases_dir().join(format!("{one}.tar.zst"));
+    let mut bytes = fs::read(&tarball).unwrap();
+    bytes[0] ^= 0xff;
+    fs::write(&tarball, bytes).unwrap();
+    let files = staging.release_files();
+    for which in [one.as_str(), "--all"] {
+        let output = staging.node.kiln(&["release", "sign", PROJECT, which]);
+        assert_eq!(output.status.code(), Some(2), "{which}: {}", text(&output));
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(
+            stderr.starts_with(&format!(
+                "error: release {one} refused: its tarball's sha256 is "
+            )) && stderr.contains("; nothing was signed")
+                && stderr.lines().count() == 1,
+            "{which}: {stderr}"
+        );
+        assert_eq!(staging.release_files(), files, "{which}: nothing signed");
+    }
+}
