@@ -482,6 +482,26 @@ mod tests {
         assert!(config.user("eve").is_none());
     }
 
+    /// The README's node.yml is a real one, and shows the defaults it says it shows.
+    #[test]
+    fn the_readme_node_yml_parses() {
+        let readme = include_str!("../README.md");
+        let section = readme
+            .split("\n## node.yml\n")
+            .nth(1)
+            .expect("README has a node.yml section");
+        let yaml = section
+            .split("```yaml\n")
+            .nth(1)
+            .and_then(|rest| rest.split("```").next())
+            .expect("the section has a yaml block");
+        let config = parse(yaml).expect("README's node.yml parses");
+        assert_eq!(config.allowed_link_roots, LinkRoots::default());
+        assert_eq!(config.limits, Limits::default());
+        assert_eq!(config.environment, Environment::Staging);
+        assert_eq!(config.pillar_push, PillarPush::Redeploy);
+    }
+
     #[test]
     fn environment_names_and_default_modes() {
         let cases = [
