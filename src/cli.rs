@@ -133,10 +133,14 @@ enum ReleaseCommand {
     Import { name: String, file: PathBuf },
     /// Sign releases baked before this node had its key (`kiln key generate`), without
     /// rebuilding: RELEASE, or every release the node offers with --all.
+    #[command(
+        group(clap::ArgGroup::new("which").required(true).args(["release", "all"])),
+        override_usage = "kiln release sign <NAME> <RELEASE|--all>"
+    )]
     Sign {
         name: String,
-        #[arg(required_unless_present = "all", conflicts_with = "all")]
         release: Option<String>,
+        /// Every good release this node offers.
         #[arg(long)]
         all: bool,
     },

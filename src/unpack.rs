@@ -72,26 +72,24 @@ pub struct UnpackOptions<'a> {
 /// lets a release write outside itself: the unpacker never writes through a symlink.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct LinkRules {
-    project_roots: Vec<PathBuf>,
-    system_roots: Vec<PathBuf>,
-    /// The node root as given and as resolved, when they differ.
-    node_roots: Vec<PathBuf>,
+    /// Each root as components, `.` and `..` resolved; the first of each kind as given.
+    project_roots: Vec<Vec<Vec<u8>>>,
+    system_roots: Vec<Vec<Vec<u8>>>,
+    node_roots: Vec<Vec<Vec<u8>>>,
+    /// As node.yml lists them, for messages.
+    system_shown: Vec<PathBuf>,
 }
 
 impl LinkRules {
     pub fn new(project_roots: Vec<PathBuf>, system_roots: Vec<PathBuf>, node_root: &Path) -> Self {
-        let mut node_roots = vec![node_root.to_path_buf()];
-        // A node root reached through a symlink (`/srv -> /data/srv`) is also off limits
-        // under its real name.
-        if let Ok(real) = fs::canonicalize(node_root)
-            && real != node_root
-        {
-            node_roots.push(real);
-        }
         LinkRules {
-            project_roots,
-            system_roots,
-            node_roots,
+            project_roots: with_real_names(&project_roots),
+            system_roots: system_roots.iter().map(|root| components(root)).collect(),
+            // A node root reached through a symlink (`/srv -> /data/srv`) is off limits under
+            // its real name too, and links into a data/ that is a symlink to another disk
+            // are links into data/.
+            node_roots: with_real_names(&[node_root.to_path_buf()]),
+            system_shown: system_roots,
         }
     }
 
@@ -107,14 +105,14 @@ impl LinkRules {
 
     /// The system roots, for messages.
     pub fn system_roots(&self) -> &[PathBuf] {
-        &self.system_roots
+        &self.system_shown
     }
 
     /// Judges the absolute path a link leads to (its target, or what is left of a chain of
     /// links once one of them is absolute).
     fn absolute(&self, abs: &[u8], target: &[u8]) -> Result<(), LinkRefusal> {
         let target = show(target);
-        let mut parts = Vec::new();
+        let mut parts: Vec<&[u8]> = Vec::new();
         for part in abs.split(|&b| b == b'/') {
             match part {
                 b"" | b"." => {}
@@ -122,14 +120,8 @@ impl LinkRules {
                 part => parts.push(part),
             }
         }
-        let below = |root: &PathBuf| {
-            let root: Vec<&[u8]> = root
-                .as_os_str()
-                .as_bytes()
-                .split(|&b| b == b'/')
-                .filter(|p| !p.is_empty() && *p != b".")
-                .collect();
-            root.iter().all(|p| *p != b"..") && parts.starts_with(&root)
+        let below = |root: &Vec<Vec<u8>>| {
+            parts.len() >= root.len() && root.iter().zip(&parts).all(|(a, b)| a == b)
         };
         if self.project_roots.iter().any(below) {
             return Ok(());
@@ -142,6 +134,37 @@ impl LinkRules {
         }
         Err(LinkRefusal::OutsideRoots { target })
     }
+}
+
+/// A root's components, with `.` and `..` resolved lexically: these are the node's own
+/// paths (`--root ../node`), not an archive's.
+fn components(root: &Path) -> Vec<Vec<u8>> {
+    let mut parts: Vec<Vec<u8>> = Vec::new();
+    for part in root.as_os_str().as_bytes().split(|&b| b == b'/') {
+        match part {
+            b"" | b"." => {}
+            b".." => {
+                parts.pop();
+            }
+            part => parts.push(part.to_vec()),
+        }
+    }
+    parts
+}
+
+/// Each root, and its real name where that differs (a symlink on the way to it).
+fn with_real_names(roots: &[PathBuf]) -> Vec<Vec<Vec<u8>>> {
+    let mut out = Vec::new();
+    for root in roots {
+        out.push(components(root));
+        if let Ok(real) = fs::canonicalize(root) {
+            let real = components(&real);
+            if !out.contains(&real) {
+                out.push(real);
+            }
+        }
+    }
+    out
 }
 
 /// Why a symlink makes a release tree unacceptable, to staging and production alike.
@@ -1974,6 +1997,37 @@ mod tests {
             }
         }
         assert!(wrong.is_empty(), "{}", wrong.join("\n"));
+    }
+
+    /// Roots are the node's own paths: given with `..` (`--root ../node`) or reached through
+    /// a symlink, they still mean the directories they name.
+    #[test]
+    fn link_rules_know_roots_by_their_real_names_too() {
+        let tmp = tempfile::tempdir().unwrap();
+        let base = tmp.path();
+        let node = base.join("node");
+        let disk = base.join("disk/data");
+        fs::create_dir_all(node.join("shop")).unwrap();
+        fs::create_dir_all(&disk).unwrap();
+        fs::create_dir(base.join("x")).unwrap();
+        std::os::unix::fs::symlink(&disk, node.join("shop/data")).unwrap();
+        std::os::unix::fs::symlink(&node, base.join("alias")).unwrap();
+        let key = node.join(".node-key").display().to_string();
+        let uploads = disk.join("uploads").display().to_string();
+        for given in [base.join("x/../node"), base.join("alias")] {
+            let rules = LinkRules::new(vec![given.join("shop/data")], Vec::new(), &given);
+            let what = given.display();
+            assert_eq!(
+                verdict(&rules, &[("k", &key)]),
+                Verdict::IntoNodeRoot("k"),
+                "{what}"
+            );
+            assert_eq!(
+                verdict(&rules, &[("u", &uploads)]),
+                Verdict::Accepted,
+                "{what}"
+            );
+        }
     }
 
     #[test]
