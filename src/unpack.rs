@@ -72,7 +72,8 @@ pub struct UnpackOptions<'a> {
 /// lets a release write outside itself: the unpacker never writes through a symlink.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct LinkRules {
-    /// Each root as components, `.` and `..` resolved; the first of each kind as given.
+    /// Each root as its components (`.` and `..` resolved); project and node roots also
+    /// under their real names.
     project_roots: Vec<Vec<Vec<u8>>>,
     system_roots: Vec<Vec<Vec<u8>>>,
     node_roots: Vec<Vec<Vec<u8>>>,

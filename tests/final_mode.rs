@@ -1044,6 +1044,19 @@ fn release_sign_signs_releases_baked_before_the_key_and_production_verifies_them
         format!("{two}: already signed with this node's key\n")
     );
     assert_eq!(fs::read(sig(&two)).unwrap(), signature);
+    // A signature that does not verify with this key (here: another release's) is replaced.
+    let good = fs::read(sig(&one)).unwrap();
+    fs::write(sig(&one), &signature).unwrap();
+    let stdout = staging.node.ok(&["release", "sign", PROJECT, &one]);
+    assert_eq!(
+        stdout,
+        format!("{one}: signed again (its old signature did not verify with this node's key)\n")
+    );
+    assert_eq!(
+        fs::read(sig(&one)).unwrap(),
+        good,
+        "ed25519 signs deterministically"
+    );
 
     let production = production(&staging, "production", path_str(&staging.base), Some(&key));
     let output = app.deploy(&production);
