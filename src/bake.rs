@@ -6,8 +6,9 @@
 //! tree runs on its own thread, feeding a bounded channel, so that file I/O overlaps with
 //! archiving and the multithreaded compressor while memory stays bounded.
 //!
-//! Before a tree is baked, [`check_links`] holds it to the symlink rules production's unpack
-//! applies ([`LinkRules`]), so that staging never publishes a release production would refuse.
+//! Before a tree is baked, [`check_promotable`] holds it to the rules production's unpack
+//! applies (entry types, limits, where symlinks may point: [`crate::unpack::LinkRules`]), so that staging
+//! never publishes a release production would refuse.
 
 use std::ffi::OsString;
 use std::fs::{self, File, Metadata};
@@ -21,7 +22,7 @@ use std::thread;
 use sha2::{Digest, Sha256};
 use tar::{EntryType, Header};
 
-use crate::unpack::{LinkRefusal, LinkRules, ReleaseLinks, show};
+use crate::unpack::{MAX_PATH, Refusal, ReleaseLinks, UnpackOptions, show};
 
 /// Largest piece of file data sent through the channel at once.
 const CHUNK: usize = 256 * 1024;
@@ -57,38 +58,59 @@ pub enum BakeError {
     #[error("cannot write release archive `{}`: {source}", path.display())]
     Write { path: PathBuf, source: io::Error },
     #[error(
-        "release tree entry `{entry}`: {reason}; production would refuse this release, so it is not baked: make the link relative, copy what it points to into the tree (e.g. `python3 -m venv --copies`), or add its directory to `allowed_link_roots` in node.yml on staging and production (now: {roots})"
+        "release tree entry `{entry}` {reason}; production would refuse this release, so it is not baked: {hint}"
     )]
     Unpromotable {
         /// Relative to the release root.
         entry: String,
-        reason: LinkRefusal,
-        /// The system roots in force, for the message.
-        roots: String,
+        /// What production's unpack would say about the entry.
+        reason: Refusal,
+        /// What to do about it.
+        hint: String,
     },
 }
 
-/// Checks every symlink of the release tree at `tree` against `rules`, exactly as
-/// production's unpack will; the first refused link is named by its path in the tree.
-pub fn check_links(tree: &Path, rules: &LinkRules) -> Result<(), BakeError> {
-    let unpromotable = |entry: String, reason| {
-        let roots: Vec<String> = rules
-            .system_roots()
-            .iter()
-            .map(|root| format!("`{}`", root.display()))
-            .collect();
+/// Holds the release tree at `tree` to the rules production's unpack applies to `opts`,
+/// before anything is baked: only files, directories and symlinks; paths of at most
+/// `PATH_MAX`; the entry count and total size within the limits; every symlink as
+/// [`crate::unpack::LinkRules`] allow. The first refused entry is named by its path in the tree.
+pub fn check_promotable(tree: &Path, opts: &UnpackOptions) -> Result<(), BakeError> {
+    let refuse = |entry: String, reason: Refusal| {
+        let hint = match &reason {
+            Refusal::Link(_) => {
+                let roots: Vec<String> = opts
+                    .links
+                    .system_roots()
+                    .iter()
+                    .map(|root| format!("`{}`", root.display()))
+                    .collect();
+                format!(
+                    "make the link relative and inside the release, copy what it points to into the tree (e.g. `python3 -m venv --copies`), or have it point below one of node.yml's `allowed_link_roots`, kept the same on staging and production (now: {})",
+                    if roots.is_empty() {
+                        "none".to_owned()
+                    } else {
+                        roots.join(", ")
+                    }
+                )
+            }
+            Refusal::ForbiddenType { .. } => {
+                "create it when the app starts instead (e.g. in run/ in the deploy stage)".into()
+            }
+            Refusal::TooManyEntries { .. } | Refusal::TooManyBytes { .. } => {
+                "ship less, or raise node.yml's `limits` on staging and production".into()
+            }
+            _ => "change the tree in the build or bundle stage".into(),
+        };
         BakeError::Unpromotable {
             entry,
             reason,
-            roots: if roots.is_empty() {
-                "none".into()
-            } else {
-                roots.join(", ")
-            },
+            hint,
         }
     };
-    let mut links = ReleaseLinks::new(rules);
+    let mut links = ReleaseLinks::new(opts.links);
+    let (mut entries, mut bytes) = (0u64, 0u64);
     let walk = walkdir::WalkDir::new(tree)
+        .min_depth(1)
         .follow_links(false)
         .sort_by_file_name();
     for entry in walk {
@@ -101,19 +123,56 @@ pub fn check_links(tree: &Path, rules: &LinkRules) -> Result<(), BakeError> {
                 path,
             }
         })?;
-        if !entry.path_is_symlink() {
-            continue;
-        }
         let rel = entry.path().strip_prefix(tree).unwrap_or(entry.path());
         let rel = rel.as_os_str().as_bytes();
-        let target = fs::read_link(entry.path()).map_err(read_err(entry.path()))?;
-        links
-            .add(rel, target.as_os_str().as_bytes())
-            .map_err(|reason| unpromotable(show(rel), reason))?;
+        let name = || show(rel);
+        entries += 1;
+        if entries > opts.limits.max_entries {
+            let max = opts.limits.max_entries;
+            return Err(refuse(name(), Refusal::TooManyEntries { max }));
+        }
+        if rel.len() > MAX_PATH {
+            return Err(refuse(name(), Refusal::PathTooLong { max: MAX_PATH }));
+        }
+        let ft = entry.file_type();
+        if ft.is_symlink() {
+            let target = fs::read_link(entry.path()).map_err(read_err(entry.path()))?;
+            links
+                .add(rel, target.as_os_str().as_bytes())
+                .map_err(|reason| refuse(name(), reason.into()))?;
+        } else if ft.is_file() {
+            let size = entry.metadata().map_err(|e| BakeError::Read {
+                path: entry.path().to_path_buf(),
+                source: e.into(),
+            })?;
+            bytes = bytes.saturating_add(size.len());
+            if bytes > opts.limits.max_bytes {
+                let max = opts.limits.max_bytes;
+                return Err(refuse(name(), Refusal::TooManyBytes { max }));
+            }
+        } else if !ft.is_dir() {
+            let kind = special_kind(&ft).to_owned();
+            return Err(refuse(name(), Refusal::ForbiddenType { kind }));
+        }
     }
     links
         .check()
-        .map_err(|(entry, reason)| unpromotable(entry, reason))
+        .map_err(|(entry, reason)| refuse(entry, reason.into()))
+}
+
+/// What a file that is neither a regular file, a directory nor a symlink is, for messages.
+fn special_kind(ft: &fs::FileType) -> &'static str {
+    if ft.is_fifo() {
+        "fifo"
+    } else if ft.is_socket() {
+        "socket"
+    } else if ft.is_char_device() {
+        "character device"
+    } else if ft.is_block_device() {
+        "block device"
+    } else {
+        "special file"
+    }
 }
 
 /// Archives `tree` into `out` as a zstd-compressed tar at compression `level`.
@@ -288,17 +347,7 @@ fn emit(abs: PathBuf, rel: PathBuf, tx: &SyncSender<Msg>) -> Result<(), Stop> {
     } else if ft.is_file() {
         return emit_file(abs, rel, &meta, tx);
     } else {
-        let kind = if ft.is_fifo() {
-            "fifo"
-        } else if ft.is_socket() {
-            "socket"
-        } else if ft.is_char_device() {
-            "character device"
-        } else if ft.is_block_device() {
-            "block device"
-        } else {
-            "special file"
-        };
+        let kind = special_kind(&ft);
         return Err(BakeError::Unsupported { path: abs, kind }.into());
     };
     send(tx, Msg::Entry(item(rel, kind, &meta), Vec::new()))
@@ -781,10 +830,11 @@ mod tests {
         assert_eq!(fs::read_dir(tmp.path()).unwrap().count(), 1);
     }
 
-    /// Staging's check and production's unpack agree on every tree: what `check_links`
-    /// accepts unpacks, and what it refuses the unpack refuses, naming the same entry.
+    /// Staging's check and production's unpack agree on every tree: what
+    /// `check_promotable` accepts unpacks, and what it refuses the unpack refuses, naming the
+    /// same entry for the same reason.
     #[test]
-    fn check_links_refuses_exactly_what_the_unpack_refuses() {
+    fn check_promotable_refuses_exactly_what_the_unpack_refuses() {
         let tmp = tempfile::tempdir().unwrap();
         let node = tmp.path().join("node");
         let data = node.join("shop/data");
@@ -795,64 +845,107 @@ mod tests {
         let rules = LinkRules::new(vec![data.clone()], roots, &node);
         let in_data = data.join("uploads").display().to_string();
         let key = node.join(".node-key").display().to_string();
-        // (name, links as path -> target, the entry refused)
-        type Case<'a> = (&'a str, Vec<(&'a str, &'a str)>, Option<&'a str>);
+        let tight = Limits {
+            max_bytes: 10,
+            max_entries: 3,
+        };
+        /// Files (with their content) and symlinks (with their target) of a tree.
+        enum Item<'a> {
+            File(&'a str, &'a str),
+            Link(&'a str, &'a str),
+        }
+        use Item::{File, Link};
+        // (name, tree, limits, the entry refused)
+        type Case<'a> = (&'a str, Vec<Item<'a>>, Limits, Option<&'a str>);
         let cases: Vec<Case> = vec![
             (
                 "a venv of the system python",
                 vec![
-                    (".venv/bin/python", "python3"),
-                    (".venv/bin/python3", "/usr/bin/python3"),
-                    (".venv/lib64", "lib"),
+                    Link(".venv/bin/python", "python3"),
+                    Link(".venv/bin/python3", "/usr/bin/python3"),
+                    Link(".venv/lib64", "lib"),
                 ],
+                ROOMY,
                 None,
             ),
             (
                 "uploads kept in data/",
-                vec![("public/uploads", &in_data)],
+                vec![Link("public/uploads", &in_data)],
+                ROOMY,
                 None,
             ),
             (
                 "a venv of a pyenv python",
-                vec![(
+                vec![Link(
                     ".venv/bin/python3",
                     "/root/.pyenv/versions/3.11.7/bin/python3",
                 )],
+                ROOMY,
                 Some(".venv/bin/python3"),
             ),
-            ("the node's signing key", vec![("k", &key)], Some("k")),
+            (
+                "the node's signing key",
+                vec![Link("k", &key)],
+                ROOMY,
+                Some("k"),
+            ),
             (
                 "`..` in an absolute link",
-                vec![("x", "/usr/../etc")],
+                vec![Link("x", "/usr/../etc")],
+                ROOMY,
                 Some("x"),
             ),
             (
                 "a relative link leaving",
-                vec![("a/up", "../..")],
+                vec![Link("a/up", "../..")],
+                ROOMY,
                 Some("a/up"),
             ),
             (
                 "leaving through another link",
-                vec![("s/up", ".."), ("x", "s/up/../../y")],
+                vec![Link("s/up", ".."), Link("x", "s/up/../../y")],
+                ROOMY,
                 Some("x"),
             ),
+            (
+                "within the limits",
+                vec![File("a", "12345"), File("b", "12345")],
+                tight,
+                None,
+            ),
+            (
+                "past the byte limit",
+                vec![File("a", "123456"), File("b", "123456")],
+                tight,
+                Some("b"),
+            ),
+            (
+                "past the entry limit",
+                vec![File("a", ""), File("b", ""), File("c", ""), File("d", "")],
+                tight,
+                Some("d"),
+            ),
         ];
-        for (i, (name, links, refused)) in cases.into_iter().enumerate() {
+        for (i, (name, items, limits, refused)) in cases.into_iter().enumerate() {
             let tree = tmp.path().join(format!("tree{i}"));
             fs::create_dir(&tree).unwrap();
-            for (path, target) in &links {
+            for item in &items {
+                let (File(path, _) | Link(path, _)) = item;
                 let path = tree.join(path);
                 fs::create_dir_all(path.parent().unwrap()).unwrap();
-                symlink(target, path).unwrap();
+                match item {
+                    File(_, content) => fs::write(path, content).unwrap(),
+                    Link(_, target) => symlink(target, path).unwrap(),
+                }
             }
-            let checked = check_links(&tree, &rules);
+            let opts = UnpackOptions {
+                limits,
+                links: &rules,
+            };
+            let checked = check_promotable(&tree, &opts);
             let out = tmp.path().join(format!("tree{i}.tar.zst"));
             bake(&tree, &out, 1).unwrap();
             let dest = tmp.path().join(format!("unpacked{i}"));
-            let opts = UnpackOptions {
-                limits: ROOMY,
-                links: &rules,
-            };
             let unpacked = unpack(&out, &dest, &opts);
             match (refused, checked, unpacked) {
                 (None, Ok(()), Ok(_)) => {}
@@ -861,7 +954,7 @@ mod tests {
                     Err(BakeError::Unpromotable { entry, reason, .. }),
                     Err(crate::unpack::UnpackError::Refused {
                         entry: refused_entry,
-                        reason: crate::unpack::Refusal::Link(unpack_reason),
+                        reason: unpack_reason,
                         ..
                     }),
                 ) => {
@@ -880,16 +973,29 @@ mod tests {
     }
 
     #[test]
-    fn an_unpromotable_link_is_named_with_what_to_do() {
+    fn unpromotable_entries_are_named_with_what_to_do() {
         let tmp = tempfile::tempdir().unwrap();
         let tree = tmp.path().join("tree");
         fs::create_dir_all(tree.join(".venv/bin")).unwrap();
         symlink("/root/.pyenv/bin/python3", tree.join(".venv/bin/python3")).unwrap();
         let rules = LinkRules::new(Vec::new(), vec![PathBuf::from("/usr")], tmp.path());
-        let error = check_links(&tree, &rules).unwrap_err().to_string();
+        let opts = UnpackOptions {
+            limits: ROOMY,
+            links: &rules,
+        };
+        let error = check_promotable(&tree, &opts).unwrap_err().to_string();
         assert_eq!(
             error,
-            "release tree entry `.venv/bin/python3`: symlink to `/root/.pyenv/bin/python3`, which leaves the release for a path outside the allowed link roots; production would refuse this release, so it is not baked: make the link relative, copy what it points to into the tree (e.g. `python3 -m venv --copies`), or add its directory to `allowed_link_roots` in node.yml on staging and production (now: `/usr`)"
+            "release tree entry `.venv/bin/python3` is a symlink to `/root/.pyenv/bin/python3`, which leaves the release for a path outside the allowed link roots; production would refuse this release, so it is not baked: make the link relative and inside the release, copy what it points to into the tree (e.g. `python3 -m venv --copies`), or have it point below one of node.yml's `allowed_link_roots`, kept the same on staging and production (now: `/usr`)"
+        );
+
+        // A fifo cannot be baked at all: refused before baking, as the unpack would.
+        fs::remove_file(tree.join(".venv/bin/python3")).unwrap();
+        nix::unistd::mkfifo(&tree.join("app.sock"), nix::sys::stat::Mode::S_IRWXU).unwrap();
+        let error = check_promotable(&tree, &opts).unwrap_err().to_string();
+        assert_eq!(
+            error,
+            "release tree entry `app.sock` is a fifo; only files, directories and symlinks are allowed; production would refuse this release, so it is not baked: create it when the app starts instead (e.g. in run/ in the deploy stage)"
         );
     }
 

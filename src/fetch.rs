@@ -241,10 +241,7 @@ fn trusted_key(project: &Project) -> Result<Option<TrustedKey>, Error> {
 }
 
 fn node_limits(node: &Node) -> Limits {
-    Limits {
-        max_bytes: node.config.limits.archive_bytes,
-        max_entries: node.config.limits.archive_entries,
-    }
+    Limits::for_node(&node.config)
 }
 
 /// The releases in this node's releases/ (pulled before, or imported by hand).

@@ -9,7 +9,7 @@
 //! nothing behind.
 //!
 //! Where symlinks may point ([`LinkRules`]) is decided here once, and staging applies the
-//! same rules to its release tree before baking it ([`crate::bake::check_links`]): a release
+//! same rules to its release tree before baking it ([`crate::bake::check_promotable`]): a release
 //! that staging publishes is one that production can unpack.
 
 use std::cell::Cell;
@@ -37,7 +37,7 @@ const DEPTH: usize = 16;
 /// Real ones are a few KiB; this bounds what a hostile archive can make us allocate.
 const METADATA_BUDGET: u64 = 1 << 20;
 /// Longest path or symlink target accepted, in bytes (Linux's PATH_MAX less the NUL).
-const MAX_PATH: usize = 4095;
+pub const MAX_PATH: usize = 4095;
 /// Symlinks followed while resolving one path before Linux gives up with ELOOP.
 const MAX_HOPS: u32 = 40;
 /// Zero padding tolerated after the end-of-archive marker (tar pads to its record size).
@@ -50,6 +50,16 @@ pub struct Limits {
     pub max_bytes: u64,
     /// Largest number of entries.
     pub max_entries: u64,
+}
+
+impl Limits {
+    /// node.yml's `limits`.
+    pub fn for_node(config: &crate::node_config::NodeConfig) -> Limits {
+        Limits {
+            max_bytes: config.limits.archive_bytes,
+            max_entries: config.limits.archive_entries,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy)]

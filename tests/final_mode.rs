@@ -919,7 +919,7 @@ fn regression_staging_refuses_a_link_that_production_would_refuse_and_publishes_
     assert_eq!(output.status.code(), Some(1), "{all}");
     let stderr = String::from_utf8_lossy(&output.stderr);
     let expected = format!(
-        "error: deploy FAILED at bundle (release tree entry `.venv/bin/python3`: symlink to `{}`, which leaves the release for a path outside the allowed link roots; production would refuse this release, so it is not baked:",
+        "error: deploy FAILED at bundle (release tree entry `.venv/bin/python3` is a symlink to `{}`, which leaves the release for a path outside the allowed link roots; production would refuse this release, so it is not baked:",
         elsewhere.display()
     );
     assert!(
@@ -927,7 +927,7 @@ fn regression_staging_refuses_a_link_that_production_would_refuse_and_publishes_
         "expected `{expected}`\n{all}"
     );
     assert!(
-        stderr.contains("`allowed_link_roots` in node.yml on staging and production (now: `/usr`, `/bin`, `/sbin`, `/lib`, `/lib64`, `/opt`)")
+        stderr.contains("`allowed_link_roots`, kept the same on staging and production (now: `/usr`, `/bin`, `/sbin`, `/lib`, `/lib64`, `/opt`)")
             && stderr.trim_end().ends_with(&format!("rolled back to {}", live.clone().unwrap())),
         "{all}"
     );
@@ -963,7 +963,7 @@ fn a_venv_of_a_pyenv_python_is_refused_at_staging_unless_both_nodes_allow_its_ro
     let all = text(&output);
     assert_eq!(output.status.code(), Some(1), "{all}");
     let expected = format!(
-        "error: deploy FAILED at bundle (release tree entry `.venv/bin/python3`: symlink to `{}`, which leaves the release for a path outside the allowed link roots;",
+        "error: deploy FAILED at bundle (release tree entry `.venv/bin/python3` is a symlink to `{}`, which leaves the release for a path outside the allowed link roots;",
         target.display()
     );
     assert!(
