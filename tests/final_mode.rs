@@ -891,54 +891,113 @@ fn regression_a_venv_of_the_system_python_goes_from_staging_to_production_and_ru
     assert_eq!(printed, format!("1\n{}\n", run.join(".venv").display()));
 }
 
-/// Issue 9: staging baked, signed and published a release whose link production refuses;
-/// now the staging deploy fails at bundle, names the entry, and publishes nothing.
+/// One way a release tree can be what production refuses, and how staging must say so.
+struct Unpromotable {
+    what: &'static str,
+    /// node.yml of the staging node for the deploy that must fail.
+    node_yml: &'static str,
+    build: Vec<String>,
+    /// The reason, after `release tree entry `<entry>` `.
+    entry: &'static str,
+    reason: String,
+    hint: &'static str,
+}
+
+/// Issue 9: staging baked, signed and published a release that production refuses (here: a
+/// link outside every link root, more entries than the limits allow); now the staging deploy
+/// fails at bundle before anything is switched, names the entry in production's words, and
+/// publishes nothing. A fifo used to fail only after the switch, when the bake reached it.
 #[test]
-fn regression_staging_refuses_a_link_that_production_would_refuse_and_publishes_nothing() {
+fn regression_staging_refuses_what_production_would_refuse_and_publishes_nothing() {
+    let elsewhere = "/kiln-test-elsewhere/bin/python3";
+    let cases = [
+        Unpromotable {
+            what: "link outside the link roots",
+            node_yml: "",
+            build: vec![
+                "mkdir -p .venv/bin".into(),
+                format!("ln -s {elsewhere} .venv/bin/python3"),
+            ],
+            entry: ".venv/bin/python3",
+            reason: format!(
+                "is a symlink to `{elsewhere}`, which leaves the release for a path outside the allowed link roots"
+            ),
+            hint: "`allowed_link_roots`, kept the same on staging and production (now: `/usr`, `/bin`, `/sbin`, `/lib`, `/lib64`, `/opt`)",
+        },
+        Unpromotable {
+            what: "more entries than the limits",
+            // bin, bin/page, bin/run.sh, index.html, kiln.yml, then many/.
+            node_yml: "limits:\n  archive_entries: 5\n",
+            build: vec!["mkdir many".into(), "touch many/a many/b".into()],
+            entry: "many",
+            reason: "goes past the limit of 5 entries".into(),
+            hint: "ship less, or raise node.yml's `limits` on staging and production",
+        },
+        Unpromotable {
+            what: "fifo",
+            node_yml: "",
+            build: vec!["mkfifo app.fifo".into()],
+            entry: "app.fifo",
+            reason: "is a fifo; only files, directories and symlinks are allowed".into(),
+            hint: "create it when the app starts instead",
+        },
+    ];
+    for case in cases {
+        staging_refuses(&case);
+    }
+}
+
+fn staging_refuses(case: &Unpromotable) {
+    let what = case.what;
     let (staging, _) = staging(true);
     let app = app(&staging.node);
     app.commit("one");
     app.deploy(&staging);
-    let live = staging.current();
-    // Outside the node root and outside every default link root.
-    let elsewhere = staging.node.dir.path().join("elsewhere/bin/python3");
-    app.write(
-        "kiln.yml",
-        &format!(
-            "stages:\n  build:\n    - mkdir -p .venv/bin\n    - ln -s {} .venv/bin/python3\n",
-            elsewhere.display()
-        ),
-    );
+    let live = staging.current().unwrap();
+    let mut recipe = String::from("stages:\n  build:\n");
+    for line in &case.build {
+        recipe.push_str(&format!("    - {line}\n"));
+    }
+    app.write("kiln.yml", &recipe);
     let second = app.commit("two");
     app.push_next(&staging);
+    staging.node.write_node_yml(case.node_yml);
     let index = fs::read(staging.releases_dir().join("index.json")).unwrap();
     let before = Untouched::take(&staging);
 
     let output = staging.node.kiln(&["deploy", PROJECT, "--rev", &second]);
     let all = text(&output);
-    assert_eq!(output.status.code(), Some(1), "{all}");
+    assert_eq!(output.status.code(), Some(1), "{what}\n{all}");
     let stderr = String::from_utf8_lossy(&output.stderr);
     let expected = format!(
-        "error: deploy FAILED at bundle (release tree entry `.venv/bin/python3` is a symlink to `{}`, which leaves the release for a path outside the allowed link roots; production would refuse this release, so it is not baked:",
-        elsewhere.display()
+        "error: deploy FAILED at bundle (release tree entry `{}` {}; production would refuse this release, so it is not baked: ",
+        case.entry, case.reason
     );
     assert!(
         stderr.starts_with(&expected),
-        "expected `{expected}`\n{all}"
+        "{what}: expected `{expected}`\n{all}"
     );
     assert!(
-        stderr.contains("`allowed_link_roots`, kept the same on staging and production (now: `/usr`, `/bin`, `/sbin`, `/lib`, `/lib64`, `/opt`)")
-            && stderr.trim_end().ends_with(&format!("rolled back to {}", live.clone().unwrap())),
-        "{all}"
+        stderr.contains(case.hint)
+            && stderr
+                .trim_end()
+                .ends_with(&format!("rolled back to {live}")),
+        "{what}\n{all}"
     );
-    assert_eq!(stderr.lines().count(), 1, "{all}");
+    assert_eq!(stderr.lines().count(), 1, "{what}\n{all}");
+    // Refused before the deploy stage: nothing was switched or restarted.
+    assert!(
+        !all.lines().any(|line| line.trim() == "-----> deploy"),
+        "{what}: the deploy stage ran\n{all}"
+    );
     // No tarball, manifest or signature, and the index staging serves is unchanged.
-    before.check(&staging, &second, "unpromotable link");
+    before.check(&staging, &second, what);
     assert_eq!(
         fs::read(staging.releases_dir().join("index.json")).unwrap(),
-        index
+        index,
+        "{what}"
     );
-    assert_eq!(staging.current(), live);
+    assert_eq!(staging.current().as_deref(), Some(live.as_str()), "{what}");
 }
 
 /// pyenv's python (first on PATH on the machine issue 9 came from) makes venvs linking into
