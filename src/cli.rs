@@ -13,6 +13,7 @@ use crate::error::{EXIT_BAD_INPUT, EXIT_OK, Error};
 use crate::exec::report::Reporter;
 use crate::push::hook::{self, Repo};
 use crate::push::init::{self, InitRequest};
+use crate::release::signing::SignWhich;
 use crate::release::source::Part;
 use crate::status;
 
@@ -139,6 +140,19 @@ enum ReleaseCommand {
     /// Add a release by hand: FILE is `<release>.tar.zst`, with `<release>.json` (and
     /// `<release>.json.sig`) next to it. Checked like a pull; a later deploy of its commit uses it.
     Import { name: String, file: PathBuf },
+    /// Sign releases baked before this node had its key (`kiln key generate`), without
+    /// rebuilding: RELEASE, or every release the node offers with --all.
+    #[command(
+        group(clap::ArgGroup::new("which").required(true).args(["release", "all"])),
+        override_usage = "kiln release sign <NAME> <RELEASE|--all>"
+    )]
+    Sign {
+        name: String,
+        release: Option<String>,
+        /// Every good release this node offers.
+        #[arg(long)]
+        all: bool,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -389,6 +403,24 @@ fn release(node: &Node, command: ReleaseCommand) -> Result<(), Error> {
                 project.paths.releases.display(),
                 manifest.commit
             );
+            Ok(())
+        }
+        ReleaseCommand::Sign { name, release, all } => {
+            let project = node.project(&name)?;
+            let mut out = Reporter::to_stdout();
+            let _lock = crate::transaction::lock::lock(&project, "signing", &mut out)?;
+            crate::deploy::rollback::recover(node, &project, &mut out)?;
+            let which = match (&release, all) {
+                (Some(id), false) => SignWhich::One(id),
+                _ => SignWhich::All,
+            };
+            let outcomes = crate::release::signing::sign_releases(node, &project, which)?;
+            if outcomes.is_empty() {
+                println!("project `{name}` offers no release to sign");
+            }
+            for (id, outcome) in outcomes {
+                println!("{id}: {}", outcome.as_str());
+            }
             Ok(())
         }
     }

@@ -76,7 +76,7 @@ fn cooking_deploy_builds_into_run_and_tarball() {
                 max_bytes: 1 << 30,
                 max_entries: 100_000,
             },
-            link_roots: &[],
+            links: &kiln::release::unpack::LinkRules::new(Vec::new(), Vec::new(), &node.root),
         },
     )
     .unwrap();

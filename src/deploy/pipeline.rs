@@ -743,8 +743,16 @@ impl Run<'_> {
     /// Cooking mode: build/ becomes the immutable release tree. It is baked into a tarball on
     /// another thread while the deploy stage prepares and switches, and the release becomes
     /// good only once the tarball and its manifest are written ([`Run::finish_bake`]).
+    /// First the tree is held to production's unpack rules: a release that production would
+    /// refuse fails here, before anything is baked, signed or published.
     fn bundle(&mut self) -> Result<(), Error> {
         let paths = self.paths().clone();
+        let links = crate::release::unpack::LinkRules::for_project(self.node, &paths);
+        let rules = crate::release::unpack::UnpackOptions {
+            limits: crate::release::unpack::Limits::for_node(&self.node.config),
+            links: &links,
+        };
+        bake::check_promotable(&paths.build, &rules)?;
         let tree_dir = paths.release_dir(&self.release);
         fs::rename(&paths.build, &tree_dir).map_err(|e| io_error("move", &paths.build, e))?;
         fs::create_dir(&paths.build).map_err(|e| io_error("create", &paths.build, e))?;
