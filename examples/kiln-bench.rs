@@ -102,12 +102,14 @@ fn run(args: &[String]) -> Result<()> {
             kiln::release::bake::bake(&p(0)?, &p(1)?, level)?;
         }
         "unpack" => {
+            // Relative links only, as before: the rules' cost is the same either way.
+            let links = kiln::release::unpack::LinkRules::new(Vec::new(), Vec::new(), &p(1)?);
             let opts = UnpackOptions {
                 limits: Limits {
                     max_bytes: u64::MAX,
                     max_entries: u64::MAX,
                 },
-                link_roots: &[],
+                links: &links,
             };
             kiln::release::unpack::unpack(&p(0)?, &p(1)?, &opts)?;
         }

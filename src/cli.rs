@@ -13,6 +13,7 @@ use crate::error::{EXIT_BAD_INPUT, EXIT_OK, Error};
 use crate::exec::report::Reporter;
 use crate::push::hook::{self, Repo};
 use crate::push::init::{self, InitRequest};
+use crate::release::signing::SignWhich;
 use crate::release::source::Part;
 use crate::status;
 
@@ -152,6 +153,19 @@ enum ReleaseCommand {
     /// Add a release by hand: FILE is `<release>.tar.zst`, with `<release>.json` (and
     /// `<release>.json.sig`) next to it. Checked like a pull; a later deploy of its commit uses it.
     Import { name: String, file: PathBuf },
+    /// Sign releases baked before this node had its key (`kiln key generate`), without
+    /// rebuilding: RELEASE, or every release the node offers with --all.
+    #[command(
+        group(clap::ArgGroup::new("which").required(true).args(["release", "all"])),
+        override_usage = "kiln release sign <NAME> <RELEASE|--all>"
+    )]
+    Sign {
+        name: String,
+        release: Option<String>,
+        /// Every good release this node offers.
+        #[arg(long)]
+        all: bool,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -209,7 +223,9 @@ pub fn main() -> i32 {
             // reaches the pusher, so do not repeat it there.
             let announced = matches!(
                 error,
-                Error::DeployFailed { .. } | Error::RollbackFailed { .. }
+                Error::DeployFailed { .. }
+                    | Error::RollbackFailed { .. }
+                    | Error::NotDeployed { .. }
             );
             if !(in_hook && announced) {
                 let _ = writeln!(std::io::stderr(), "error: {}", error_chain(&error));
@@ -225,7 +241,9 @@ fn error_chain(error: &Error) -> String {
     let mut chars = text.chars();
     match chars.next() {
         Some(first)
-            if !text.starts_with("deploy FAILED") && !text.starts_with("rollback FAILED") =>
+            if !["deploy FAILED", "rollback FAILED", "NOT deployed"]
+                .iter()
+                .any(|loud| text.starts_with(loud)) =>
         {
             first.to_lowercase().collect::<String>() + chars.as_str()
         }
@@ -291,6 +309,9 @@ fn dispatch(cli: Cli) -> Result<(), Error> {
                     who: hook::pusher(),
                     who_key: hook::pusher_key(),
                     settings_only: false,
+                    // Whoever typed the command knows how to run it again.
+                    retry: None,
+                    receive_pack: None,
                 },
                 &mut out,
             )
@@ -374,10 +395,10 @@ fn dispatch(cli: Cli) -> Result<(), Error> {
                 Repo::Project
             };
             let updates = hook::parse_updates(std::io::stdin().lock());
+            let mut out = Reporter::to_stdout();
             if which == "pre-receive" {
-                hook::pre_receive(&node, &name, repo, &updates)
+                hook::pre_receive(&node, &name, repo, &updates, &mut out)
             } else {
-                let mut out = Reporter::to_stdout();
                 hook::post_receive(&node, &name, repo, &updates, &mut out)
             }
         }
@@ -489,6 +510,24 @@ fn release(node: &Node, command: ReleaseCommand) -> Result<(), Error> {
                 project.paths.releases.display(),
                 manifest.commit
             );
+            Ok(())
+        }
+        ReleaseCommand::Sign { name, release, all } => {
+            let project = node.project(&name)?;
+            let mut out = Reporter::to_stdout();
+            let _lock = crate::transaction::lock::lock(&project, "signing", &mut out)?;
+            crate::deploy::rollback::recover(node, &project, &mut out)?;
+            let which = match (&release, all) {
+                (Some(id), false) => SignWhich::One(id),
+                _ => SignWhich::All,
+            };
+            let outcomes = crate::release::signing::sign_releases(node, &project, which)?;
+            if outcomes.is_empty() {
+                println!("project `{name}` offers no release to sign");
+            }
+            for (id, outcome) in outcomes {
+                println!("{id}: {}", outcome.as_str());
+            }
             Ok(())
         }
     }

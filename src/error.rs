@@ -114,6 +114,20 @@ pub enum Error {
     #[error("rollback FAILED: {reason}; {hint}")]
     RollbackFailed { reason: String, hint: String },
 
+    /// A deploy did not start because finishing the interrupted or failed deploy before it
+    /// failed: nothing changed, and nothing deploys until an operator recovers the project.
+    #[error(
+        "NOT deployed: recovering the previous deploy failed: {cause}; run `kiln recover {project}` (or `kiln recover {project} --abandon`) then {then}"
+    )]
+    NotDeployed {
+        project: String,
+        cause: String,
+        /// After the recovery: `` `kiln deploy <name>` ``, or `push again`.
+        then: String,
+        /// The exit status of the recovery's error.
+        exit: i32,
+    },
+
     #[error("{0}")]
     Usage(String),
 }
@@ -123,6 +137,7 @@ impl Error {
         match self {
             Error::DeployFailed { .. } => EXIT_DEPLOY_FAILED,
             Error::RollbackFailed { .. } => EXIT_ROLLBACK_FAILED,
+            Error::NotDeployed { exit, .. } => *exit,
             _ => EXIT_BAD_INPUT,
         }
     }

@@ -413,6 +413,7 @@ fn hostile_cases(outside: &Path, production: &Project) -> Vec<Hostile> {
     let data = at(&production.data());
     let outside_dir = at(outside);
     let victim = at(&outside.join("victim.txt"));
+    let node_key = at(&production.node.root.join(".node-key"));
     vec![
         Hostile {
             class: "`..` path",
@@ -437,9 +438,17 @@ fn hostile_cases(outside: &Path, production: &Project) -> Vec<Hostile> {
             ],
             entry: "out".into(),
             reason: format!(
-                "is a symlink to `{outside_dir}`, an absolute path outside the allowed link roots"
+                "is a symlink to `{outside_dir}`, which leaves the release for a path outside the allowed link roots"
             ),
             planted: vec![outside.join("through.txt")],
+        },
+        // Never into the node root, whatever node.yml allows: other projects and the key.
+        Hostile {
+            class: "symlink into the node root",
+            entries: vec![page(), Raw::symlink("key", &node_key)],
+            entry: "key".into(),
+            reason: format!("is a symlink to `{node_key}`, which leads into the node root"),
+            planted: vec![],
         },
         // Links into data/ are allowed (apps keep uploads there); writing through them is not.
         Hostile {
@@ -809,4 +818,343 @@ fn ssh_source_pulls_through_kiln_release_export() {
         )),
         "{all}"
     );
+}
+
+/// Debian's python, which the node's own packages provide (`.ci/run` installs it).
+const SYSTEM_PYTHON: &str = "/usr/bin/python3";
+
+/// An app whose build makes a virtualenv in `.venv` with `python` (no pip: no network).
+fn venv_app(node: &Node, python: &str) -> App {
+    let app = node.app(PROJECT);
+    app.write(
+        "kiln.yml",
+        &format!(
+            "stages:\n  build:\n    - touch \"$KILN_ROOT/build-ran\"\n    - {python} -m venv --without-pip .venv\n"
+        ),
+    )
+    .write("app.py", "print('hello')\n");
+    app
+}
+
+/// Runs the venv's python in `run` and returns what it printed: 1, then its sys.prefix.
+fn venv_python(run: &Path) -> String {
+    let out = Command::new(run.join(".venv/bin/python"))
+        .args(["-c", "import sys; print(1); print(sys.prefix)"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", text(&out));
+    String::from_utf8(out.stdout).unwrap()
+}
+
+/// Where the venv `python3 -m venv` makes with `python` links its `bin/python3`.
+fn venv_link_target(dir: &Path, python: &str) -> PathBuf {
+    let venv = dir.join("probe-venv");
+    let out = Command::new(python)
+        .args(["-m", "venv", "--without-pip"])
+        .arg(&venv)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", text(&out));
+    let target = fs::read_link(venv.join("bin/python3")).unwrap();
+    fs::remove_dir_all(venv).unwrap();
+    target
+}
+
+/// Issue 9: a standard venv has `.venv/bin/python3 -> /usr/bin/python3`; staging baked and
+/// published it, and production refused the whole release for that link.
+#[test]
+fn regression_a_venv_of_the_system_python_goes_from_staging_to_production_and_runs() {
+    if !Path::new(SYSTEM_PYTHON).exists() {
+        eprintln!("skipped: {SYSTEM_PYTHON} is not installed");
+        return;
+    }
+    let (staging, key) = staging(true);
+    let app = venv_app(&staging.node, SYSTEM_PYTHON);
+    let commit = app.commit("venv");
+    app.deploy(&staging);
+    let production = production(
+        &staging,
+        "production",
+        path_str(&staging.base),
+        key.as_deref(),
+    );
+    let output = app.deploy(&production);
+    assert!(output.contains("signature verified"), "{output}");
+    assert_deployed_like_staging(&production, &staging, &commit);
+    let run = production.run();
+    assert_eq!(
+        fs::read_link(run.join(".venv/bin/python3")).unwrap(),
+        Path::new(SYSTEM_PYTHON)
+    );
+    // The venv's own interpreter runs from production's run/: its prefix is run/.venv.
+    let printed = venv_python(&run);
+    assert_eq!(printed, format!("1\n{}\n", run.join(".venv").display()));
+}
+
+/// One way a release tree can be what production refuses, and how staging must say so.
+struct Unpromotable {
+    what: &'static str,
+    /// node.yml of the staging node for the deploy that must fail.
+    node_yml: &'static str,
+    build: Vec<String>,
+    /// The reason, after `release tree entry `<entry>` `.
+    entry: &'static str,
+    reason: String,
+    hint: &'static str,
+}
+
+/// Issue 9: staging baked, signed and published a release that production refuses (here: a
+/// link outside every link root, more entries than the limits allow); now the staging deploy
+/// fails at bundle before anything is switched, names the entry in production's words, and
+/// publishes nothing. A fifo used to fail only after the switch, when the bake reached it.
+#[test]
+fn regression_staging_refuses_what_production_would_refuse_and_publishes_nothing() {
+    let elsewhere = "/kiln-test-elsewhere/bin/python3";
+    let cases = [
+        Unpromotable {
+            what: "link outside the link roots",
+            node_yml: "",
+            build: vec![
+                "mkdir -p .venv/bin".into(),
+                format!("ln -s {elsewhere} .venv/bin/python3"),
+            ],
+            entry: ".venv/bin/python3",
+            reason: format!(
+                "is a symlink to `{elsewhere}`, which leaves the release for a path outside the allowed link roots"
+            ),
+            hint: "`allowed_link_roots`, kept the same on staging and production (now: `/usr`, `/bin`, `/sbin`, `/lib`, `/lib64`, `/opt`)",
+        },
+        Unpromotable {
+            what: "more entries than the limits",
+            // bin, bin/page, bin/run.sh, index.html, kiln.yml, then many/.
+            node_yml: "limits:\n  archive_entries: 5\n",
+            build: vec!["mkdir many".into(), "touch many/a many/b".into()],
+            entry: "many",
+            reason: "goes past the limit of 5 entries".into(),
+            hint: "ship less, or raise node.yml's `limits` on staging and production",
+        },
+        Unpromotable {
+            what: "fifo",
+            node_yml: "",
+            build: vec!["mkfifo app.fifo".into()],
+            entry: "app.fifo",
+            reason: "is a fifo; only files, directories and symlinks are allowed".into(),
+            hint: "create it when the app starts instead",
+        },
+    ];
+    for case in cases {
+        staging_refuses(&case);
+    }
+}
+
+fn staging_refuses(case: &Unpromotable) {
+    let what = case.what;
+    let (staging, _) = staging(true);
+    let app = app(&staging.node);
+    app.commit("one");
+    app.deploy(&staging);
+    let live = staging.current().unwrap();
+    let mut recipe = String::from("stages:\n  build:\n");
+    for line in &case.build {
+        recipe.push_str(&format!("    - {line}\n"));
+    }
+    app.write("kiln.yml", &recipe);
+    let second = app.commit("two");
+    app.push_next(&staging);
+    staging.node.write_node_yml(case.node_yml);
+    let index = fs::read(staging.releases_dir().join("index.json")).unwrap();
+    let before = Untouched::take(&staging);
+
+    let output = staging.node.kiln(&["deploy", PROJECT, "--rev", &second]);
+    let all = text(&output);
+    assert_eq!(output.status.code(), Some(1), "{what}\n{all}");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    let expected = format!(
+        "error: deploy FAILED at bundle (release tree entry `{}` {}; production would refuse this release, so it is not baked: ",
+        case.entry, case.reason
+    );
+    assert!(
+        stderr.starts_with(&expected),
+        "{what}: expected `{expected}`\n{all}"
+    );
+    assert!(
+        stderr.contains(case.hint)
+            && stderr
+                .trim_end()
+                .ends_with(&format!("rolled back to {live}")),
+        "{what}\n{all}"
+    );
+    assert_eq!(stderr.lines().count(), 1, "{what}\n{all}");
+    // Refused before the deploy stage: nothing was switched or restarted.
+    assert!(
+        !all.lines().any(|line| line.trim() == "-----> deploy"),
+        "{what}: the deploy stage ran\n{all}"
+    );
+    // No tarball, manifest or signature, and the index staging serves is unchanged.
+    before.check(&staging, &second, what);
+    assert_eq!(
+        fs::read(staging.releases_dir().join("index.json")).unwrap(),
+        index,
+        "{what}"
+    );
+    assert_eq!(staging.current().as_deref(), Some(live.as_str()), "{what}");
+}
+
+/// pyenv's python (first on PATH on the machine issue 9 came from) makes venvs linking into
+/// a home directory, which no default link root covers: staging refuses them, until both
+/// nodes' node.yml allow that directory; then production runs the venv.
+#[test]
+fn a_venv_of_a_pyenv_python_is_refused_at_staging_unless_both_nodes_allow_its_root() {
+    let (staging, _) = staging(false);
+    let target = venv_link_target(staging.node.dir.path(), "python3");
+    let defaults = ["/usr", "/bin", "/sbin", "/lib", "/lib64", "/opt"];
+    if defaults.iter().any(|root| target.starts_with(root)) {
+        eprintln!(
+            "skipped: `python3` on PATH makes venvs linking to {} (under a default link root)",
+            target.display()
+        );
+        return;
+    }
+    let app = venv_app(&staging.node, "python3");
+    let commit = app.commit("venv");
+    app.push_next(&staging);
+    let output = staging.node.kiln(&["deploy", PROJECT, "--rev", &commit]);
+    let all = text(&output);
+    assert_eq!(output.status.code(), Some(1), "{all}");
+    let expected = format!(
+        "error: deploy FAILED at bundle (release tree entry `.venv/bin/python3` is a symlink to `{}`, which leaves the release for a path outside the allowed link roots;",
+        target.display()
+    );
+    assert!(
+        String::from_utf8_lossy(&output.stderr).starts_with(&expected),
+        "expected `{expected}`\n{all}"
+    );
+    assert!(
+        !staging
+            .release_files()
+            .iter()
+            .any(|f| f.ends_with(".tar.zst")),
+        "{:?}",
+        staging.release_files()
+    );
+
+    // The interpreter's installation dir (e.g. /root/.pyenv/versions/3.11.7), on both nodes.
+    let root = target.parent().and_then(Path::parent).unwrap();
+    let node_yml = format!(
+        "allowed_link_roots: [{}, {}]\n",
+        defaults.join(", "),
+        root.display()
+    );
+    staging.node.write_node_yml(&node_yml);
+    app.deploy(&staging);
+    let production = production(&staging, "production", path_str(&staging.base), None);
+    production.node.write_node_yml(&node_yml);
+    app.deploy(&production);
+    assert_deployed_like_staging(&production, &staging, &commit);
+    let run = production.run();
+    assert_eq!(
+        venv_python(&run),
+        format!("1\n{}\n", run.join(".venv").display())
+    );
+}
+
+/// Releases baked before `kiln key generate` are signed after the fact, without rebuilding,
+/// and a production node that trusts the key then pulls and verifies them. A release that
+/// is not there, or whose tarball no longer matches its manifest, is refused and nothing is
+/// signed.
+#[test]
+fn release_sign_signs_releases_baked_before_the_key_and_production_verifies_them() {
+    let (staging, _) = staging(false);
+    let app = app(&staging.node);
+    let first = app.commit("one");
+    app.deploy(&staging);
+    app.write("index.html", "<h1>shop, second edition</h1>\n");
+    let second = app.commit("two");
+    app.deploy(&staging);
+    let (one, two) = (
+        staging.offered_release(&first),
+        staging.offered_release(&second),
+    );
+    let sig = |id: &str| staging.releases_dir().join(format!("{id}.json.sig"));
+    assert!(!sig(&one).exists() && !sig(&two).exists());
+
+    // No key yet: nothing to sign with.
+    let output = staging.node.kiln(&["release", "sign", PROJECT, "--all"]);
+    assert_eq!(output.status.code(), Some(2), "{}", text(&output));
+    assert_eq!(
+        String::from_utf8_lossy(&output.stderr),
+        "error: this node has no signing key: create one with `kiln key generate`\n"
+    );
+
+    let key = staging.node.ok(&["key", "generate"]).trim().to_string();
+    let manifests = |ids: &[&str]| -> Vec<Vec<u8>> {
+        ids.iter()
+            .map(|id| fs::read(staging.releases_dir().join(format!("{id}.json"))).unwrap())
+            .collect()
+    };
+    let before = manifests(&[&one, &two]);
+    let stdout = staging.node.ok(&["release", "sign", PROJECT, "--all"]);
+    assert_eq!(stdout, format!("{one}: signed\n{two}: signed\n"));
+    assert_eq!(manifests(&[&one, &two]), before, "manifests unchanged");
+    let signature = fs::read(sig(&two)).unwrap();
+    let stdout = staging.node.ok(&["release", "sign", PROJECT, &two]);
+    assert_eq!(
+        stdout,
+        format!("{two}: already signed with this node's key\n")
+    );
+    assert_eq!(fs::read(sig(&two)).unwrap(), signature);
+    // A signature that does not verify with this key (here: another release's) is replaced.
+    let good = fs::read(sig(&one)).unwrap();
+    fs::write(sig(&one), &signature).unwrap();
+    let stdout = staging.node.ok(&["release", "sign", PROJECT, &one]);
+    assert_eq!(
+        stdout,
+        format!("{one}: signed again (its old signature did not verify with this node's key)\n")
+    );
+    assert_eq!(
+        fs::read(sig(&one)).unwrap(),
+        good,
+        "ed25519 signs deterministically"
+    );
+
+    let production = production(&staging, "production", path_str(&staging.base), Some(&key));
+    let output = app.deploy(&production);
+    assert!(output.contains("signature verified"), "{output}");
+    assert_deployed_like_staging(&production, &staging, &second);
+
+    // A release that is not there: exit 2, one line, nothing written.
+    let files = staging.release_files();
+    let missing = "20990101T000000Z-00000000";
+    let output = staging.node.kiln(&["release", "sign", PROJECT, missing]);
+    assert_eq!(output.status.code(), Some(2), "{}", text(&output));
+    assert_eq!(
+        String::from_utf8_lossy(&output.stderr),
+        format!(
+            "error: no good release `{missing}` of project `{PROJECT}` to sign: `kiln release list {PROJECT}` shows the releases this node offers\n"
+        )
+    );
+    assert_eq!(staging.release_files(), files);
+
+    // A tarball that no longer matches its manifest is not vouched for, and with --all
+    // neither is any other release.
+    fs::remove_file(sig(&one)).unwrap();
+    fs::remove_file(sig(&two)).unwrap();
+    let tarball = staging.releases_dir().join(format!("{one}.tar.zst"));
+    let mut bytes = fs::read(&tarball).unwrap();
+    bytes[0] ^= 0xff;
+    fs::write(&tarball, bytes).unwrap();
+    let files = staging.release_files();
+    for which in [one.as_str(), "--all"] {
+        let output = staging.node.kiln(&["release", "sign", PROJECT, which]);
+        assert_eq!(output.status.code(), Some(2), "{which}: {}", text(&output));
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(
+            stderr.starts_with(&format!(
+                "error: release {one} refused: its tarball's sha256 is "
+            )) && stderr.contains("; nothing was signed")
+                && stderr.lines().count() == 1,
+            "{which}: {stderr}"
+        );
+        assert_eq!(staging.release_files(), files, "{which}: nothing signed");
+    }
 }

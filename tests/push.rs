@@ -76,7 +76,7 @@ fn cooking_deploy_builds_into_run_and_tarball() {
                 max_bytes: 1 << 30,
                 max_entries: 100_000,
             },
-            link_roots: &[],
+            links: &kiln::release::unpack::LinkRules::new(Vec::new(), Vec::new(), &node.root),
         },
     )
     .unwrap();
@@ -729,5 +729,198 @@ fn releases_without_build_commands_share_unchanged_files() {
     assert_eq!(
         fs::read_to_string(project.run().join("changed.txt")).unwrap(),
         "three\n"
+    );
+}
+
+/// Regression (issue 9): once undoing a failed deploy had failed (exit 3, journal kept), a
+/// push of the fix printed no error, moved the branch and deployed nothing.
+#[test]
+fn regression_a_push_after_a_failed_recovery_says_not_deployed_on_its_last_line() {
+    let node = Node::new();
+    let project = node.init("shop", "cooking");
+    let app = node.app("shop");
+    let marker = node.dir.path().join("restore-can-work");
+    let restore = format!("restore:\n  - test -f {}\n", marker.display());
+    app.write(
+        "kiln.yml",
+        &format!("{restore}stages:\n  build:\n    - echo v1 > built.txt\n"),
+    );
+    app.commit("good");
+    app.deploy(&project);
+    let good = project.current().unwrap();
+    let run_before = fingerprint(&project.run());
+
+    // A migration fails, and so does the restore that should undo it.
+    app.write(
+        "kiln.yml",
+        &format!("{restore}stages:\n  deploy:\n    - exit 1\n"),
+    );
+    app.commit("bad migration");
+    let (_, output) = app.push(&project);
+    assert!(
+        last_remote_line(&output).starts_with("remote: -----> rollback FAILED: deploy of"),
+        "{output}"
+    );
+    assert!(project.path("state/journal.json").exists(), "{output}");
+
+    app.write(
+        "kiln.yml",
+        "stages:\n  build:\n    - echo fixed > built.txt\n",
+    );
+    let fix = app.commit("the fix");
+    let (ok, output) = app.push(&project);
+    assert!(ok, "post-receive cannot refuse the push: {output}");
+    let last = last_remote_line(&output);
+    assert!(
+        last.starts_with("remote: -----> NOT deployed: recovering the previous deploy failed: "),
+        "{output}"
+    );
+    assert!(
+        last.contains("`test -f ") && last.ends_with(
+            "; run `kiln recover shop` (or `kiln recover shop --abandon`) then `kiln deploy shop`"
+        ),
+        "{output}"
+    );
+    assert!(!output.contains("-----> deploying"), "{output}");
+    assert_eq!(project.branch_tip("master").as_deref(), Some(fix.as_str()));
+    assert_eq!(project.releases().len(), 2, "no deploy of the fix started");
+    assert_eq!(project.current().as_deref(), Some(good.as_str()));
+
+    // By hand: the same message, exit 3 (the rollback failed), nothing deployed.
+    let out = node.kiln(&["deploy", "shop"]);
+    assert_eq!(out.status.code(), Some(3), "{}", text(&out));
+    assert!(
+        String::from_utf8_lossy(&out.stderr)
+            .starts_with("error: NOT deployed: recovering the previous deploy failed: "),
+        "{}",
+        text(&out)
+    );
+
+    // What the message says to do works.
+    fs::write(&marker, "").unwrap();
+    node.ok(&["recover", "shop"]);
+    assert_same(
+        &run_before,
+        &fingerprint(&project.run()),
+        "run/ after recover",
+    );
+    let out = node.ok(&["deploy", "shop"]);
+    assert!(out.contains("-----> deployed"), "{out}");
+    assert_eq!(
+        fs::read_to_string(project.run().join("built.txt")).unwrap(),
+        "fixed\n"
+    );
+}
+
+/// Regression (issue 9): pushing the same commit again after a failed deploy answers
+/// `Everything up-to-date` and deploys nothing (git runs no hook), and the failed push did not
+/// say how to retry.
+#[test]
+fn regression_a_failed_push_says_how_to_retry() {
+    let node = Node::new();
+    let project = node.init("shop", "cooking");
+    let app = node.app("shop");
+    let marker = node.dir.path().join("dependency-is-up");
+    app.write("kiln.yml", "keep: 10\n");
+    app.commit("good");
+    app.deploy(&project);
+    let good = project.current().unwrap();
+
+    // A build that fails for a reason outside the commit (a package index down, say).
+    let flaky = format!(
+        "keep: 10\nstages:\n  build:\n    - test -f {}\n",
+        marker.display()
+    );
+    app.write("kiln.yml", &flaky);
+    let commit = app.commit("needs the dependency");
+    let (_, output) = app.push(&project);
+    assert_eq!(
+        last_remote_line(&output),
+        format!(
+            "remote: -----> deploy FAILED at build (test -f {}: exit 1); rolled back to {good}; retry with `kiln deploy shop`",
+            marker.display()
+        ),
+        "{output}"
+    );
+
+    // Pushing the same commit again does nothing at all.
+    let (ok, output) = app.push(&project);
+    assert!(ok && output.contains("Everything up-to-date"), "{output}");
+    assert!(!output.contains("remote:"), "{output}");
+    assert_eq!(project.releases().len(), 2);
+
+    // `kiln deploy <name>` retries the branch tip.
+    fs::write(&marker, "").unwrap();
+    let out = node.ok(&["deploy", "shop"]);
+    assert!(out.contains("-----> deployed"), "{out}");
+    let retried = project.current().unwrap();
+    assert_eq!(
+        project.release_log()["records"][2]["commit"],
+        commit.as_str()
+    );
+
+    // So does an empty commit.
+    fs::remove_file(&marker).unwrap();
+    app.write("kiln.yml", &format!("{flaky}    - echo again\n"));
+    app.commit("again");
+    let (_, output) = app.push(&project);
+    assert!(
+        last_remote_line(&output).ends_with(&format!(
+            "rolled back to {retried}; retry with `kiln deploy shop`"
+        )),
+        "{output}"
+    );
+    fs::write(&marker, "").unwrap();
+    app.git(&["commit", "-q", "--allow-empty", "-m", "retry"]);
+    let output = app.deploy(&project);
+    assert!(
+        last_remote_line(&output).starts_with("remote: -----> deployed"),
+        "{output}"
+    );
+}
+
+/// Regression (issue 9): the failure reason in the release log and on the last line cut a
+/// long command after 40 characters, in the middle of a word.
+#[test]
+fn regression_a_long_failing_command_is_kept_whole_in_the_release_log() {
+    let node = Node::new();
+    let project = node.init("shop", "cooking");
+    let app = node.app("shop");
+    let command = "python -m pip install --no-index --find-links wheels/ -r requirements.txt \
+        --only-binary=:all: --require-hashes || exit 7";
+    app.write(
+        "kiln.yml",
+        &format!("stages:\n  build:\n    - echo ok\n    - \"{command}\"\n"),
+    );
+    app.commit("long command");
+    let (_, output) = app.push(&project);
+    let reason = format!("{command}: exit 7");
+
+    let record = &project.release_log()["records"][0];
+    assert_eq!(record["status"], "failed");
+    assert_eq!(record["failure"], reason.as_str());
+    let out = node.kiln(&["releases", "shop", "--json"]);
+    let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(json["releases"][0]["failure"], reason.as_str());
+    let release = record["id"].as_str().unwrap();
+    let events = fs::read_to_string(project.path(&format!("logs/{release}.jsonl"))).unwrap();
+    let failure: serde_json::Value = events
+        .lines()
+        .map(|line| serde_json::from_str::<serde_json::Value>(line).unwrap())
+        .find(|event| event["event"] == "failure")
+        .expect("a failure event");
+    assert_eq!(failure["reason"], reason.as_str(), "{events}");
+
+    // The last line is shorter, and cut between two words.
+    let last = last_remote_line(&output);
+    let shown = last
+        .strip_prefix("remote: -----> deploy FAILED at build (")
+        .and_then(|rest| rest.split_once("…: exit 7)"))
+        .map(|(shown, _)| shown)
+        .unwrap_or_else(|| panic!("{output}"));
+    assert!(shown.len() > 40, "{last}");
+    assert!(
+        command.starts_with(shown) && command[shown.len()..].starts_with(' '),
+        "`{shown}` is not cut at a word boundary of `{command}`"
     );
 }

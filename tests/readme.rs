@@ -31,3 +31,21 @@ fn readme_test_command_is_what_ci_runs() {
     assert!(readme.contains(&format!("{command}         # the whole test suite")));
     assert_eq!(ci.lines().last(), Some(command));
 }
+
+/// Issue 9: after a failed push, pushing the same commit again deploys nothing; the README must
+/// say how to retry.
+#[test]
+fn readme_says_how_to_retry_a_failed_push() {
+    let readme =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md")).unwrap();
+    for needed in [
+        "`Everything up-to-date`",
+        "`kiln deploy <name>`",
+        "git commit --allow-empty",
+    ] {
+        assert!(
+            readme.contains(needed),
+            "README.md does not mention {needed}"
+        );
+    }
+}

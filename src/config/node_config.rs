@@ -105,6 +105,48 @@ pub struct NodeConfig {
     pub users: BTreeMap<String, User>,
     /// Default for every project; project.yml may say otherwise. Default `redeploy`.
     pub pillar_push: PillarPush,
+    /// Deploy from the pre-receive hook, so that a failed deploy refuses the push. Default
+    /// for every project; project.yml may say otherwise. Unset: kiln.yml decides.
+    pub reject_failed_push: Option<bool>,
+    /// Where absolute symlinks in a release tree may point besides the project's run/ and
+    /// data/. Default [`DEFAULT_LINK_ROOTS`].
+    pub allowed_link_roots: LinkRoots,
+}
+
+/// Where toolchains point absolute links: a venv's `bin/python3 -> /usr/bin/python3`, Debian's
+/// merged-/usr names (`/bin`, `/lib`, ...), and `/opt` for toolchains installed by hand.
+/// Home directories (pyenv, nvm) are not among them: they are one user's setup, which the
+/// production node rarely shares. `/etc` is not either: it holds secrets.
+pub const DEFAULT_LINK_ROOTS: [&str; 6] = ["/usr", "/bin", "/sbin", "/lib", "/lib64", "/opt"];
+
+/// node.yml `allowed_link_roots`: absolute directories, each without `.` or `..` components.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LinkRoots(pub Vec<PathBuf>);
+
+impl Default for LinkRoots {
+    fn default() -> Self {
+        LinkRoots(DEFAULT_LINK_ROOTS.iter().map(PathBuf::from).collect())
+    }
+}
+
+impl<'de> Deserialize<'de> for LinkRoots {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let roots = Vec::<String>::deserialize(deserializer)?;
+        for root in &roots {
+            let components = root.split('/').skip(1);
+            let plain = root.starts_with('/')
+                && !root.ends_with('/')
+                && components
+                    .into_iter()
+                    .all(|part| !matches!(part, "" | "." | ".."));
+            if !plain {
+                return Err(custom(format!(
+                    "invalid link root `{root}`: expected an absolute directory without `.` or `..` components and without a trailing `/`, e.g. `/usr`; `/` itself is not allowed"
+                )));
+            }
+        }
+        Ok(LinkRoots(roots.into_iter().map(PathBuf::from).collect()))
+    }
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
@@ -492,8 +534,13 @@ mod tests {
         assert_eq!(config.limits.archive_entries, 1_000_000);
         assert_eq!(config.limits.stage_timeout, Duration::from_secs(1800));
         assert_eq!(config.pillar_push, PillarPush::Redeploy);
+        assert_eq!(config.reject_failed_push, None);
         assert!(config.users.is_empty());
         assert_eq!(config.notify, Notify::default());
+        assert_eq!(
+            config.allowed_link_roots.0,
+            ["/usr", "/bin", "/sbin", "/lib", "/lib64", "/opt"].map(PathBuf::from)
+        );
     }
 
     #[test]
@@ -501,7 +548,7 @@ mod tests {
         let dir = tempfile::tempdir().expect("tempdir");
         let path = dir.path().join("node.yml");
         let text = format!(
-            "environment: prod\nlayout: /etc/kiln/layout.yml\nnotify:\n  smtp:\n    host: mail.example.com\n    from: kiln@example.com\n    starttls: true\n    username: kiln\n    password: hunter22\n  webhooks: [https://hooks.example.com/kiln]\nlimits:\n  archive_bytes: 512M\n  archive_entries: 5000\n  stage_timeout: 1h\nssh:\n  authorized_keys: /home/kiln/.ssh/authorized_keys\nusers:\n  ann:\n    keys: ['{KEY}']\n    admin: true\n  bob:\n    projects:\n      shop: [deploy, config]\n      blog: [operate]\n      '*': [deploy]\npillar_push: record\n"
+            "environment: prod\nlayout: /etc/kiln/layout.yml\nnotify:\n  smtp:\n    host: mail.example.com\n    from: kiln@example.com\n    starttls: true\n    username: kiln\n    password: hunter22\n  webhooks: [https://hooks.example.com/kiln]\nlimits:\n  archive_bytes: 512M\n  archive_entries: 5000\n  stage_timeout: 1h\nssh:\n  authorized_keys: /home/kiln/.ssh/authorized_keys\nusers:\n  ann:\n    keys: ['{KEY}']\n    admin: true\n  bob:\n    projects:\n      shop: [deploy, config]\n      blog: [operate]\n      '*': [deploy]\npillar_push: record\nreject_failed_push: true\nallowed_link_roots: [/usr, /root/.pyenv/versions]\n"
         );
         std::fs::write(&path, text).expect("write node.yml");
         let config = NodeConfig::load(&path).expect("node.yml loads");
@@ -523,6 +570,12 @@ mod tests {
         assert_eq!(config.limits.archive_entries, 5000);
         assert_eq!(config.limits.stage_timeout, Duration::from_secs(3600));
         assert_eq!(config.pillar_push, PillarPush::Record);
+        assert_eq!(config.reject_failed_push, Some(true));
+        // The list replaces the defaults; it does not add to them.
+        assert_eq!(
+            config.allowed_link_roots.0,
+            ["/usr", "/root/.pyenv/versions"].map(PathBuf::from)
+        );
 
         assert_eq!(
             config.ssh.authorized_keys,
@@ -541,6 +594,26 @@ mod tests {
         assert_eq!(rights("wiki"), [Right::Deploy]);
         assert!(bob.operates_somewhere());
         assert!(config.user("eve").is_none());
+    }
+
+    /// The documented node.yml is a real one, and shows the defaults it says it shows.
+    #[test]
+    fn the_documented_node_yml_parses() {
+        let doc = include_str!("../../docs/node-config.md");
+        let section = doc
+            .split("\n## `<root>/node.yml`\n")
+            .nth(1)
+            .expect("docs/node-config.md has a node.yml section");
+        let yaml = section
+            .split("```yaml\n")
+            .nth(1)
+            .and_then(|rest| rest.split("```").next())
+            .expect("the section has a yaml block");
+        let config = parse(yaml).expect("the documented node.yml parses");
+        assert_eq!(config.allowed_link_roots, LinkRoots::default());
+        assert_eq!(config.limits, Limits::default());
+        assert_eq!(config.environment, Some(Environment::Staging));
+        assert_eq!(config.pillar_push, PillarPush::Redeploy);
     }
 
     #[test]
@@ -597,7 +670,7 @@ mod tests {
             ),
             (
                 "enviroment: prod\n".to_owned(),
-                "node.yml:1:1: unknown field `enviroment`, expected one of `environment`, `layout`, `notify`, `limits`, `ssh`, `users`, `pillar_push`",
+                "node.yml:1:1: unknown field `enviroment`, expected one of `environment`, `layout`, `notify`, `limits`, `ssh`, `users`, `pillar_push`, `reject_failed_push`, `allowed_link_roots`",
             ),
             (
                 "limits:\n  archive_bytes: 0\n".to_owned(),
@@ -674,6 +747,22 @@ mod tests {
             (
                 "pillar_push: always\n".to_owned(),
                 "node.yml:1:14: unknown variant `always`, expected one of `redeploy`, `record`",
+            ),
+            (
+                "allowed_link_roots: [usr]\n".to_owned(),
+                "node.yml:1:21: invalid link root `usr`: expected an absolute directory without `.` or `..` components and without a trailing `/`, e.g. `/usr`; `/` itself is not allowed",
+            ),
+            (
+                "allowed_link_roots: [/usr/../etc]\n".to_owned(),
+                "node.yml:1:21: invalid link root `/usr/../etc`: expected an absolute directory without `.` or `..` components and without a trailing `/`, e.g. `/usr`; `/` itself is not allowed",
+            ),
+            (
+                "allowed_link_roots: [/]\n".to_owned(),
+                "node.yml:1:21: invalid link root `/`: expected an absolute directory without `.` or `..` components and without a trailing `/`, e.g. `/usr`; `/` itself is not allowed",
+            ),
+            (
+                "allowed_link_roots: /usr\n".to_owned(),
+                "node.yml:1:21: expected a list",
             ),
         ];
         let mut mismatches = Vec::new();

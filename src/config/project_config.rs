@@ -37,6 +37,9 @@ pub struct ProjectConfig {
     /// Overrides node.yml's `environment` (and the mode's default) for this project.
     #[serde(default)]
     pub environment: Option<Environment>,
+    /// Overrides node.yml's (and kiln.yml's) `reject_failed_push` for this project.
+    #[serde(default)]
+    pub reject_failed_push: Option<bool>,
 }
 
 fn default_branch() -> String {
@@ -54,6 +57,7 @@ impl ProjectConfig {
             notify: Vec::new(),
             pillar_push: None,
             environment: None,
+            reject_failed_push: None,
         }
     }
 
@@ -111,6 +115,9 @@ impl ProjectConfig {
         }
         if let Some(environment) = self.environment {
             let _ = writeln!(out, "environment: {environment}");
+        }
+        if let Some(reject) = self.reject_failed_push {
+            let _ = writeln!(out, "reject_failed_push: {reject}");
         }
         out
     }
@@ -228,6 +235,7 @@ mod tests {
                 notify: vec!["ops@example.com".into()],
                 pillar_push: None,
                 environment: None,
+                reject_failed_push: None,
             }
         );
     }
@@ -265,6 +273,7 @@ mod tests {
             ],
             pillar_push: Some(PillarPush::Record),
             environment: Some(Environment::Staging),
+            reject_failed_push: Some(true),
         };
         let awkward = ProjectConfig {
             mode: Mode::Cooking,
@@ -274,6 +283,7 @@ mod tests {
             notify: vec!["a,b@example.com".into(), "[x]@y".into()],
             pillar_push: Some(PillarPush::Redeploy),
             environment: None,
+            reject_failed_push: Some(false),
         };
         let cases = [
             ProjectConfig::new(Mode::Editable),
@@ -411,7 +421,7 @@ mod tests {
             ),
             (
                 "mode: final\nkey: x\n",
-                "project.yml:2:1: unknown field `key`, expected one of `mode`, `branch`, `source`, `trusted_key`, `notify`, `pillar_push`, `environment`",
+                "project.yml:2:1: unknown field `key`, expected one of `mode`, `branch`, `source`, `trusted_key`, `notify`, `pillar_push`, `environment`, `reject_failed_push`",
             ),
         ];
         let mut mismatches = Vec::new();

@@ -158,6 +158,9 @@ pub struct Recipe {
     #[serde(deserialize_with = "drift_ignore")]
     pub drift_ignore: Vec<String>,
     pub modes: ModeOverrides,
+    /// Deploy from the pre-receive hook, so that a failed deploy refuses the push and the
+    /// branch does not move. Default false; node.yml or project.yml decide when they say.
+    pub reject_failed_push: bool,
 }
 
 impl Default for Recipe {
@@ -174,6 +177,7 @@ impl Default for Recipe {
             drift: Drift::default(),
             drift_ignore: Vec::new(),
             modes: ModeOverrides::default(),
+            reject_failed_push: false,
         }
     }
 }
@@ -526,6 +530,12 @@ modes:                       # per-mode overrides of `stages`
         let recipe = Recipe::default();
         assert_eq!(recipe.keep, 5);
         assert_eq!(recipe.drift, Drift::Save);
+        assert!(!recipe.reject_failed_push);
+        assert!(
+            parse("reject_failed_push: true\n")
+                .expect("parses")
+                .reject_failed_push
+        );
         for stage in Stage::ALL {
             assert!(recipe.commands(Mode::Final, stage).is_empty());
         }
@@ -596,7 +606,7 @@ modes:                       # per-mode overrides of `stages`
         let cases = [
             (
                 "keep: 3\nstagez:\n  build: make\n",
-                "kiln.yml:2:1: unknown field `stagez`, expected one of `keep`, `stages`, `services`, `check`, `backup`, `restore`, `defaults`, `timeouts`, `drift`, `drift_ignore`, `modes`",
+                "kiln.yml:2:1: unknown field `stagez`, expected one of `keep`, `stages`, `services`, `check`, `backup`, `restore`, `defaults`, `timeouts`, `drift`, `drift_ignore`, `modes`, `reject_failed_push`",
             ),
             (
                 "stages:\n  biuld: make\n",
@@ -645,6 +655,10 @@ modes:                       # per-mode overrides of `stages`
             (
                 "drift: ignore\n",
                 "kiln.yml:1:8: unknown variant `ignore`, expected one of `save`, `refuse`",
+            ),
+            (
+                "reject_failed_push: sometimes\n",
+                "kiln.yml:1:21: invalid boolean (strict mode expects true/false)",
             ),
             (
                 "stages:\n  build:\n    - make\n    - [nested]\n",

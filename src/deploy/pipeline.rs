@@ -44,6 +44,15 @@ pub struct DeployRequest {
     /// A pillar push: deploy the live release again with the new settings. Its tree is reused
     /// (configure, deploy and post_deploy run again; build does not).
     pub settings_only: bool,
+    /// How to try again, for the end of the last line when the deploy fails and is rolled
+    /// back: pushing the same commit again deploys nothing (git answers `Everything
+    /// up-to-date` and runs no hook).
+    pub retry: Option<String>,
+    /// A deploy from pre-receive: the pid of the git receive-pack that runs the hook. If it
+    /// dies (a pusher's terminal hung up on a local push), git deletes the pushed objects and
+    /// can no longer move the branch, so the deploy must fail and roll back rather than leave
+    /// the node running a commit that no branch names.
+    pub receive_pack: Option<i32>,
 }
 
 pub struct Deployed {
@@ -51,24 +60,41 @@ pub struct Deployed {
     pub commit: Oid,
 }
 
-/// Why a deploy stopped: the stage and a short reason for the final line.
+/// Why a deploy stopped: the stage and the reason, in two lengths.
 #[derive(Debug)]
 pub struct Failure {
     pub stage: Stage,
+    /// For the release log, `kiln releases` and the events: a failed command is kept whole
+    /// (up to [`stage::KEPT_COMMAND_CHARS`]).
     pub reason: String,
+    /// For the last line of the push: the same with a long command cut at a word boundary.
+    pub brief: String,
 }
 
 impl Failure {
     fn new(stage: Stage, error: impl Into<Error>) -> Failure {
         let error = error.into();
-        let reason = match &error {
+        let (reason, brief) = match &error {
             Error::Stage(e) => match e.downcast_ref::<stage::StageError>() {
-                Some(e) => e.summary(),
-                None => crate::error::chain(&**e),
+                Some(e) => (
+                    e.summary(stage::KEPT_COMMAND_CHARS),
+                    e.summary(stage::HEADLINE_COMMAND_CHARS),
+                ),
+                None => {
+                    let text = crate::error::chain(&**e);
+                    (text.clone(), text)
+                }
             },
-            other => crate::error::chain(other),
+            other => {
+                let text = crate::error::chain(other);
+                (text.clone(), text)
+            }
         };
-        Failure { stage, reason }
+        Failure {
+            stage,
+            reason,
+            brief,
+        }
     }
 }
 
@@ -80,8 +106,41 @@ pub fn deploy(
     out: &mut Reporter,
 ) -> Result<Deployed, Error> {
     let lock = lock(project, "deploy", out)?;
-    rollback::recover(node, project, out)?;
+    recover_first(
+        node,
+        project,
+        &format!("`kiln deploy {}`", project.paths.name),
+        out,
+    )?;
     deploy_locked(node, project, request, &lock, out)
+}
+
+/// Finishes an interrupted or failed deploy before a new one starts. When that fails the new
+/// deploy must not start, and the pusher must hear it on the last line: after a post-receive
+/// push the branch has moved, and a push that silently deploys nothing looks like a success.
+/// `then`: what to do after recovering by hand, for the message.
+pub fn recover_first(
+    node: &Node,
+    project: &Project,
+    then: &str,
+    out: &mut Reporter,
+) -> Result<(), Error> {
+    let Err(error) = rollback::recover(node, project, out) else {
+        return Ok(());
+    };
+    let cause = match &error {
+        Error::RollbackFailed { reason, .. } => reason.clone(),
+        other => crate::error::chain(other),
+    };
+    let error = Error::NotDeployed {
+        project: project.paths.name.clone(),
+        cause,
+        then: then.to_string(),
+        exit: error.exit_code(),
+    };
+    out.headline(&error.to_string());
+    out.close_logs();
+    Err(error)
 }
 
 /// A deploy for a caller that already holds the project lock (and ran recovery).
@@ -148,6 +207,7 @@ pub fn deploy_locked(
         },
         out,
     );
+    run.receive_pack = request.receive_pack;
     run.log.records.push(Record {
         id: release.clone(),
         commit: commit.to_string(),
@@ -180,7 +240,7 @@ pub fn deploy_locked(
             Ok(Deployed { release, commit })
         }
         Err(failure) => {
-            let result = run.fail(failure);
+            let result = run.fail(failure, request.retry.as_deref());
             run.out.close_logs();
             Err(result)
         }
@@ -296,6 +356,8 @@ struct Run<'a> {
     log: ReleaseLog,
     /// A settings-only redeploy: the live release whose tree is reused.
     reuse: Option<String>,
+    /// See [`DeployRequest::receive_pack`].
+    receive_pack: Option<i32>,
     /// The tarball being baked: (tree digest, bake info).
     baking: Option<std::thread::JoinHandle<Result<(String, bake::BakeInfo), Error>>>,
     /// archives/<release> for a deploy; archives/<release>-rollback-<id> for a rollback, so a
@@ -384,6 +446,7 @@ impl<'a> Run<'a> {
             journal: None,
             log: setup.log,
             reuse: setup.reuse,
+            receive_pack: None,
             baking: None,
             archive: setup.archive,
             log_name: setup.log_name,
@@ -403,6 +466,7 @@ impl Run<'_> {
                 .map_err(|e| Failure::new(Stage::Gather, e))?;
         }
         for stage in Stage::ALL {
+            self.push_still_open(stage)?;
             let started = Instant::now();
             self.out.stage_start(stage.as_str());
             self.stage(stage)?;
@@ -549,8 +613,25 @@ impl Run<'_> {
                 self.finish_bake()
                     .map_err(|e| Failure::new(Stage::Bundle, e))?;
                 self.commands(stage, &paths.run)?;
+                self.push_still_open(stage)?;
                 self.commit_release().map_err(fail)
             }
+        }
+    }
+
+    /// A deploy from pre-receive stops once git's receive-pack is gone (see
+    /// [`DeployRequest::receive_pack`]); the hook then has another parent.
+    fn push_still_open(&self, stage: Stage) -> Result<(), Failure> {
+        match self.receive_pack {
+            Some(pid) if nix::unistd::getppid().as_raw() != pid => Err(Failure::new(
+                stage,
+                Error::Refused {
+                    message: format!(
+                        "the push was aborted: git receive-pack (pid {pid}) is gone and cannot move the branch any more"
+                    ),
+                },
+            )),
+            _ => Ok(()),
         }
     }
 
@@ -665,8 +746,16 @@ impl Run<'_> {
     /// Cooking mode: build/ becomes the immutable release tree. It is baked into a tarball on
     /// another thread while the deploy stage prepares and switches, and the release becomes
     /// good only once the tarball and its manifest are written ([`Run::finish_bake`]).
+    /// First the tree is held to production's unpack rules: a release that production would
+    /// refuse fails here, before anything is baked, signed or published.
     fn bundle(&mut self) -> Result<(), Error> {
         let paths = self.paths().clone();
+        let links = crate::release::unpack::LinkRules::for_project(self.node, &paths);
+        let rules = crate::release::unpack::UnpackOptions {
+            limits: crate::release::unpack::Limits::for_node(&self.node.config),
+            links: &links,
+        };
+        bake::check_promotable(&paths.build, &rules)?;
         let tree_dir = paths.release_dir(&self.release);
         fs::rename(&paths.build, &tree_dir).map_err(|e| io_error("move", &paths.build, e))?;
         fs::create_dir(&paths.build).map_err(|e| io_error("create", &paths.build, e))?;
@@ -1002,8 +1091,9 @@ impl Run<'_> {
         }
     }
 
-    /// Undoes the failed deploy and builds the error for the final line.
-    fn fail(&mut self, failure: Failure) -> Error {
+    /// Undoes the failed deploy and builds the error for the final line; `retry` (how to try
+    /// again) ends that line when the undo worked.
+    fn fail(&mut self, failure: Failure, retry: Option<&str>) -> Error {
         let paths = self.paths().clone();
         // The baker reads the release tree that the rollback is about to move away.
         if let Some(baking) = self.baking.take() {
@@ -1035,8 +1125,11 @@ impl Run<'_> {
             Ok(outcome) => {
                 let error = Error::DeployFailed {
                     stage: failure.stage.as_str().into(),
-                    reason: failure.reason,
-                    outcome,
+                    reason: failure.brief,
+                    outcome: match retry {
+                        Some(retry) => format!("{outcome}; {retry}"),
+                        None => outcome,
+                    },
                 };
                 self.out.headline(&error.to_string());
                 error
@@ -1047,7 +1140,7 @@ impl Run<'_> {
                         "deploy of {} failed at {} ({}), then undoing it failed: {}",
                         self.release,
                         failure.stage.as_str(),
-                        failure.reason,
+                        failure.brief,
                         crate::error::chain(&e)
                     ),
                     hint: rollback::recovery_hint(&paths),
@@ -1262,7 +1355,7 @@ pub fn rollback_to(
             Ok(())
         }
         Err(failure) => {
-            let error = run.fail(failure);
+            let error = run.fail(failure, None);
             run.out.close_logs();
             if let Some(Ok(oid)) = pillar_before.as_deref().map(Oid::from_str) {
                 crate::config::pillar::checkout(paths, oid)?;

@@ -143,10 +143,11 @@ impl StageError {
         }
     }
 
-    /// A short form for the last line of a deploy, e.g. `make: exit 2`, `make: SIGKILL`,
-    /// `./slow: timeout after 30s`. A long command is shortened to its start.
-    pub fn summary(&self) -> String {
-        let command = short_command(self.command());
+    /// What failed, for the release log and the last line of a deploy: `make: exit 2`,
+    /// `make: SIGKILL`, `./slow: timeout after 30s`. The command is shown on one line and, past
+    /// `max_chars`, cut at a word boundary with `…` (see [`command_on_one_line`]).
+    pub fn summary(&self, max_chars: usize) -> String {
+        let command = command_on_one_line(self.command(), max_chars);
         match self {
             StageError::Spawn { .. } => format!("{command}: could not run"),
             StageError::Exit { code, .. } => format!("{command}: exit {code}"),
@@ -158,16 +159,52 @@ impl StageError {
     }
 }
 
-/// The first line of `command`, cut to about 40 characters.
-fn short_command(command: &str) -> String {
-    const MAX: usize = 40;
-    let first = command.trim().lines().next().unwrap_or("");
-    let multi_line = first.len() < command.trim().len();
-    match first.char_indices().nth(MAX) {
-        Some((cut, _)) => format!("{}...", &first[..cut]),
-        None if multi_line => format!("{first}..."),
-        None => first.to_string(),
+/// How much of a failed command the release log (`kiln releases`, its `--json`) and the
+/// events in logs/<release>.jsonl keep: enough for any real command, not a whole script.
+pub const KEPT_COMMAND_CHARS: usize = 500;
+
+/// How much of it the last line of a push shows, so that the line stays readable.
+pub const HEADLINE_COMMAND_CHARS: usize = 80;
+
+/// `command` on one line: its lines trimmed, blank ones dropped, and joined the way the shell
+/// reads them (`; ` between commands, a space after a line that continues: `\`, `&&`, `|`,
+/// ...). Longer than `max_chars`, it is cut at the last word boundary before that and ends in
+/// `…`; a first word longer than that is kept whole (up to [`KEPT_COMMAND_CHARS`]), because a
+/// command cut inside a word reads as another command.
+fn command_on_one_line(command: &str, max_chars: usize) -> String {
+    let mut text = String::new();
+    for line in command.lines().map(str::trim).filter(|l| !l.is_empty()) {
+        if !text.is_empty() {
+            let continued = text.ends_with('\\');
+            if continued {
+                text.pop();
+                text.truncate(text.trim_end().len());
+            }
+            let joins = continued
+                || text.ends_with(['&', '|', ';', '(', '{'])
+                || ["then", "do", "else"]
+                    .iter()
+                    .any(|word| text == *word || text.ends_with(&format!(" {word}")));
+            text.push_str(if joins { " " } else { "; " });
+        }
+        text.push_str(line);
     }
+    cut_at_word(&text, max_chars)
+}
+
+fn cut_at_word(text: &str, max_chars: usize) -> String {
+    let Some((limit, next)) = text.char_indices().nth(max_chars) else {
+        return text.to_string();
+    };
+    // The last boundary within the limit, else the end of the first word.
+    let cut = match text[..limit + next.len_utf8()].rfind(char::is_whitespace) {
+        Some(space) if space > 0 => space,
+        _ => text
+            .find(char::is_whitespace)
+            .filter(|end| text[..*end].chars().count() <= KEPT_COMMAND_CHARS)
+            .unwrap_or(limit),
+    };
+    format!("{}…", text[..cut].trim_end_matches([' ', ';']))
 }
 
 /// Formats a duration the way kiln.yml writes them: `30s`, `20m`, `1h30m`, `1.5s`, `250ms`.
@@ -777,7 +814,7 @@ mod tests {
             err.to_string(),
             "`echo before; exit 3` exited with status 3"
         );
-        assert_eq!(err.summary(), "echo before; exit 3: exit 3");
+        assert_eq!(err.summary(80), "echo before; exit 3: exit 3");
         assert_eq!(err.stage(), "build");
 
         let (result, _) = run("kill -SEGV $$");
@@ -787,7 +824,7 @@ mod tests {
             "{err:?}"
         );
         assert_eq!(err.to_string(), "`kill -SEGV $$` was killed by SIGSEGV");
-        assert_eq!(err.summary(), "kill -SEGV $$: SIGSEGV");
+        assert_eq!(err.summary(80), "kill -SEGV $$: SIGSEGV");
     }
 
     #[test]
@@ -807,7 +844,7 @@ mod tests {
             err.to_string(),
             format!("could not run `true` in {}", missing.display())
         );
-        assert_eq!(err.summary(), "true: could not run");
+        assert_eq!(err.summary(80), "true: could not run");
     }
 
     fn read_pid(path: &Path) -> i32 {
@@ -1080,18 +1117,56 @@ mod tests {
     }
 
     #[test]
-    fn summary_shortens_long_commands() {
-        let cases = [
-            ("make", "make"),
-            ("  make -j4 \n", "make -j4"),
-            ("make\nmake install", "make..."),
+    fn summary_keeps_commands_whole_up_to_a_word_boundary() {
+        let long = format!("pip install {}", "flask-extension ".repeat(40));
+        let url = format!("curl -fsS http://127.0.0.1:8000/{}", "x".repeat(60));
+        let giant = "y".repeat(600);
+        let cases: &[(&str, usize, String)] = &[
+            ("make", 80, "make".into()),
+            ("  make -j4 \n", 80, "make -j4".into()),
+            ("make\nmake install", 80, "make; make install".into()),
+            ("make \\\n  install", 80, "make install".into()),
             (
-                "curl -fsS http://127.0.0.1:8000/health/and/a/long/path",
-                "curl -fsS http://127.0.0.1:8000/health/a...",
+                "test -f a &&\n  rm a |\n\n cat",
+                80,
+                "test -f a && rm a | cat".into(),
             ),
+            (
+                "if true; then\n  make\nfi",
+                80,
+                "if true; then make; fi".into(),
+            ),
+            (
+                "./manage.py migrate --noinput",
+                20,
+                "./manage.py migrate…".into(),
+            ),
+            ("make; make install", 6, "make…".into()),
+            // The first word is kept whole even past the limit.
+            (url.as_str(), 20, "curl -fsS…".into()),
+            (url.as_str(), 4, "curl…".into()),
+            (giant.as_str(), 80, format!("{}…", &giant[..80])),
+            (
+                long.as_str(),
+                KEPT_COMMAND_CHARS,
+                format!("pip install {}…", ["flask-extension"; 30].join(" ")),
+            ),
+            ("café crème brûlée", 12, "café crème…".into()),
         ];
-        for (command, want) in cases {
-            assert_eq!(short_command(command), want, "{command:?}");
+        for (command, max, want) in cases {
+            let got = command_on_one_line(command, *max);
+            assert_eq!(&got, want, "{command:?} within {max}");
         }
+        let err = StageError::Exit {
+            stage: "deploy".into(),
+            command: long.clone(),
+            code: 1,
+        };
+        let summary = err.summary(KEPT_COMMAND_CHARS);
+        assert!(summary.ends_with("flask-extension…: exit 1"), "{summary}");
+        assert!(
+            summary.chars().count() <= KEPT_COMMAND_CHARS + 10,
+            "{summary}"
+        );
     }
 }

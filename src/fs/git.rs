@@ -19,12 +19,20 @@ use crate::error::{Error, git_error, io_error};
 pub fn open_bare(path: &Path) -> Result<Repository, Error> {
     let repo =
         Repository::open_bare(path).map_err(git_error(format!("open `{}`", path.display())))?;
+    see_quarantine(&repo)?;
+    Ok(repo)
+}
+
+/// Inside a pre-receive hook, lets `repo` read the pushed objects from git's quarantine. Only
+/// this process sees them there: nothing is written, so nothing refers to the quarantine once
+/// git has moved the objects into the repo (or deleted them, when the push is refused).
+fn see_quarantine(repo: &Repository) -> Result<(), Error> {
     if let Some(quarantine) = std::env::var_os("GIT_QUARANTINE_PATH") {
         let odb = repo.odb().map_err(git_error("read the object database"))?;
         odb.add_disk_alternate(&quarantine.to_string_lossy())
             .map_err(git_error("read the pushed objects"))?;
     }
-    Ok(repo)
+    Ok(())
 }
 
 /// Creates a bare repo if missing, with `master`-style HEAD pointing at `branch`.
@@ -313,6 +321,7 @@ impl Checkout {
         }
         // Re-open so libgit2 sees the alternate.
         let repo = Repository::open(dir).map_err(git_error(format!("open `{}`", dir.display())))?;
+        see_quarantine(&repo)?;
         Ok(Checkout {
             repo,
             dir: dir.to_path_buf(),
@@ -357,6 +366,18 @@ impl Checkout {
             .repo
             .find_commit(oid)
             .map_err(git_error(format!("read commit {oid}")))?;
+        // HEAD may name a commit that is gone: one whose push was refused after it had been
+        // checked out here during pre-receive (git deletes a refused push's objects). libgit2
+        // diffs against HEAD's tree and would fail; start from the new commit instead (files
+        // only the gone commit had then stay, as untracked files).
+        let head_gone = self
+            .head()
+            .is_some_and(|head| self.repo.find_commit(head).is_err());
+        if head_gone {
+            self.repo
+                .set_head_detached(oid)
+                .map_err(git_error(format!("move HEAD of `{}`", self.dir.display())))?;
+        }
         let mut builder = git2::build::CheckoutBuilder::new();
         builder.force().remove_untracked(false);
         self.repo
@@ -372,6 +393,64 @@ impl Checkout {
     }
 }
 
+/// The commit checked out in `dir`, if it is a checkout with one (nothing is created).
+pub fn checked_out(dir: &Path) -> Option<Oid> {
+    Repository::open(dir).ok()?.head().ok()?.target()
+}
+
 pub fn short(oid: Oid) -> String {
     oid.to_string()[..7].to_string()
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)] // tests may unwrap: a panic is a test failure
+mod tests {
+    use super::*;
+
+    fn commit_file(repo: &Repository, name: &str, content: &str) -> Oid {
+        let blob = repo.blob(content.as_bytes()).unwrap();
+        let mut builder = repo.treebuilder(None).unwrap();
+        builder.insert(name, blob, 0o100644).unwrap();
+        let tree = repo.find_tree(builder.write().unwrap()).unwrap();
+        let who = git2::Signature::now("Tester", "tester@example.invalid").unwrap();
+        repo.commit(None, &who, &who, name, &tree, &[]).unwrap()
+    }
+
+    /// A push refused by pre-receive after its commit was checked out in project/ (read from
+    /// git's quarantine, which git then deletes) left HEAD and the index naming objects that
+    /// are gone; the next checkout must still work.
+    #[test]
+    fn regression_checkout_works_when_head_names_a_commit_that_is_gone() {
+        let dir = tempfile::tempdir().unwrap();
+        let bare_path = dir.path().join("project.git");
+        init_bare(&bare_path, "master").unwrap();
+        let good = commit_file(
+            &Repository::open_bare(&bare_path).unwrap(),
+            "app.txt",
+            "v1\n",
+        );
+        let quarantine_path = dir.path().join("quarantine.git");
+        init_bare(&quarantine_path, "master").unwrap();
+        let gone = commit_file(
+            &Repository::open_bare(&quarantine_path).unwrap(),
+            "refused.txt",
+            "v2\n",
+        );
+        let project = dir.path().join("project");
+        let checkout = Checkout::open_or_init(&project, &bare_path).unwrap();
+        checkout
+            .repo
+            .odb()
+            .unwrap()
+            .add_disk_alternate(&quarantine_path.join("objects").to_string_lossy())
+            .unwrap();
+        checkout.checkout(gone).unwrap();
+        fs::remove_dir_all(&quarantine_path).unwrap();
+
+        let checkout = Checkout::open_or_init(&project, &bare_path).unwrap();
+        checkout.checkout(good).unwrap();
+        assert_eq!(checkout.head(), Some(good));
+        assert_eq!(fs::read_to_string(project.join("app.txt")).unwrap(), "v1\n");
+        assert_eq!(checked_out(&project), Some(good));
+    }
 }

@@ -2,13 +2,17 @@
 //! pre-receive refuses a push whose kiln.yml (or pillar.yml) is invalid, so the branch does
 //! not move; post-receive deploys a push of the deploy branch and says other refs are ignored.
 //! A pillar push is checked out in pillar/ and the live release deployed again with it.
+//! With `reject_failed_push`, pre-receive deploys instead, so a failed deploy refuses the push.
 
+use std::fs;
 use std::io::BufRead;
 use std::path::Path;
+use std::time::{Duration, Instant};
 
 use crate::config::node_config::{PillarPush, Right};
 use crate::config::pillar::{self, Pillar};
 use crate::config::project::{Node, Project};
+use crate::config::recipe::{Mode, Recipe};
 use crate::deploy::pipeline::{self as deploy, DeployRequest};
 use crate::error::Error;
 use crate::exec::report::Reporter;
@@ -126,38 +130,44 @@ fn check_pusher_rights(
     }
 }
 
+/// Refuses a push whose kiln.yml (or pillar.yml) is invalid. With `reject_failed_push` it
+/// also deploys the pushed deploy branch, before git moves it: a failed deploy then refuses
+/// the push ([`deploys_in_pre_receive`]).
 pub fn pre_receive(
     node: &Node,
     name: &str,
     repo: Repo,
     updates: &[RefUpdate],
+    out: &mut Reporter,
 ) -> Result<(), Error> {
     let project = node.project(name)?;
     for update in updates {
         check_ref_name(&update.name)?;
     }
     check_pusher_rights(node, name, repo, updates)?;
-    match repo {
-        Repo::Project => {
-            let deploy_ref = format!("refs/heads/{}", project.config.branch);
-            let bare = git::open_bare(&project.paths.project_repo)?;
-            for update in updates
-                .iter()
-                .filter(|u| u.name == deploy_ref && !u.is_delete())
-            {
-                let oid = git2::Oid::from_str(&update.new).map_err(|_| Error::UnknownRev {
-                    rev: update.new.clone(),
-                    repo: project.paths.project_repo.clone(),
-                })?;
-                deploy::read_recipe(&bare, oid)?;
-            }
-            Ok(())
+    if repo == Repo::Pillar {
+        return validate_pillar_push(&project, updates);
+    }
+    let bare = git::open_bare(&project.paths.project_repo)?;
+    let mut target = None;
+    for update in deploy_branch_updates(&project, updates) {
+        let oid = git2::Oid::from_str(&update.new).map_err(|_| Error::UnknownRev {
+            rev: update.new.clone(),
+            repo: project.paths.project_repo.clone(),
+        })?;
+        let recipe = deploy::read_recipe(&bare, oid)?;
+        target = Some((update, recipe));
+    }
+    match target {
+        Some((update, recipe)) if deploys_in_pre_receive(node, &project, &recipe) => {
+            announce_ignored(&project, updates, out);
+            deploy_before_the_branch_moves(node, &project, update, out)
         }
-        Repo::Pillar => validate_pillar_push(&project, updates),
+        _ => Ok(()),
     }
 }
 
-/// Deploys the pushed deploy branch; returns the exit status.
+/// Deploys the pushed deploy branch (when pre-receive has not); returns the exit status.
 pub fn post_receive(
     node: &Node,
     name: &str,
@@ -169,12 +179,83 @@ pub fn post_receive(
     if repo == Repo::Pillar {
         return after_pillar_push(node, &project, updates, out);
     }
+    let target = deploy_branch_updates(&project, updates).last();
+    if let Some(update) = target
+        && deployed_by_pre_receive(&project, update)
+    {
+        // pre-receive deployed it and said so; its final line stays the push's last line.
+        let _ = fs::remove_file(project.paths.state.join(PENDING_PUSH));
+        return Ok(());
+    }
+    announce_ignored(&project, updates, out);
+    let Some(update) = target else {
+        return Ok(());
+    };
+    keep_going_without_pusher();
+    deploy::deploy(
+        node,
+        &project,
+        &DeployRequest {
+            rev: Some(update.new.clone()),
+            who: pusher(),
+            who_key: pusher_key(),
+            settings_only: false,
+            // Pushing the same commit again deploys nothing: git answers `Everything
+            // up-to-date` and runs no hook.
+            retry: Some(format!("retry with `kiln deploy {}`", project.paths.name)),
+            receive_pack: None,
+        },
+        out,
+    )
+    .map(|_| ())
+}
+
+/// Whether a push of the deploy branch deploys from pre-receive, so that a failed deploy
+/// refuses the push and the branch does not move (Heroku's and Dokku's behaviour), instead of
+/// from post-receive, after git moved the branch.
+///
+/// project.yml decides, else node.yml, else the pushed kiln.yml: it changes who may move the
+/// branch and how long a push holds its connection, which is the operators' call (as every
+/// node-side setting), and a push must not be able to turn off what they rely on (the branch
+/// only ever names a commit that deployed). Editable mode never rolls back: a failed deploy
+/// leaves the tree as pushed, which needs the pushed commit, and git deletes the objects of a
+/// refused push; it always deploys from post-receive.
+pub fn deploys_in_pre_receive(node: &Node, project: &Project, recipe: &Recipe) -> bool {
+    project.config.mode != Mode::Editable
+        && project
+            .config
+            .reject_failed_push
+            .or(node.config.reject_failed_push)
+            .unwrap_or(recipe.reject_failed_push)
+}
+
+/// In post-receive: pre-receive deployed this update already. Its note says so, not the
+/// settings, which an operator may have changed in between: the note names this commit and
+/// this push's receive-pack, which runs both hooks.
+fn deployed_by_pre_receive(project: &Project, update: &RefUpdate) -> bool {
+    PendingPush::read(project).is_some_and(|pending| {
+        pending.receive_pack == nix::unistd::getppid().as_raw() && pending.new == update.new
+    })
+}
+
+fn deploy_branch_updates<'a>(
+    project: &Project,
+    updates: &'a [RefUpdate],
+) -> impl Iterator<Item = &'a RefUpdate> {
     let deploy_ref = format!("refs/heads/{}", project.config.branch);
-    let mut target = None;
-    for update in updates {
-        if update.name == deploy_ref && !update.is_delete() {
-            target = Some(update.new.clone());
-        } else if update.is_delete() {
+    updates
+        .iter()
+        .filter(move |u| u.name == deploy_ref && !u.is_delete())
+}
+
+/// Says which refs of the push do not deploy.
+fn announce_ignored(project: &Project, updates: &[RefUpdate], out: &mut Reporter) {
+    let deploy_ref = format!("refs/heads/{}", project.config.branch);
+    for update in updates
+        .iter()
+        .filter(|u| u.name != deploy_ref || u.is_delete())
+    {
+        if update.is_delete() {
             out.headline(&format!("ignoring the deletion of {}", update.name));
         } else {
             out.headline(&format!(
@@ -183,22 +264,140 @@ pub fn post_receive(
             ));
         }
     }
-    let Some(commit) = target else {
-        return Ok(());
-    };
+}
+
+/// pre-receive's deploy: the pushed commit is read from git's quarantine. If the deploy
+/// fails, the push is refused: git deletes the pushed objects and the branch does not move,
+/// so nothing that stays may refer to them except the failed release's record and logs.
+fn deploy_before_the_branch_moves(
+    node: &Node,
+    project: &Project,
+    update: &RefUpdate,
+    out: &mut Reporter,
+) -> Result<(), Error> {
     keep_going_without_pusher();
-    deploy::deploy(
-        node,
-        &project,
-        &DeployRequest {
-            rev: Some(commit),
-            who: pusher(),
-            who_key: pusher_key(),
-            settings_only: false,
-        },
-        out,
-    )
-    .map(|_| ())
+    // The hook is exec-ed by git receive-pack: see DeployRequest::receive_pack.
+    let receive_pack = nix::unistd::getppid().as_raw();
+    let paths = &project.paths;
+    let lock = crate::transaction::lock::lock(project, "deploy", out)?;
+    deploy::recover_first(node, project, "push again", out)?;
+    // A push that waited for another push's deploy of this branch must not deploy over it:
+    // git would then refuse to move the branch (it checks the old tip), and the node would
+    // run a commit that no branch names.
+    wait_for_the_branch_of_the_push_before(project, out);
+    let bare = git::open_bare(&paths.project_repo)?;
+    let tip = git::branch_tip(&bare, &project.config.branch);
+    if tip_text(tip) != update.old {
+        return Err(Error::Refused {
+            message: format!(
+                "`{}` moved to {} while this push waited for another deploy: fetch, merge and push again",
+                project.config.branch,
+                tip.map(git::short).unwrap_or_else(|| "nothing".into())
+            ),
+        });
+    }
+    let checked_out = git::checked_out(&paths.project);
+    let request = DeployRequest {
+        rev: Some(update.new.clone()),
+        who: pusher(),
+        who_key: pusher_key(),
+        settings_only: false,
+        retry: Some("the push is refused (the branch did not move); push again to retry".into()),
+        receive_pack: Some(receive_pack),
+    };
+    let result = deploy::deploy_locked(node, project, &request, &lock, out);
+    if result.is_ok() {
+        leave_pending_push(project, receive_pack, update, out);
+    } else if let Some(before) = checked_out {
+        // project/ shows the refused commit, whose objects git is about to delete.
+        let back = git::Checkout::open_or_init(&paths.project, &paths.project_repo)
+            .and_then(|checkout| checkout.checkout(before));
+        if let Err(e) = back {
+            out.note(&format!(
+                "warning: could not check {} out in project/ again: {}",
+                git::short(before),
+                crate::error::chain(&e)
+            ));
+        }
+    }
+    result.map(|_| ())
+}
+
+/// `state/pending-push`: `<pid of git receive-pack> <new tip>`, left by a pre-receive deploy
+/// that worked, for two readers. git moves the branch only once the hook has exited, and with
+/// it released the project lock: a push waiting for that lock could check the branch a moment
+/// before git moves it, deploy, and then have git refuse to move the branch (it checks the old
+/// tip), leaving the node running a commit that no branch names; it waits instead. And the
+/// post-receive hook of the same push learns from it not to deploy again (and removes it).
+const PENDING_PUSH: &str = "pending-push";
+
+struct PendingPush {
+    receive_pack: i32,
+    new: String,
+}
+
+impl PendingPush {
+    fn read(project: &Project) -> Option<PendingPush> {
+        let text = fs::read_to_string(project.paths.state.join(PENDING_PUSH)).ok()?;
+        let mut parts = text.split_whitespace();
+        Some(PendingPush {
+            receive_pack: parts.next()?.parse().ok()?,
+            new: parts.next()?.to_string(),
+        })
+    }
+}
+
+/// How long a push waits for git to move the branch for the push before it, at most.
+const PENDING_PUSH_WAIT: Duration = Duration::from_secs(60);
+
+fn leave_pending_push(project: &Project, git: i32, update: &RefUpdate, out: &mut Reporter) {
+    // A receive-pack that is gone moves no branch.
+    if git <= 1 || nix::unistd::getppid().as_raw() != git {
+        return;
+    }
+    let path = project.paths.state.join(PENDING_PUSH);
+    let text = format!("{git} {}\n", update.new);
+    if let Err(e) = crate::fs::durable::write_atomic(&path, text.as_bytes(), 0o600) {
+        out.note(&format!(
+            "warning: {}; post-receive will deploy {} again",
+            crate::error::chain(&e),
+            update.new.get(..7).unwrap_or(&update.new)
+        ));
+    }
+}
+
+/// Waits until git has moved the branch for the push that deployed before this one (or has
+/// given up: its receive-pack is gone).
+fn wait_for_the_branch_of_the_push_before(project: &Project, out: &mut Reporter) {
+    let Some(pending) = PendingPush::read(project) else {
+        return;
+    };
+    let started = Instant::now();
+    let mut told = false;
+    while started.elapsed() < PENDING_PUSH_WAIT {
+        let tip = git::open_bare(&project.paths.project_repo)
+            .ok()
+            .and_then(|bare| git::branch_tip(&bare, &project.config.branch));
+        let alive = !matches!(
+            nix::sys::signal::kill(nix::unistd::Pid::from_raw(pending.receive_pack), None),
+            Err(nix::errno::Errno::ESRCH)
+        );
+        if tip_text(tip) == pending.new || !alive {
+            return;
+        }
+        if !told {
+            out.headline(&format!(
+                "waiting for git to move {} for the push before this one",
+                project.config.branch
+            ));
+            told = true;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+fn tip_text(tip: Option<git2::Oid>) -> String {
+    tip.map_or_else(|| ZERO.to_string(), |oid| oid.to_string())
 }
 
 /// pre-receive of git/pillar.git: pillar.yml of the pushed commit must be a valid mapping.
@@ -271,6 +470,9 @@ pub fn after_pillar_push(
         who: pusher(),
         who_key: pusher_key(),
         settings_only: true,
+        // `kiln deploy` would not use the pillar pushed: it is put back on failure.
+        retry: None,
+        receive_pack: None,
     };
     match deploy::deploy_locked(node, project, &request, &lock, out) {
         Ok(_) => Ok(()),

@@ -5,6 +5,10 @@
 //! nanosecond mtimes, symlinks, empty directories and names that are not UTF-8. Reading the
 //! tree runs on its own thread, feeding a bounded channel, so that file I/O overlaps with
 //! archiving and the multithreaded compressor while memory stays bounded.
+//!
+//! Before a tree is baked, [`check_promotable`] holds it to the rules production's unpack
+//! applies (entry types, limits, where symlinks may point: [`crate::release::unpack::LinkRules`]), so that staging
+//! never publishes a release production would refuse.
 
 use std::ffi::OsString;
 use std::fs::{self, File, Metadata};
@@ -17,6 +21,8 @@ use std::thread;
 
 use sha2::{Digest, Sha256};
 use tar::{EntryType, Header};
+
+use crate::release::unpack::{MAX_PATH, Refusal, ReleaseLinks, UnpackOptions, show};
 
 /// Largest piece of file data sent through the channel at once.
 const CHUNK: usize = 256 * 1024;
@@ -51,6 +57,122 @@ pub enum BakeError {
     Changed { path: PathBuf },
     #[error("cannot write release archive `{}`: {source}", path.display())]
     Write { path: PathBuf, source: io::Error },
+    #[error(
+        "release tree entry `{entry}` {reason}; production would refuse this release, so it is not baked: {hint}"
+    )]
+    Unpromotable {
+        /// Relative to the release root.
+        entry: String,
+        /// What production's unpack would say about the entry.
+        reason: Refusal,
+        /// What to do about it.
+        hint: String,
+    },
+}
+
+/// Holds the release tree at `tree` to the rules production's unpack applies to `opts`,
+/// before anything is baked: only files, directories and symlinks; paths of at most
+/// `PATH_MAX`; the entry count and total size within the limits; every symlink as
+/// [`crate::release::unpack::LinkRules`] allow. The first refused entry is named by its path in the tree.
+pub fn check_promotable(tree: &Path, opts: &UnpackOptions) -> Result<(), BakeError> {
+    let refuse = |entry: String, reason: Refusal| {
+        let hint = match &reason {
+            Refusal::Link(_) => {
+                let roots: Vec<String> = opts
+                    .links
+                    .system_roots()
+                    .iter()
+                    .map(|root| format!("`{}`", root.display()))
+                    .collect();
+                format!(
+                    "make the link relative and inside the release, copy what it points to into the tree (e.g. `python3 -m venv --copies`), or have it point below one of node.yml's `allowed_link_roots`, kept the same on staging and production (now: {})",
+                    if roots.is_empty() {
+                        "none".to_owned()
+                    } else {
+                        roots.join(", ")
+                    }
+                )
+            }
+            Refusal::ForbiddenType { .. } => {
+                "create it when the app starts instead (e.g. in run/ in the deploy stage)".into()
+            }
+            Refusal::TooManyEntries { .. } | Refusal::TooManyBytes { .. } => {
+                "ship less, or raise node.yml's `limits` on staging and production".into()
+            }
+            _ => "change the tree in the build or bundle stage".into(),
+        };
+        BakeError::Unpromotable {
+            entry,
+            reason,
+            hint,
+        }
+    };
+    let mut links = ReleaseLinks::new(opts.links);
+    let (mut entries, mut bytes) = (0u64, 0u64);
+    let walk = walkdir::WalkDir::new(tree)
+        .min_depth(1)
+        .follow_links(false)
+        .sort_by_file_name();
+    for entry in walk {
+        let entry = entry.map_err(|e| {
+            let path = e.path().unwrap_or(tree).to_path_buf();
+            BakeError::Read {
+                source: e
+                    .into_io_error()
+                    .unwrap_or_else(|| io::Error::other("walk failed")),
+                path,
+            }
+        })?;
+        let rel = entry.path().strip_prefix(tree).unwrap_or(entry.path());
+        let rel = rel.as_os_str().as_bytes();
+        let name = || show(rel);
+        entries += 1;
+        if entries > opts.limits.max_entries {
+            let max = opts.limits.max_entries;
+            return Err(refuse(name(), Refusal::TooManyEntries { max }));
+        }
+        if rel.len() > MAX_PATH {
+            return Err(refuse(name(), Refusal::PathTooLong { max: MAX_PATH }));
+        }
+        let ft = entry.file_type();
+        if ft.is_symlink() {
+            let target = fs::read_link(entry.path()).map_err(read_err(entry.path()))?;
+            links
+                .add(rel, target.as_os_str().as_bytes())
+                .map_err(|reason| refuse(name(), reason.into()))?;
+        } else if ft.is_file() {
+            let size = entry.metadata().map_err(|e| BakeError::Read {
+                path: entry.path().to_path_buf(),
+                source: e.into(),
+            })?;
+            bytes = bytes.saturating_add(size.len());
+            if bytes > opts.limits.max_bytes {
+                let max = opts.limits.max_bytes;
+                return Err(refuse(name(), Refusal::TooManyBytes { max }));
+            }
+        } else if !ft.is_dir() {
+            let kind = special_kind(&ft).to_owned();
+            return Err(refuse(name(), Refusal::ForbiddenType { kind }));
+        }
+    }
+    links
+        .check()
+        .map_err(|(entry, reason)| refuse(entry, reason.into()))
+}
+
+/// What a file that is neither a regular file, a directory nor a symlink is, for messages.
+fn special_kind(ft: &fs::FileType) -> &'static str {
+    if ft.is_fifo() {
+        "fifo"
+    } else if ft.is_socket() {
+        "socket"
+    } else if ft.is_char_device() {
+        "character device"
+    } else if ft.is_block_device() {
+        "block device"
+    } else {
+        "special file"
+    }
 }
 
 impl From<BakeError> for crate::error::Error {
@@ -231,17 +353,7 @@ fn emit(abs: PathBuf, rel: PathBuf, tx: &SyncSender<Msg>) -> Result<(), Stop> {
     } else if ft.is_file() {
         return emit_file(abs, rel, &meta, tx);
     } else {
-        let kind = if ft.is_fifo() {
-            "fifo"
-        } else if ft.is_socket() {
-            "socket"
-        } else if ft.is_char_device() {
-            "character device"
-        } else if ft.is_block_device() {
-            "block device"
-        } else {
-            "special file"
-        };
+        let kind = special_kind(&ft);
         return Err(BakeError::Unsupported { path: abs, kind }.into());
     };
     send(tx, Msg::Entry(item(rel, kind, &meta), Vec::new()))
@@ -497,7 +609,7 @@ impl Read for ChunkReader<'_> {
 #[allow(clippy::unwrap_used)] // tests may unwrap: a panic is a test failure
 mod tests {
     use super::*;
-    use crate::release::unpack::{Limits, UnpackOptions, unpack};
+    use crate::release::unpack::{Limits, LinkRules, UnpackOptions, unpack};
     use nix::sys::stat::{UtimensatFlags, utimensat};
     use nix::sys::time::TimeSpec;
     use std::ffi::OsStr;
@@ -620,10 +732,10 @@ mod tests {
 
         let dest = tmp.path().join("deploy/r1");
         fs::create_dir(tmp.path().join("deploy")).unwrap();
-        let roots = [data.as_path()];
+        let rules = LinkRules::new(vec![data.clone()], Vec::new(), &tmp.path().join("node"));
         let opts = UnpackOptions {
             limits: ROOMY,
-            link_roots: &roots,
+            links: &rules,
         };
         let unpacked = unpack(&out, &dest, &opts).unwrap();
         assert_eq!((unpacked.files, unpacked.bytes), (info.files, info.bytes));
@@ -722,6 +834,175 @@ mod tests {
         assert!(!out.exists());
         // No temp file left next to `out` either.
         assert_eq!(fs::read_dir(tmp.path()).unwrap().count(), 1);
+    }
+
+    /// Staging's check and production's unpack agree on every tree: what
+    /// `check_promotable` accepts unpacks, and what it refuses the unpack refuses, naming the
+    /// same entry for the same reason.
+    #[test]
+    fn check_promotable_refuses_exactly_what_the_unpack_refuses() {
+        let tmp = tempfile::tempdir().unwrap();
+        let node = tmp.path().join("node");
+        let data = node.join("shop/data");
+        fs::create_dir_all(&data).unwrap();
+        let roots = crate::config::node_config::DEFAULT_LINK_ROOTS
+            .map(PathBuf::from)
+            .to_vec();
+        let rules = LinkRules::new(vec![data.clone()], roots, &node);
+        let in_data = data.join("uploads").display().to_string();
+        let key = node.join(".node-key").display().to_string();
+        let tight = Limits {
+            max_bytes: 10,
+            max_entries: 3,
+        };
+        /// Files (with their content) and symlinks (with their target) of a tree.
+        enum Item<'a> {
+            File(&'a str, &'a str),
+            Link(&'a str, &'a str),
+        }
+        use Item::{File, Link};
+        // (name, tree, limits, the entry refused)
+        type Case<'a> = (&'a str, Vec<Item<'a>>, Limits, Option<&'a str>);
+        let cases: Vec<Case> = vec![
+            (
+                "a venv of the system python",
+                vec![
+                    Link(".venv/bin/python", "python3"),
+                    Link(".venv/bin/python3", "/usr/bin/python3"),
+                    Link(".venv/lib64", "lib"),
+                ],
+                ROOMY,
+                None,
+            ),
+            (
+                "uploads kept in data/",
+                vec![Link("public/uploads", &in_data)],
+                ROOMY,
+                None,
+            ),
+            (
+                "a venv of a pyenv python",
+                vec![Link(
+                    ".venv/bin/python3",
+                    "/root/.pyenv/versions/3.11.7/bin/python3",
+                )],
+                ROOMY,
+                Some(".venv/bin/python3"),
+            ),
+            (
+                "the node's signing key",
+                vec![Link("k", &key)],
+                ROOMY,
+                Some("k"),
+            ),
+            (
+                "`..` in an absolute link",
+                vec![Link("x", "/usr/../etc")],
+                ROOMY,
+                Some("x"),
+            ),
+            (
+                "a relative link leaving",
+                vec![Link("a/up", "../..")],
+                ROOMY,
+                Some("a/up"),
+            ),
+            (
+                "leaving through another link",
+                vec![Link("s/up", ".."), Link("x", "s/up/../../y")],
+                ROOMY,
+                Some("x"),
+            ),
+            (
+                "within the limits",
+                vec![File("a", "12345"), File("b", "12345")],
+                tight,
+                None,
+            ),
+            (
+                "past the byte limit",
+                vec![File("a", "123456"), File("b", "123456")],
+                tight,
+                Some("b"),
+            ),
+            (
+                "past the entry limit",
+                vec![File("a", ""), File("b", ""), File("c", ""), File("d", "")],
+                tight,
+                Some("d"),
+            ),
+        ];
+        for (i, (name, items, limits, refused)) in cases.into_iter().enumerate() {
+            let tree = tmp.path().join(format!("tree{i}"));
+            fs::create_dir(&tree).unwrap();
+            for item in &items {
+                let (File(path, _) | Link(path, _)) = item;
+                let path = tree.join(path);
+                fs::create_dir_all(path.parent().unwrap()).unwrap();
+                match item {
+                    File(_, content) => fs::write(path, content).unwrap(),
+                    Link(_, target) => symlink(target, path).unwrap(),
+                }
+            }
+            let opts = UnpackOptions {
+                limits,
+                links: &rules,
+            };
+            let checked = check_promotable(&tree, &opts);
+            let out = tmp.path().join(format!("tree{i}.tar.zst"));
+            bake(&tree, &out, 1).unwrap();
+            let dest = tmp.path().join(format!("unpacked{i}"));
+            let unpacked = unpack(&out, &dest, &opts);
+            match (refused, checked, unpacked) {
+                (None, Ok(()), Ok(_)) => {}
+                (
+                    Some(want),
+                    Err(BakeError::Unpromotable { entry, reason, .. }),
+                    Err(crate::release::unpack::UnpackError::Refused {
+                        entry: refused_entry,
+                        reason: unpack_reason,
+                        ..
+                    }),
+                ) => {
+                    assert_eq!(
+                        (entry.as_str(), refused_entry.as_str()),
+                        (want, want),
+                        "{name}"
+                    );
+                    assert_eq!(reason, unpack_reason, "{name}");
+                }
+                (_, checked, unpacked) => {
+                    panic!("{name}: check {checked:?}, unpack {unpacked:?}")
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn unpromotable_entries_are_named_with_what_to_do() {
+        let tmp = tempfile::tempdir().unwrap();
+        let tree = tmp.path().join("tree");
+        fs::create_dir_all(tree.join(".venv/bin")).unwrap();
+        symlink("/root/.pyenv/bin/python3", tree.join(".venv/bin/python3")).unwrap();
+        let rules = LinkRules::new(Vec::new(), vec![PathBuf::from("/usr")], tmp.path());
+        let opts = UnpackOptions {
+            limits: ROOMY,
+            links: &rules,
+        };
+        let error = check_promotable(&tree, &opts).unwrap_err().to_string();
+        assert_eq!(
+            error,
+            "release tree entry `.venv/bin/python3` is a symlink to `/root/.pyenv/bin/python3`, which leaves the release for a path outside the allowed link roots; production would refuse this release, so it is not baked: make the link relative and inside the release, copy what it points to into the tree (e.g. `python3 -m venv --copies`), or have it point below one of node.yml's `allowed_link_roots`, kept the same on staging and production (now: `/usr`)"
+        );
+
+        // A fifo cannot be baked at all: refused before baking, as the unpack would.
+        fs::remove_file(tree.join(".venv/bin/python3")).unwrap();
+        nix::unistd::mkfifo(&tree.join("app.sock"), nix::sys::stat::Mode::S_IRWXU).unwrap();
+        let error = check_promotable(&tree, &opts).unwrap_err().to_string();
+        assert_eq!(
+            error,
+            "release tree entry `app.sock` is a fifo; only files, directories and symlinks are allowed; production would refuse this release, so it is not baked: create it when the app starts instead (e.g. in run/ in the deploy stage)"
+        );
     }
 
     #[test]

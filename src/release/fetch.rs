@@ -27,7 +27,7 @@ use crate::release::bake::HashingWriter;
 use crate::release::manifest::{self as release, Manifest};
 use crate::release::signing::{BadSignature, TrustedKey};
 use crate::release::source::{Listed, Part, Source, SourceError};
-use crate::release::unpack::{self, Limits, UnpackError, UnpackInfo, UnpackOptions};
+use crate::release::unpack::{self, Limits, LinkRules, UnpackError, UnpackInfo, UnpackOptions};
 use crate::transaction::release_log::ReleaseLog;
 
 /// Largest manifest or signature accepted.
@@ -247,10 +247,7 @@ fn trusted_key(project: &Project) -> Result<Option<TrustedKey>, Error> {
 }
 
 fn node_limits(node: &Node) -> Limits {
-    Limits {
-        max_bytes: node.config.limits.archive_bytes,
-        max_entries: node.config.limits.archive_entries,
-    }
+    Limits::for_node(&node.config)
 }
 
 /// The releases in this node's releases/ (pulled before, or imported by hand).
@@ -464,10 +461,10 @@ fn unpack_checked(
     dest: &Path,
 ) -> Result<UnpackInfo, FetchError> {
     let release = &manifest.release;
-    let link_roots = [paths.run.as_path(), paths.data.as_path()];
+    let links = LinkRules::for_project(node, paths);
     let opts = UnpackOptions {
         limits: node_limits(node),
-        link_roots: &link_roots,
+        links: &links,
     };
     // A refused archive is never kept: name it by its file name, not the temp dir it sat in.
     let name = PathBuf::from(tarball.file_name().unwrap_or(tarball.as_os_str()));

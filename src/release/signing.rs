@@ -8,6 +8,10 @@
 //! - public key, as printed and as written in project.yml: `ed25519:<base64 of 32 bytes>`
 //! - secret key file `<root>/.node-key` (mode 0600): `ed25519-secret:<base64 of the 32-byte seed>`
 //! - signature file: `ed25519:<base64 of 64 bytes>`
+//!
+//! Releases baked before the node had its key are signed after the fact by
+//! `kiln release sign` ([`sign_releases`]), which re-reads each tarball first: a signature
+//! vouches only for a tarball that still matches its manifest.
 
 use std::fs;
 use std::io::{self, Write};
@@ -18,8 +22,11 @@ use base64::Engine;
 use base64::engine::general_purpose::STANDARD;
 use ed25519_dalek::{Signature, Signer, SigningKey, VerifyingKey};
 
-use crate::config::project::Node;
-use crate::error::Error;
+use crate::config::project::{Node, Project};
+use crate::error::{Error, io_error};
+use crate::release::manifest::Manifest;
+use crate::release::source::Part;
+use crate::transaction::release_log::ReleaseLog;
 
 /// The secret key's file under the node root. The leading dot keeps it clear of project
 /// names, which must start with a letter or digit.
@@ -47,6 +54,124 @@ pub enum SigningError {
     BadTrustedKey { key: String, reason: String },
     #[error("the node's random source failed: {reason}")]
     Random { reason: String },
+    #[error(
+        "no good release `{release}` of project `{project}` to sign: `kiln release list {project}` shows the releases this node offers"
+    )]
+    NoSuchRelease { project: String, release: String },
+    #[error(
+        "release {release} refused: its tarball's sha256 is {actual} but its manifest says {expected}; nothing was signed (push its commit to staging again to bake a new release)"
+    )]
+    Damaged {
+        release: String,
+        actual: String,
+        expected: String,
+    },
+}
+
+/// Which releases `kiln release sign` signs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SignWhich<'a> {
+    One(&'a str),
+    /// Every release the node offers.
+    All,
+}
+
+/// What `kiln release sign` did with one release.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SignOutcome {
+    Signed,
+    /// Its old signature did not verify with this node's key (another key, or damaged).
+    Resigned,
+    /// Already signed by this node's key: left as it is.
+    AlreadySigned,
+}
+
+impl SignOutcome {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SignOutcome::Signed => "signed",
+            SignOutcome::Resigned => {
+                "signed again (its old signature did not verify with this node's key)"
+            }
+            SignOutcome::AlreadySigned => "already signed with this node's key",
+        }
+    }
+}
+
+/// Signs the manifests of releases `project` offers (its good releases, as `kiln release
+/// list` shows them) with the node's key, without rebuilding anything. Every chosen tarball
+/// is checked against its manifest's sha256 first, and if one does not match, nothing is
+/// signed. The caller holds the project lock.
+pub fn sign_releases(
+    node: &Node,
+    project: &Project,
+    which: SignWhich,
+) -> Result<Vec<(String, SignOutcome)>, Error> {
+    let key = load(&node.root)?.ok_or(SigningError::NoKey)?;
+    let paths = &project.paths;
+    let log = ReleaseLog::load(&paths.release_log())?;
+    let offered = crate::release::publish::offered(paths, &log, project.config.mode)?;
+    let chosen: Vec<String> = match which {
+        SignWhich::All => offered.into_iter().map(|m| m.release).collect(),
+        SignWhich::One(id) => {
+            if !offered.iter().any(|m| m.release == id) {
+                return Err(SigningError::NoSuchRelease {
+                    project: paths.name.clone(),
+                    release: id.to_string(),
+                }
+                .into());
+            }
+            vec![id.to_string()]
+        }
+    };
+    // The manifest's exact bytes are what gets signed: read them once, check the tarball
+    // against what they say, and sign those same bytes.
+    let mut checked = Vec::with_capacity(chosen.len());
+    for id in chosen {
+        let manifest_path = paths.manifest(&id);
+        let bytes = fs::read(&manifest_path).map_err(|e| io_error("read", &manifest_path, e))?;
+        let manifest: Manifest = serde_json::from_slice(&bytes).map_err(|e| Error::Refused {
+            message: format!(
+                "`{}` is not a valid release manifest: {e}",
+                manifest_path.display()
+            ),
+        })?;
+        let tarball = paths.releases.join(Part::Tarball.file_name(&id));
+        let actual = crate::release::bake::sha256_file(&tarball)
+            .map_err(|e| io_error("read", &tarball, e))?;
+        if actual != manifest.sha256 {
+            return Err(SigningError::Damaged {
+                release: id,
+                actual,
+                expected: manifest.sha256,
+            }
+            .into());
+        }
+        checked.push((id, manifest_path, bytes));
+    }
+    let own = TrustedKey {
+        text: public_text(&key.verifying_key()),
+        key: key.verifying_key(),
+    };
+    let mut outcomes = Vec::with_capacity(checked.len());
+    for (id, manifest_path, bytes) in checked {
+        let signature_path = signature_path(&manifest_path);
+        let outcome = match fs::read(&signature_path) {
+            Ok(old) if own.verify(&bytes, Some(&old)).is_ok() => SignOutcome::AlreadySigned,
+            Ok(_) => SignOutcome::Resigned,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => SignOutcome::Signed,
+            Err(e) => return Err(io_error("read", &signature_path, e)),
+        };
+        if outcome != SignOutcome::AlreadySigned {
+            crate::fs::durable::write_atomic(
+                &signature_path,
+                sign_text(&key, &bytes).as_bytes(),
+                0o644,
+            )?;
+        }
+        outcomes.push((id, outcome));
+    }
+    Ok(outcomes)
 }
 
 impl From<SigningError> for Error {
@@ -168,7 +293,7 @@ pub fn sign_manifest_if_keyed(node: &Node, manifest: &Path) -> Result<(), Error>
     let Some(key) = load(&node.root)? else {
         return Ok(());
     };
-    let bytes = fs::read(manifest).map_err(|e| crate::error::io_error("read", manifest, e))?;
+    let bytes = fs::read(manifest).map_err(|e| io_error("read", manifest, e))?;
     crate::fs::durable::write_atomic(
         &signature_path(manifest),
         sign_text(&key, &bytes).as_bytes(),

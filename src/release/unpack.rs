@@ -7,6 +7,10 @@
 //! and turns device nodes into regular files), and everything lands in a private temp dir
 //! that becomes `dest` only once the whole archive has passed. A refused archive leaves
 //! nothing behind.
+//!
+//! Where symlinks may point ([`LinkRules`]) is decided here once, and staging applies the
+//! same rules to its release tree before baking it ([`crate::release::bake::check_promotable`]): a release
+//! that staging publishes is one that production can unpack.
 
 use std::cell::Cell;
 use std::collections::{BTreeMap, HashMap, VecDeque};
@@ -33,7 +37,7 @@ const DEPTH: usize = 16;
 /// Real ones are a few KiB; this bounds what a hostile archive can make us allocate.
 const METADATA_BUDGET: u64 = 1 << 20;
 /// Longest path or symlink target accepted, in bytes (Linux's PATH_MAX less the NUL).
-const MAX_PATH: usize = 4095;
+pub const MAX_PATH: usize = 4095;
 /// Symlinks followed while resolving one path before Linux gives up with ELOOP.
 const MAX_HOPS: u32 = 40;
 /// Zero padding tolerated after the end-of-archive marker (tar pads to its record size).
@@ -48,12 +52,279 @@ pub struct Limits {
     pub max_entries: u64,
 }
 
+impl Limits {
+    /// node.yml's `limits`.
+    pub fn for_node(config: &crate::config::node_config::NodeConfig) -> Limits {
+        Limits {
+            max_bytes: config.limits.archive_bytes,
+            max_entries: config.limits.archive_entries,
+        }
+    }
+}
+
 #[derive(Debug, Clone, Copy)]
 pub struct UnpackOptions<'a> {
     pub limits: Limits,
-    /// Absolute symlink targets are allowed only inside these directories (the project's
-    /// run/ and data/: links into data/ are how apps keep uploads across releases).
-    pub link_roots: &'a [&'a Path],
+    /// Where the archive's symlinks may point.
+    pub links: &'a LinkRules,
+}
+
+/// Where the symlinks of a release tree may point: the one rule set that staging checks
+/// before it bakes and production applies while it unpacks.
+///
+/// A relative target must stay inside the release, resolved through the tree's own links.
+/// An absolute target must be lexically below one of the project roots (the project's run/
+/// and data/: links into data/ are how apps keep uploads across releases), or below one of
+/// the system roots (node.yml `allowed_link_roots`, e.g. `/usr`, where a venv's
+/// `bin/python3` points) but not inside the node root, which holds other projects, pillars
+/// and the signing key. An absolute target with a `..` component is refused: the host's own
+/// symlinks decide where `..` leads, so no lexical check could vouch for it. None of this
+/// lets a release write outside itself: the unpacker never writes through a symlink.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LinkRules {
+    /// Each root as its components (`.` and `..` resolved); project and node roots also
+    /// under their real names.
+    project_roots: Vec<Vec<Vec<u8>>>,
+    system_roots: Vec<Vec<Vec<u8>>>,
+    node_roots: Vec<Vec<Vec<u8>>>,
+    /// As node.yml lists them, for messages.
+    system_shown: Vec<PathBuf>,
+}
+
+impl LinkRules {
+    pub fn new(project_roots: Vec<PathBuf>, system_roots: Vec<PathBuf>, node_root: &Path) -> Self {
+        LinkRules {
+            project_roots: with_real_names(&project_roots),
+            system_roots: system_roots.iter().map(|root| components(root)).collect(),
+            // A node root reached through a symlink (`/srv -> /data/srv`) is off limits under
+            // its real name too, and links into a data/ that is a symlink to another disk
+            // are links into data/.
+            node_roots: with_real_names(&[node_root.to_path_buf()]),
+            system_shown: system_roots,
+        }
+    }
+
+    /// The rules of `paths`' project on `node`: its run/ and data/, and node.yml's
+    /// `allowed_link_roots`.
+    pub fn for_project(
+        node: &crate::config::project::Node,
+        paths: &crate::config::layout::ProjectPaths,
+    ) -> Self {
+        LinkRules::new(
+            vec![paths.run.clone(), paths.data.clone()],
+            node.config.allowed_link_roots.0.clone(),
+            &node.root,
+        )
+    }
+
+    /// The system roots, for messages.
+    pub fn system_roots(&self) -> &[PathBuf] {
+        &self.system_shown
+    }
+
+    /// Judges the absolute path a link leads to (its target, or what is left of a chain of
+    /// links once one of them is absolute).
+    fn absolute(&self, abs: &[u8], target: &[u8]) -> Result<(), LinkRefusal> {
+        let target = show(target);
+        let mut parts: Vec<&[u8]> = Vec::new();
+        for part in abs.split(|&b| b == b'/') {
+            match part {
+                b"" | b"." => {}
+                b".." => return Err(LinkRefusal::AbsoluteParent { target }),
+                part => parts.push(part),
+            }
+        }
+        let below = |root: &Vec<Vec<u8>>| {
+            parts.len() >= root.len() && root.iter().zip(&parts).all(|(a, b)| a == b)
+        };
+        if self.project_roots.iter().any(below) {
+            return Ok(());
+        }
+        if self.node_roots.iter().any(below) {
+            return Err(LinkRefusal::IntoNodeRoot { target });
+        }
+        if self.system_roots.iter().any(below) {
+            return Ok(());
+        }
+        Err(LinkRefusal::OutsideRoots { target })
+    }
+}
+
+/// A root's components, with `.` and `..` resolved lexically: these are the node's own
+/// paths (`--root ../node`), not an archive's.
+fn components(root: &Path) -> Vec<Vec<u8>> {
+    let mut parts: Vec<Vec<u8>> = Vec::new();
+    for part in root.as_os_str().as_bytes().split(|&b| b == b'/') {
+        match part {
+            b"" | b"." => {}
+            b".." => {
+                parts.pop();
+            }
+            part => parts.push(part.to_vec()),
+        }
+    }
+    parts
+}
+
+/// Each root, and its real name where that differs (a symlink on the way to it).
+fn with_real_names(roots: &[PathBuf]) -> Vec<Vec<Vec<u8>>> {
+    let mut out = Vec::new();
+    for root in roots {
+        out.push(components(root));
+        if let Ok(real) = fs::canonicalize(root) {
+            let real = components(&real);
+            if !out.contains(&real) {
+                out.push(real);
+            }
+        }
+    }
+    out
+}
+
+/// Why a symlink makes a release tree unacceptable, to staging and production alike.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum LinkRefusal {
+    #[error("symlink to `{target}`, which leaves the release")]
+    Escapes { target: String },
+    #[error(
+        "symlink to `{target}`, which leaves the release for a path outside the allowed link roots"
+    )]
+    OutsideRoots { target: String },
+    #[error(
+        "symlink to `{target}`, which leaves the release for an absolute path with a `..` component"
+    )]
+    AbsoluteParent { target: String },
+    #[error("symlink to `{target}`, which leads into the node root")]
+    IntoNodeRoot { target: String },
+    #[error("symlink to `{target}` that does not resolve within {MAX_HOPS} links")]
+    Loop { target: String },
+}
+
+/// The symlinks of one release tree, judged together: each target on its own as it is
+/// added, then every chain through the tree's other links once all of them are known.
+pub struct ReleaseLinks<'r> {
+    rules: &'r LinkRules,
+    /// Normalized relative path (components joined by `/`) -> target.
+    links: BTreeMap<Vec<u8>, Vec<u8>>,
+}
+
+impl<'r> ReleaseLinks<'r> {
+    pub fn new(rules: &'r LinkRules) -> Self {
+        ReleaseLinks {
+            rules,
+            links: BTreeMap::new(),
+        }
+    }
+
+    /// Adds the link at `path` (relative to the release root, normalized) if its target is
+    /// acceptable on its own: a relative one must stay inside the release when resolved
+    /// lexically from the link's directory.
+    pub fn add(&mut self, path: &[u8], target: &[u8]) -> Result<(), LinkRefusal> {
+        if target.starts_with(b"/") {
+            self.rules.absolute(target, target)?;
+        } else {
+            let mut stack: Vec<&[u8]> = path.split(|&b| b == b'/').collect();
+            stack.pop(); // the link itself
+            for part in target.split(|&b| b == b'/') {
+                match part {
+                    b"" | b"." => {}
+                    b".." => {
+                        if stack.pop().is_none() {
+                            return Err(LinkRefusal::Escapes {
+                                target: show(target),
+                            });
+                        }
+                    }
+                    part => stack.push(part),
+                }
+            }
+        }
+        self.links.insert(path.to_vec(), target.to_vec());
+        Ok(())
+    }
+
+    /// Resolves every link through the others; the first refused one (in path order) is
+    /// returned with its path.
+    pub fn check(&self) -> Result<(), (String, LinkRefusal)> {
+        for (path, target) in &self.links {
+            self.resolve(path, target).map_err(|r| (show(path), r))?;
+        }
+        Ok(())
+    }
+
+    /// Resolves a link the way the kernel will, following the tree's other links.
+    ///
+    /// The lexical check of each link is not enough on its own: with `s/up -> ..`, the
+    /// target `s/up/../../x` stays inside lexically but leaves the release for real, and
+    /// with `l -> /srv/p/data`, `l/../pillar` leaves the link root.
+    fn resolve(&self, path: &[u8], target: &[u8]) -> Result<(), LinkRefusal> {
+        let escapes = || LinkRefusal::Escapes {
+            target: show(target),
+        };
+        // The directory reached so far, below the release root (components joined by
+        // `/`; never through a symlink, as entries below symlinks are refused), and the
+        // length of `dir` before each of its components, to step back on `..`.
+        let mut dir: Vec<u8> = Vec::new();
+        let mut lens: Vec<usize> = Vec::new();
+        let step_in = |dir: &mut Vec<u8>, lens: &mut Vec<usize>, name: &[u8]| {
+            lens.push(dir.len());
+            if !dir.is_empty() {
+                dir.push(b'/');
+            }
+            dir.extend_from_slice(name);
+        };
+        let parent = match path.iter().rposition(|&b| b == b'/') {
+            Some(slash) => &path[..slash],
+            None => &b""[..],
+        };
+        for part in parent.split(|&b| b == b'/').filter(|p| !p.is_empty()) {
+            step_in(&mut dir, &mut lens, part);
+        }
+        let mut todo: VecDeque<&[u8]> = VecDeque::new();
+        let mut next: &[u8] = target;
+        let mut hops = 0;
+        'expand: loop {
+            if next.starts_with(b"/") {
+                // Outside the release the filesystem is not ours to see: judge the rest of
+                // the path lexically, as for any absolute link.
+                let mut abs = next.to_vec();
+                for part in &todo {
+                    abs.push(b'/');
+                    abs.extend_from_slice(part);
+                }
+                return self.rules.absolute(&abs, target);
+            }
+            for part in next.split(|&b| b == b'/').rev() {
+                todo.push_front(part);
+            }
+            while let Some(part) = todo.pop_front() {
+                match part {
+                    b"" | b"." => {}
+                    b".." => match lens.pop() {
+                        Some(len) => dir.truncate(len),
+                        None => return Err(escapes()),
+                    },
+                    name => {
+                        step_in(&mut dir, &mut lens, name);
+                        if let Some(link) = self.links.get(&dir) {
+                            if let Some(len) = lens.pop() {
+                                dir.truncate(len);
+                            }
+                            hops += 1;
+                            if hops > MAX_HOPS {
+                                return Err(LinkRefusal::Loop {
+                                    target: show(target),
+                                });
+                            }
+                            next = link;
+                            continue 'expand;
+                        }
+                    }
+                }
+            }
+            return Ok(());
+        }
+    }
 }
 
 /// What [`unpack`] wrote.
@@ -118,12 +389,8 @@ pub enum Refusal {
     ParentComponent,
     #[error("is a symlink with an empty or invalid target")]
     BadLinkTarget,
-    #[error("is a symlink to `{target}`, which leaves the release")]
-    SymlinkEscapes { target: String },
-    #[error("is a symlink to `{target}`, an absolute path outside the allowed link roots")]
-    SymlinkOutsideRoots { target: String },
-    #[error("is a symlink that does not resolve within {MAX_HOPS} links")]
-    SymlinkLoop,
+    #[error("is a {0}")]
+    Link(#[from] LinkRefusal),
     #[error("is a hard link, which kiln never bakes")]
     HardLink,
     #[error("is a {kind}; only files, directories and symlinks are allowed")]
@@ -199,7 +466,7 @@ pub fn unpack(
         root: tmp.path(),
         opts,
         seen: HashMap::new(),
-        links: BTreeMap::new(),
+        links: ReleaseLinks::new(opts.links),
         dirs: Vec::new(),
         root_meta: None,
         declared: 0,
@@ -270,7 +537,7 @@ struct Unpacker<'a> {
     /// Normalized relative path (components joined by `/`) of every entry so far.
     seen: HashMap<Vec<u8>, Seen>,
     /// Every symlink and its target, for the final check of where chains of links lead.
-    links: BTreeMap<Vec<u8>, Vec<u8>>,
+    links: ReleaseLinks<'a>,
     /// Modes and mtimes are applied to directories only after their content is written.
     dirs: Vec<DirMeta>,
     /// Mode and mtime of a `./` entry, which describes the release root itself.
@@ -330,11 +597,9 @@ impl Unpacker<'_> {
             )));
         }
         self.trailer(tar.into_inner(), &budget)?;
-        for (path, target) in &self.links {
-            self.resolve_link(path, target)
-                .map_err(|r| self.refuse(show(path), r))?;
-        }
-        Ok(())
+        self.links
+            .check()
+            .map_err(|(path, r)| self.refuse(path, r.into()))
     }
 
     /// Reads what follows the end-of-archive marker: only zero padding may follow. Reading
@@ -490,11 +755,11 @@ impl Unpacker<'_> {
                     }
                     _ => return Err(self.refuse(name, Refusal::BadLinkTarget)),
                 };
-                self.check_link(&path, &target)
-                    .map_err(|r| self.refuse(name.clone(), r))?;
+                self.links
+                    .add(&path, &target)
+                    .map_err(|r| self.refuse(name.clone(), r.into()))?;
                 std::os::unix::fs::symlink(OsStr::from_bytes(&target), &abs)
                     .map_err(self.io(&path))?;
-                self.links.insert(path.clone(), target);
                 utimensat(
                     nix::fcntl::AT_FDCWD,
                     &abs,
@@ -604,117 +869,6 @@ impl Unpacker<'_> {
         Ok(written)
     }
 
-    /// A relative target must stay inside the release when resolved lexically from the
-    /// link's directory; an absolute one must lie inside one of the link roots.
-    fn check_link(&self, path: &[u8], target: &[u8]) -> Result<(), Refusal> {
-        let shown = || show(target);
-        if target.starts_with(b"/") {
-            if !self.in_link_roots(target) {
-                return Err(Refusal::SymlinkOutsideRoots { target: shown() });
-            }
-            return Ok(());
-        }
-        let mut stack: Vec<&[u8]> = path.split(|&b| b == b'/').collect();
-        stack.pop(); // the link itself
-        for part in target.split(|&b| b == b'/') {
-            match part {
-                b"" | b"." => {}
-                b".." => {
-                    if stack.pop().is_none() {
-                        return Err(Refusal::SymlinkEscapes { target: shown() });
-                    }
-                }
-                part => stack.push(part),
-            }
-        }
-        Ok(())
-    }
-
-    /// Resolves a link the way the kernel will, following the archive's other links.
-    ///
-    /// The lexical check of each entry is not enough on its own: with `s/up -> ..`, the
-    /// target `s/up/../../x` stays inside lexically but leaves the release for real, and
-    /// with `l -> /srv/p/data`, `l/../pillar` leaves the link root.
-    fn resolve_link(&self, path: &[u8], target: &[u8]) -> Result<(), Refusal> {
-        let escapes = || Refusal::SymlinkEscapes {
-            target: show(target),
-        };
-        // The directory reached so far, below the release root (components joined by
-        // `/`; never through a symlink, as entries written through symlinks were refused),
-        // and the length of `dir` before each of its components, to step back on `..`.
-        let mut dir: Vec<u8> = Vec::new();
-        let mut lens: Vec<usize> = Vec::new();
-        let step_in = |dir: &mut Vec<u8>, lens: &mut Vec<usize>, name: &[u8]| {
-            lens.push(dir.len());
-            if !dir.is_empty() {
-                dir.push(b'/');
-            }
-            dir.extend_from_slice(name);
-        };
-        let parent = match path.iter().rposition(|&b| b == b'/') {
-            Some(slash) => &path[..slash],
-            None => &b""[..],
-        };
-        for part in parent.split(|&b| b == b'/').filter(|p| !p.is_empty()) {
-            step_in(&mut dir, &mut lens, part);
-        }
-        let mut todo: VecDeque<&[u8]> = VecDeque::new();
-        let mut next: &[u8] = target;
-        let mut hops = 0;
-        'expand: loop {
-            if next.starts_with(b"/") {
-                // Below a link root the filesystem is not ours to see: judge the rest
-                // of the path lexically, as for any absolute link.
-                let mut abs = next.to_vec();
-                for part in &todo {
-                    abs.push(b'/');
-                    abs.extend_from_slice(part);
-                }
-                if self.in_link_roots(&abs) {
-                    return Ok(());
-                }
-                return Err(Refusal::SymlinkOutsideRoots {
-                    target: show(target),
-                });
-            }
-            for part in next.split(|&b| b == b'/').rev() {
-                todo.push_front(part);
-            }
-            while let Some(part) = todo.pop_front() {
-                match part {
-                    b"" | b"." => {}
-                    b".." => match lens.pop() {
-                        Some(len) => dir.truncate(len),
-                        None => return Err(escapes()),
-                    },
-                    name => {
-                        step_in(&mut dir, &mut lens, name);
-                        if let Some(link) = self.links.get(&dir) {
-                            if let Some(len) = lens.pop() {
-                                dir.truncate(len);
-                            }
-                            hops += 1;
-                            if hops > MAX_HOPS {
-                                return Err(Refusal::SymlinkLoop);
-                            }
-                            next = link;
-                            continue 'expand;
-                        }
-                    }
-                }
-            }
-            return Ok(());
-        }
-    }
-
-    fn in_link_roots(&self, abs: &[u8]) -> bool {
-        let target = lexical_absolute(abs);
-        self.opts.link_roots.iter().any(|root| {
-            let root = lexical_absolute(root.as_os_str().as_bytes());
-            root.is_absolute && target.parts.starts_with(&root.parts)
-        })
-    }
-
     /// Applies directory modes and mtimes, deepest first, so that writing into a directory
     /// (or making a parent read-only) cannot disturb what was already set.
     fn finish(mut self) -> Result<(), UnpackError> {
@@ -795,29 +949,6 @@ fn depth(path: &[u8]) -> usize {
     path.iter().filter(|&&b| b == b'/').count()
 }
 
-struct Lexical<'a> {
-    is_absolute: bool,
-    parts: Vec<&'a [u8]>,
-}
-
-/// Resolves `.` and `..` without touching the filesystem; `..` at `/` stays at `/`.
-fn lexical_absolute(path: &[u8]) -> Lexical<'_> {
-    let mut parts = Vec::new();
-    for part in path.split(|&b| b == b'/') {
-        match part {
-            b"" | b"." => {}
-            b".." => {
-                parts.pop();
-            }
-            part => parts.push(part),
-        }
-    }
-    Lexical {
-        is_absolute: path.starts_with(b"/"),
-        parts,
-    }
-}
-
 /// The entry's mtime: the PAX record has nanoseconds, the header only seconds.
 fn mtime(entry: &mut Entry) -> io::Result<TimeSpec> {
     if let Some(pax) = entry.pax_extensions()? {
@@ -864,7 +995,7 @@ fn parse_pax_time(value: &[u8]) -> Option<TimeSpec> {
 }
 
 /// A path for messages: as is when UTF-8, escaped otherwise.
-fn show(bytes: &[u8]) -> String {
+pub(crate) fn show(bytes: &[u8]) -> String {
     match std::str::from_utf8(bytes) {
         Ok(s) => s.to_owned(),
         Err(_) => bytes.escape_ascii().to_string(),
@@ -1049,12 +1180,16 @@ mod tests {
 
         fn unpack(&self, raw: &Raw, limits: Limits) -> Result<UnpackInfo, UnpackError> {
             fs::write(&self.archive, raw.zst()).unwrap();
-            let roots = [self.data.as_path()];
             let opts = UnpackOptions {
                 limits,
-                link_roots: &roots,
+                links: &self.rules(),
             };
             unpack(&self.archive, &self.dest, &opts)
+        }
+
+        /// data/ is the only link root; the test dir plays the node root.
+        fn rules(&self) -> LinkRules {
+            LinkRules::new(vec![self.data.clone()], Vec::new(), self._tmp.path())
         }
 
         fn path_bytes(path: &Path) -> &[u8] {
@@ -1209,7 +1344,7 @@ mod tests {
             limits: ROOMY,
             expect: Refused(
                 "etc",
-                |r| matches!(r, Refusal::SymlinkOutsideRoots { target } if target == "/etc"),
+                |r| matches!(r, Refusal::Link(LinkRefusal::OutsideRoots { target }) if target == "/etc"),
             ),
         });
     }
@@ -1225,7 +1360,7 @@ mod tests {
             },
             limits: ROOMY,
             expect: Refused("sneaky", |r| {
-                matches!(r, Refusal::SymlinkOutsideRoots { .. })
+                matches!(r, Refusal::Link(LinkRefusal::AbsoluteParent { .. }))
             }),
         });
     }
@@ -1241,7 +1376,7 @@ mod tests {
             limits: ROOMY,
             expect: Refused(
                 "sub/etc",
-                |r| matches!(r, Refusal::SymlinkEscapes { target } if target == "../../etc"),
+                |r| matches!(r, Refusal::Link(LinkRefusal::Escapes { target }) if target == "../../etc"),
             ),
         });
     }
@@ -1490,7 +1625,9 @@ mod tests {
                 r.symlink(b"x", b"s/up/../../outside");
             },
             limits: ROOMY,
-            expect: Refused("x", |r| matches!(r, Refusal::SymlinkEscapes { .. })),
+            expect: Refused("x", |r| {
+                matches!(r, Refusal::Link(LinkRefusal::Escapes { .. }))
+            }),
         });
     }
 
@@ -1503,7 +1640,9 @@ mod tests {
                 r.symlink(b"m", b"l/../outside");
             },
             limits: ROOMY,
-            expect: Refused("m", |r| matches!(r, Refusal::SymlinkOutsideRoots { .. })),
+            expect: Refused("m", |r| {
+                matches!(r, Refusal::Link(LinkRefusal::AbsoluteParent { .. }))
+            }),
         });
     }
 
@@ -1516,7 +1655,9 @@ mod tests {
                 r.symlink(b"b", b"a/y");
             },
             limits: ROOMY,
-            expect: Refused("a", |r| *r == Refusal::SymlinkLoop),
+            expect: Refused("a", |r| {
+                matches!(r, Refusal::Link(LinkRefusal::Loop { .. }))
+            }),
         });
     }
 
@@ -1559,7 +1700,7 @@ mod tests {
         fs::write(&env.archive, zstd::encode_all(&raw.0[..], 3).unwrap()).unwrap();
         let opts = UnpackOptions {
             limits: ROOMY,
-            link_roots: &[],
+            links: &env.rules(),
         };
         let err = unpack(&env.archive, &env.dest, &opts).unwrap_err();
         assert!(
@@ -1662,12 +1803,251 @@ mod tests {
         fs::write(&env.archive, bytes).unwrap();
         let opts = UnpackOptions {
             limits: ROOMY,
-            link_roots: &[],
+            links: &env.rules(),
         };
         let err = unpack(&env.archive, &env.dest, &opts).unwrap_err();
         assert!(matches!(err, UnpackError::Corrupt { .. }), "{err}");
         assert!(!env.dest.exists());
         assert!(names(&env.deploy).is_empty());
+    }
+
+    /// What [`ReleaseLinks`] says about a set of links: accepted, or the first refused link
+    /// and the kind of refusal.
+    #[derive(Debug, PartialEq, Eq)]
+    enum Verdict {
+        Accepted,
+        Escapes(&'static str),
+        OutsideRoots(&'static str),
+        AbsoluteParent(&'static str),
+        IntoNodeRoot(&'static str),
+        Loop(&'static str),
+    }
+
+    fn verdict(rules: &LinkRules, links: &[(&'static str, &str)]) -> Verdict {
+        let mut set = ReleaseLinks::new(rules);
+        let refused = links
+            .iter()
+            .find_map(|(path, target)| {
+                set.add(path.as_bytes(), target.as_bytes())
+                    .err()
+                    .map(|r| (*path, r))
+            })
+            .or_else(|| {
+                set.check().err().map(|(path, r)| {
+                    let path = links.iter().find(|(p, _)| *p == path).unwrap().0;
+                    (path, r)
+                })
+            });
+        match refused {
+            None => Verdict::Accepted,
+            Some((path, LinkRefusal::Escapes { .. })) => Verdict::Escapes(path),
+            Some((path, LinkRefusal::OutsideRoots { .. })) => Verdict::OutsideRoots(path),
+            Some((path, LinkRefusal::AbsoluteParent { .. })) => Verdict::AbsoluteParent(path),
+            Some((path, LinkRefusal::IntoNodeRoot { .. })) => Verdict::IntoNodeRoot(path),
+            Some((path, LinkRefusal::Loop { .. })) => Verdict::Loop(path),
+        }
+    }
+
+    /// The one rule set staging's bake check and production's unpack share, on its own: a
+    /// node rooted at /opt/kiln (inside an allowed root, to show it stays off limits) with
+    /// the default system roots, and a project `shop` on it.
+    #[test]
+    fn link_rules_accept_what_toolchains_make_and_nothing_that_leaves_the_release_unsafely() {
+        let defaults: Vec<PathBuf> = crate::config::node_config::DEFAULT_LINK_ROOTS
+            .iter()
+            .map(PathBuf::from)
+            .collect();
+        let project = vec![
+            PathBuf::from("/opt/kiln/shop/run"),
+            PathBuf::from("/opt/kiln/shop/data"),
+        ];
+        let node = Path::new("/opt/kiln");
+        let standard = LinkRules::new(project.clone(), defaults, node);
+        let strict = LinkRules::new(project, Vec::new(), node);
+        use Verdict::*;
+        let venv = [
+            (".venv/bin/python", "python3"),
+            (".venv/bin/python3", "/usr/bin/python3"),
+            (".venv/bin/python3.11", "python3"),
+            (".venv/lib64", "lib"),
+        ];
+        type Case<'a> = (
+            &'a str,
+            &'a LinkRules,
+            Vec<(&'static str, &'a str)>,
+            Verdict,
+        );
+        let cases: Vec<Case> = vec![
+            (
+                "a venv of the system python",
+                &standard,
+                venv.to_vec(),
+                Accepted,
+            ),
+            (
+                "a venv of the system python, no system roots",
+                &strict,
+                venv.to_vec(),
+                OutsideRoots(".venv/bin/python3"),
+            ),
+            (
+                "a venv of a pyenv python",
+                &standard,
+                vec![(
+                    ".venv/bin/python3",
+                    "/root/.pyenv/versions/3.11.7/bin/python3",
+                )],
+                OutsideRoots(".venv/bin/python3"),
+            ),
+            (
+                "merged-/usr names and a toolchain in /opt",
+                &standard,
+                vec![
+                    ("sh", "/bin/sh"),
+                    ("node", "/opt/node/bin/node"),
+                    ("ld", "/lib64/ld.so"),
+                ],
+                Accepted,
+            ),
+            (
+                "`.` and doubled slashes are harmless",
+                &standard,
+                vec![("py", "/usr/./bin//python3")],
+                Accepted,
+            ),
+            (
+                "a root is a whole component, not a prefix",
+                &standard,
+                vec![("x", "/usrx/bin/python3")],
+                OutsideRoots("x"),
+            ),
+            (
+                "/etc is not a default root",
+                &standard,
+                vec![("x", "/etc/passwd")],
+                OutsideRoots("x"),
+            ),
+            (
+                "`..` in an absolute target",
+                &standard,
+                vec![("x", "/usr/../etc/shadow")],
+                AbsoluteParent("x"),
+            ),
+            (
+                "`..` that stays inside a root lexically is still refused",
+                &standard,
+                vec![("x", "/usr/lib/../bin/python3")],
+                AbsoluteParent("x"),
+            ),
+            (
+                "`..` after a link to a system root",
+                &standard,
+                vec![("l", "/usr/lib"), ("m", "l/../etc")],
+                AbsoluteParent("m"),
+            ),
+            (
+                "a chain through a link to a system root",
+                &standard,
+                vec![("l", "/usr/lib"), ("m", "l/python3")],
+                Accepted,
+            ),
+            (
+                "into the node root, though /opt is allowed",
+                &standard,
+                vec![("key", "/opt/kiln/.node-key")],
+                IntoNodeRoot("key"),
+            ),
+            (
+                "into another project's data",
+                &standard,
+                vec![("x", "/opt/kiln/blog/data")],
+                IntoNodeRoot("x"),
+            ),
+            (
+                "into the node root, also without system roots",
+                &strict,
+                vec![("x", "/opt/kiln/shop/pillar/pillar.yml")],
+                IntoNodeRoot("x"),
+            ),
+            (
+                "into the project's own data/ and run/",
+                &strict,
+                vec![
+                    ("uploads", "/opt/kiln/shop/data/uploads"),
+                    ("r", "/opt/kiln/shop/run"),
+                ],
+                Accepted,
+            ),
+            (
+                "`..` out of the project's data/",
+                &strict,
+                vec![("x", "/opt/kiln/shop/data/../pillar")],
+                AbsoluteParent("x"),
+            ),
+            (
+                "a relative link inside",
+                &strict,
+                vec![("a/b", "../c")],
+                Accepted,
+            ),
+            (
+                "a relative link leaving",
+                &strict,
+                vec![("a/b", "../../c")],
+                Escapes("a/b"),
+            ),
+            (
+                "leaving through another link",
+                &strict,
+                vec![("s/up", ".."), ("x", "s/up/../../y")],
+                Escapes("x"),
+            ),
+            (
+                "a loop",
+                &strict,
+                vec![("a", "b/x"), ("b", "a/y")],
+                Loop("a"),
+            ),
+        ];
+        let mut wrong = Vec::new();
+        for (name, rules, links, want) in cases {
+            let got = verdict(rules, &links);
+            if got != want {
+                wrong.push(format!("{name}: got {got:?}, want {want:?}"));
+            }
+        }
+        assert!(wrong.is_empty(), "{}", wrong.join("\n"));
+    }
+
+    /// Roots are the node's own paths: given with `..` (`--root ../node`) or reached through
+    /// a symlink, they still mean the directories they name.
+    #[test]
+    fn link_rules_know_roots_by_their_real_names_too() {
+        let tmp = tempfile::tempdir().unwrap();
+        let base = tmp.path();
+        let node = base.join("node");
+        let disk = base.join("disk/data");
+        fs::create_dir_all(node.join("shop")).unwrap();
+        fs::create_dir_all(&disk).unwrap();
+        fs::create_dir(base.join("x")).unwrap();
+        std::os::unix::fs::symlink(&disk, node.join("shop/data")).unwrap();
+        std::os::unix::fs::symlink(&node, base.join("alias")).unwrap();
+        let key = node.join(".node-key").display().to_string();
+        let uploads = disk.join("uploads").display().to_string();
+        for given in [base.join("x/../node"), base.join("alias")] {
+            let rules = LinkRules::new(vec![given.join("shop/data")], Vec::new(), &given);
+            let what = given.display();
+            assert_eq!(
+                verdict(&rules, &[("k", &key)]),
+                Verdict::IntoNodeRoot("k"),
+                "{what}"
+            );
+            assert_eq!(
+                verdict(&rules, &[("u", &uploads)]),
+                Verdict::Accepted,
+                "{what}"
+            );
+        }
     }
 
     #[test]

@@ -471,3 +471,12 @@ fn answer(stream: TcpStream, dir: &Path) -> std::io::Result<()> {
     }
     stream.flush()
 }
+
+/// The last line the node wrote to a push (`remote: ...`): what a pusher reads as the outcome.
+pub fn last_remote_line(output: &str) -> &str {
+    output
+        .lines()
+        .rfind(|line| line.starts_with("remote:"))
+        .unwrap_or_else(|| panic!("no remote: line in:\n{output}"))
+        .trim_end()
+}
