@@ -614,6 +614,9 @@ mod tests {
         assert_eq!(config.limits, Limits::default());
         assert_eq!(config.environment, Some(Environment::Staging));
         assert_eq!(config.pillar_push, PillarPush::Redeploy);
+        assert!(config.users["ann"].admin);
+        assert!(config.users["bob"].may("blog", Right::Deploy));
+        assert!(!config.users["bob"].may("blog", Right::Config));
     }
 
     #[test]
