@@ -517,6 +517,21 @@ fn an_operator_gets_a_shell_and_can_roll_back() {
         )),
         "{status}"
     );
+
+    // From the shell, git called directly on another project's repo: pre-receive checks
+    // ann's rights for the project the hook belongs to (blog: none) and refuses.
+    let blog = setup.node.project("blog");
+    let script = format!(
+        "git --git-dir={} push {} master 2>&1\n",
+        project.repo().display(),
+        blog.repo().display()
+    );
+    let out = setup.ssh("ann", &[], None, &script);
+    assert!(
+        text(&out).contains("refused: `ann` may not push refs/heads/master of `blog`"),
+        "{}",
+        text(&out)
+    );
 }
 
 #[test]
