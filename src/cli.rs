@@ -107,6 +107,19 @@ enum Command {
         #[command(subcommand)]
         command: KeyCommand,
     },
+    /// Who may come in over SSH: node.yml's users and the node user's authorized_keys.
+    Access {
+        #[command(subcommand)]
+        command: AccessCommand,
+    },
+    /// The forced command of every key `kiln access sync` writes: runs what the SSH client
+    /// asked for ($SSH_ORIGINAL_COMMAND) if USER may.
+    Ssh {
+        user: String,
+        /// The fingerprint of the key USER came in with.
+        #[arg(long)]
+        key: Option<String>,
+    },
     /// Invoked by the hooks installed in the bare repos.
     Hook {
         #[arg(value_parser = ["pre-receive", "post-receive"])]
@@ -152,6 +165,32 @@ enum ReleaseCommand {
         /// Every good release this node offers.
         #[arg(long)]
         all: bool,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum AccessCommand {
+    /// (Re)write the kiln section of authorized_keys from node.yml; other lines stay.
+    Sync,
+    /// Add the public key(s) in FILE (`-`: stdin) to USER, creating USER if needed; then sync.
+    AddKey { user: String, file: PathBuf },
+    /// Give USER a right on PROJECT (`*`: every project): deploy, config, operate, or
+    /// node-wide admin (with `*`); then sync.
+    Grant {
+        user: String,
+        project: String,
+        right: String,
+    },
+    /// Take a right back; then sync.
+    Revoke {
+        user: String,
+        project: String,
+        right: String,
+    },
+    /// Users, their key fingerprints and rights.
+    List {
+        #[arg(long)]
+        json: bool,
     },
 }
 
@@ -268,6 +307,7 @@ fn dispatch(cli: Cli) -> Result<(), Error> {
                 &DeployRequest {
                     rev,
                     who: hook::pusher(),
+                    who_key: hook::pusher_key(),
                     settings_only: false,
                     // Whoever typed the command knows how to run it again.
                     retry: None,
@@ -338,6 +378,8 @@ fn dispatch(cli: Cli) -> Result<(), Error> {
             Ok(())
         }
         Command::Release { command } => release(&node, command),
+        Command::Access { command } => access(&node, command),
+        Command::Ssh { user, key } => crate::access::forced::run(&node, &user, key.as_deref()),
         Command::Key { command } => {
             let public = match command {
                 KeyCommand::Generate => crate::release::signing::generate(&node.root)?,
@@ -361,6 +403,71 @@ fn dispatch(cli: Cli) -> Result<(), Error> {
             }
         }
     }
+}
+
+fn access(node: &Node, command: AccessCommand) -> Result<(), Error> {
+    use crate::access::users::{self, Edit, Grant};
+    let node_yml = node.root.join("node.yml");
+    let grant = |right: &str| right.parse::<Grant>().map_err(Error::Usage);
+    let edit = match command {
+        AccessCommand::Sync => None,
+        AccessCommand::List { json } => {
+            let path = crate::access::keys::authorized_keys_path(&node.config)?;
+            print!("{}", users::list(&node.config, &path, json));
+            return Ok(());
+        }
+        AccessCommand::AddKey { user, file } => {
+            let text = if file.as_os_str() == "-" {
+                let mut text = String::new();
+                std::io::Read::read_to_string(&mut std::io::stdin(), &mut text).map_err(|e| {
+                    crate::error::io_error("read", std::path::Path::new("stdin"), e)
+                })?;
+                text
+            } else {
+                std::fs::read_to_string(&file)
+                    .map_err(|e| crate::error::io_error("read", &file, e))?
+            };
+            Some(Edit::AddKeys {
+                user,
+                keys: users::read_keys(&text),
+            })
+        }
+        AccessCommand::Grant {
+            user,
+            project,
+            right,
+        } => Some(Edit::Grant {
+            user,
+            project,
+            grant: grant(&right)?,
+        }),
+        AccessCommand::Revoke {
+            user,
+            project,
+            right,
+        } => Some(Edit::Revoke {
+            user,
+            project,
+            grant: grant(&right)?,
+        }),
+    };
+    let config = match edit {
+        Some(edit) => {
+            let (config, said) = users::edit_node_yml(&node_yml, &edit)?;
+            println!("{said}");
+            config
+        }
+        None => node.config.clone(),
+    };
+    let kiln = std::env::current_exe()
+        .map_err(|e| crate::error::io_error("find", std::path::Path::new("kiln"), e))?;
+    let synced = crate::access::keys::sync(&config, &kiln, &node.root)?;
+    println!(
+        "wrote {} key(s) to the kiln section of {}",
+        synced.keys,
+        synced.path.display()
+    );
+    Ok(())
 }
 
 fn release(node: &Node, command: ReleaseCommand) -> Result<(), Error> {

@@ -95,6 +95,10 @@ pub enum Error {
     #[error("{0}")]
     Signing(#[source] MechanismError),
 
+    /// SSH access (src/access/): a refused request, authorized_keys, node.yml's users.
+    #[error("{0}")]
+    Access(#[source] MechanismError),
+
     #[error("{message}")]
     Refused { message: String },
 

@@ -3,8 +3,10 @@
 //! [`deploy`] runs the pipeline and undoes it on failure, [`release`] makes or pulls the release
 //! tree, [`transaction`] takes it live crash-safely, [`exec`] runs the project's commands and
 //! tells the pusher; [`config`], [`fs`] and [`error`] are the foundations every part uses.
+//! [`access`] is the door over SSH: who may push, look and operate, checked before anything runs.
 //! ARCHITECTURE.md at the repository root is the map.
 
+pub mod access;
 pub mod cli;
 pub mod config;
 pub mod deploy;

@@ -78,6 +78,7 @@ pub fn status(node: &Node, project: &Project, as_json: bool) -> Result<(), Error
             "interrupted": interrupted.as_ref().map(|j| &j.release),
             "drift": drift,
             "run": run,
+            "shells": crate::access::shell::recent(&paths.state, 5),
         });
         println!(
             "{}",
@@ -97,7 +98,10 @@ pub fn status(node: &Node, project: &Project, as_json: bool) -> Result<(), Error
             last.id,
             &last.commit[..last.commit.len().min(7)],
             last.status.as_str(),
-            last.who,
+            match &last.who_key {
+                Some(key) => format!("{} ({key})", last.who),
+                None => last.who.clone(),
+            },
             last.started.format("%Y-%m-%d %H:%M:%SZ"),
             last.failure
                 .as_ref()
@@ -119,6 +123,15 @@ pub fn status(node: &Node, project: &Project, as_json: bool) -> Result<(), Error
         println!(
             "interrupted: the deploy of {} was interrupted; the next kiln command (or `kiln recover {}`) undoes it",
             journal.release, paths.name
+        );
+    }
+    for shell in crate::access::shell::recent(&paths.state, 5) {
+        println!(
+            "shell:       {} ({}) at {}{}",
+            shell.user,
+            shell.key.as_deref().unwrap_or("key unknown"),
+            shell.at.format("%Y-%m-%d %H:%M:%SZ"),
+            shell.from.map(|f| format!(" from {f}")).unwrap_or_default()
         );
     }
     if drift.is_empty() {

@@ -14,7 +14,7 @@ use std::path::Path;
 /// ARCHITECTURE.md.
 const LAYERS: &[&[&str]] = &[
     // Entry points: the commands.
-    &["cli", "status"],
+    &["cli", "status", "access"],
     // A push arrives.
     &["push"],
     // Orchestration: the pipeline, the rollback and the recovery.

@@ -3,6 +3,7 @@
 //! from a pushed repository. A missing file means a staging node with default limits and no
 //! users.
 
+use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
@@ -97,8 +98,11 @@ pub struct NodeConfig {
     pub layout: Option<PathBuf>,
     pub notify: Notify,
     pub limits: Limits,
-    /// Who may come in over SSH, and to do what. Default: nobody.
-    pub users: Vec<User>,
+    /// Where `kiln access sync` writes the keys, and who may come in.
+    pub ssh: Ssh,
+    /// Who may come in over SSH, and to do what, by user name. Default: nobody.
+    #[serde(deserialize_with = "users")]
+    pub users: BTreeMap<String, User>,
     /// Default for every project; project.yml may say otherwise. Default `redeploy`.
     pub pillar_push: PillarPush,
     /// Deploy from the pre-receive hook, so that a failed deploy refuses the push. Default
@@ -200,36 +204,86 @@ impl Default for Limits {
     }
 }
 
-/// Someone allowed in over SSH.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
-#[serde(deny_unknown_fields)]
+/// node.yml `ssh:`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Ssh {
+    /// The authorized_keys file whose kiln section `kiln access sync` writes. Default: none,
+    /// meaning `~/.ssh/authorized_keys` of the user running kiln (the node user).
+    pub authorized_keys: Option<PathBuf>,
+}
+
+/// What a user may do with one project. `admin` is node-wide and lives on [`User`].
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Deserialize, serde::Serialize,
+)]
+#[serde(rename_all = "lowercase")]
+pub enum Right {
+    /// Push the app repo; read status, releases, ps, logs; fetch the app repo and releases.
+    Deploy,
+    /// Push and fetch the pillar repo; `kiln config`.
+    Config,
+    /// rollback, recover, restart, scale, run, deploy by hand, and an interactive shell.
+    Operate,
+}
+
+impl Right {
+    pub const ALL: [Right; 3] = [Right::Deploy, Right::Config, Right::Operate];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Right::Deploy => "deploy",
+            Right::Config => "config",
+            Right::Operate => "operate",
+        }
+    }
+}
+
+named_enum!(Right, "right");
+
+/// The project key that gives rights on every project.
+pub const ALL_PROJECTS: &str = "*";
+
+/// Someone allowed in over SSH (node.yml `users.<name>`).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
 pub struct User {
-    #[serde(deserialize_with = "user_name")]
-    pub name: String,
     /// OpenSSH public keys (`ssh-ed25519 AAAA... comment`).
     #[serde(deserialize_with = "keys")]
     pub keys: Vec<String>,
-    /// Project names this user may push to and manage, or `*` for all. Default `["*"]`.
-    #[serde(default = "all_projects", deserialize_with = "projects")]
-    pub projects: Vec<String>,
-    /// May push to the pillar repositories of those projects. Default false.
-    #[serde(default)]
-    pub pillar: bool,
-    /// May run node-wide commands (`kiln init`, `kiln key generate`). Default false.
-    #[serde(default)]
+    /// The rights per project name, or `*` for every project. Default: none.
+    #[serde(deserialize_with = "projects")]
+    pub projects: BTreeMap<String, BTreeSet<Right>>,
+    /// Node-wide: `kiln init`, `kiln mode`, `kiln key`, `kiln access`, and every right on every
+    /// project. Default false.
     pub admin: bool,
 }
 
-fn all_projects() -> Vec<String> {
-    vec!["*".to_owned()]
-}
-
 impl User {
-    /// Whether this user's rights cover the project `name`.
-    pub fn may_access(&self, name: &str) -> bool {
-        self.projects
+    /// The rights this user has on the project `name` (its own entry, `*`'s, all for admins).
+    pub fn rights(&self, name: &str) -> BTreeSet<Right> {
+        if self.admin {
+            return Right::ALL.into_iter().collect();
+        }
+        [name, ALL_PROJECTS]
             .iter()
-            .any(|project| project == "*" || project == name)
+            .filter_map(|key| self.projects.get(*key))
+            .flatten()
+            .copied()
+            .collect()
+    }
+
+    pub fn may(&self, name: &str, right: Right) -> bool {
+        self.rights(name).contains(&right)
+    }
+
+    /// Whether the user has `operate` on some project, so gets a pty and a shell.
+    pub fn operates_somewhere(&self) -> bool {
+        self.admin
+            || self
+                .projects
+                .values()
+                .any(|rights| rights.contains(&Right::Operate))
     }
 }
 
@@ -245,21 +299,86 @@ impl NodeConfig {
     /// Parses node.yml's text; `file` names it in errors.
     pub fn parse(text: &str, file: &Path) -> Result<NodeConfig, ConfigError> {
         let config: NodeConfig = parse_yaml_or_default(text, file)?;
-        // Two entries for one name would make "which rights apply" a guess.
-        let mut names: Vec<&str> = config.users.iter().map(|user| user.name.as_str()).collect();
-        names.sort_unstable();
-        if let Some(pair) = names.windows(2).find(|pair| pair[0] == pair[1]) {
-            return Err(ConfigError::whole_file(
-                file,
-                format!("user `{}` is listed more than once", pair[0]),
-            ));
+        // One key for two users would make "who pushed" a guess: sshd uses the first line.
+        let mut owners: BTreeMap<&str, &str> = BTreeMap::new();
+        for (name, user) in &config.users {
+            for key in &user.keys {
+                let blob = key.split_ascii_whitespace().nth(1).unwrap_or("");
+                if let Some(other) = owners.insert(blob, name)
+                    && other != name
+                {
+                    return Err(ConfigError::whole_file(
+                        file,
+                        format!(
+                            "one SSH key is listed for both `{other}` and `{name}`: give each person their own key"
+                        ),
+                    ));
+                }
+            }
         }
         Ok(config)
     }
 
     /// The user named `name`, if node.yml lists one.
     pub fn user(&self, name: &str) -> Option<&User> {
-        self.users.iter().find(|user| user.name == name)
+        self.users.get(name)
+    }
+}
+
+/// User names end up in authorized_keys `command=` options and in logs: keep them to a
+/// shell- and quote-safe alphabet.
+pub fn check_user_name(name: &str) -> Result<(), String> {
+    let mut chars = name.chars();
+    let valid = chars
+        .next()
+        .is_some_and(|first| first.is_ascii_lowercase() || first == '_')
+        && chars.all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || "._-".contains(c))
+        && name.len() <= 64;
+    if valid {
+        Ok(())
+    } else {
+        Err(format!(
+            "invalid user name `{name}`: use lowercase letters, digits, `.`, `_` and `-`, starting with a letter or `_`"
+        ))
+    }
+}
+
+/// Each key becomes one authorized_keys line; a newline in it would add a line of the
+/// author's choosing (with its own options), so the shape is checked here, and the key body
+/// must decode (kiln prints its fingerprint).
+pub fn check_key(key: &str) -> Result<(), String> {
+    use base64::Engine;
+    let mut fields = key.split_ascii_whitespace();
+    let kind = fields.next().unwrap_or("");
+    let known = kind.starts_with("ssh-")
+        || kind.starts_with("ecdsa-sha2-")
+        || kind.starts_with("sk-ssh-")
+        || kind.starts_with("sk-ecdsa-sha2-");
+    let body = fields.next().unwrap_or("");
+    let decodes = base64::engine::general_purpose::STANDARD
+        .decode(body)
+        .is_ok_and(|blob| !blob.is_empty());
+    if !known || !decodes || key.chars().any(char::is_control) {
+        let mut shown: String = key.chars().take(40).collect();
+        if shown.len() < key.len() {
+            shown.push_str("...");
+        }
+        return Err(format!(
+            "invalid SSH public key `{}`: expected one line `<type> <base64> [comment]`, e.g. `ssh-ed25519 AAAA... me@laptop`",
+            shown.escape_debug()
+        ));
+    }
+    Ok(())
+}
+
+/// A project key of `users.<name>.projects`: a project name or `*`.
+pub fn check_project_key(project: &str) -> Result<(), String> {
+    if project == ALL_PROJECTS || crate::config::layout::valid_name(project) {
+        Ok(())
+    } else {
+        Err(format!(
+            "invalid project name `{project}`: expected `*` or a name matching `[a-z0-9][a-z0-9._-]{{0,62}}`"
+        ))
     }
 }
 
@@ -267,58 +386,28 @@ fn custom<E: serde::de::Error>(message: String) -> E {
     E::custom(message)
 }
 
-/// User names end up in authorized_keys `command=` options and in logs: keep them to a
-/// shell- and quote-safe alphabet.
-fn user_name<'de, D: Deserializer<'de>>(deserializer: D) -> Result<String, D::Error> {
-    let name = String::deserialize(deserializer)?;
-    let mut chars = name.chars();
-    let valid = chars
-        .next()
-        .is_some_and(|first| first.is_ascii_lowercase() || first == '_')
-        && chars.all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || "._-".contains(c))
-        && name.len() <= 64;
-    if !valid {
-        return Err(custom(format!(
-            "invalid user name `{name}`: use lowercase letters, digits, `.`, `_` and `-`, starting with a letter or `_`"
-        )));
+fn users<'de, D: Deserializer<'de>>(deserializer: D) -> Result<BTreeMap<String, User>, D::Error> {
+    let users = BTreeMap::<String, User>::deserialize(deserializer)?;
+    for name in users.keys() {
+        check_user_name(name).map_err(custom)?;
     }
-    Ok(name)
+    Ok(users)
 }
 
-/// Each key becomes one authorized_keys line; a newline in it would add a line of the
-/// author's choosing (with its own options), so the shape is checked here.
 fn keys<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Vec<String>, D::Error> {
     let keys = Vec::<String>::deserialize(deserializer)?;
     for key in &keys {
-        let mut fields = key.split_ascii_whitespace();
-        let kind = fields.next().unwrap_or("");
-        let known = kind.starts_with("ssh-")
-            || kind.starts_with("ecdsa-sha2-")
-            || kind.starts_with("sk-ssh-")
-            || kind.starts_with("sk-ecdsa-sha2-");
-        let has_body = fields.next().is_some();
-        if !known || !has_body || key.chars().any(char::is_control) {
-            let mut shown: String = key.chars().take(40).collect();
-            if shown.len() < key.len() {
-                shown.push_str("...");
-            }
-            return Err(custom(format!(
-                "invalid SSH public key `{}`: expected one line `<type> <base64> [comment]`, e.g. `ssh-ed25519 AAAA... me@laptop`",
-                shown.escape_debug()
-            )));
-        }
+        check_key(key).map_err(custom)?;
     }
     Ok(keys)
 }
 
-fn projects<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Vec<String>, D::Error> {
-    let projects = Vec::<String>::deserialize(deserializer)?;
-    for project in &projects {
-        if project != "*" && !crate::config::layout::valid_name(project) {
-            return Err(custom(format!(
-                "invalid project name `{project}`: expected `*` or a name matching `[a-z0-9][a-z0-9._-]{{0,62}}`"
-            )));
-        }
+type Rights = BTreeMap<String, BTreeSet<Right>>;
+
+fn projects<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Rights, D::Error> {
+    let projects = Rights::deserialize(deserializer)?;
+    for project in projects.keys() {
+        check_project_key(project).map_err(custom)?;
     }
     Ok(projects)
 }
@@ -427,7 +516,7 @@ mod tests {
         NodeConfig::parse(text, Path::new("node.yml"))
     }
 
-    const KEY: &str = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIB7 ann@laptop";
+    const KEY: &str = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIFhXZNdm0lp5ZdajKvNhtOkOY2J/ngjFaC7H3MvXyrjg ann@laptop";
 
     #[test]
     fn missing_or_blank_node_yml_gives_defaults() {
@@ -459,7 +548,7 @@ mod tests {
         let dir = tempfile::tempdir().expect("tempdir");
         let path = dir.path().join("node.yml");
         let text = format!(
-            "environment: prod\nlayout: /etc/kiln/layout.yml\nnotify:\n  smtp:\n    host: mail.example.com\n    from: kiln@example.com\n    starttls: true\n    username: kiln\n    password: hunter22\n  webhooks: [https://hooks.example.com/kiln]\nlimits:\n  archive_bytes: 512M\n  archive_entries: 5000\n  stage_timeout: 1h\nusers:\n  - name: ann\n    keys: ['{KEY}']\n    admin: true\n    pillar: true\n  - name: bob\n    keys: []\n    projects: [shop, blog]\npillar_push: record\nreject_failed_push: true\nallowed_link_roots: [/usr, /root/.pyenv/versions]\n"
+            "environment: prod\nlayout: /etc/kiln/layout.yml\nnotify:\n  smtp:\n    host: mail.example.com\n    from: kiln@example.com\n    starttls: true\n    username: kiln\n    password: hunter22\n  webhooks: [https://hooks.example.com/kiln]\nlimits:\n  archive_bytes: 512M\n  archive_entries: 5000\n  stage_timeout: 1h\nssh:\n  authorized_keys: /home/kiln/.ssh/authorized_keys\nusers:\n  ann:\n    keys: ['{KEY}']\n    admin: true\n  bob:\n    projects:\n      shop: [deploy, config]\n      blog: [operate]\n      '*': [deploy]\npillar_push: record\nreject_failed_push: true\nallowed_link_roots: [/usr, /root/.pyenv/versions]\n"
         );
         std::fs::write(&path, text).expect("write node.yml");
         let config = NodeConfig::load(&path).expect("node.yml loads");
@@ -488,13 +577,22 @@ mod tests {
             ["/usr", "/root/.pyenv/versions"].map(PathBuf::from)
         );
 
+        assert_eq!(
+            config.ssh.authorized_keys,
+            Some(PathBuf::from("/home/kiln/.ssh/authorized_keys"))
+        );
+
         let ann = config.user("ann").expect("ann is listed");
         assert_eq!(ann.keys, [KEY]);
-        assert_eq!(ann.projects, ["*"]);
-        assert!(ann.admin && ann.pillar && ann.may_access("anything"));
+        assert!(ann.admin && ann.operates_somewhere());
+        assert!(Right::ALL.iter().all(|right| ann.may("anything", *right)));
         let bob = config.user("bob").expect("bob is listed");
-        assert!(!bob.admin && !bob.pillar);
-        assert!(bob.may_access("blog") && !bob.may_access("wiki"));
+        assert!(bob.keys.is_empty() && !bob.admin);
+        let rights = |project: &str| -> Vec<Right> { bob.rights(project).into_iter().collect() };
+        assert_eq!(rights("shop"), [Right::Deploy, Right::Config]);
+        assert_eq!(rights("blog"), [Right::Deploy, Right::Operate]);
+        assert_eq!(rights("wiki"), [Right::Deploy]);
+        assert!(bob.operates_somewhere());
         assert!(config.user("eve").is_none());
     }
 
@@ -516,6 +614,9 @@ mod tests {
         assert_eq!(config.limits, Limits::default());
         assert_eq!(config.environment, Some(Environment::Staging));
         assert_eq!(config.pillar_push, PillarPush::Redeploy);
+        assert!(config.users["ann"].admin);
+        assert!(config.users["bob"].may("blog", Right::Deploy));
+        assert!(!config.users["bob"].may("blog", Right::Config));
     }
 
     #[test]
@@ -572,7 +673,7 @@ mod tests {
             ),
             (
                 "enviroment: prod\n".to_owned(),
-                "node.yml:1:1: unknown field `enviroment`, expected one of `environment`, `layout`, `notify`, `limits`, `users`, `pillar_push`, `reject_failed_push`, `allowed_link_roots`",
+                "node.yml:1:1: unknown field `enviroment`, expected one of `environment`, `layout`, `notify`, `limits`, `ssh`, `users`, `pillar_push`, `reject_failed_push`, `allowed_link_roots`",
             ),
             (
                 "limits:\n  archive_bytes: 0\n".to_owned(),
@@ -607,28 +708,44 @@ mod tests {
                 "node.yml:2:13: invalid webhook `ftp://x`: expected an `http://` or `https://` URL",
             ),
             (
-                format!("users:\n  - name: Ann\n    keys: ['{KEY}']\n"),
-                "node.yml:2:11: invalid user name `Ann`: use lowercase letters, digits, `.`, `_` and `-`, starting with a letter or `_`",
+                format!("users:\n  Ann:\n    keys: ['{KEY}']\n"),
+                "node.yml:2:3: invalid user name `Ann`: use lowercase letters, digits, `.`, `_` and `-`, starting with a letter or `_`",
             ),
             (
-                "users:\n  - name: ann\n    keys: [\"ssh-ed25519 AAAA\\ncommand=\\\"sh\\\" ssh-rsa AAAA\"]\n".to_owned(),
+                "users:\n  ann:\n    keys: [\"ssh-ed25519 AAAA\\ncommand=\\\"sh\\\" ssh-rsa AAAA\"]\n".to_owned(),
                 "node.yml:3:11: invalid SSH public key `ssh-ed25519 AAAA\\ncommand=\\\"sh\\\" ssh-rsa AA...`: expected one line `<type> <base64> [comment]`, e.g. `ssh-ed25519 AAAA... me@laptop`",
             ),
             (
-                "users:\n  - name: ann\n    keys: [AAAAC3Nz]\n".to_owned(),
+                "users:\n  ann:\n    keys: [AAAAC3Nz]\n".to_owned(),
                 "node.yml:3:11: invalid SSH public key `AAAAC3Nz`: expected one line `<type> <base64> [comment]`, e.g. `ssh-ed25519 AAAA... me@laptop`",
             ),
             (
-                "users:\n  - name: ann\n    keys: []\n    projects: [Shop]\n".to_owned(),
-                "node.yml:4:15: invalid project name `Shop`: expected `*` or a name matching `[a-z0-9][a-z0-9._-]{0,62}`",
+                "users:\n  ann:\n    keys: ['ssh-ed25519 not*base64']\n".to_owned(),
+                "node.yml:3:11: invalid SSH public key `ssh-ed25519 not*base64`: expected one line `<type> <base64> [comment]`, e.g. `ssh-ed25519 AAAA... me@laptop`",
             ),
             (
-                "users:\n  - name: ann\n    keys: []\n    root: true\n".to_owned(),
-                "node.yml:4:5: unknown field `root`, expected one of `name`, `keys`, `projects`, `pillar`, `admin`",
+                "users:\n  ann:\n    projects:\n      Shop: [deploy]\n".to_owned(),
+                "node.yml:4:7: invalid project name `Shop`: expected `*` or a name matching `[a-z0-9][a-z0-9._-]{0,62}`",
             ),
             (
-                "users:\n  - name: ann\n    keys: []\n  - name: ann\n    keys: []\n".to_owned(),
-                "node.yml: user `ann` is listed more than once",
+                "users:\n  ann:\n    projects:\n      shop: [push]\n".to_owned(),
+                "node.yml:4:14: unknown variant `push`, expected one of `deploy`, `config`, `operate`",
+            ),
+            (
+                "users:\n  ann:\n    root: true\n".to_owned(),
+                "node.yml:3:5: unknown field `root`, expected one of `keys`, `projects`, `admin`",
+            ),
+            (
+                "ssh:\n  authorized: x\n".to_owned(),
+                "node.yml:2:3: unknown field `authorized`, expected `authorized_keys`",
+            ),
+            (
+                format!("users:\n  ann:\n    keys: ['{KEY}']\n  bob:\n    keys: ['{KEY}']\n"),
+                "node.yml: one SSH key is listed for both `ann` and `bob`: give each person their own key",
+            ),
+            (
+                "users:\n  ann: {}\n  ann: {}\n".to_owned(),
+                "node.yml:3:3: duplicate key `ann`",
             ),
             (
                 "pillar_push: always\n".to_owned(),

@@ -39,6 +39,8 @@ pub struct DeployRequest {
     /// A revision of git/project.git; None: the tip of the deploy branch.
     pub rev: Option<String>,
     pub who: String,
+    /// The fingerprint of the SSH key `who` came in with (src/access/), if they did.
+    pub who_key: Option<String>,
     /// A pillar push: deploy the live release again with the new settings. Its tree is reused
     /// (configure, deploy and post_deploy run again; build does not).
     pub settings_only: bool,
@@ -185,7 +187,7 @@ pub fn deploy_locked(
     ));
     out.event(
         json!({"event": "deploy_start", "release": release, "commit": commit.to_string(),
-        "mode": mode.as_str(), "who": request.who, "time": crate::exec::report::now()}),
+        "mode": mode.as_str(), "who": request.who, "who_key": request.who_key, "time": crate::exec::report::now()}),
     );
 
     let mut run = Run::new(
@@ -213,6 +215,7 @@ pub fn deploy_locked(
         mode: mode.as_str().to_string(),
         status: Status::Running,
         who: request.who.clone(),
+        who_key: request.who_key.clone(),
         started: Utc::now(),
         finished: None,
         failure: None,
@@ -778,6 +781,7 @@ impl Run<'_> {
             message: format!("baking release {} crashed", self.release),
         })??;
         let paths = self.paths().clone();
+        let pusher = self.log.get(&self.release);
         let manifest = Manifest {
             format: 1,
             release: self.release.clone(),
@@ -789,6 +793,8 @@ impl Run<'_> {
             files: info.files,
             bytes: info.bytes,
             tree_digest: digest,
+            who: pusher.map(|record| record.who.clone()),
+            who_key: pusher.and_then(|record| record.who_key.clone()),
         };
         manifest.save(&paths.manifest(&self.release))?;
         crate::release::signing::sign_manifest_if_keyed(self.node, &paths.manifest(&self.release))?;

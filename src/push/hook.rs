@@ -9,7 +9,7 @@ use std::io::BufRead;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use crate::config::node_config::PillarPush;
+use crate::config::node_config::{PillarPush, Right};
 use crate::config::pillar::{self, Pillar};
 use crate::config::project::{Node, Project};
 use crate::config::recipe::{Mode, Recipe};
@@ -56,6 +56,11 @@ pub fn parse_updates(input: impl BufRead) -> Vec<RefUpdate> {
         .collect()
 }
 
+/// Set by `kiln ssh` (src/access/) for what it runs: the node.yml user who came in over SSH,
+/// and the fingerprint of their key. pre-receive checks this user's rights again per ref.
+pub const SSH_USER_VAR: &str = "KILN_SSH_USER";
+pub const SSH_KEY_VAR: &str = "KILN_SSH_KEY";
+
 /// Who pushed: the SSH layer sets KILN_USER; a local push is the Unix user.
 pub fn pusher() -> String {
     std::env::var("KILN_USER")
@@ -70,6 +75,61 @@ pub fn pusher() -> String {
         .unwrap_or_else(|| "unknown".into())
 }
 
+/// The fingerprint of the key the pusher came in with over SSH, if they did.
+pub fn pusher_key() -> Option<String> {
+    std::env::var(SSH_KEY_VAR)
+        .ok()
+        .filter(|key| !key.is_empty())
+}
+
+/// Ref names reach kiln's output, logs and the deploy's environment: letters, digits and
+/// `._/-+` only, whoever pushes.
+fn check_ref_name(name: &str) -> Result<(), Error> {
+    let safe = name
+        .chars()
+        .all(|c| c.is_ascii_alphanumeric() || "._/-+".contains(c));
+    if safe {
+        Ok(())
+    } else {
+        Err(Error::Refused {
+            message: format!(
+                "refused: the ref name `{}` may only hold letters, digits and `._/-+`",
+                name.escape_debug()
+            ),
+        })
+    }
+}
+
+/// A push that came through `kiln ssh`: the user's rights on this project are checked again
+/// for every ref, with the project this hook belongs to, whatever path git was called with.
+fn check_pusher_rights(
+    node: &Node,
+    name: &str,
+    repo: Repo,
+    updates: &[RefUpdate],
+) -> Result<(), Error> {
+    let Ok(user) = std::env::var(SSH_USER_VAR) else {
+        return Ok(());
+    };
+    let right = match repo {
+        Repo::Project => Right::Deploy,
+        Repo::Pillar => Right::Config,
+    };
+    let allowed = node
+        .config
+        .user(&user)
+        .is_some_and(|entry| entry.may(name, right));
+    match updates.first() {
+        Some(update) if !allowed => Err(Error::Refused {
+            message: format!(
+                "refused: `{user}` may not push {} of `{name}`: that needs the `{right}` right (`kiln access grant {user} {name} {right}`)",
+                update.name
+            ),
+        }),
+        _ => Ok(()),
+    }
+}
+
 /// Refuses a push whose kiln.yml (or pillar.yml) is invalid. With `reject_failed_push` it
 /// also deploys the pushed deploy branch, before git moves it: a failed deploy then refuses
 /// the push ([`deploys_in_pre_receive`]).
@@ -81,6 +141,10 @@ pub fn pre_receive(
     out: &mut Reporter,
 ) -> Result<(), Error> {
     let project = node.project(name)?;
+    for update in updates {
+        check_ref_name(&update.name)?;
+    }
+    check_pusher_rights(node, name, repo, updates)?;
     if repo == Repo::Pillar {
         return validate_pillar_push(&project, updates);
     }
@@ -134,6 +198,7 @@ pub fn post_receive(
         &DeployRequest {
             rev: Some(update.new.clone()),
             who: pusher(),
+            who_key: pusher_key(),
             settings_only: false,
             // Pushing the same commit again deploys nothing: git answers `Everything
             // up-to-date` and runs no hook.
@@ -235,6 +300,7 @@ fn deploy_before_the_branch_moves(
     let request = DeployRequest {
         rev: Some(update.new.clone()),
         who: pusher(),
+        who_key: pusher_key(),
         settings_only: false,
         retry: Some("the push is refused (the branch did not move); push again to retry".into()),
         receive_pack: Some(receive_pack),
@@ -402,6 +468,7 @@ pub fn after_pillar_push(
     let request = DeployRequest {
         rev: None,
         who: pusher(),
+        who_key: pusher_key(),
         settings_only: true,
         // `kiln deploy` would not use the pillar pushed: it is put back on failure.
         retry: None,

@@ -688,6 +688,8 @@ mod tests {
             files: 1,
             bytes: 1,
             tree_digest: "sha256:00".into(),
+            who: None,
+            who_key: None,
         };
         manifest.to_json()
     }

@@ -50,6 +50,12 @@ pub struct Manifest {
     pub bytes: u64,
     /// tree::digest of the release tree.
     pub tree_digest: String,
+    /// Who pushed the commit this release was baked from, and the fingerprint of their SSH
+    /// key when they pushed over SSH. Absent in manifests of older kiln versions.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub who: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub who_key: Option<String>,
 }
 
 impl Manifest {

@@ -172,6 +172,8 @@ mod tests {
             files: 1,
             bytes: 1,
             tree_digest: "sha256:0".into(),
+            who: None,
+            who_key: None,
         };
         manifest.save(&paths.manifest(id)).unwrap();
         if tarball {

@@ -41,6 +41,9 @@ pub struct Record {
     pub mode: String,
     pub status: Status,
     pub who: String,
+    /// The fingerprint of the SSH key `who` pushed with (`SHA256:...`), when over SSH.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub who_key: Option<String>,
     pub started: DateTime<Utc>,
     pub finished: Option<DateTime<Utc>>,
     /// Where and why it failed.
@@ -253,6 +256,7 @@ pub(crate) fn test_record(id: &str, status: Status) -> Record {
         mode: "cooking".into(),
         status,
         who: "t".into(),
+        who_key: None,
         started: Utc::now(),
         finished: None,
         failure: None,
