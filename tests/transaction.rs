@@ -1267,16 +1267,16 @@ fn regression_failed_releases_beyond_keep_are_pruned_and_orphans_removed() {
             "{id}"
         );
     }
-    assert_eq!(
-        project.release_files(),
-        [
-            format!("{good}.json"),
-            format!("{good}.tar.zst"),
-            format!("{newest}.tar.zst"),
-            "index.json".to_string(),
-            "notes.txt".to_string(),
-        ]
-    );
+    // Sorted: two ids of the same second sort by their random part.
+    let mut expected = vec![
+        format!("{good}.json"),
+        format!("{good}.tar.zst"),
+        format!("{newest}.tar.zst"),
+        "index.json".to_string(),
+        "notes.txt".to_string(),
+    ];
+    expected.sort();
+    assert_eq!(project.release_files(), expected);
     // The live release is never pruned.
     assert!(project.path(&format!("deploy/{good}")).is_dir());
     assert_eq!(project.current(), Some(good));
