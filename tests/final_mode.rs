@@ -10,7 +10,7 @@ mod common;
 use std::fs;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use sha2::Digest;
@@ -667,22 +667,16 @@ fn an_exported_release_imported_by_hand_deploys_on_an_air_gapped_node() {
 
 /// An sshd of our own on 127.0.0.1, running as root with a throwaway key. Its forced command
 /// puts the kiln under test first on PATH, so `ssh ... kiln --root ...` runs it.
-struct Sshd {
-    child: Child,
+struct RootSshd {
+    /// Stopped when this is dropped.
+    _sshd: common::Sshd,
     port: u16,
     /// The `KILN_SSH` wrapper: ssh with the test key and no host key checks.
     wrapper: PathBuf,
 }
 
-impl Drop for Sshd {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-impl Sshd {
-    fn start(dir: &Path) -> Result<Sshd, String> {
+impl RootSshd {
+    fn start(dir: &Path) -> Result<RootSshd, String> {
         if !nix::unistd::geteuid().is_root() {
             return Err("sshd for tests needs root".into());
         }
@@ -691,19 +685,9 @@ impl Sshd {
                 return Err(format!("{tool} is not installed"));
             }
         }
-        fs::create_dir_all("/run/sshd").map_err(|e| format!("cannot create /run/sshd: {e}"))?;
         let dir = dir.join("ssh");
         fs::create_dir_all(&dir).unwrap();
-        for key in ["host_key", "client_key"] {
-            let status = Command::new("/usr/bin/ssh-keygen")
-                .args(["-q", "-t", "ed25519", "-N", "", "-f"])
-                .arg(dir.join(key))
-                .status()
-                .map_err(|e| format!("ssh-keygen: {e}"))?;
-            if !status.success() {
-                return Err("ssh-keygen failed".into());
-            }
-        }
+        common::ssh_keygen(&dir.join("client_key"), "client_key");
         let bin_dir = Path::new(KILN).parent().unwrap();
         let public = fs::read_to_string(dir.join("client_key.pub")).unwrap();
         fs::write(
@@ -714,32 +698,14 @@ impl Sshd {
             ),
         )
         .unwrap();
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
-        let config = dir.join("sshd_config");
-        fs::write(
-            &config,
-            format!(
-                "Port {port}\nListenAddress 127.0.0.1\nHostKey {d}/host_key\nPidFile {d}/sshd.pid\n\
-                 PasswordAuthentication no\nKbdInteractiveAuthentication no\nUsePAM no\n\
-                 StrictModes no\nPermitRootLogin prohibit-password\n\
-                 AuthorizedKeysFile {d}/authorized_keys\n",
-                d = dir.display()
+        let sshd = common::Sshd::spawn(
+            &dir,
+            &format!(
+                "PermitRootLogin prohibit-password\nAuthorizedKeysFile {}/authorized_keys\n",
+                dir.display()
             ),
-        )
-        .unwrap();
-        let child = Command::new("/usr/sbin/sshd")
-            .arg("-D")
-            .arg("-f")
-            .arg(&config)
-            .arg("-E")
-            .arg(dir.join("sshd.log"))
-            .stdin(Stdio::null())
-            .spawn()
-            .map_err(|e| format!("cannot start sshd: {e}"))?;
+        )?;
+        let port = sshd.port;
         let wrapper = dir.join("ssh.sh");
         fs::write(
             &wrapper,
@@ -751,8 +717,8 @@ impl Sshd {
         )
         .unwrap();
         fs::set_permissions(&wrapper, fs::Permissions::from_mode(0o755)).unwrap();
-        let sshd = Sshd {
-            child,
+        let sshd = RootSshd {
+            _sshd: sshd,
             port,
             wrapper,
         };
@@ -787,7 +753,7 @@ impl Sshd {
 #[test]
 fn ssh_source_pulls_through_kiln_release_export() {
     let (staging, key) = staging(true);
-    let sshd = match Sshd::start(staging.node.dir.path()) {
+    let sshd = match RootSshd::start(staging.node.dir.path()) {
         Ok(sshd) => sshd,
         Err(reason) => {
             eprintln!("skipped: {reason}");

@@ -10,7 +10,7 @@ use std::fs;
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 use common::{KILN, text};
@@ -57,15 +57,9 @@ struct Setup {
     gid: u32,
     dir: PathBuf,
     port: u16,
-    sshd: Child,
+    /// Stopped when the setup is dropped.
+    _sshd: common::Sshd,
     authorized_keys: PathBuf,
-}
-
-impl Drop for Setup {
-    fn drop(&mut self) {
-        let _ = self.sshd.kill();
-        let _ = self.sshd.wait();
-    }
 }
 
 impl Setup {
@@ -78,19 +72,13 @@ impl Setup {
                 return None;
             }
         };
-        fs::create_dir_all("/run/sshd").unwrap();
         let node = common::Node::new();
         let top = node.dir.path().to_path_buf();
         std::os::unix::fs::chown(&top, Some(uid), Some(gid)).unwrap();
         let dir = top.join("ssh");
         fs::create_dir_all(&dir).unwrap();
-        for key in ["host_key", "ann", "bob", "eve"] {
-            let out = Command::new("/usr/bin/ssh-keygen")
-                .args(["-q", "-t", "ed25519", "-N", "", "-C", key, "-f"])
-                .arg(dir.join(key))
-                .output()
-                .unwrap();
-            assert!(out.status.success(), "{}", text(&out));
+        for key in ["ann", "bob", "eve"] {
+            common::ssh_keygen(&dir.join(key), key);
         }
         // The node user's own dir, as ~/.ssh would be: kiln writes a temp file next to it.
         let home = top.join("home");
@@ -104,39 +92,21 @@ impl Setup {
         .unwrap();
         std::os::unix::fs::chown(&authorized_keys, Some(uid), Some(gid)).unwrap();
         fs::set_permissions(&authorized_keys, fs::Permissions::from_mode(0o600)).unwrap();
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
+        let sshd = common::Sshd::spawn(
+            &dir,
+            &format!(
+                "PermitRootLogin no\nAllowUsers {NODE_USER}\nAuthorizedKeysFile {}\n",
+                authorized_keys.display()
+            ),
+        )
+        .unwrap();
+        let port = sshd.port;
         let host_pub = fs::read_to_string(dir.join("host_key.pub")).unwrap();
         fs::write(
             dir.join("known_hosts"),
             format!("[127.0.0.1]:{port} {host_pub}"),
         )
         .unwrap();
-        let config = dir.join("sshd_config");
-        fs::write(
-            &config,
-            format!(
-                "Port {port}\nListenAddress 127.0.0.1\nHostKey {d}/host_key\nPidFile {d}/sshd.pid\n\
-                 PasswordAuthentication no\nKbdInteractiveAuthentication no\nUsePAM no\n\
-                 StrictModes no\nPermitRootLogin no\nAllowUsers {NODE_USER}\n\
-                 AuthorizedKeysFile {k}\n",
-                d = dir.display(),
-                k = authorized_keys.display()
-            ),
-        )
-        .unwrap();
-        let sshd = Command::new("/usr/sbin/sshd")
-            .arg("-D")
-            .arg("-f")
-            .arg(&config)
-            .arg("-E")
-            .arg(dir.join("sshd.log"))
-            .stdin(Stdio::null())
-            .spawn()
-            .unwrap();
         for who in ["ann", "bob", "eve"] {
             let wrapper = dir.join(format!("ssh-{who}"));
             fs::write(
@@ -156,7 +126,7 @@ impl Setup {
             gid,
             dir,
             port,
-            sshd,
+            _sshd: sshd,
             authorized_keys,
         };
         setup.write_node_yml("");

@@ -480,3 +480,67 @@ pub fn last_remote_line(output: &str) -> &str {
         .unwrap_or_else(|| panic!("no remote: line in:\n{output}"))
         .trim_end()
 }
+
+/// A throwaway ed25519 key pair at `path` (and `path`.pub).
+pub fn ssh_keygen(path: &Path, comment: &str) {
+    let out = Command::new("/usr/bin/ssh-keygen")
+        .args(["-q", "-t", "ed25519", "-N", "", "-C", comment, "-f"])
+        .arg(path)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "ssh-keygen: {}", text(&out));
+}
+
+/// A port on 127.0.0.1 that was free a moment ago.
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// An sshd of the test's own on 127.0.0.1: key logins only, no PAM, its host key, pid file and
+/// log in `dir`; stopped when dropped.
+pub struct Sshd {
+    child: std::process::Child,
+    pub port: u16,
+}
+
+impl Sshd {
+    /// Generates `dir/host_key` and starts sshd with the common settings plus `extra` lines
+    /// (AuthorizedKeysFile, PermitRootLogin, AllowUsers ...).
+    pub fn spawn(dir: &Path, extra: &str) -> Result<Sshd, String> {
+        fs::create_dir_all("/run/sshd").map_err(|e| format!("cannot create /run/sshd: {e}"))?;
+        ssh_keygen(&dir.join("host_key"), "host_key");
+        let port = free_port();
+        let config = dir.join("sshd_config");
+        fs::write(
+            &config,
+            format!(
+                "Port {port}\nListenAddress 127.0.0.1\nHostKey {d}/host_key\nPidFile {d}/sshd.pid\n\
+                 PasswordAuthentication no\nKbdInteractiveAuthentication no\nUsePAM no\n\
+                 StrictModes no\n{extra}",
+                d = dir.display()
+            ),
+        )
+        .unwrap();
+        let child = Command::new("/usr/sbin/sshd")
+            .arg("-D")
+            .arg("-f")
+            .arg(&config)
+            .arg("-E")
+            .arg(dir.join("sshd.log"))
+            .stdin(std::process::Stdio::null())
+            .spawn()
+            .map_err(|e| format!("cannot start sshd: {e}"))?;
+        Ok(Sshd { child, port })
+    }
+}
+
+impl Drop for Sshd {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
