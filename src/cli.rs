@@ -72,10 +72,70 @@ enum Command {
         #[arg(long)]
         with_data: bool,
     },
-    /// The log of a deploy or a manual rollback (default: the newest).
+    /// The log of a deploy or a manual rollback (default: the newest); with --app, the
+    /// processes' output.
     Logs {
         name: String,
+        #[arg(conflicts_with = "app")]
         release: Option<String>,
+        /// The app's processes' output (logs/app/), timestamped and prefixed by instance.
+        #[arg(long)]
+        app: bool,
+        /// Only this process type's (with --app).
+        #[arg(long = "type", value_name = "TYPE", requires = "app")]
+        kind: Option<String>,
+        /// Keep printing new lines (with --app).
+        #[arg(short = 'f', long, requires = "app")]
+        follow: bool,
+        /// How many lines to show first (with --app).
+        #[arg(
+            short = 'n',
+            long,
+            value_name = "N",
+            default_value_t = 100,
+            requires = "app"
+        )]
+        lines: usize,
+    },
+    /// The project's processes: each instance's state, pid, port, uptime and restarts; or
+    /// `kiln ps scale <name> TYPE=N...`.
+    #[command(args_conflicts_with_subcommands = true, subcommand_negates_reqs = true)]
+    Ps {
+        #[command(subcommand)]
+        command: Option<PsCommand>,
+        #[arg(required = true)]
+        name: Option<String>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Restart the project's processes (only those of TYPE, if given).
+    Restart {
+        name: String,
+        #[arg(value_name = "TYPE")]
+        kind: Option<String>,
+    },
+    /// Run a one-off command in run/ with the live release's environment; its exit status is
+    /// kiln's.
+    Run {
+        name: String,
+        #[arg(last = true, required = true, value_name = "COMMAND")]
+        command: Vec<String>,
+    },
+    /// The node's process supervisor daemon (started on demand by the commands that need it).
+    Supervise {
+        /// Leave the caller's session (how kiln starts it).
+        #[arg(long, hide = true)]
+        detach: bool,
+    },
+    /// At machine start: finish interrupted deploys, start the supervisor and every project's
+    /// processes.
+    Boot,
+    /// The supervisor of one process instance (started by `kiln supervise`).
+    #[command(hide = true)]
+    SuperviseInstance {
+        project: String,
+        instance: String,
+        nonce: String,
     },
     /// The merged settings (kiln's, kiln.yml defaults, pillar) as YAML, secrets masked.
     Config {
@@ -127,6 +187,17 @@ enum Command {
         name: String,
         #[arg(value_parser = ["project", "pillar"])]
         repo: String,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum PsCommand {
+    /// Set how many instances of each process type run (kept across deploys); only what
+    /// changes is started or stopped.
+    Scale {
+        name: String,
+        #[arg(required = true, value_name = "TYPE=N")]
+        counts: Vec<String>,
     },
 }
 
@@ -259,6 +330,7 @@ fn parse_mode(value: &str) -> Result<Mode, Error> {
 
 fn dispatch(cli: Cli) -> Result<(), Error> {
     let node = Node::open(cli.root)?;
+    wake_supervisor(&node, &cli.command);
     match cli.command {
         Command::Init {
             name,
@@ -325,9 +397,68 @@ fn dispatch(cli: Cli) -> Result<(), Error> {
             let project = node.project(&name)?;
             status::releases(&project, json)
         }
-        Command::Logs { name, release } => {
+        Command::Logs {
+            name,
+            release,
+            app,
+            kind,
+            follow,
+            lines,
+        } => {
             let project = node.project(&name)?;
-            status::logs(&project, release.as_deref())
+            if app {
+                let query = crate::runtime::applog::LogQuery { kind, lines };
+                status::app_logs(&node, &project, &query, follow)
+            } else {
+                status::logs(&project, release.as_deref())
+            }
+        }
+        Command::Ps {
+            command: Some(PsCommand::Scale { name, counts }),
+            ..
+        } => {
+            let project = node.project(&name)?;
+            let mut out = Reporter::to_stdout();
+            let said = crate::deploy::operate::scale(&node, &project, &counts, &mut out)?;
+            println!("{said}");
+            status::ps(&node, &project, false)
+        }
+        Command::Ps { name, json, .. } => {
+            let name =
+                name.ok_or_else(|| Error::Usage("say which project: `kiln ps <name>`".into()))?;
+            let project = node.project(&name)?;
+            status::ps(&node, &project, json)
+        }
+        Command::Restart { name, kind } => {
+            let project = node.project(&name)?;
+            let mut out = Reporter::to_stdout();
+            let said = crate::deploy::operate::restart(&node, &project, kind.as_deref(), &mut out)?;
+            println!("{said}");
+            status::ps(&node, &project, false)
+        }
+        Command::Run { name, command } => {
+            let project = node.project(&name)?;
+            crate::deploy::operate::run(&node, &project, &command)
+        }
+        Command::Supervise { detach } => {
+            crate::runtime::supervisor::daemon::run(&node.root, &node.config.supervisor, detach)
+        }
+        Command::SuperviseInstance {
+            project,
+            instance,
+            nonce,
+        } => crate::runtime::supervisor::instance::run(&node.root, &project, &instance, &nonce),
+        Command::Boot => {
+            let mut out = Reporter::to_stdout();
+            let lines = crate::deploy::operate::boot(&node, &mut out)?;
+            println!(
+                "supervisor: {}",
+                crate::deploy::operate::supervisor(&node).describe()
+            );
+            for line in lines {
+                println!("{line}");
+            }
+            Ok(())
         }
         Command::Rollback {
             name,
@@ -530,5 +661,27 @@ fn release(node: &Node, command: ReleaseCommand) -> Result<(), Error> {
             }
             Ok(())
         }
+    }
+}
+
+/// "The next kiln command brings the apps back": a command about a project starts the node's
+/// supervisor daemon if a formation should run and it does not (say, it was killed). A failure
+/// here is only a warning: the command itself may not need it.
+fn wake_supervisor(node: &Node, command: &Command) {
+    let about_a_project = !matches!(
+        command,
+        Command::Supervise { .. }
+            | Command::SuperviseInstance { .. }
+            | Command::Boot
+            | Command::Key { .. }
+            | Command::Access { .. }
+            | Command::Ssh { .. }
+            | Command::Init { .. }
+    );
+    if !about_a_project {
+        return;
+    }
+    if let Err(e) = crate::deploy::operate::supervisor(node).wake() {
+        let _ = writeln!(std::io::stderr(), "warning: {}", error_chain(&e));
     }
 }

@@ -99,6 +99,11 @@ pub enum Error {
     #[error("{0}")]
     Access(#[source] MechanismError),
 
+    /// The app's processes (src/runtime/): the supervisor, its backends, a process that does
+    /// not come up.
+    #[error("{0}")]
+    Runtime(#[source] MechanismError),
+
     #[error("{message}")]
     Refused { message: String },
 

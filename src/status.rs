@@ -1,5 +1,5 @@
-//! What operators read: `kiln status`, `kiln releases`, `kiln logs`, `kiln config`, and
-//! `kiln mode`.
+//! What operators read: `kiln status`, `kiln releases`, `kiln logs` (of deploys, and of the
+//! app with `--app`), `kiln ps`, `kiln config`, and `kiln mode`.
 
 use std::fs;
 
@@ -65,6 +65,8 @@ pub fn status(node: &Node, project: &Project, as_json: bool) -> Result<(), Error
         backup::find_drift(&paths.run, live_tree.as_deref(), &ignore)?.paths()
     };
     let run = run_kind(project);
+    let supervisor = crate::deploy::operate::supervisor(node);
+    let processes = supervisor.instances(&paths.name).unwrap_or_default();
     if as_json {
         let value = json!({
             "project": paths.name,
@@ -79,6 +81,8 @@ pub fn status(node: &Node, project: &Project, as_json: bool) -> Result<(), Error
             "drift": drift,
             "run": run,
             "shells": crate::access::shell::recent(&paths.state, 5),
+            "supervisor": {"backend": supervisor.backend.as_str(), "daemon": crate::runtime::supervisor::control::daemon_pid(&supervisor.paths)},
+            "processes": processes,
         });
         println!(
             "{}",
@@ -92,6 +96,16 @@ pub fn status(node: &Node, project: &Project, as_json: bool) -> Result<(), Error
     println!("branch:      {}", project.config.branch);
     println!("run/:        {run}");
     println!("live:        {}", log.current.as_deref().unwrap_or("none"));
+    println!("supervisor:  {}", supervisor.describe());
+    if processes.is_empty() {
+        println!("processes:   none");
+    } else {
+        let listed: Vec<String> = processes
+            .iter()
+            .map(|i| format!("{} {}", i.name, i.state))
+            .collect();
+        println!("processes:   {}", listed.join(", "));
+    }
     if let Some(last) = last {
         println!(
             "last deploy: {} ({}) {} by {} at {}{}",
@@ -308,4 +322,119 @@ pub fn config(node: &Node, project: &Project, reveal: bool) -> Result<Value, Err
         .map(settings::secrets)
         .unwrap_or_default();
     Ok(settings::mask(&merged, &secrets))
+}
+
+/// `kiln ps`: each instance of the project's processes: state, pid, port, uptime, restarts.
+pub fn ps(node: &Node, project: &Project, as_json: bool) -> Result<(), Error> {
+    let supervisor = crate::deploy::operate::supervisor(node);
+    let name = &project.paths.name;
+    // Looking is a reason to start a daemon that should run: the apps come back.
+    supervisor.wake()?;
+    let state = supervisor.state(name)?;
+    let instances = supervisor.instances(name)?;
+    if as_json {
+        let value = json!({
+            "project": name,
+            "backend": supervisor.backend.as_str(),
+            "running": state.as_ref().is_some_and(|s| s.running),
+            "release": state.as_ref().map(|s| &s.formation.release),
+            "instances": instances,
+        });
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&value).unwrap_or_default()
+        );
+        return Ok(());
+    }
+    let Some(state) = state else {
+        println!(
+            "`{name}` runs no supervised processes (no Procfile in its live release, or nothing deployed yet)"
+        );
+        return Ok(());
+    };
+    println!(
+        "=== {name}: release {}, {} ({})",
+        state.formation.release,
+        if state.running { "running" } else { "stopped" },
+        supervisor.describe()
+    );
+    for i in &instances {
+        let dash = || "-".to_string();
+        println!(
+            "{:<12} {:<9} pid {:<8} port {:<6} up {:<9} restarts {:<4} {}{}",
+            i.name,
+            i.state,
+            i.pid.map_or_else(dash, |p| p.to_string()),
+            i.port.map_or_else(dash, |p| p.to_string()),
+            i.uptime_seconds.map_or_else(dash, uptime),
+            i.restarts,
+            i.command,
+            i.last_exit
+                .as_ref()
+                .map(|e| format!("  (last: {e})"))
+                .unwrap_or_default()
+        );
+    }
+    Ok(())
+}
+
+fn uptime(seconds: u64) -> String {
+    match seconds {
+        s if s < 60 => format!("{s}s"),
+        s if s < 3600 => format!("{}m{:02}s", s / 60, s % 60),
+        s if s < 86400 => format!("{}h{:02}m", s / 3600, s / 60 % 60),
+        s => format!("{}d{:02}h", s / 86400, s / 3600 % 24),
+    }
+}
+
+/// `kiln logs <name> --app`: the processes' output, from logs/app/ (kiln's own supervisor) or
+/// the journal (systemd).
+pub fn app_logs(
+    node: &Node,
+    project: &Project,
+    query: &crate::runtime::applog::LogQuery,
+    follow: bool,
+) -> Result<(), Error> {
+    let supervisor = crate::deploy::operate::supervisor(node);
+    if supervisor.backend == crate::runtime::supervisor::Backend::Systemd {
+        let Some(state) = supervisor.state(&project.paths.name)? else {
+            return Ok(());
+        };
+        let args = crate::runtime::systemd::journal_args(
+            &state,
+            query.kind.as_deref(),
+            query.lines,
+            follow,
+        );
+        let status = std::process::Command::new("journalctl")
+            .args(&args)
+            .status()
+            .map_err(|e| io_error("run", std::path::Path::new("journalctl"), e))?;
+        return if status.success() {
+            Ok(())
+        } else {
+            Err(Error::Refused {
+                message: format!("`journalctl {}` failed ({status})", args.join(" ")),
+            })
+        };
+    }
+    let dir = project.paths.logs.join("app");
+    let stdout = std::io::stdout();
+    let mut out = stdout.lock();
+    if follow {
+        // Ends when the reader goes away (a closed pipe is not an error).
+        let _ = crate::runtime::applog::follow(&dir, query, &mut out);
+        return Ok(());
+    }
+    use std::io::Write;
+    for line in crate::runtime::applog::tail(&dir, query) {
+        if out
+            .write_all(&line)
+            .and_then(|()| out.write_all(b"\n"))
+            .is_err()
+        {
+            break;
+        }
+    }
+    Ok(())
 }

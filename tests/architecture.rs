@@ -22,6 +22,9 @@ const LAYERS: &[&[&str]] = &[
     // Mechanisms.
     &["release"],
     &["transaction"],
+    // The app at run time: Procfile, supervision, app logs (below the journal, which keeps
+    // the formation an undo starts again).
+    &["runtime"],
     &["exec"],
     // Foundations.
     &["config", "fs", "error"],

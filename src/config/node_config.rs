@@ -13,7 +13,9 @@ use serde::{Deserialize, Deserializer};
 
 use crate::config::config_error::{ConfigError, parse_yaml_or_default, read_optional};
 use crate::config::duration;
+use crate::config::processes::SupervisorConfig;
 use crate::config::recipe::{Mode, UnknownName, named_enum};
+pub use crate::config::size::parse_size;
 
 /// Which section of the pillar (`environments.<name>`) a project's deploys use; in node.yml it
 /// also gives new projects their default mode.
@@ -111,6 +113,8 @@ pub struct NodeConfig {
     /// Where absolute symlinks in a release tree may point besides the project's run/ and
     /// data/. Default [`DEFAULT_LINK_ROOTS`].
     pub allowed_link_roots: LinkRoots,
+    /// Which supervisor runs the apps' processes, their ports, their logs.
+    pub supervisor: SupervisorConfig,
 }
 
 /// Where toolchains point absolute links: a venv's `bin/python3 -> /usr/bin/python3`, Debian's
@@ -438,58 +442,7 @@ fn positive_u64<'de, D: Deserializer<'de>>(deserializer: D) -> Result<u64, D::Er
 
 /// A byte count: a plain integer, or a string with a binary unit (`512M`, `10G`, `1GiB`).
 fn size<'de, D: Deserializer<'de>>(deserializer: D) -> Result<u64, D::Error> {
-    struct Visitor;
-
-    impl serde::de::Visitor<'_> for Visitor {
-        type Value = u64;
-
-        fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-            f.write_str("a size such as `10G`, `512M` or a number of bytes")
-        }
-
-        fn visit_u64<E: serde::de::Error>(self, bytes: u64) -> Result<u64, E> {
-            Ok(bytes)
-        }
-
-        fn visit_i64<E: serde::de::Error>(self, bytes: i64) -> Result<u64, E> {
-            u64::try_from(bytes).map_err(|_| E::custom(format!("invalid size `{bytes}`")))
-        }
-
-        fn visit_str<E: serde::de::Error>(self, text: &str) -> Result<u64, E> {
-            parse_size(text).map_err(E::custom)
-        }
-    }
-
-    let bytes = deserializer.deserialize_any(Visitor)?;
-    if bytes == 0 {
-        return Err(custom("size must be greater than zero".to_owned()));
-    }
-    Ok(bytes)
-}
-
-/// `10G`, `512M`, `1GiB`, `64K`, `2T`, `4096`: units are powers of 1024.
-pub fn parse_size(text: &str) -> Result<u64, String> {
-    let invalid =
-        || format!("invalid size `{text}`, expected a number of bytes or e.g. `512M`, `10G`, `1T`");
-    let trimmed = text.trim();
-    let digits_end = trimmed
-        .find(|c: char| !c.is_ascii_digit())
-        .unwrap_or(trimmed.len());
-    if digits_end == 0 {
-        return Err(invalid());
-    }
-    let number: u64 = trimmed[..digits_end].parse().map_err(|_| invalid())?;
-    let shift = match trimmed[digits_end..].trim_start() {
-        "" | "B" => 0,
-        "K" | "k" | "KiB" => 10,
-        "M" | "MiB" => 20,
-        "G" | "GiB" => 30,
-        "T" | "TiB" => 40,
-        _ => return Err(invalid()),
-    };
-    number
-        .checked_mul(1 << shift)
-        .ok_or_else(|| format!("size `{text}` is too large"))
+    crate::config::size::deserialize(deserializer)
 }
 
 impl FromStr for PillarPush {
@@ -673,7 +626,7 @@ mod tests {
             ),
             (
                 "enviroment: prod\n".to_owned(),
-                "node.yml:1:1: unknown field `enviroment`, expected one of `environment`, `layout`, `notify`, `limits`, `ssh`, `users`, `pillar_push`, `reject_failed_push`, `allowed_link_roots`",
+                "node.yml:1:1: unknown field `enviroment`, expected one of `environment`, `layout`, `notify`, `limits`, `ssh`, `users`, `pillar_push`, `reject_failed_push`, `allowed_link_roots`, `supervisor`",
             ),
             (
                 "limits:\n  archive_bytes: 0\n".to_owned(),

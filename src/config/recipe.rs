@@ -3,6 +3,7 @@
 //! It is parsed strictly, before anything changes, so a typo refuses the push instead of
 //! half-running a deploy.
 
+use std::collections::BTreeMap;
 use std::fmt;
 use std::path::Path;
 use std::str::FromStr;
@@ -12,6 +13,10 @@ use serde::{Deserialize, Deserializer};
 
 use crate::config::config_error::{ConfigError, parse_yaml_or_default};
 use crate::config::duration;
+use crate::config::processes::ProcessLimits;
+
+/// Between SIGTERM and SIGKILL when a process is stopped, unless kiln.yml says `stop_grace`.
+pub const DEFAULT_STOP_GRACE: Duration = Duration::from_secs(10);
 
 /// How a project is deployed on this node (README.md, "Modes").
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Deserialize)]
@@ -161,6 +166,15 @@ pub struct Recipe {
     /// Deploy from the pre-receive hook, so that a failed deploy refuses the push and the
     /// branch does not move. Default false; node.yml or project.yml decide when they say.
     pub reject_failed_push: bool,
+    /// Instances per process type (the Procfile's types; default 1 of each). `kiln ps scale`
+    /// overrides these node-side.
+    #[serde(deserialize_with = "crate::config::processes::counts")]
+    pub processes: BTreeMap<String, u32>,
+    /// How long a stopped process gets between SIGTERM and SIGKILL. Default 10s.
+    #[serde(deserialize_with = "duration::deserialize")]
+    pub stop_grace: Duration,
+    /// Per-instance resource limits (the systemd backend).
+    pub limits: ProcessLimits,
 }
 
 impl Default for Recipe {
@@ -178,6 +192,9 @@ impl Default for Recipe {
             drift_ignore: Vec::new(),
             modes: ModeOverrides::default(),
             reject_failed_push: false,
+            processes: BTreeMap::new(),
+            stop_grace: DEFAULT_STOP_GRACE,
+            limits: ProcessLimits::default(),
         }
     }
 }
@@ -227,11 +244,14 @@ pub struct Services {
     pub start: Option<String>,
 }
 
-/// The health check run after the services start; failing it rolls the deploy back.
+/// The health check run after the services and processes start; failing it rolls the deploy
+/// back. Without a command, a `web` process is checked with an HTTP GET of `/` (the default
+/// check when there is no `check:` at all).
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Check {
-    pub command: String,
+    #[serde(default)]
+    pub command: Option<String>,
     /// How long the check may keep failing before the deploy is rolled back. Default 30s.
     #[serde(
         default = "default_check_timeout",
@@ -478,6 +498,24 @@ modes:                       # per-mode overrides of `stages`
 "#;
 
     #[test]
+    fn process_settings_parse() {
+        let recipe = parse(
+            "processes: {web: 2, worker: 0}\nstop_grace: 30s\nlimits: {memory: 512M, cpu: 150%}\ncheck:\n  timeout: 5s\n",
+        )
+        .unwrap();
+        assert_eq!(recipe.processes["web"], 2);
+        assert_eq!(recipe.processes["worker"], 0);
+        assert_eq!(recipe.stop_grace, Duration::from_secs(30));
+        assert_eq!(recipe.limits.memory, Some(512 << 20));
+        assert_eq!(recipe.limits.cpu, Some(150));
+        // A check without a command: the default HTTP check, with this timeout.
+        let check = recipe.check.unwrap();
+        assert_eq!(check.command, None);
+        assert_eq!(check.timeout, Duration::from_secs(5));
+        assert_eq!(Recipe::default().stop_grace, Duration::from_secs(10));
+    }
+
+    #[test]
     fn design_example_parses() {
         let recipe = parse(DESIGN_EXAMPLE).expect("the design example parses");
         assert_eq!(recipe.keep, 5);
@@ -497,7 +535,7 @@ modes:                       # per-mode overrides of `stages`
         assert_eq!(
             recipe.check,
             Some(Check {
-                command: "curl -fsS http://127.0.0.1:8000/health".into(),
+                command: Some("curl -fsS http://127.0.0.1:8000/health".into()),
                 timeout: Duration::from_secs(30),
                 interval: Duration::from_secs(1),
             })
@@ -606,7 +644,7 @@ modes:                       # per-mode overrides of `stages`
         let cases = [
             (
                 "keep: 3\nstagez:\n  build: make\n",
-                "kiln.yml:2:1: unknown field `stagez`, expected one of `keep`, `stages`, `services`, `check`, `backup`, `restore`, `defaults`, `timeouts`, `drift`, `drift_ignore`, `modes`, `reject_failed_push`",
+                "kiln.yml:2:1: unknown field `stagez`, expected one of `keep`, `stages`, `services`, `check`, `backup`, `restore`, `defaults`, `timeouts`, `drift`, `drift_ignore`, `modes`, `reject_failed_push`, `processes`, `stop_grace`, `limits`",
             ),
             (
                 "stages:\n  biuld: make\n",
@@ -645,9 +683,22 @@ modes:                       # per-mode overrides of `stages`
                 "kiln.yml:3:13: duration `0s` must be greater than zero",
             ),
             (
-                "check:\n  timeout: 5s\n",
-                "kiln.yml:2:3: missing field `command`",
+                "processes:\n  web.1: 2\n",
+                "kiln.yml:2:3: invalid process type `web.1`: use 1 to 63 letters, digits, `_` or `-` (as in a Procfile)",
             ),
+            (
+                "processes:\n  release: 1\n",
+                "kiln.yml:2:3: `release` is the release-phase command, not a process type: it runs once per deploy",
+            ),
+            (
+                "processes:\n  web: -1\n",
+                "kiln.yml:2:8: expected a whole number, 0 or more",
+            ),
+            (
+                "limits:\n  cpu: half\n",
+                "kiln.yml:2:8: invalid cpu limit `half`: expected a percentage of one CPU such as `50%` or `200%`",
+            ),
+            ("stop_grace: 0s\n", "kiln.yml:1:13: duration `0s` must be greater than zero"),
             (
                 "drift_ignore: ['a{b']\n",
                 "kiln.yml:1:15: invalid `drift_ignore` pattern `a{b`: error parsing glob 'a{b': unclosed alternate group; missing '}' (maybe escape '{' with '[{]'?)",

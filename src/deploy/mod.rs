@@ -1,5 +1,7 @@
 //! Taking a pushed commit live: the stage pipeline and its commit point ([`pipeline`]), and
-//! putting run/ and data/ back when it fails or crashes ([`rollback`]).
+//! putting run/ and data/ back when it fails or crashes ([`rollback`]); what operators do with
+//! the running processes between deploys ([`operate`]).
 
+pub mod operate;
 pub mod pipeline;
 pub mod rollback;

@@ -26,6 +26,10 @@ use crate::fs::sync::{self, SyncOptions};
 use crate::fs::tree;
 use crate::release::bake;
 use crate::release::manifest::{self as release, Manifest};
+use crate::runtime::formation::{Formation, FormationSetup, Scale};
+use crate::runtime::procfile::ProcessTypes;
+use crate::runtime::readiness::Readiness;
+use crate::runtime::supervisor::{Backend, Supervisor};
 use crate::transaction::backup;
 use crate::transaction::journal::{Journal, Phase, UndoCommands};
 use crate::transaction::lock::{ProjectLock, lock};
@@ -33,6 +37,9 @@ use crate::transaction::release_log::{Record, ReleaseLog, Status};
 use crate::transaction::switch::{self, Method};
 
 pub use crate::config::recipe::{RECIPE_FILE, read_recipe};
+
+/// How long web processes get to accept and answer when kiln.yml has no `check:`.
+const DEFAULT_CHECK_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// What to deploy and on whose behalf.
 pub struct DeployRequest {
@@ -250,14 +257,14 @@ pub fn deploy_locked(
 /// The merged settings of one deploy: the environment of project commands (docs/kiln-yml.md,
 /// minus KILN_STAGE), the pillar's secrets, and the `$KILN_COMMON` file, which is
 /// readable only by kiln's user and removed when the deploy ends.
-struct Settings {
-    env: BTreeMap<String, String>,
+pub(crate) struct Settings {
+    pub(crate) env: BTreeMap<String, String>,
     secrets: Vec<String>,
     common: PathBuf,
 }
 
 impl Settings {
-    fn gather(
+    pub(crate) fn gather(
         node: &Node,
         project: &Project,
         recipe: &Recipe,
@@ -365,6 +372,15 @@ struct Run<'a> {
     archive: PathBuf,
     /// The name of this run's log in logs/ (`<release>` for a deploy).
     log_name: String,
+    /// Runs the apps' processes (src/runtime/).
+    supervisor: Supervisor,
+    /// The processes running when this run started (the live release's): stopped with it,
+    /// and started again if this run is undone.
+    live_formation: Option<Formation>,
+    /// This release's processes, from its tree (None: it has no process types).
+    formation: Option<Formation>,
+    /// This release's release-phase command (its Procfile's `release:`).
+    release_command: Option<String>,
     out: &'a mut Reporter,
 }
 
@@ -428,7 +444,22 @@ impl<'a> Run<'a> {
                 }
             }
         };
+        let supervisor = Supervisor::new(&setup.node.root, &setup.node.config.supervisor);
+        let live_formation = match supervisor.running(&paths.name) {
+            Ok(formation) => formation,
+            Err(e) => {
+                out.note(&format!(
+                    "warning: {}; the processes that run now are not stopped by this deploy",
+                    crate::error::chain(&e)
+                ));
+                None
+            }
+        };
         Run {
+            supervisor,
+            live_formation,
+            formation: None,
+            release_command: None,
             node: setup.node,
             project: setup.project,
             repo: setup.repo,
@@ -500,6 +531,7 @@ impl Run<'_> {
                 secrets: self.secrets.clone(),
                 timeout: self.timeout(Stage::Deploy),
                 cwd: self.paths().run.clone(),
+                processes: self.live_formation.clone(),
             },
             pid: std::process::id(),
             log: Some(self.log_name.clone()),
@@ -673,6 +705,7 @@ impl Run<'_> {
             cwd,
             env,
             timeout: self.timeout(stage),
+            profile: false,
         };
         stage::run_command(&spec, &self.redactor, self.out)
             .map(|_| ())
@@ -795,6 +828,16 @@ impl Run<'_> {
             tree_digest: digest,
             who: pusher.map(|record| record.who.clone()),
             who_key: pusher.and_then(|record| record.who_key.clone()),
+            process_types: self
+                .formation
+                .as_ref()
+                .map(|f| {
+                    f.types
+                        .iter()
+                        .map(|(kind, p)| (kind.clone(), p.command.clone()))
+                        .collect()
+                })
+                .unwrap_or_default(),
         };
         manifest.save(&paths.manifest(&self.release))?;
         crate::release::signing::sign_manifest_if_keyed(self.node, &paths.manifest(&self.release))?;
@@ -813,12 +856,176 @@ impl Run<'_> {
     /// stop command it was started with).
     fn restart_in_place(&mut self) -> Result<(), Failure> {
         let project_dir = self.paths().project.clone();
+        self.plan_processes(&project_dir)
+            .map_err(|e| Failure::new(Stage::Deploy, e))?;
         self.stop_live(&project_dir)?;
+        self.stop_processes()?;
         self.commands(Stage::Deploy, &project_dir)?;
+        self.release_phase(&project_dir)?;
         if let Some(start) = self.recipe.services.start.clone() {
             self.shell(Stage::Deploy, &start, &project_dir)?;
         }
+        self.start_processes()?;
         self.check(&project_dir)
+    }
+
+    /// Reads the process types of the release tree `tree` (its Procfile over its buildpacks'
+    /// defaults) and builds the formation it will run: counts from `kiln ps scale`, then
+    /// kiln.yml `processes:`, else 1 of each. Before anything live changes, so a mistake here
+    /// fails the deploy with nothing to undo.
+    fn plan_processes(&mut self, tree: &Path) -> Result<(), Error> {
+        let paths = self.paths().clone();
+        let types = ProcessTypes::of_tree(tree)?;
+        self.release_command = types.release.clone();
+        if types.types.is_empty() {
+            if !self.recipe.processes.is_empty() {
+                return Err(crate::runtime::formation::UnknownType {
+                    origin: "kiln.yml `processes`",
+                    name: self
+                        .recipe
+                        .processes
+                        .keys()
+                        .next()
+                        .cloned()
+                        .unwrap_or_default(),
+                    release: self.release.clone(),
+                    types: Vec::new(),
+                }
+                .into());
+            }
+            self.formation = None;
+            return Ok(());
+        }
+        let scale = Scale::load(&paths.state)?;
+        let env = self.env_for(Stage::Deploy);
+        let formation = crate::runtime::formation::build(&FormationSetup {
+            project: &paths.name,
+            release: &self.release,
+            types: &types,
+            cwd: &paths.run,
+            deploy_env: &env,
+            secrets: &self.secrets,
+            counts: &self.recipe.processes,
+            scale: &scale,
+            grace: self.recipe.stop_grace,
+            limits: &self.recipe.limits,
+            log_dir: &paths.logs.join("app"),
+        })?;
+        let listed: Vec<String> = formation
+            .types
+            .iter()
+            .map(|(kind, p)| format!("{kind}={}", p.count))
+            .collect();
+        self.out.note(&format!(
+            "processes: {} (backend: {})",
+            listed.join(" "),
+            self.supervisor.backend.as_str()
+        ));
+        if !formation.limits.is_empty() && self.supervisor.backend == Backend::Kiln {
+            self.out.note(
+                "note: kiln.yml `limits` are applied by the systemd backend only; kiln's own supervisor does not enforce them",
+            );
+        }
+        self.formation = Some(formation);
+        Ok(())
+    }
+
+    /// Stops the processes that ran when this run started (the live release's).
+    fn stop_processes(&mut self) -> Result<(), Failure> {
+        let Some(live) = self.live_formation.clone() else {
+            return Ok(());
+        };
+        let t = Instant::now();
+        let stopped = self
+            .supervisor
+            .stop(&live.project)
+            .map_err(|e| Failure::new(Stage::Deploy, e))?;
+        if stopped {
+            self.out.note(&format!(
+                "stopped the processes of {} in {}",
+                live.release,
+                seconds(t.elapsed())
+            ));
+        }
+        Ok(())
+    }
+
+    /// The Procfile's `release:` command, after the deploy commands (migrations), like
+    /// Heroku's release phase: its failure fails the deploy.
+    fn release_phase(&mut self, cwd: &Path) -> Result<(), Failure> {
+        let Some(command) = self.release_command.clone() else {
+            return Ok(());
+        };
+        self.out.note("release phase (the Procfile's `release:`)");
+        self.out.command(Stage::Deploy.as_str(), &command);
+        let env = self.env_for(Stage::Deploy);
+        let spec = CommandSpec {
+            stage: Stage::Deploy.as_str(),
+            command: &command,
+            cwd,
+            env: &env,
+            timeout: self.timeout(Stage::Deploy),
+            profile: true,
+        };
+        stage::run_command(&spec, &self.redactor, self.out)
+            .map(|_| ())
+            .map_err(|e| Failure::new(Stage::Deploy, e))
+    }
+
+    /// Starts this release's processes and waits until they are up: each still running after
+    /// its first seconds, each web instance accepting on its PORT (and, without a check
+    /// command, answering GET / below 500). Returns how long until the web ports accepted.
+    fn start_processes(&mut self) -> Result<Duration, Failure> {
+        let fail = |e: Error| Failure::new(Stage::Deploy, e);
+        let Some(formation) = self.formation.clone() else {
+            return Ok(Duration::ZERO);
+        };
+        let formation = self.supervisor.start(formation).map_err(fail)?;
+        self.formation = Some(formation.clone());
+        if formation.is_idle() {
+            self.out
+                .note("no process to start: every type is scaled to 0");
+            return Ok(Duration::ZERO);
+        }
+        let ports: Vec<String> = formation
+            .ports
+            .iter()
+            .map(|(name, port)| format!("{name} on port {port}"))
+            .collect();
+        self.out.note(&format!(
+            "started {} process(es){}{}",
+            formation.instance_names().len(),
+            if ports.is_empty() { "" } else { ": " },
+            ports.join(", ")
+        ));
+        let (timeout, http_check) = match &self.recipe.check {
+            Some(check) => (check.timeout, check.command.is_none()),
+            None => (DEFAULT_CHECK_TIMEOUT, true),
+        };
+        let http_check = http_check && !formation.web_instances().is_empty();
+        let mut tail = Vec::new();
+        let up = crate::runtime::readiness::wait_up(
+            &self.supervisor,
+            &Readiness {
+                formation: &formation,
+                timeout,
+                http_check,
+            },
+            &mut |line| tail.push(line.to_string()),
+        );
+        for line in &tail {
+            self.out.note(&format!("  {line}"));
+        }
+        let accepted = up.map_err(|e| fail(e.into()))?;
+        self.out.note(&format!(
+            "processes up{}",
+            if http_check {
+                " (GET / answered below 500)"
+            } else {
+                ""
+            }
+        ));
+        Ok(accepted)
     }
 
     /// Stops the live release with its own `services.stop` (nothing is live: nothing to stop).
@@ -837,11 +1044,15 @@ impl Run<'_> {
         let Some(check) = self.recipe.check.clone() else {
             return Ok(());
         };
+        // Without a command the check is the default HTTP one, done with the processes.
+        let Some(command) = check.command.clone() else {
+            return Ok(());
+        };
         let env = self.env_for(Stage::Deploy);
-        self.out.note(&format!("check: {}", check.command));
+        self.out.note(&format!("check: {command}"));
         let spec = CheckSpec {
             stage: Stage::Deploy.as_str(),
-            command: &check.command,
+            command: &command,
             cwd,
             env: &env,
             timeout: check.timeout,
@@ -867,6 +1078,7 @@ impl Run<'_> {
     fn go_live_with(&mut self, tree_dir: &Path, data_from: Option<&Path>) -> Result<(), Failure> {
         let fail = |e: Error| Failure::new(Stage::Deploy, e);
         let paths = self.paths().clone();
+        self.plan_processes(tree_dir).map_err(fail)?;
         self.save_drift().map_err(fail)?;
         ensure_run_dir(&paths.run).map_err(fail)?;
 
@@ -934,6 +1146,7 @@ impl Run<'_> {
         self.record(Phase::Stopping).map_err(fail)?;
         let window = Instant::now();
         self.stop_live(&paths.run)?;
+        self.stop_processes()?;
         // Writes the app made between the snapshot and the stop belong in the snapshot too.
         backup::catch_up(&paths.data, &snapshot).map_err(fail)?;
         crate::failpoint("after-stop");
@@ -958,18 +1171,22 @@ impl Run<'_> {
             method.as_str()
         ));
         self.commands(Stage::Deploy, &paths.run)?;
+        self.release_phase(&paths.run)?;
         crate::failpoint("after-deploy-commands");
         self.record(Phase::Switched).map_err(fail)?;
         if let Some(start) = self.recipe.services.start.clone() {
             self.shell(Stage::Deploy, &start, &paths.run)?;
         }
-        self.out.note(&format!(
-            "services were stopped for {}",
-            seconds(window.elapsed())
-        ));
+        let starting = window.elapsed();
+        let accepted = self.start_processes()?;
+        // From the stop of the live release until the new one serves: its services started,
+        // and its web processes (if any) accept connections.
+        let stopped = starting + accepted;
+        self.out
+            .note(&format!("services were stopped for {}", seconds(stopped)));
         self.out.event(
             json!({"event": "switched", "release": self.release, "method": method.as_str(),
-            "stopped_seconds": window.elapsed().as_secs_f64()}),
+            "stopped_seconds": stopped.as_secs_f64()}),
         );
         self.check(&paths.run)
     }
@@ -1104,7 +1321,13 @@ impl Run<'_> {
         );
         let outcome = match self.journal.take() {
             Some(journal) => {
-                let undone = rollback::undo(&paths, &journal, &failure.reason, self.out);
+                let undone = rollback::undo(
+                    &self.supervisor,
+                    &paths,
+                    &journal,
+                    &failure.reason,
+                    self.out,
+                );
                 if undone.is_ok() {
                     match ReleaseLog::load(&paths.release_log()) {
                         Ok(log) => self.prune(&log),

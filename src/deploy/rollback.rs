@@ -15,6 +15,7 @@ use crate::exec::redact::Redactor;
 use crate::exec::report::Reporter;
 use crate::exec::stage::{self, CommandSpec};
 use crate::fs::sync::{self, SyncOptions};
+use crate::runtime::supervisor::Supervisor;
 use crate::transaction::backup;
 use crate::transaction::journal::{Journal, Phase};
 use crate::transaction::release_log::{ReleaseLog, Status};
@@ -23,6 +24,7 @@ use crate::transaction::switch::{self, Method};
 /// Puts the node back as it was before the journaled deploy; returns the outcome for the final
 /// line ("rolled back to <release>"). On error the journal stays, for `kiln recover`.
 pub fn undo(
+    supervisor: &Supervisor,
     paths: &ProjectPaths,
     journal: &Journal,
     reason: &str,
@@ -48,6 +50,7 @@ pub fn undo(
             cwd: &journal.undo.cwd,
             env,
             timeout: journal.undo.timeout,
+            profile: false,
         };
         stage::run_command(&spec, &redactor, out)?;
         Ok(())
@@ -65,6 +68,17 @@ pub fn undo(
             "stopping the services failed ({}); carrying on",
             crate::error::chain(&e)
         ));
+    }
+    // Its supervised processes too (whatever the project's formation runs now is its own).
+    if started {
+        match supervisor.stop(&paths.name) {
+            Ok(true) => out.note(&format!("stopped the processes of {release}")),
+            Ok(false) => {}
+            Err(e) => out.note(&format!(
+                "stopping the processes failed ({}); carrying on",
+                crate::error::chain(&e)
+            )),
+        }
     }
     let failed = journal.archive.join("failed");
     let is_deploy = journal.action == "deploy";
@@ -126,6 +140,25 @@ pub fn undo(
             let env = journal.undo.start_env.as_ref().unwrap_or(&journal.undo.env);
             run_with("rollback", start, env, out)?;
         }
+        // And its processes, as they ran: its commands, environment, counts and ports.
+        if let Some(formation) = journal
+            .undo
+            .processes
+            .as_ref()
+            .filter(|_| journal.previous.is_some())
+        {
+            let formation = supervisor.start(formation.clone())?;
+            out.note(&format!(
+                "started the processes of {} again ({})",
+                formation.release,
+                formation
+                    .instance_names()
+                    .iter()
+                    .map(ToString::to_string)
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ));
+        }
     }
     if is_deploy {
         mark_failed(paths, release, reason)?;
@@ -159,7 +192,7 @@ pub fn mark_failed(paths: &ProjectPaths, release: &str, reason: &str) -> Result<
 }
 
 /// Finishes an interrupted deploy, if there is one: run by every command that takes the lock.
-pub fn recover(_node: &Node, project: &Project, out: &mut Reporter) -> Result<bool, Error> {
+pub fn recover(node: &Node, project: &Project, out: &mut Reporter) -> Result<bool, Error> {
     let paths = &project.paths;
     let journal = Journal::load(&paths.journal())?;
     let mut log = ReleaseLog::load(&paths.release_log())?;
@@ -195,14 +228,16 @@ pub fn recover(_node: &Node, project: &Project, out: &mut Reporter) -> Result<bo
         journal.action, journal.release, journal.pid, journal.phase
     ));
     let reason = format!("interrupted during {:?}", journal.phase).to_lowercase();
-    let outcome = undo(paths, &journal, &reason, out).map_err(|e| Error::RollbackFailed {
-        reason: format!(
-            "recovering {} failed: {}",
-            journal.release,
-            crate::error::chain(&e)
-        ),
-        hint: recovery_hint(paths),
-    })?;
+    let supervisor = Supervisor::new(&node.root, &node.config.supervisor);
+    let outcome =
+        undo(&supervisor, paths, &journal, &reason, out).map_err(|e| Error::RollbackFailed {
+            reason: format!(
+                "recovering {} failed: {}",
+                journal.release,
+                crate::error::chain(&e)
+            ),
+            hint: recovery_hint(paths),
+        })?;
     out.headline(&format!("recovered: {outcome}"));
     out.close_logs();
     Ok(true)

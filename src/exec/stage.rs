@@ -71,7 +71,15 @@ pub struct CommandSpec<'a> {
     pub env: &'a BTreeMap<String, String>,
     /// After this the command and all processes it started are killed.
     pub timeout: Duration,
+    /// A Procfile command (the release phase): run as [`PROFILE_SCRIPT`] does, after the
+    /// tree's `.profile.d/*.sh` and `.profile`.
+    pub profile: bool,
 }
+
+/// Runs a Procfile command: sources `.profile.d/*.sh` (Heroku's convention; a buildpack puts
+/// its PATH and friends there) and `.profile` from the working directory (run/), then replaces
+/// itself with `sh -c COMMAND`. The command is `$1`, never pasted into this script.
+pub const PROFILE_SCRIPT: &str = "for kiln_profile in ./.profile.d/*.sh; do if [ -r \"$kiln_profile\" ]; then . \"$kiln_profile\"; fi; done; unset kiln_profile; if [ -r ./.profile ]; then . ./.profile; fi; exec /bin/sh -c \"$1\"";
 
 /// A health check: a command retried until it succeeds or `timeout` has passed.
 #[derive(Clone, Copy, Debug)]
@@ -291,6 +299,7 @@ pub async fn run_check_async(
             cwd: spec.cwd,
             env: spec.env,
             timeout: deadline.saturating_duration_since(Instant::now()),
+            profile: false,
         };
         let err = match run_command_async(&attempt, redactor, sink).await {
             Ok(_) => return Ok(attempts),
@@ -324,9 +333,17 @@ pub async fn run_command_async(
         cwd: spec.cwd.to_path_buf(),
         source,
     };
-    let mut child = tokio::process::Command::new("/bin/sh")
-        .arg("-c")
-        .arg(spec.command)
+    let mut command = tokio::process::Command::new("/bin/sh");
+    if spec.profile {
+        command
+            .arg("-c")
+            .arg(PROFILE_SCRIPT)
+            .arg("kiln-release")
+            .arg(spec.command);
+    } else {
+        command.arg("-c").arg(spec.command);
+    }
+    let mut child = command
         .env_clear()
         .envs(spec.env)
         .current_dir(spec.cwd)
@@ -657,6 +674,7 @@ mod tests {
             cwd: dir,
             env,
             timeout,
+            profile: false,
         };
         let result = run_command(&spec, redactor, &mut sink);
         (result, lines)

@@ -690,6 +690,7 @@ mod tests {
             tree_digest: "sha256:00".into(),
             who: None,
             who_key: None,
+            process_types: Default::default(),
         };
         manifest.to_json()
     }

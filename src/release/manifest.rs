@@ -56,6 +56,11 @@ pub struct Manifest {
     pub who: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub who_key: Option<String>,
+    /// The process types the release runs (its Procfile over its buildpacks' defaults), for
+    /// whoever reads the manifest; production runs those of the tree, which the digest covers.
+    /// Absent in manifests of older kiln versions and of releases without processes.
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub process_types: std::collections::BTreeMap<String, String>,
 }
 
 impl Manifest {

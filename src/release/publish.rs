@@ -174,6 +174,7 @@ mod tests {
             tree_digest: "sha256:0".into(),
             who: None,
             who_key: None,
+            process_types: Default::default(),
         };
         manifest.save(&paths.manifest(id)).unwrap();
         if tarball {

@@ -10,6 +10,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, io_error};
 use crate::fs::durable;
+use crate::runtime::formation::Formation;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -50,6 +51,11 @@ pub struct UndoCommands {
     pub timeout: Duration,
     /// Where project commands run during a rollback (the live tree).
     pub cwd: std::path::PathBuf,
+    /// The supervised processes of the release live before (its own commands, environment,
+    /// counts and ports): started again by an undo once its services are. None: it ran none,
+    /// or the journal is of an older kiln version.
+    #[serde(default)]
+    pub processes: Option<Formation>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -146,6 +152,7 @@ mod tests {
         assert_eq!(journal.phase, Phase::Switched);
         assert!(journal.phase > Phase::Migrating);
         assert_eq!(journal.undo.start_env, None);
+        assert_eq!(journal.undo.processes, None);
         assert_eq!(
             journal.log_name(),
             "20261122T101500Z-3f2a9c1e-rollback-20261123T101500Z-0000abcd"

@@ -1,0 +1,72 @@
+//! Human-written byte counts (`512M`, `10G`, `4096`) for node.yml and kiln.yml: archive limits,
+//! app log rotation, a process's memory limit.
+
+use std::fmt;
+
+use serde::{Deserialize, Deserializer};
+
+/// `10G`, `512M`, `1GiB`, `64K`, `2T`, `4096`: units are powers of 1024.
+pub fn parse_size(text: &str) -> Result<u64, String> {
+    let invalid =
+        || format!("invalid size `{text}`, expected a number of bytes or e.g. `512M`, `10G`, `1T`");
+    let trimmed = text.trim();
+    let digits_end = trimmed
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(trimmed.len());
+    if digits_end == 0 {
+        return Err(invalid());
+    }
+    let number: u64 = trimmed[..digits_end].parse().map_err(|_| invalid())?;
+    let shift = match trimmed[digits_end..].trim_start() {
+        "" | "B" => 0,
+        "K" | "k" | "KiB" => 10,
+        "M" | "MiB" => 20,
+        "G" | "GiB" => 30,
+        "T" | "TiB" => 40,
+        _ => return Err(invalid()),
+    };
+    number
+        .checked_mul(1 << shift)
+        .ok_or_else(|| format!("size `{text}` is too large"))
+}
+
+/// A byte count greater than zero: a plain integer, or a string with a binary unit (`512M`,
+/// `10G`, `1GiB`).
+pub fn deserialize<'de, D: Deserializer<'de>>(deserializer: D) -> Result<u64, D::Error> {
+    struct Visitor;
+
+    impl serde::de::Visitor<'_> for Visitor {
+        type Value = u64;
+
+        fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            f.write_str("a size such as `10G`, `512M` or a number of bytes")
+        }
+
+        fn visit_u64<E: serde::de::Error>(self, bytes: u64) -> Result<u64, E> {
+            Ok(bytes)
+        }
+
+        fn visit_i64<E: serde::de::Error>(self, bytes: i64) -> Result<u64, E> {
+            u64::try_from(bytes).map_err(|_| E::custom(format!("invalid size `{bytes}`")))
+        }
+
+        fn visit_str<E: serde::de::Error>(self, text: &str) -> Result<u64, E> {
+            parse_size(text).map_err(E::custom)
+        }
+    }
+
+    let bytes = deserializer.deserialize_any(Visitor)?;
+    if bytes == 0 {
+        return Err(serde::de::Error::custom("size must be greater than zero"));
+    }
+    Ok(bytes)
+}
+
+/// A size [`deserialize`] accepts, for `Option` fields.
+pub fn deserialize_option<'de, D: Deserializer<'de>>(
+    deserializer: D,
+) -> Result<Option<u64>, D::Error> {
+    #[derive(Deserialize)]
+    struct Size(#[serde(deserialize_with = "deserialize")] u64);
+    Ok(Option::<Size>::deserialize(deserializer)?.map(|Size(bytes)| bytes))
+}
