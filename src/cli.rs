@@ -312,9 +312,14 @@ fn error_chain(error: &Error) -> String {
     let mut chars = text.chars();
     match chars.next() {
         Some(first)
-            if !["deploy FAILED", "rollback FAILED", "NOT deployed"]
-                .iter()
-                .any(|loud| text.starts_with(loud)) =>
+            if ![
+                "deploy FAILED",
+                "rollback FAILED",
+                "NOT deployed",
+                "Procfile",
+            ]
+            .iter()
+            .any(|loud| text.starts_with(loud)) =>
         {
             first.to_lowercase().collect::<String>() + chars.as_str()
         }

@@ -64,6 +64,8 @@ pub const COMMANDS: &[(&str, Need)] = &[
     ("status", Need::Read),
     ("releases", Need::Read),
     ("logs", Need::Read),
+    // Before `ps`: the first match wins, and the project comes after the command words.
+    ("ps scale", Need::Right(Right::Operate)),
     ("ps", Need::Read),
     ("release list", Need::Read),
     ("release export", Need::Read),
@@ -372,6 +374,18 @@ mod tests {
             ),
             ("rollback shop", Some("shop"), Need::Right(Right::Operate)),
             ("run shop -- ls", Some("shop"), Need::Right(Right::Operate)),
+            ("ps shop --json", Some("shop"), Need::Read),
+            ("logs shop --app --type web -n 5", Some("shop"), Need::Read),
+            (
+                "ps scale shop web=2",
+                Some("shop"),
+                Need::Right(Right::Operate),
+            ),
+            (
+                "restart shop web",
+                Some("shop"),
+                Need::Right(Right::Operate),
+            ),
             (
                 "release import shop /tmp/x.tar.zst",
                 Some("shop"),
@@ -400,6 +414,10 @@ mod tests {
             "release",
             "release delete shop",
             "--help",
+            // The supervisor is the node's, started by kiln itself, not over SSH.
+            "supervise",
+            "supervise-instance shop web.1 x",
+            "boot",
         ] {
             let args = words(command).unwrap();
             let error = kiln_command(&args, root).expect_err(command).to_string();

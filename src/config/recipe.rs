@@ -698,7 +698,10 @@ modes:                       # per-mode overrides of `stages`
                 "limits:\n  cpu: half\n",
                 "kiln.yml:2:8: invalid cpu limit `half`: expected a percentage of one CPU such as `50%` or `200%`",
             ),
-            ("stop_grace: 0s\n", "kiln.yml:1:13: duration `0s` must be greater than zero"),
+            (
+                "stop_grace: 0s\n",
+                "kiln.yml:1:13: duration `0s` must be greater than zero",
+            ),
             (
                 "drift_ignore: ['a{b']\n",
                 "kiln.yml:1:15: invalid `drift_ignore` pattern `a{b`: error parsing glob 'a{b': unclosed alternate group; missing '}' (maybe escape '{' with '[{]'?)",

@@ -175,6 +175,7 @@ pub fn deploy_locked(
     };
     let commit = git::resolve(&repo, &rev)?;
     let recipe = read_recipe(&repo, commit)?;
+    crate::runtime::procfile::check_commit(&repo, commit)?;
     let pillar = Pillar::current(paths)?;
     let mode = project.config.mode;
     let release = release::new_id(Utc::now());
@@ -1010,6 +1011,7 @@ impl Run<'_> {
                 formation: &formation,
                 timeout,
                 http_check,
+                startup: crate::runtime::readiness::STARTUP,
             },
             &mut |line| tail.push(line.to_string()),
         );

@@ -4,6 +4,7 @@
 
 use std::fs;
 use std::path::Path;
+use std::time::Duration;
 
 use chrono::Utc;
 use serde_json::json;
@@ -15,7 +16,11 @@ use crate::exec::redact::Redactor;
 use crate::exec::report::Reporter;
 use crate::exec::stage::{self, CommandSpec};
 use crate::fs::sync::{self, SyncOptions};
+use crate::runtime::readiness::Readiness;
 use crate::runtime::supervisor::Supervisor;
+
+/// How long an undo waits for the old release's web processes to accept again.
+const RESTART_WAIT: Duration = Duration::from_secs(30);
 use crate::transaction::backup;
 use crate::transaction::journal::{Journal, Phase};
 use crate::transaction::release_log::{ReleaseLog, Status};
@@ -158,6 +163,18 @@ pub fn undo(
                     .collect::<Vec<_>>()
                     .join(", ")
             ));
+            // The pusher reads "rolled back" as "serving again": wait for the web ports. The
+            // old release ran before, so a slow start is its own business, not a failed undo.
+            let readiness = Readiness {
+                formation: &formation,
+                timeout: RESTART_WAIT,
+                http_check: false,
+                startup: Duration::ZERO,
+            };
+            if let Err(e) = crate::runtime::readiness::wait_up(supervisor, &readiness, &mut |_| {})
+            {
+                out.note(&format!("warning: {e}"));
+            }
         }
     }
     if is_deploy {

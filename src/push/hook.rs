@@ -156,6 +156,7 @@ pub fn pre_receive(
             repo: project.paths.project_repo.clone(),
         })?;
         let recipe = deploy::read_recipe(&bare, oid)?;
+        crate::runtime::procfile::check_commit(&bare, oid)?;
         target = Some((update, recipe));
     }
     match target {

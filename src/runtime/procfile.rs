@@ -90,6 +90,15 @@ impl Procfile {
     }
 }
 
+/// Refuses a commit whose Procfile is not valid (pre-receive, and `kiln deploy` before
+/// anything changes): `Procfile:LINE:COLUMN: ...`.
+pub fn check_commit(repo: &git2::Repository, commit: git2::Oid) -> Result<(), crate::error::Error> {
+    if let Some(bytes) = crate::fs::git::read_file(repo, commit, PROCFILE)? {
+        Procfile::parse_bytes(&bytes, Path::new(PROCFILE))?;
+    }
+    Ok(())
+}
+
 /// The process types a release runs and its release-phase command.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct ProcessTypes {

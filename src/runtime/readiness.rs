@@ -71,6 +71,9 @@ pub struct Readiness<'a> {
     pub timeout: Duration,
     /// Run the default HTTP check on every web instance.
     pub http_check: bool,
+    /// How long every process must have kept running: [`STARTUP`] for a deploy; zero when
+    /// an undo only waits for the old release to serve again.
+    pub startup: Duration,
 }
 
 /// Waits until the formation's processes are up, or says why they are not; returns how long
@@ -84,7 +87,7 @@ pub fn wait_up(
     let formation = readiness.formation;
     let project = &formation.project;
     let started = Instant::now();
-    let timeout = readiness.timeout.max(STARTUP);
+    let timeout = readiness.timeout.max(readiness.startup);
     let webs = formation.web_instances();
     let mut accepting: Vec<InstanceName> = Vec::new();
     let mut answered: Vec<InstanceName> = Vec::new();
@@ -170,7 +173,7 @@ pub fn wait_up(
             }
         }
         let checked = !readiness.http_check || answered.len() == webs.len();
-        if all_up && listening && checked && started.elapsed() >= STARTUP {
+        if all_up && listening && checked && started.elapsed() >= readiness.startup {
             return Ok(accepted_after.unwrap_or_default());
         }
         if started.elapsed() >= timeout {

@@ -1,0 +1,670 @@
+//! End to end: apps that run. A Procfile's processes run under kiln's own supervisor with
+//! real HTTP on 127.0.0.1; they are restarted when they die, stopped and started around every
+//! switch, rolled back with the release, scaled, logged, and they survive the supervisor's
+//! own death. Every test kills what it started through a `ProcessGuard`, also on panic.
+
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use std::fs;
+use std::io::Write;
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use common::processes::*;
+use common::*;
+
+/// A cooking project whose app is [`PY_APP`] answering `message`, plus `extra` files.
+fn web_app(node: &Node, procfile: &str, message: &str) -> (Project, App) {
+    let project = node.init("shop", "cooking");
+    let app = node.app("shop");
+    app.write("app.py", PY_APP)
+        .write("Procfile", procfile)
+        .write("message.txt", message);
+    app.commit("v1");
+    (project, app)
+}
+
+const WEB: &str = "web: python3 app.py\n";
+
+fn deployed(app: &App, project: &Project) -> String {
+    app.deploy(project)
+}
+
+#[test]
+fn an_app_with_a_procfile_runs_answers_and_a_second_push_answers_the_new_text() {
+    let (node, _guard) = supervised_node();
+    let (project, app) = web_app(&node, WEB, "hello v1\n");
+    app.write(
+        ".profile.d/greet.sh",
+        "export FROM_PROFILE=\"profiled in $PWD\"\n",
+    )
+    .write("kiln.yml", "defaults:\n  env:\n    GREETING: hi\n");
+    app.commit("with env");
+    let output = deployed(&app, &project);
+    assert!(
+        output.contains("processes: web=1 (backend: kiln)"),
+        "{output}"
+    );
+    assert!(output.contains("(GET / answered below 500)"), "{output}");
+    let first = project.current().unwrap();
+    let port = web_port(&project);
+    assert_eq!(answer(&project).as_deref(), Some("hello v1"));
+
+    // The environment of the process: PORT, KILN_*, env:, .profile.d (from run/).
+    let env = |name: &str| http_get(port, &format!("/env/{name}")).unwrap().1;
+    assert_eq!(env("PORT").trim(), port.to_string());
+    assert_eq!(env("KILN_RELEASE").trim(), first);
+    assert_eq!(env("DYNO").trim(), "web.1");
+    assert_eq!(env("GREETING").trim(), "hi");
+    assert_eq!(
+        env("FROM_PROFILE").trim(),
+        format!("profiled in {}", project.run().display())
+    );
+    assert_eq!(env("KILN_COMMON").trim(), "unset", "deploy-only");
+    assert_eq!(env("KILN_STAGE").trim(), "unset", "deploy-only");
+
+    let status = node.ok(&["status", "shop"]);
+    assert!(
+        status.contains("supervisor:  kiln (`kiln supervise`, pid "),
+        "{status}"
+    );
+    assert!(status.contains("processes:   web.1 up"), "{status}");
+
+    app.write("message.txt", "hello v2\n");
+    app.commit("v2");
+    deployed(&app, &project);
+    assert_eq!(answer(&project).as_deref(), Some("hello v2"));
+    assert_eq!(web_port(&project), port, "a web instance keeps its port");
+    let running = apps(&node.root, "web.1");
+    assert_eq!(running.len(), 1, "{running:?}");
+    assert_eq!(running[0].1, project.current().unwrap());
+}
+
+#[test]
+fn a_node_app_on_the_http_module_runs_too() {
+    let (node, _guard) = supervised_node();
+    let project = node.init("api", "cooking");
+    let app = node.app("api");
+    app.write(
+        "server.js",
+        "const http = require('http');\nhttp.createServer((q, r) => r.end('node says hi\\n')).listen(process.env.PORT, '127.0.0.1', () => console.log('up'));\n",
+    )
+    .write("Procfile", "web: node server.js\n");
+    app.commit("node");
+    deployed(&app, &project);
+    assert_eq!(answer(&project).as_deref(), Some("node says hi"));
+}
+
+#[test]
+fn a_killed_web_process_is_restarted_within_the_backoff() {
+    let (node, _guard) = supervised_node();
+    let (project, app) = web_app(&node, WEB, "alive\n");
+    deployed(&app, &project);
+    let before = instance(&project, "web.1");
+    let pid = before["pid"].as_i64().unwrap() as i32;
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(pid),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .unwrap();
+    // The first restart comes after 1 s.
+    let after = wait_for(Duration::from_secs(6), || {
+        let now = instance(&project, "web.1");
+        (now["state"] == "up" && now["pid"] != before["pid"] && answer(&project).is_some())
+            .then_some(now)
+    })
+    .expect("a new web.1 answers");
+    assert_eq!(after["restarts"], 1);
+    assert_eq!(after["last_exit"], "SIGKILL");
+    assert_eq!(after["port"], before["port"]);
+    assert_eq!(apps(&node.root, "web.1").len(), 1);
+    let logs = node.ok(&["logs", "shop", "--app"]);
+    assert!(
+        logs.contains("kiln[web.1]: exited (SIGKILL)") && logs.contains("restarting in 1s"),
+        "{logs}"
+    );
+}
+
+#[test]
+fn a_process_that_always_crashes_fails_its_deploy_and_the_old_release_answers() {
+    let (node, _guard) = supervised_node();
+    let (project, app) = web_app(&node, WEB, "good\n");
+    deployed(&app, &project);
+    let good = project.current().unwrap();
+    fs::write(project.data().join("db.txt"), "rows: 1\n").unwrap();
+    let run_before = fingerprint(&project.run());
+    let data_before = fingerprint(&project.data());
+
+    app.write(
+        "Procfile",
+        "web: echo boom >&2; exit 3\nworker: python3 -c 'import time; time.sleep(100)'\n",
+    );
+    app.commit("crashes");
+    let (_, output) = app.push(&project);
+    let last = last_remote_line(&output);
+    assert!(
+        last.contains("deploy FAILED at deploy (process `web.1` (`echo boom >&2; exit 3`) exited (exit 3) while starting")
+            && last.contains(&format!("rolled back to {good}")),
+        "{output}"
+    );
+    assert!(
+        output.contains("app[web.1]: boom"),
+        "the log tail: {output}"
+    );
+    assert_same(&run_before, &fingerprint(&project.run()), "run/");
+    assert_same(&data_before, &fingerprint(&project.data()), "data/");
+    assert_eq!(project.current().as_deref(), Some(good.as_str()));
+    assert_eq!(answer(&project).as_deref(), Some("good"));
+    let running = apps(&node.root, "web.1");
+    assert_eq!(running.len(), 1, "{running:?}");
+    assert_eq!(running[0].1, good);
+    assert!(
+        apps(&node.root, "worker.1").is_empty(),
+        "the failed release's worker stopped"
+    );
+}
+
+#[test]
+fn a_failing_release_phase_rolls_back_run_and_data_byte_for_byte() {
+    let (node, _guard) = supervised_node();
+    let (project, app) = web_app(&node, WEB, "v1\n");
+    deployed(&app, &project);
+    let good = project.current().unwrap();
+    fs::write(project.data().join("db.txt"), "rows: 1\n").unwrap();
+    fs::create_dir_all(project.data().join("uploads")).unwrap();
+    let run_before = fingerprint(&project.run());
+    let data_before = fingerprint(&project.data());
+    let pid_before = instance(&project, "web.1")["pid"].clone();
+
+    app.write(
+        "Procfile",
+        &format!(
+            "{WEB}release: echo migrated >> \"$KILN_DATA_DIR/db.txt\" && rm -r \"$KILN_DATA_DIR/uploads\" && echo $FROM_PROFILE && exit 4\n"
+        ),
+    )
+    .write(".profile.d/p.sh", "export FROM_PROFILE=release-sees-profile\n")
+    .write("message.txt", "v2\n");
+    app.commit("bad migration");
+    let (_, output) = app.push(&project);
+    assert!(
+        output.contains("release phase (the Procfile's `release:`)"),
+        "{output}"
+    );
+    assert!(output.contains("release-sees-profile"), "{output}");
+    let last = last_remote_line(&output);
+    assert!(
+        last.contains("deploy FAILED at deploy (") && last.contains(": exit 4); rolled back to"),
+        "{output}"
+    );
+    assert_same(&run_before, &fingerprint(&project.run()), "run/");
+    assert_same(&data_before, &fingerprint(&project.data()), "data/");
+    assert_eq!(project.current().as_deref(), Some(good.as_str()));
+    assert_eq!(answer(&project).as_deref(), Some("v1"));
+    assert_ne!(
+        instance(&project, "web.1")["pid"],
+        pid_before,
+        "started again"
+    );
+}
+
+#[test]
+fn a_web_process_that_does_not_serve_fails_the_default_check() {
+    for (procfile, expected) in [
+        (
+            "web: sleep 100\n",
+            "process `web.1` (`sleep 100`) did not accept connections on its PORT",
+        ),
+        (
+            "web: python3 -c \"import http.server as h, os; h.HTTPServer(('127.0.0.1', int(os.environ['PORT'])), type('H', (h.BaseHTTPRequestHandler,), {'do_GET': lambda s: s.send_error(500)})).serve_forever()\"\n",
+            "the default check failed: GET http://127.0.0.1:",
+        ),
+    ] {
+        let (node, _guard) = supervised_node();
+        let (project, app) = web_app(&node, WEB, "first\n");
+        deployed(&app, &project);
+        let good = project.current().unwrap();
+        let run_before = fingerprint(&project.run());
+        app.write("Procfile", procfile)
+            .write("kiln.yml", "check:\n  timeout: 3s\n");
+        app.commit("broken");
+        let (_, output) = app.push(&project);
+        let last = last_remote_line(&output);
+        assert!(
+            last.contains(expected) && last.contains(&format!("rolled back to {good}")),
+            "{procfile}: {output}"
+        );
+        assert_same(&run_before, &fingerprint(&project.run()), "run/");
+        assert_eq!(answer(&project).as_deref(), Some("first"));
+    }
+}
+
+#[test]
+fn scale_up_and_down_restarts_only_what_changed() {
+    let (node, _guard) = supervised_node();
+    let (project, app) = web_app(
+        &node,
+        "web: python3 app.py\nworker: python3 -c 'import time; time.sleep(1000)'\n",
+        "scaled\n",
+    );
+    deployed(&app, &project);
+    let web1 = instance(&project, "web.1");
+    let worker1 = instance(&project, "worker.1");
+
+    let out = node.ok(&["ps", "scale", "shop", "web=2", "worker=0"]);
+    assert!(out.contains("scaled `shop` to web=2 worker=0"), "{out}");
+    let ps = ps(&project);
+    let names: Vec<&str> = ps["instances"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|i| i["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["web.1", "web.2"]);
+    assert_eq!(
+        instance(&project, "web.1")["pid"],
+        web1["pid"],
+        "web.1 untouched"
+    );
+    let port2 = wait_for(Duration::from_secs(10), || {
+        let web2 = instance(&project, "web.2");
+        let port = web2["port"].as_u64()? as u16;
+        http_get(port, "/").map(|_| port)
+    })
+    .expect("web.2 answers");
+    assert_ne!(Some(port2 as u64), web1["port"].as_u64());
+    assert!(
+        apps(&node.root, "worker.1").is_empty(),
+        "worker scaled to 0"
+    );
+    assert!(worker1["pid"].is_i64());
+
+    // Kept across deploys.
+    app.write("message.txt", "scaled v2\n");
+    app.commit("v2");
+    let output = deployed(&app, &project);
+    assert!(output.contains("processes: web=2 worker=0"), "{output}");
+    assert_eq!(apps(&node.root, "web.2").len(), 1);
+
+    node.ok(&["ps", "scale", "shop", "web=1"]);
+    let pid1 = instance(&project, "web.1")["pid"].clone();
+    assert!(apps(&node.root, "web.2").is_empty(), "web.2 stopped");
+    assert_eq!(
+        http_get(port2, "/"),
+        None,
+        "nothing answers on web.2's port"
+    );
+    assert_eq!(instance(&project, "web.1")["pid"], pid1);
+
+    let out = node.kiln(&["ps", "scale", "shop", "wrok=1"]);
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    assert!(
+        text(&out)
+            .contains("error: `wrok` is not a process type of `shop` (it has `web`, `worker`)"),
+        "{}",
+        text(&out)
+    );
+}
+
+#[test]
+fn kiln_run_passes_exit_status_stdin_and_the_release_environment() {
+    let (node, _guard) = supervised_node();
+    let (project, app) = web_app(&node, WEB, "x\n");
+    app.write(".profile.d/p.sh", "export FROM_PROFILE=yes\n")
+        .write("kiln.yml", "defaults:\n  env:\n    GREETING: hi there\n");
+    app.commit("env");
+    deployed(&app, &project);
+    let release = project.current().unwrap();
+    let out = node.kiln(&[
+        "run",
+        "shop",
+        "--",
+        "sh",
+        "-c",
+        "echo \"$KILN_RELEASE|$GREETING|$FROM_PROFILE|${PORT-unset}|$KILN_PROCESS|$(pwd)\"; exit 7",
+    ]);
+    assert_eq!(out.status.code(), Some(7), "{}", text(&out));
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        format!(
+            "{release}|hi there|yes|unset|run|{}",
+            fs::canonicalize(project.run()).unwrap().display()
+        )
+    );
+    // stdin and stdout are the operator's.
+    let mut child = Command::new(KILN)
+        .arg("--root")
+        .arg(&node.root)
+        .args(["run", "shop", "--", "tr", "a-z", "A-Z"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(b"piped in\n")
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success());
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "PIPED IN\n");
+    // Arguments are passed as they are, never through a shell.
+    let out = node.kiln(&["run", "shop", "--", "echo", "$HOME; exit 3"]);
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "$HOME; exit 3\n");
+    let out = node.kiln(&["run", "shop", "--", "/no/such/program"]);
+    assert_eq!(out.status.code(), Some(127), "{}", text(&out));
+}
+
+#[test]
+fn app_logs_hold_what_the_app_printed_with_timestamp_and_prefix() {
+    let (node, _guard) = supervised_node();
+    let (project, app) = web_app(
+        &node,
+        "web: python3 app.py\nworker: echo working; echo to stderr >&2; sleep 1000\n",
+        "logged\n",
+    );
+    deployed(&app, &project);
+    http_get(web_port(&project), "/logged-path").unwrap();
+    let logs = wait_for(Duration::from_secs(5), || {
+        let logs = node.ok(&["logs", "shop", "--app"]);
+        logs.contains("served /logged-path").then_some(logs)
+    })
+    .expect("the request in the log");
+    let port = web_port(&project);
+    let line = logs
+        .lines()
+        .find(|l| l.ends_with(&format!("app[web.1]: listening on {port}")))
+        .unwrap_or_else(|| panic!("{logs}"));
+    let stamp = line.split(' ').next().unwrap();
+    assert!(
+        chrono::DateTime::parse_from_rfc3339(stamp).is_ok(),
+        "{line}"
+    );
+    assert!(logs.contains("app[worker.1]: working"), "{logs}");
+    assert!(logs.contains("app[worker.1]: to stderr"), "{logs}");
+    assert!(logs.contains("kiln[web.1]: started pid "), "{logs}");
+    let workers = node.ok(&["logs", "shop", "--app", "--type", "worker"]);
+    assert!(
+        !workers.contains("[web.1]") && workers.contains("working"),
+        "{workers}"
+    );
+    let last = node.ok(&["logs", "shop", "--app", "-n", "1"]);
+    assert_eq!(last.lines().count(), 1, "{last}");
+    assert!(project.path("logs/app/web.1.log").is_file());
+}
+
+#[test]
+fn kiln_supervise_killed_with_sigkill_comes_back_without_a_duplicate() {
+    let (node, _guard) = supervised_node();
+    let (project, app) = web_app(
+        &node,
+        "web: python3 app.py\nworker: sleep 1000\n",
+        "survivor\n",
+    );
+    deployed(&app, &project);
+    let daemon_pid = || {
+        fs::read_to_string(node.root.join(".kiln/supervisor/daemon.pid"))
+            .unwrap()
+            .trim()
+            .parse::<i32>()
+            .unwrap()
+    };
+    let kill9 = |pid: i32| {
+        nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(pid),
+            nix::sys::signal::Signal::SIGKILL,
+        )
+        .unwrap();
+    };
+    let web = apps(&node.root, "web.1");
+    let first = daemon_pid();
+    kill9(first);
+    // The apps never stopped; the next kiln command starts the daemon, which adopts them.
+    assert_eq!(answer(&project).as_deref(), Some("survivor"));
+    let ps = ps(&project);
+    assert!(
+        ps["instances"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|i| i["state"] == "up"),
+        "{ps:#}"
+    );
+    assert_ne!(daemon_pid(), first);
+    assert_eq!(apps(&node.root, "web.1"), web, "the same app, no duplicate");
+
+    // The daemon and web.1's own supervisor both killed: the app is orphaned. `kiln boot`
+    // stops the orphan and starts web.1 anew: one web.1, answering.
+    let status: serde_json::Value = serde_json::from_slice(
+        &fs::read(
+            node.root
+                .join(".kiln/supervisor/instances/shop/web.1/status.json"),
+        )
+        .unwrap(),
+    )
+    .unwrap();
+    kill9(daemon_pid());
+    kill9(status["shim"]["pid"].as_i64().unwrap() as i32);
+    let out = node.ok(&["boot"]);
+    assert!(out.contains("shop: "), "{out}");
+    let web = wait_for(Duration::from_secs(10), || {
+        let web = apps(&node.root, "web.1");
+        (web.len() == 1 && answer(&project).is_some()).then_some(web)
+    })
+    .expect("one web.1 answering");
+    assert_ne!(web[0].0, status["app"]["pid"].as_i64().unwrap() as i32);
+    assert_eq!(apps(&node.root, "worker.1").len(), 1);
+}
+
+#[cfg(feature = "failpoints")]
+#[test]
+fn kill_9_at_each_failpoint_is_recovered_to_the_old_releases_processes() {
+    let (node, _guard) = supervised_node();
+    let (project, app) = web_app(&node, "web: python3 app.py\nworker: sleep 1000\n", "old\n");
+    deployed(&app, &project);
+    let good = project.current().unwrap();
+    app.write("message.txt", "new\n")
+        .write("Procfile", "web: python3 app.py\nclock: sleep 1000\n");
+    app.commit("new");
+    app.push_next(&project);
+    for point in [
+        "after-snapshot",
+        "after-stop",
+        "after-switch",
+        "after-deploy-commands",
+        "before-commit",
+    ] {
+        let out = node.kiln_env(
+            &["deploy", "shop", "--rev", "next"],
+            &[("FAILPOINTS", &format!("{point}=return"))],
+        );
+        assert_eq!(
+            out.status.code(),
+            None,
+            "{point}: expected SIGKILL: {}",
+            text(&out)
+        );
+        assert_success(&node.kiln(&["recover", "shop"]), "recover");
+        assert_eq!(project.current().as_deref(), Some(good.as_str()), "{point}");
+        let ps = ps(&project);
+        assert_eq!(ps["release"], good.as_str(), "{point}: {ps:#}");
+        assert_eq!(answer(&project).as_deref(), Some("old"), "{point}");
+        let web = apps(&node.root, "web.1");
+        assert_eq!(web.len(), 1, "{point}: {web:?}");
+        assert_eq!(web[0].1, good, "{point}");
+        assert_eq!(apps(&node.root, "worker.1").len(), 1, "{point}");
+        assert!(
+            apps(&node.root, "clock.1").is_empty(),
+            "{point}: none of the new"
+        );
+    }
+    // Killed after the commit point, the new release is live and runs.
+    let out = node.kiln_env(
+        &["deploy", "shop", "--rev", "next"],
+        &[("FAILPOINTS", "after-commit=return")],
+    );
+    assert_eq!(out.status.code(), None, "{}", text(&out));
+    assert_success(&node.kiln(&["recover", "shop"]), "recover");
+    assert_ne!(project.current().as_deref(), Some(good.as_str()));
+    assert_eq!(answer(&project).as_deref(), Some("new"));
+    assert_eq!(apps(&node.root, "clock.1").len(), 1);
+    assert!(apps(&node.root, "worker.1").is_empty());
+}
+
+#[test]
+fn kiln_rollback_switches_processes() {
+    let (node, _guard) = supervised_node();
+    let (project, app) = web_app(&node, "web: python3 app.py\nworker: sleep 1000\n", "one\n");
+    deployed(&app, &project);
+    let first = project.current().unwrap();
+    app.write("message.txt", "two\n")
+        .write("Procfile", "web: python3 app.py\n");
+    app.commit("two");
+    deployed(&app, &project);
+    assert_eq!(answer(&project).as_deref(), Some("two"));
+    assert!(apps(&node.root, "worker.1").is_empty());
+
+    let out = node.ok(&["rollback", "shop"]);
+    assert!(out.contains(&format!("rolled back to {first}")), "{out}");
+    assert_eq!(answer(&project).as_deref(), Some("one"));
+    assert_eq!(ps(&project)["release"], first.as_str());
+    let web = apps(&node.root, "web.1");
+    assert_eq!(web.len(), 1);
+    assert_eq!(web[0].1, first, "its own KILN_RELEASE");
+    assert_eq!(
+        apps(&node.root, "worker.1").len(),
+        1,
+        "its own process types"
+    );
+}
+
+#[test]
+fn final_mode_runs_the_process_types_staging_baked() {
+    let (node, _guard) = supervised_node();
+    let (prod, _prod_guard) = supervised_sibling(&node, "prod");
+    let (staging, app) = web_app(&node, WEB, "baked\n");
+    // The Procfile is written by the build: only the baked tree has it.
+    app.remove("Procfile").write(
+        "kiln.yml",
+        "stages:\n  build:\n    - \"echo 'web: python3 app.py' > Procfile\"\n",
+    );
+    app.commit("built procfile");
+    deployed(&app, &staging);
+    let release = staging.current().unwrap();
+    let manifest: serde_json::Value = serde_json::from_slice(
+        &fs::read(staging.path(&format!("releases/{release}.json"))).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(manifest["process_types"]["web"], "python3 app.py");
+
+    let production = prod.init_with(
+        "shop",
+        &[
+            "--mode",
+            "final",
+            "--source",
+            staging.base.to_str().unwrap(),
+        ],
+    );
+    let output = app.deploy(&production);
+    assert!(output.contains("final mode never builds"), "{output}");
+    assert!(output.contains("processes: web=1"), "{output}");
+    assert_eq!(answer(&production).as_deref(), Some("baked"));
+    assert_ne!(web_port(&production), web_port(&staging));
+}
+
+#[test]
+fn a_process_ignoring_sigterm_is_killed_with_its_group_after_the_grace() {
+    let (node, _guard) = supervised_node();
+    let (project, app) = web_app(
+        &node,
+        "web: python3 app.py\nstubborn: trap '' TERM; sleep 1000 & sleep 1000 & wait\n",
+        "x\n",
+    );
+    app.write("kiln.yml", "stop_grace: 1s\n");
+    app.commit("grace");
+    deployed(&app, &project);
+    let pgid = instance(&project, "stubborn.1")["pid"].as_i64().unwrap() as i32;
+    let started = std::time::Instant::now();
+    node.ok(&["ps", "scale", "shop", "stubborn=0"]);
+    let took = started.elapsed();
+    assert!(
+        !common::processes::processes_of(&node.root)
+            .iter()
+            .any(|pid| {
+                nix::unistd::getpgid(Some(nix::unistd::Pid::from_raw(*pid))).ok()
+                    == Some(nix::unistd::Pid::from_raw(pgid))
+            }),
+        "the whole group is gone"
+    );
+    assert!(
+        took >= Duration::from_secs(1),
+        "waited for the grace: {took:?}"
+    );
+    let logs = node.ok(&["logs", "shop", "--app", "--type", "stubborn"]);
+    assert!(
+        logs.contains("stopping (SIGTERM; SIGKILL after 1s)"),
+        "{logs}"
+    );
+}
+
+#[test]
+fn editable_mode_restarts_the_processes_around_the_deploy_commands() {
+    let (node, _guard) = supervised_node();
+    let project = node.init("shop", "editable");
+    let app = node.app("shop");
+    app.write("app.py", PY_APP)
+        .write("Procfile", WEB)
+        .write("message.txt", "dev 1\n");
+    app.commit("one");
+    deployed(&app, &project);
+    assert_eq!(answer(&project).as_deref(), Some("dev 1"));
+    app.write("message.txt", "dev 2\n");
+    app.commit("two");
+    deployed(&app, &project);
+    assert_eq!(answer(&project).as_deref(), Some("dev 2"));
+    assert_eq!(apps(&node.root, "web.1").len(), 1);
+}
+
+#[test]
+fn a_bad_procfile_is_refused_at_push_with_its_line_and_nothing_changes() {
+    let node = Node::new();
+    let project = node.init("shop", "cooking");
+    let app = node.app("shop");
+    app.write(
+        "Procfile",
+        "# ok\nweb: python3 app.py\nworker python3 w.py\n",
+    );
+    app.commit("bad");
+    let (ok, output) = app.push(&project);
+    assert!(!ok, "{output}");
+    assert!(
+        output.contains("Procfile:3:1: expected `name: command` (e.g. `web: gunicorn app:app`)"),
+        "{output}"
+    );
+    assert_eq!(project.branch_tip("master"), None);
+    assert!(project.releases().is_empty());
+    assert!(
+        !node.root.join(".kiln").exists(),
+        "no supervisor for a refused push"
+    );
+}
+
+#[test]
+fn kiln_yml_naming_a_missing_process_type_fails_before_anything_stops() {
+    let (node, _guard) = supervised_node();
+    let (project, app) = web_app(&node, WEB, "kept\n");
+    deployed(&app, &project);
+    let pid = instance(&project, "web.1")["pid"].clone();
+    app.write("kiln.yml", "processes:\n  wbe: 2\n");
+    app.commit("typo");
+    let (_, output) = app.push(&project);
+    assert!(
+        last_remote_line(&output)
+            .contains("kiln.yml `processes` names the process type `wbe`, which release"),
+        "{output}"
+    );
+    assert_eq!(instance(&project, "web.1")["pid"], pid, "never stopped");
+}
