@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # A real demo of kiln's main job, on a throwaway node: init a project, push a sample app with
-# git, watch it build, bake and go live; then push a change that breaks mid-deploy and watch
-# kiln roll run/ and data/ back. Usage: scripts/demo.sh [DIR]  (default: a new temp dir).
+# git, watch it build, bake and go live, curl it; then push a change that breaks mid-deploy and
+# watch kiln roll run/ and data/ back while the app keeps answering.
+# Usage: scripts/demo.sh [DIR]  (default: a new temp dir). The app keeps running afterwards:
+# `kiln --root DIR/node ps scale shop web=0` stops it, and removing DIR stops everything.
 # Set KILN=/path/to/kiln to use a built binary instead of building one with cargo.
 set -euo pipefail
 
@@ -22,7 +24,7 @@ export GIT_COMMITTER_NAME=demo GIT_COMMITTER_EMAIL=demo@example.invalid
 echo "==> a throwaway node under $root"
 kiln init shop --mode cooking
 
-echo "==> a sample app with a build step, a service and a health check"
+echo "==> a sample app: a build step, a web process in its Procfile, a migration"
 app="$work/shop-app"
 rm -rf "$app" && mkdir -p "$app" && cd "$app"
 git init -q -b master
@@ -33,19 +35,21 @@ stages:
     - mkdir -p public && echo "<h1>shop $KILN_COMMIT</h1>" > public/index.html
   deploy:
     - echo "visits=0" > "$KILN_DATA_DIR/counter" && test -f "$KILN_DATA_DIR/counter"
-services:
-  stop: echo "stopping shop"
-  start: echo "starting shop"
-check:
-  command: test -f public/index.html
-  timeout: 5s
 YML
+cat > Procfile <<'PROCFILE'
+web: python3 -m http.server --bind 127.0.0.1 --directory public $PORT
+PROCFILE
 echo "hello" > README
 git add -A && git commit -q -m "first version"
 git remote add kiln "$root/shop/git/project.git"
 
 echo "==> git push kiln master"
 git push kiln master
+echo "==> kiln ps shop"
+kiln ps shop
+port=$(kiln ps shop --json | python3 -c 'import json, sys; print(json.load(sys.stdin)["instances"][0]["port"])')
+echo "==> curl http://127.0.0.1:$port/"
+curl -fsS "http://127.0.0.1:$port/"
 echo "==> the live tree and the data"
 ls -l "$root/shop/run" "$root/shop/run/public"
 cat "$root/shop/data/counter"
@@ -59,18 +63,19 @@ stages:
   deploy:
     - echo "CORRUPTED" > "$KILN_DATA_DIR/counter"
     - echo "migration failed" >&2; exit 3
-services:
-  stop: echo "stopping shop"
-  start: echo "starting shop"
 YML
 git commit -q -am "broken migration"
 git push kiln master || true
 
-echo "==> after the failed push: run/ still serves the first version, data/ is intact"
+echo "==> after the failed push: the first version still answers, data/ is intact"
+curl -fsS "http://127.0.0.1:$port/"
 cat "$root/shop/run/public/index.html"
 cat "$root/shop/data/counter"
 grep -q "visits=0" "$root/shop/data/counter"
 grep -q "<h1>shop [0-9a-f]" "$root/shop/run/public/index.html"
+curl -fsS "http://127.0.0.1:$port/" | grep -q "<h1>shop [0-9a-f]"
+kiln ps shop
+kiln logs shop --app -n 4
 kiln releases shop
 kiln status shop
-echo "==> demo done: everything is under $work"
+echo "==> demo done: everything is under $work (the app still runs: \`kiln --root $root ps scale shop web=0\` stops it)"

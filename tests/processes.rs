@@ -110,7 +110,7 @@ fn a_killed_web_process_is_restarted_within_the_backoff() {
     )
     .unwrap();
     // The first restart comes after 1 s.
-    let after = wait_for(Duration::from_secs(6), || {
+    let after = wait_for(Duration::from_secs(15), || {
         let now = instance(&project, "web.1");
         (now["state"] == "up" && now["pid"] != before["pid"] && answer(&project).is_some())
             .then_some(now)
@@ -211,13 +211,16 @@ fn a_failing_release_phase_rolls_back_run_and_data_byte_for_byte() {
 
 #[test]
 fn a_web_process_that_does_not_serve_fails_the_default_check() {
-    for (procfile, expected) in [
+    // (Procfile, check timeout, expected): an app that answers 500 gets time to start first.
+    for (procfile, timeout, expected) in [
         (
             "web: sleep 100\n",
+            "3s",
             "process `web.1` (`sleep 100`) did not accept connections on its PORT",
         ),
         (
             "web: python3 -c \"import http.server as h, os; h.HTTPServer(('127.0.0.1', int(os.environ['PORT'])), type('H', (h.BaseHTTPRequestHandler,), {'do_GET': lambda s: s.send_error(500)})).serve_forever()\"\n",
+            "10s",
             "the default check failed: GET http://127.0.0.1:",
         ),
     ] {
@@ -227,7 +230,7 @@ fn a_web_process_that_does_not_serve_fails_the_default_check() {
         let good = project.current().unwrap();
         let run_before = fingerprint(&project.run());
         app.write("Procfile", procfile)
-            .write("kiln.yml", "check:\n  timeout: 3s\n");
+            .write("kiln.yml", &format!("check:\n  timeout: {timeout}\n"));
         app.commit("broken");
         let (_, output) = app.push(&project);
         let last = last_remote_line(&output);
@@ -367,7 +370,7 @@ fn app_logs_hold_what_the_app_printed_with_timestamp_and_prefix() {
     );
     deployed(&app, &project);
     http_get(web_port(&project), "/logged-path").unwrap();
-    let logs = wait_for(Duration::from_secs(5), || {
+    let logs = wait_for(Duration::from_secs(15), || {
         let logs = node.ok(&["logs", "shop", "--app"]);
         logs.contains("served /logged-path").then_some(logs)
     })

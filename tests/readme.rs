@@ -7,6 +7,7 @@ use std::process::Command;
 #[test]
 fn readme_demo_deploys_then_rolls_back_a_failing_push() {
     let dir = tempfile::tempdir().unwrap();
+    let _guard = common::processes::ProcessGuard::for_root(&dir.path().join("demo/node"));
     let out = Command::new(concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/demo.sh"))
         .arg(dir.path().join("demo"))
         .env("KILN", common::KILN)
@@ -20,6 +21,24 @@ fn readme_demo_deploys_then_rolls_back_a_failing_push() {
         "{text}"
     );
     assert!(text.contains("==> demo done"), "{text}");
+    // The app served before and after the failed push, and `kiln ps` showed it.
+    let served: Vec<&str> = text
+        .lines()
+        .filter(|l| l.starts_with("<h1>shop "))
+        .collect();
+    assert_eq!(
+        served.len(),
+        3,
+        "curl, curl after the failure, run/'s file: {text}"
+    );
+    assert!(served.iter().all(|l| !l.contains("v2")), "{text}");
+    assert!(
+        text.lines().any(|l| l.starts_with("web.1 ")
+            && l.contains(" up ")
+            && l.contains("python3 -m http.server")),
+        "{text}"
+    );
+    assert!(text.contains("app[web.1]: "), "{text}");
 }
 
 #[test]

@@ -10,8 +10,6 @@ use std::str::FromStr;
 
 use serde::{Deserialize, Deserializer, Serialize};
 
-use crate::config::recipe::{UnknownName, named_enum};
-
 /// The Procfile entry that is not a process type but the release-phase command, run in the
 /// deploy stage (Heroku's name).
 pub const RELEASE_ENTRY: &str = "release";
@@ -125,8 +123,6 @@ impl BackendChoice {
         }
     }
 }
-
-named_enum!(BackendChoice, "supervisor backend");
 
 /// node.yml `supervisor:`.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]

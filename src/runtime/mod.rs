@@ -8,7 +8,6 @@
 
 pub mod applog;
 pub mod formation;
-pub mod ports;
 pub mod procfile;
 pub mod readiness;
 pub mod supervisor;

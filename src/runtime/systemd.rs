@@ -13,17 +13,18 @@ use std::os::unix::fs::DirBuilderExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
+use crate::config::processes::SupervisorConfig;
 use crate::error::Error;
 use crate::runtime::formation::{Formation, InstanceName, InstanceSpec, PROCESS_SCRIPT};
-use crate::runtime::supervisor::{Instance, ProjectState, Supervisor, SupervisorError};
+use crate::runtime::supervisor::state::{Instance, ProjectState, SupervisorError, SupervisorPaths};
 
 pub fn unit_name(project: &str, name: &InstanceName) -> String {
     format!("kiln-{project}-{}-{}.service", name.kind, name.index)
 }
 
 /// Where the env files of `project`'s units are: their presence says which units kiln owns.
-fn env_dir(supervisor: &Supervisor, project: &str) -> PathBuf {
-    supervisor.paths.dir.join("systemd").join(project)
+fn env_dir(paths: &SupervisorPaths, project: &str) -> PathBuf {
+    paths.dir.join("systemd").join(project)
 }
 
 /// One argument of an `ExecStart=` line: double-quoted, with systemd's escapes for `\` and
@@ -159,9 +160,13 @@ fn node_user() -> Option<String> {
 }
 
 /// Makes the units of `project` match its formation file.
-pub fn sync(supervisor: &Supervisor, project: &str) -> Result<(), Error> {
-    let state = ProjectState::load(&supervisor.paths, project)?;
-    let dir = env_dir(supervisor, project);
+pub fn sync(
+    paths: &SupervisorPaths,
+    config: &SupervisorConfig,
+    project: &str,
+) -> Result<(), Error> {
+    let state = ProjectState::load(paths, project)?;
+    let dir = env_dir(paths, project);
     fs::DirBuilder::new()
         .recursive(true)
         .mode(0o700)
@@ -189,10 +194,7 @@ pub fn sync(supervisor: &Supervisor, project: &str) -> Result<(), Error> {
             user: user.as_deref(),
         });
         let env = env_file(&spec.env)?;
-        let unit_path = supervisor
-            .config
-            .unit_dir
-            .join(unit_name(project, &spec.name));
+        let unit_path = config.unit_dir.join(unit_name(project, &spec.name));
         let same = fs::read_to_string(&unit_path).ok().as_deref() == Some(text.as_str())
             && fs::read_to_string(&env_path).ok().as_deref() == Some(env.as_str());
         if !same {
@@ -207,7 +209,7 @@ pub fn sync(supervisor: &Supervisor, project: &str) -> Result<(), Error> {
     {
         let unit = unit_name(project, name);
         let _ = systemctl(&["disable", "--now", &unit]);
-        let _ = fs::remove_file(supervisor.config.unit_dir.join(&unit));
+        let _ = fs::remove_file(config.unit_dir.join(&unit));
         let _ = fs::remove_file(dir.join(format!("{name}.env")));
     }
     systemctl(&["daemon-reload"])?;
@@ -223,12 +225,7 @@ pub fn sync(supervisor: &Supervisor, project: &str) -> Result<(), Error> {
     Ok(())
 }
 
-pub fn restart(
-    supervisor: &Supervisor,
-    formation: &Formation,
-    kind: Option<&str>,
-) -> Result<(), Error> {
-    let _ = supervisor;
+pub fn restart(formation: &Formation, kind: Option<&str>) -> Result<(), Error> {
     for name in formation
         .instance_names()
         .iter()
@@ -240,8 +237,7 @@ pub fn restart(
 }
 
 /// `systemctl show` of each unit, as `kiln ps` shows instances.
-pub fn instances(supervisor: &Supervisor, state: &ProjectState) -> Result<Vec<Instance>, Error> {
-    let _ = supervisor;
+pub fn instances(state: &ProjectState) -> Result<Vec<Instance>, Error> {
     let mut all = Vec::new();
     for spec in state.formation.instances() {
         let unit = unit_name(&state.formation.project, &spec.name);

@@ -18,14 +18,22 @@ use super::{Node, Project, assert_success};
 pub struct ProcessGuard {
     root: PathBuf,
     // Keeps the node's temp dir until everything running in it is dead.
-    _node: Node,
+    _node: Option<Node>,
 }
 
 impl ProcessGuard {
     pub fn new(node: &Node) -> ProcessGuard {
         ProcessGuard {
             root: node.root.clone(),
-            _node: node.clone(),
+            _node: Some(node.clone()),
+        }
+    }
+
+    /// For a node made by something else (the demo script); declare it after the temp dir.
+    pub fn for_root(root: &Path) -> ProcessGuard {
+        ProcessGuard {
+            root: root.to_path_buf(),
+            _node: None,
         }
     }
 }

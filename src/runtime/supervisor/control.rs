@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use serde::{Deserialize, Serialize};
 
 use crate::error::Error;
-use crate::runtime::supervisor::{SupervisorError, SupervisorPaths};
+use crate::runtime::supervisor::state::{SupervisorError, SupervisorPaths};
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "op", rename_all = "snake_case")]

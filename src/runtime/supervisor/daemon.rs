@@ -24,7 +24,7 @@ use crate::config::processes::SupervisorConfig;
 use crate::error::Error;
 use crate::runtime::supervisor::control::{Request, Response};
 use crate::runtime::supervisor::proc::{self, ProcessId};
-use crate::runtime::supervisor::{
+use crate::runtime::supervisor::state::{
     InstanceStatus, ProjectState, ShimSpec, SupervisorError, SupervisorPaths,
 };
 

@@ -26,7 +26,7 @@ use crate::exec::redact::Redactor;
 use crate::runtime::applog::{AppLog, Source};
 use crate::runtime::formation::{InstanceName, InstanceSpec, PROCESS_SCRIPT};
 use crate::runtime::supervisor::proc::{self, ProcessId};
-use crate::runtime::supervisor::{
+use crate::runtime::supervisor::state::{
     InstanceStatus, RunState, ShimSpec, SupervisorError, SupervisorPaths,
 };
 

@@ -9,7 +9,7 @@ use std::net::TcpListener;
 use crate::config::processes::PortRange;
 use crate::error::Error;
 use crate::runtime::formation::Formation;
-use crate::runtime::supervisor::{ProjectState, SupervisorError, SupervisorPaths};
+use crate::runtime::supervisor::state::{ProjectState, SupervisorError, SupervisorPaths};
 
 /// Holds the node's port lock; the caller writes the formation file before dropping it.
 pub struct PortLock {
