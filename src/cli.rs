@@ -168,6 +168,13 @@ enum ReleaseCommand {
     /// Add a release by hand: FILE is `<release>.tar.zst`, with `<release>.json` (and
     /// `<release>.json.sig`) next to it. Checked like a pull; a later deploy of its commit uses it.
     Import { name: String, file: PathBuf },
+    /// Upload the releases this node offers to an S3-compatible store (default: project.yml's
+    /// `publish`), then the store's index.json; what the store has already is not uploaded again.
+    Publish {
+        name: String,
+        /// `s3://<bucket>/<prefix>`.
+        url: Option<String>,
+    },
     /// Sign releases baked before this node had its key (`kiln key generate`), without
     /// rebuilding: RELEASE, or every release the node offers with --all.
     #[command(
@@ -579,6 +586,33 @@ fn release(node: &Node, command: ReleaseCommand) -> Result<(), Error> {
                 project.paths.releases.display(),
                 manifest.commit
             );
+            Ok(())
+        }
+        ReleaseCommand::Publish { name, url } => {
+            let project = node.project(&name)?;
+            let url = url.or_else(|| project.config.publish.clone()).ok_or_else(|| {
+                Error::Usage(format!(
+                    "where to? `kiln release publish {name} s3://<bucket>/<prefix>`, or set `publish:` in project.yml"
+                ))
+            })?;
+            let mut out = Reporter::to_stdout();
+            let _lock = crate::transaction::lock::lock(&project, "publishing", &mut out)?;
+            crate::deploy::rollback::recover(node, &project, &mut out)?;
+            let log =
+                crate::transaction::release_log::ReleaseLog::load(&project.paths.release_log())?;
+            let done = crate::release::publish::publish_to(
+                &node.config.s3,
+                &project.paths,
+                &log,
+                project.config.mode,
+                &url,
+            )?;
+            for id in &done.uploaded {
+                println!("{id}: uploaded to {url}");
+            }
+            for id in &done.present {
+                println!("{id}: already in {url}");
+            }
             Ok(())
         }
         ReleaseCommand::Sign { name, release, all } => {

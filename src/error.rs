@@ -95,6 +95,10 @@ pub enum Error {
     #[error("{0}")]
     Signing(#[source] MechanismError),
 
+    /// The S3-compatible release store (src/release/s3.rs).
+    #[error("{0}")]
+    Store(#[source] MechanismError),
+
     /// SSH access (src/access/): a refused request, authorized_keys, node.yml's users.
     #[error("{0}")]
     Access(#[source] MechanismError),

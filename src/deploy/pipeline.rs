@@ -1129,7 +1129,43 @@ impl Run<'_> {
                 crate::error::chain(&e)
             ));
         }
+        self.publish();
         Ok(())
+    }
+
+    /// Staging with project.yml `publish`: uploads the new release to the store. The release
+    /// is live and good already, so a failure is a warning (and `kiln status` shows it), not
+    /// a failed deploy; `kiln release publish` uploads what is missing later.
+    fn publish(&mut self) {
+        let Some(url) = self.project.config.publish.clone() else {
+            return;
+        };
+        if self.mode != Mode::Cooking {
+            return;
+        }
+        let started = Instant::now();
+        let paths = self.paths().clone();
+        match crate::release::publish::publish_to(
+            &self.node.config.s3,
+            &paths,
+            &self.log,
+            self.mode,
+            &url,
+        ) {
+            Ok(done) => self.out.note(&format!(
+                "published {} to {url} in {}",
+                match done.uploaded.as_slice() {
+                    [] => "nothing new".to_string(),
+                    ids => ids.join(", "),
+                },
+                seconds(started.elapsed())
+            )),
+            Err(e) => self.out.note(&format!(
+                "warning: could not publish to {url}: {}; the release is live; retry with `kiln release publish {}`",
+                crate::error::chain(&e),
+                paths.name
+            )),
+        }
     }
 
     /// Removes what releases beyond `keep` left behind (after a good deploy, and after a
