@@ -8,7 +8,8 @@ use clap::{Parser, Subcommand};
 
 use crate::config::project::Node;
 use crate::config::recipe::Mode;
-use crate::deploy::pipeline::{self as deploy, DeployRequest};
+use crate::deploy::outcome::Outcome;
+use crate::deploy::pipeline::{self as deploy, DeployRequest, RollbackRequest, RollbackTarget};
 use crate::error::{EXIT_BAD_INPUT, EXIT_OK, Error};
 use crate::exec::report::Reporter;
 use crate::push::hook::{self, Repo};
@@ -51,6 +52,12 @@ enum Command {
         name: String,
         #[arg(long)]
         rev: Option<String>,
+        /// Deploy even if the commit is already live with the same pillar (otherwise a no-op).
+        #[arg(long)]
+        force: bool,
+        /// Print one JSON result on stdout (the progress goes to stderr).
+        #[arg(long)]
+        json: bool,
     },
     /// Mode, live release, last deploy, running deploy, drift.
     Status {
@@ -67,10 +74,18 @@ enum Command {
     /// Switch back to the release live before the current one (or the named one).
     Rollback {
         name: String,
+        #[arg(conflicts_with = "to_before")]
         release: Option<String>,
+        /// Undo RELEASE: take live what was live just before it went live, if it is still live
+        /// (otherwise nothing changes).
+        #[arg(long, value_name = "RELEASE")]
+        to_before: Option<String>,
         /// Also put data/ back as it was when that release was live.
         #[arg(long)]
         with_data: bool,
+        /// Print one JSON result on stdout (the progress goes to stderr).
+        #[arg(long)]
+        json: bool,
     },
     /// The log of a deploy or a manual rollback (default: the newest).
     Logs {
@@ -251,6 +266,11 @@ pub fn main() -> i32 {
     }
 }
 
+/// The one JSON result of `--json` (a reader that went away is not an error).
+fn print_outcome(outcome: &Outcome) {
+    let _ = writeln!(std::io::stdout(), "{}", outcome.to_json());
+}
+
 fn error_chain(error: &Error) -> String {
     let text = crate::error::chain(error);
     // Lowercase first letter, as every kiln error line is.
@@ -313,11 +333,29 @@ fn dispatch(cli: Cli) -> Result<(), Error> {
             );
             Ok(())
         }
-        Command::Deploy { name, rev } => {
-            let project = node.project(&name)?;
-            let mut out = Reporter::to_stdout();
+        Command::Deploy {
+            name,
+            rev,
+            force,
+            json,
+        } => {
+            let started = std::time::Instant::now();
+            let mut out = if json {
+                Reporter::to_stderr()
+            } else {
+                Reporter::to_stdout()
+            };
+            let project = match node.project(&name) {
+                Ok(project) => project,
+                Err(error) => {
+                    if json {
+                        print_outcome(&Outcome::of_error(&name, "deploy", &error, 0.0));
+                    }
+                    return Err(error);
+                }
+            };
             hook::keep_going_without_pusher();
-            deploy::deploy(
+            let result = deploy::deploy(
                 &node,
                 &project,
                 &DeployRequest {
@@ -328,10 +366,16 @@ fn dispatch(cli: Cli) -> Result<(), Error> {
                     // Whoever typed the command knows how to run it again.
                     retry: None,
                     receive_pack: None,
+                    force,
                 },
                 &mut out,
-            )
-            .map(|_| ())
+            );
+            if json {
+                let timeline = out.timeline();
+                let seconds = started.elapsed().as_secs_f64();
+                print_outcome(&Outcome::of_deploy(&project, &result, timeline, seconds));
+            }
+            result.map(|_| ())
         }
         Command::Status { name, json } => {
             let project = node.project(&name)?;
@@ -348,17 +392,42 @@ fn dispatch(cli: Cli) -> Result<(), Error> {
         Command::Rollback {
             name,
             release,
+            to_before,
             with_data,
+            json,
         } => {
-            let project = node.project(&name)?;
-            let mut out = Reporter::to_stdout();
-            crate::deploy::pipeline::rollback_to(
+            let started = std::time::Instant::now();
+            let mut out = if json {
+                Reporter::to_stderr()
+            } else {
+                Reporter::to_stdout()
+            };
+            let project = match node.project(&name) {
+                Ok(project) => project,
+                Err(error) => {
+                    if json {
+                        print_outcome(&Outcome::of_error(&name, "rollback", &error, 0.0));
+                    }
+                    return Err(error);
+                }
+            };
+            let target = match (&release, &to_before) {
+                (_, Some(id)) => RollbackTarget::Before(id),
+                (Some(id), None) => RollbackTarget::Named(id),
+                (None, None) => RollbackTarget::Previous,
+            };
+            let result = deploy::rollback_to(
                 &node,
                 &project,
-                release.as_deref(),
-                with_data,
+                &RollbackRequest { target, with_data },
                 &mut out,
-            )
+            );
+            if json {
+                let timeline = out.timeline();
+                let seconds = started.elapsed().as_secs_f64();
+                print_outcome(&Outcome::of_rollback(&project, &result, timeline, seconds));
+            }
+            result.map(|_| ())
         }
         Command::Config { name, reveal, json } => {
             let project = node.project(&name)?;

@@ -53,11 +53,19 @@ pub struct DeployRequest {
     /// can no longer move the branch, so the deploy must fail and roll back rather than leave
     /// the node running a commit that no branch names.
     pub receive_pack: Option<i32>,
+    /// Deploy even when the commit is already live with the same pillar (`kiln deploy
+    /// --force`); otherwise that is a no-op, so that an orchestrator can run the same deploy
+    /// on every node again and only the nodes that are behind change.
+    pub force: bool,
 }
 
 pub struct Deployed {
+    /// The new release, or the live one when nothing changed.
     pub release: String,
     pub commit: Oid,
+    /// The commit was already live with the same pillar: nothing was deployed, no release
+    /// was recorded.
+    pub unchanged: bool,
 }
 
 /// Why a deploy stopped: the stage and the reason, in two lengths.
@@ -170,7 +178,36 @@ pub fn deploy_locked(
     let recipe = read_recipe(&repo, commit)?;
     let pillar = Pillar::current(paths)?;
     let mode = project.config.mode;
+    let environment = project.config.environment(&node.config).as_str();
+    let inputs = Inputs {
+        commit,
+        pillar_rev: pillar.rev.as_deref(),
+        mode,
+        environment,
+    };
+    if !request.settings_only
+        && !request.force
+        && let Some(live) = already_live(&log, &inputs)
+    {
+        out.timeline_mut().release = Some(live.id.clone());
+        out.timeline_mut().previous = Some(live.id.clone());
+        out.headline(&format!(
+            "{} already runs {} ({}) as {}, with the same pillar: nothing to deploy (`kiln deploy {} --force` deploys it again)",
+            paths.name,
+            git::short(commit),
+            git::summary(&repo, commit),
+            live.id,
+            paths.name
+        ));
+        return Ok(Deployed {
+            release: live.id.clone(),
+            commit,
+            unchanged: true,
+        });
+    }
     let release = release::new_id(Utc::now());
+    out.timeline_mut().release = Some(release.clone());
+    out.timeline_mut().previous = log.current.clone();
     lock.set_holder("deploy", Some(&release))?;
     paths.ensure()?;
 
@@ -213,6 +250,7 @@ pub fn deploy_locked(
         commit: commit.to_string(),
         pillar_rev: pillar.rev.clone(),
         mode: mode.as_str().to_string(),
+        environment: Some(environment.to_string()),
         status: Status::Running,
         who: request.who.clone(),
         who_key: request.who_key.clone(),
@@ -237,7 +275,11 @@ pub fn deploy_locked(
                 "seconds": started.elapsed().as_secs_f64()}),
             );
             run.out.close_logs();
-            Ok(Deployed { release, commit })
+            Ok(Deployed {
+                release,
+                commit,
+                unchanged: false,
+            })
         }
         Err(failure) => {
             let result = run.fail(failure, request.retry.as_deref());
@@ -245,6 +287,29 @@ pub fn deploy_locked(
             Err(result)
         }
     }
+}
+
+/// What a deploy would deploy: the commit, with the pillar commit checked out now, in this
+/// mode and environment.
+struct Inputs<'a> {
+    commit: Oid,
+    pillar_rev: Option<&'a str>,
+    mode: Mode,
+    environment: &'a str,
+}
+
+/// The live release when deploying `inputs` would change nothing: it runs the same commit
+/// with the same pillar, mode and environment. A pillar recorded since (`pillar_push:
+/// record`), a mode or environment changed since make it a real deploy, and so does a live
+/// release recorded by a kiln that did not note its environment.
+fn already_live<'l>(log: &'l ReleaseLog, inputs: &Inputs) -> Option<&'l Record> {
+    let live = log.get(log.current.as_deref()?)?;
+    (live.status == Status::Good
+        && live.commit == inputs.commit.to_string()
+        && live.pillar_rev.as_deref() == inputs.pillar_rev
+        && live.mode == inputs.mode.as_str()
+        && live.environment.as_deref() == Some(inputs.environment))
+    .then_some(live)
 }
 
 /// The merged settings of one deploy: the environment of project commands (docs/kiln-yml.md,
@@ -1171,6 +1236,8 @@ impl Run<'_> {
     /// again) ends that line when the undo worked.
     fn fail(&mut self, failure: Failure, retry: Option<&str>) -> Error {
         let paths = self.paths().clone();
+        self.out.stage_failed();
+        let undo_started = Instant::now();
         // The baker reads the release tree that the rollback is about to move away.
         if let Some(baking) = self.baking.take() {
             let _ = baking.join();
@@ -1197,6 +1264,7 @@ impl Run<'_> {
                     .map(|_| String::from("the tree is left as pushed"))
             }
         };
+        self.out.timed("rollback", undo_started.elapsed());
         match outcome {
             Ok(outcome) => {
                 let error = Error::DeployFailed {
@@ -1297,17 +1365,45 @@ fn ensure_run_dir(run: &Path) -> Result<(), Error> {
     }
 }
 
-/// `kiln rollback`: takes the release that was live before the current one (or `release`) live
-/// again through the same journaled switch as a deploy. `with_data` also puts data/ back as it
-/// was when that release was last live (the snapshot taken when it was last replaced).
+/// Which release `kiln rollback` takes live.
+#[derive(Debug, Clone, Copy)]
+pub enum RollbackTarget<'a> {
+    /// The release that was live before the current one (plain `kiln rollback`).
+    Previous,
+    /// This release, good or rolled back.
+    Named(&'a str),
+    /// The release that was live just before this one went live (`--to-before`), if this one
+    /// is still live; otherwise nothing of it is left to undo and nothing changes.
+    Before(&'a str),
+}
+
+pub struct RollbackRequest<'a> {
+    pub target: RollbackTarget<'a>,
+    /// Also put data/ back as it was when the target was last live.
+    pub with_data: bool,
+}
+
+/// What a rollback did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RolledBack {
+    /// This release is live now.
+    To(String),
+    /// Nothing to do (`--to-before` a release that is not live); `live` is what runs.
+    Unchanged { live: Option<String>, why: String },
+}
+
+/// `kiln rollback`: takes the release that was live before the current one (or the one the
+/// request names) live again through the same journaled switch as a deploy. `with_data` also
+/// puts data/ back as it was when that release was last live (the snapshot taken when it was
+/// last replaced).
 pub fn rollback_to(
     node: &Node,
     project: &Project,
-    release: Option<&str>,
-    with_data: bool,
+    request: &RollbackRequest,
     out: &mut Reporter,
-) -> Result<(), Error> {
+) -> Result<RolledBack, Error> {
     let paths = &project.paths;
+    let with_data = request.with_data;
     if project.config.mode == Mode::Editable {
         return Err(Error::Usage(
             "editable mode has no releases to roll back to: push the commit you want".into(),
@@ -1316,30 +1412,64 @@ pub fn rollback_to(
     let lock = lock(project, "rollback", out)?;
     rollback::recover(node, project, out)?;
     let log = ReleaseLog::load(&paths.release_log())?;
-    let target = match release {
-        Some(id) => {
+    let named = |id: &str| -> Result<&Record, Error> {
+        let record = log.get(id).ok_or_else(|| Error::UnknownRelease {
+            project: paths.name.clone(),
+            release: id.to_string(),
+        })?;
+        if !matches!(record.status, Status::Good | Status::RolledBack) {
+            return Err(Error::NotGoodRelease {
+                release: id.to_string(),
+                status: match record.status {
+                    Status::Running => "has not finished deploying",
+                    _ => "failed",
+                },
+            });
+        }
+        Ok(record)
+    };
+    let target = match request.target {
+        RollbackTarget::Named(id) => named(id)?,
+        RollbackTarget::Previous => {
+            log.previous_live()
+                .ok_or_else(|| Error::NothingToRollBack {
+                    project: paths.name.clone(),
+                })?
+        }
+        RollbackTarget::Before(id) => {
             let record = log.get(id).ok_or_else(|| Error::UnknownRelease {
                 project: paths.name.clone(),
                 release: id.to_string(),
             })?;
-            if !matches!(record.status, Status::Good | Status::RolledBack) {
-                return Err(Error::NotGoodRelease {
-                    release: id.to_string(),
-                    status: match record.status {
-                        Status::Running => "has not finished deploying",
-                        _ => "failed",
-                    },
-                });
+            if log.current.as_deref() != Some(id) {
+                let live = log.current.clone();
+                let why = match record.status {
+                    Status::Failed | Status::Running => format!(
+                        "release {id} failed and never went live: nothing of it to undo"
+                    ),
+                    Status::Good | Status::RolledBack => format!(
+                        "release {id} is not live any more: nothing of it to undo"
+                    ),
+                };
+                let why = match &live {
+                    Some(live) => format!("{why}; {live} is live"),
+                    None => format!("{why}; nothing is live"),
+                };
+                out.timeline_mut().previous = live.clone();
+                out.headline(&why);
+                return Ok(RolledBack::Unchanged { live, why });
             }
-            record
+            let before = log.live_before(id).ok_or_else(|| Error::Refused {
+                message: format!(
+                    "nothing was live before release {id} went live: there is no release to roll back to"
+                ),
+            })?;
+            named(&before.id)?
         }
-        None => log
-            .previous_live()
-            .ok_or_else(|| Error::NothingToRollBack {
-                project: paths.name.clone(),
-            })?,
     }
     .clone();
+    out.timeline_mut().release = Some(target.id.clone());
+    out.timeline_mut().previous = log.current.clone();
     let tree = paths.release_dir(&target.id);
     if !tree.is_dir() {
         return Err(Error::Refused {
@@ -1428,7 +1558,7 @@ pub fn rollback_to(
         Ok(()) => {
             run.out.headline(&format!("rolled back to {}", target.id));
             run.out.close_logs();
-            Ok(())
+            Ok(RolledBack::To(target.id))
         }
         Err(failure) => {
             let error = run.fail(failure, None);
