@@ -117,6 +117,11 @@ enum Command {
         #[command(subcommand)]
         command: ReleaseCommand,
     },
+    /// The build cache of a project's buildpacks (cache/<buildpack>/).
+    Cache {
+        #[command(subcommand)]
+        command: CacheCommand,
+    },
     /// The node's release signing key.
     Key {
         #[command(subcommand)]
@@ -213,6 +218,17 @@ enum AccessCommand {
     List {
         #[arg(long)]
         json: bool,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum CacheCommand {
+    /// Remove what the buildpacks cached (all of it, or BUILDPACK's): the next build downloads
+    /// and installs the dependencies again. Waits for a running deploy.
+    Clear {
+        name: String,
+        /// One buildpack's cache (`python`, `nodejs`, ...).
+        buildpack: Option<String>,
     },
 }
 
@@ -454,6 +470,26 @@ fn dispatch(cli: Cli) -> Result<(), Error> {
             Ok(())
         }
         Command::Release { command } => release(&node, command),
+        Command::Cache {
+            command: CacheCommand::Clear { name, buildpack },
+        } => {
+            let project = node.project(&name)?;
+            let mut out = Reporter::to_stdout();
+            // A build writes into the cache: wait for it rather than pull it away.
+            let _lock = crate::transaction::lock::lock(&project, "cache clear", &mut out)?;
+            let cleared =
+                crate::runtime::cache::clear(&project.paths.cache, &name, buildpack.as_deref())?;
+            if cleared.removed.is_empty() {
+                println!("the build cache of `{name}` is empty: nothing to clear");
+            }
+            for (buildpack, bytes) in cleared.removed {
+                println!(
+                    "cleared the build cache of `{name}` for buildpack `{buildpack}` ({})",
+                    crate::runtime::cache::human(bytes)
+                );
+            }
+            Ok(())
+        }
         Command::Access { command } => access(&node, command),
         Command::Ssh { user, key } => crate::access::forced::run(&node, &user, key.as_deref()),
         Command::Key { command } => {

@@ -317,6 +317,8 @@ fn already_live<'l>(log: &'l ReleaseLog, inputs: &Inputs) -> Option<&'l Record> 
 /// readable only by kiln's user and removed when the deploy ends.
 struct Settings {
     env: BTreeMap<String, String>,
+    /// The merged `env:` settings alone (a buildpack's ENV_DIR).
+    user_env: BTreeMap<String, String>,
     secrets: Vec<String>,
     common: PathBuf,
 }
@@ -382,9 +384,10 @@ impl Settings {
         // KILN_BACKUP_DIR depends on where the run keeps its archive: see Run::new.
         env.insert("KILN_COMMON".into(), dir(&common));
         // settings::env_vars refuses KILN_* names, so the user's env cannot override these.
-        env.extend(user_env);
+        env.extend(user_env.clone());
         Ok(Settings {
             env,
+            user_env,
             secrets,
             common,
         })
@@ -417,6 +420,10 @@ struct Run<'a> {
     secrets: Vec<String>,
     redactor: Redactor,
     base_env: BTreeMap<String, String>,
+    /// The merged `env:` settings alone, for buildpacks.
+    user_env: BTreeMap<String, String>,
+    /// The build stage's environment once the buildpacks' `export` files applied.
+    build_env: Option<BTreeMap<String, String>>,
     journal: Option<Journal>,
     log: ReleaseLog,
     /// A settings-only redeploy: the live release whose tree is reused.
@@ -508,6 +515,8 @@ impl<'a> Run<'a> {
             secrets: setup.settings.secrets.clone(),
             redactor: Redactor::new(&setup.settings.secrets),
             base_env,
+            user_env: setup.settings.user_env.clone(),
+            build_env: None,
             journal: None,
             log: setup.log,
             reuse: setup.reuse,
@@ -596,7 +605,14 @@ impl Run<'_> {
                     .note("skipped: only the settings changed, the release is not rebuilt");
                 Ok(())
             }
-            (Stage::Configure | Stage::Build, Mode::Editable) => {
+            (Stage::Configure, Mode::Editable) => self.commands(stage, &paths.project),
+            (Stage::Build, Mode::Editable) => {
+                if self.buildpacks(&paths.project)? {
+                    // Their output (.venv/, node_modules/) is not a manual edit of project/.
+                    git::Checkout::open_or_init(&paths.project, &paths.project_repo)
+                        .and_then(|checkout| checkout.exclude_untracked())
+                        .map_err(fail)?;
+                }
                 self.commands(stage, &paths.project)
             }
             (Stage::Configure, Mode::Cooking) => {
@@ -621,9 +637,15 @@ impl Run<'_> {
                             commit,
                             tree,
                             started,
+                            // Listed buildpacks will write into the tree; detected ones
+                            // copy the shared files first (runtime::buildpack).
                             share: [Stage::Configure, Stage::Build, Stage::Bundle]
                                 .iter()
-                                .all(|stage| self.recipe.commands(self.mode, *stage).is_empty()),
+                                .all(|stage| self.recipe.commands(self.mode, *stage).is_empty())
+                                && self
+                                    .recipe
+                                    .buildpacks(self.mode)
+                                    .is_none_or(|listed| listed.is_empty()),
                         },
                     );
                     // Before this deploy started: whatever the build touches is newer.
@@ -642,7 +664,10 @@ impl Run<'_> {
                 }
                 self.commands(stage, &paths.build)
             }
-            (Stage::Build, Mode::Cooking) => self.commands(stage, &paths.build),
+            (Stage::Build, Mode::Cooking) => {
+                self.buildpacks(&paths.build)?;
+                self.commands(stage, &paths.build)
+            }
             (Stage::Configure, Mode::Final) => {
                 let source_release = crate::release::fetch::fetch_release(
                     self.node,
@@ -706,9 +731,47 @@ impl Run<'_> {
     }
 
     fn env_for(&self, stage: Stage) -> BTreeMap<String, String> {
-        let mut env = self.base_env.clone();
+        let mut env = match &self.build_env {
+            Some(env) if stage == Stage::Build => env.clone(),
+            _ => self.base_env.clone(),
+        };
         env.insert("KILN_STAGE".into(), stage.as_str().into());
         env
+    }
+
+    /// The buildpacks of the build stage, in `dir` (build/ or project/), before the project's
+    /// build commands, which then run with the buildpacks' exports. Returns whether any ran.
+    fn buildpacks(&mut self, dir: &Path) -> Result<bool, Failure> {
+        let listed = self.recipe.buildpacks(self.mode);
+        if listed.is_some_and(|list| list.is_empty()) {
+            return Ok(false);
+        }
+        let env = self.env_for(Stage::Build);
+        let paths = self.paths().clone();
+        let request = crate::runtime::buildpack::BuildRequest {
+            node_root: &self.node.root,
+            cache: &paths.cache,
+            build_dir: dir,
+            listed,
+            env: &env,
+            settings: &self.user_env,
+            timeout: self.timeout(Stage::Build),
+            redactor: &self.redactor,
+            unshare: self.mode == Mode::Cooking,
+        };
+        let built = crate::runtime::buildpack::build(&request, self.out)
+            .map_err(|e| Failure::new(Stage::Build, e))?;
+        let Some(built) = built else {
+            return Ok(false);
+        };
+        self.out.event(
+            json!({"event": "buildpacks", "buildpacks": built.file.buildpacks,
+            "default_process_types": built.file.default_process_types}),
+        );
+        let mut env = built.env;
+        env.remove("KILN_STAGE");
+        self.build_env = Some(env);
+        Ok(true)
     }
 
     fn commands(&mut self, stage: Stage, cwd: &Path) -> Result<(), Failure> {
@@ -860,6 +923,19 @@ impl Run<'_> {
             tree_digest: digest,
             who: pusher.map(|record| record.who.clone()),
             who_key: pusher.and_then(|record| record.who_key.clone()),
+            buildpacks: crate::runtime::buildpack::read_buildpacks_file(
+                &paths.release_dir(&self.release),
+            )
+            .map(|file| {
+                file.buildpacks
+                    .into_iter()
+                    .map(|b| release::BuiltWith {
+                        name: b.name,
+                        source: b.source,
+                    })
+                    .collect()
+            })
+            .unwrap_or_default(),
         };
         manifest.save(&paths.manifest(&self.release))?;
         crate::release::signing::sign_manifest_if_keyed(self.node, &paths.manifest(&self.release))?;

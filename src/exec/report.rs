@@ -194,10 +194,22 @@ impl Reporter {
     }
 }
 
-impl OutputSink for Reporter {
-    fn line(&mut self, stream: Stream, line: &[u8]) {
+impl Reporter {
+    /// A line of a buildpack's output, shown the way Heroku shows it: the buildpack's own
+    /// `-----> ` headers and ` !     ` warnings stay at the left edge and lines it indented
+    /// itself are kept as they are; anything else is indented like a command's output.
+    pub fn buildpack_line(&mut self, stream: Stream, line: &[u8]) {
+        let own = [b"-----> " as &[u8], b" !     ", INDENT.as_bytes()];
+        if own.iter().any(|start| line.starts_with(start)) {
+            self.output_line(stream, b"", line);
+        } else {
+            self.output_line(stream, INDENT.as_bytes(), line);
+        }
+    }
+
+    fn output_line(&mut self, stream: Stream, indent: &[u8], line: &[u8]) {
         let mut text = Vec::with_capacity(line.len() + 8);
-        text.extend_from_slice(INDENT.as_bytes());
+        text.extend_from_slice(indent);
         text.extend_from_slice(line);
         text.push(b'\n');
         self.write_text(&text);
@@ -210,6 +222,12 @@ impl OutputSink for Reporter {
                 json!({"event": "output", "stream": stream, "line": String::from_utf8_lossy(line)}),
             );
         }
+    }
+}
+
+impl OutputSink for Reporter {
+    fn line(&mut self, stream: Stream, line: &[u8]) {
+        self.output_line(stream, INDENT.as_bytes(), line);
     }
 }
 

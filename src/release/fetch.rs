@@ -690,6 +690,7 @@ mod tests {
             tree_digest: "sha256:00".into(),
             who: None,
             who_key: None,
+            buildpacks: Vec::new(),
         };
         manifest.to_json()
     }

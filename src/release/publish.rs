@@ -327,6 +327,7 @@ mod tests {
             tree_digest: "sha256:0".into(),
             who: None,
             who_key: None,
+            buildpacks: Vec::new(),
         };
         manifest.save(&paths.manifest(id)).unwrap();
         if tarball {
