@@ -3,7 +3,8 @@
 //! [`deploy`] runs the pipeline and undoes it on failure, [`release`] makes or pulls the release
 //! tree, [`transaction`] takes it live crash-safely, [`exec`] runs the project's commands and
 //! tells the pusher; [`config`], [`fs`] and [`error`] are the foundations every part uses.
-//! [`runtime`] runs the app: its Procfile, its supervised processes and their logs.
+//! [`runtime`] builds the tree into an app that runs (buildpacks, the build cache) and runs it:
+//! its Procfile, its supervised processes and their logs.
 //! [`access`] is the door over SSH: who may push, look and operate, checked before anything runs.
 //! ARCHITECTURE.md at the repository root is the map.
 

@@ -22,8 +22,8 @@ const LAYERS: &[&[&str]] = &[
     // Mechanisms.
     &["release"],
     &["transaction"],
-    // The app at run time: Procfile, supervision, app logs (below the journal, which keeps
-    // the formation an undo starts again).
+    // What makes the tree an app that runs and runs it: buildpacks, Procfile, supervision,
+    // app logs (below the journal, which keeps the formation an undo starts again).
     &["runtime"],
     &["exec"],
     // Foundations.

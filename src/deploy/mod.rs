@@ -3,5 +3,6 @@
 //! the running processes between deploys ([`operate`]).
 
 pub mod operate;
+pub mod outcome;
 pub mod pipeline;
 pub mod rollback;

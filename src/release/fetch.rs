@@ -154,7 +154,7 @@ pub fn fetch_release(
         .config
         .source
         .as_deref()
-        .map(Source::parse)
+        .map(|text| Source::parse(text, &node.config.s3))
         .transpose()?;
 
     let local: Vec<Listed> = local_releases(&paths.releases)?
@@ -691,6 +691,7 @@ mod tests {
             who: None,
             who_key: None,
             process_types: Default::default(),
+            buildpacks: Vec::new(),
         };
         manifest.to_json()
     }

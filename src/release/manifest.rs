@@ -61,6 +61,19 @@ pub struct Manifest {
     /// Absent in manifests of older kiln versions and of releases without processes.
     #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
     pub process_types: std::collections::BTreeMap<String, String>,
+    /// The buildpacks that built the tree (its `.kiln/buildpacks.json`). Absent when none ran,
+    /// and in manifests of older kiln versions.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub buildpacks: Vec<BuiltWith>,
+}
+
+/// A buildpack that built a release: its name (`python`) and where it came from
+/// (`kiln:python@<content hash>`, a directory, `<git url>#<commit>`).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct BuiltWith {
+    pub name: String,
+    pub source: String,
 }
 
 impl Manifest {

@@ -1,12 +1,18 @@
-//! The app at run time (README.md, "Running your app"): the process types a release defines
-//! (its Procfile over what the buildpacks recorded), the formation of a project's processes,
-//! their supervision by kiln's own supervisor or systemd, their logs in logs/app/, the ports of
-//! the web instances, and whether a deploy's processes came up.
+//! What makes a pushed tree an app that runs, and runs it (README.md, "Buildpacks" and
+//! "Running your app"): buildpacks build it ([`buildpack`], kiln's own shipped inside the binary
+//! by [`builtin`]) with a build cache per project ([`cache`]); the process types a release
+//! defines (its Procfile over what the buildpacks recorded), the formation of a project's
+//! processes, their supervision by kiln's own supervisor or systemd, their logs in logs/app/,
+//! and whether a deploy's processes came up.
 //!
-//! Below `deploy/`, which takes processes down and up around the switch, and above `exec/`,
-//! whose redactor masks the pillar's secrets in the app logs.
+//! Below `deploy/`, which calls it from the build and deploy stages, and below `transaction/`,
+//! whose journal keeps the formation an undo starts again; above `exec/`, whose command runner,
+//! reporter and redactor it uses.
 
 pub mod applog;
+pub mod buildpack;
+pub mod builtin;
+pub mod cache;
 pub mod formation;
 pub mod procfile;
 pub mod readiness;

@@ -16,8 +16,7 @@ use crate::config::processes::{RELEASE_ENTRY, valid_type_name};
 
 pub const PROCFILE: &str = "Procfile";
 
-/// What the buildpacks of a build say (written by the build, at the tree's root).
-pub const BUILDPACKS_FILE: &str = ".kiln/buildpacks.json";
+use crate::runtime::buildpack::BUILDPACKS_FILE;
 
 /// A parsed Procfile: process types in file order, and the release-phase command.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
