@@ -10,15 +10,12 @@
 mod common;
 
 use std::fs;
-use std::io::{Read, Write};
-use std::net::TcpStream;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
-use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::process::Command;
 
-use common::{App, Node, Project, Tree, assert_same, fingerprint, free_port, last_remote_line};
+use common::processes::{answer, instance, ps, supervised_node, supervised_sibling};
+use common::{App, Node, Project, Tree, assert_same, fingerprint, last_remote_line};
 
 /// Where the suite keeps what pip and npm download, so repeated runs are fast.
 fn test_cache(tool: &str) -> PathBuf {
@@ -90,8 +87,10 @@ fn names(json: &serde_json::Value) -> Vec<String> {
 
 #[test]
 fn kilns_own_buildpacks_are_detected_in_order_and_nothing_detected_is_no_error() {
-    let node = Node::new();
+    let (node, _guard) = supervised_node();
     let project = node.init("site", "cooking");
+    // What is detected is the point here, not running it (`./serve` does not exist).
+    node.ok(&["ps", "scale", "site", "web=0"]);
     let app = node.app("site");
 
     app.write("README", "nothing to build\n");
@@ -150,8 +149,10 @@ fn kilns_own_buildpacks_are_detected_in_order_and_nothing_detected_is_no_error()
 /// cache kept across builds; the process types merge; ENV_DIR is gone afterwards.
 #[test]
 fn listed_buildpacks_run_in_order_with_exports_env_dir_and_their_own_cache() {
-    let node = Node::new();
+    let (node, _guard) = supervised_node();
     let project = node.init("shop", "cooking");
+    // The test buildpacks propose process types that do not exist as programs.
+    node.ok(&["ps", "scale", "shop", "web=0", "worker=0"]);
     let first = buildpack(
         &node.dir.path().join("bp-first"),
         &[
@@ -433,51 +434,6 @@ fn a_python_version_the_node_cannot_meet_is_refused_naming_the_file() {
     assert_eq!(project.current(), None);
 }
 
-/// A process of the test's own, in its own process group, killed with its children when the
-/// test ends (also on panic).
-struct Process(Child);
-
-impl Process {
-    fn spawn(command: &mut Command) -> Process {
-        let child = command
-            .process_group(0)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
-        Process(child)
-    }
-}
-
-impl Drop for Process {
-    fn drop(&mut self) {
-        let pgid = nix::unistd::Pid::from_raw(self.0.id() as i32);
-        let _ = nix::sys::signal::killpg(pgid, nix::sys::signal::Signal::SIGKILL);
-        let _ = self.0.wait();
-    }
-}
-
-/// GET / on 127.0.0.1:`port` until it answers (or 20 s pass): the response body.
-fn http_get(port: u16) -> String {
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        if let Ok(mut stream) = TcpStream::connect(("127.0.0.1", port)) {
-            let _ = stream.set_read_timeout(Some(Duration::from_secs(5)));
-            let _ = stream.write_all(b"GET / HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n");
-            let mut response = String::new();
-            if stream.read_to_string(&mut response).is_ok() && !response.is_empty() {
-                return response
-                    .split_once("\r\n\r\n")
-                    .map(|(_, body)| body.to_string())
-                    .unwrap_or(response);
-            }
-        }
-        assert!(Instant::now() < deadline, "nothing answered on port {port}");
-        std::thread::sleep(Duration::from_millis(100));
-    }
-}
-
 /// The environment a process of the release gets: the tree's `.profile.d/*.sh` sourced in
 /// the tree (which is what kiln's process runner does), then `command`.
 fn in_release(tree: &Path, command: &str, port: u16) -> Command {
@@ -514,14 +470,31 @@ fn production(staging: &Project, app: &App) -> (Project, String) {
     (project, output)
 }
 
-const WSGI_APP: &str = "import six\n\n\ndef app(environ, start_response):\n    start_response('200 OK', [('Content-Type', 'text/plain')])\n    return [('hello from python, six ' + six.__version__ + '\\n').encode()]\n";
+/// The issue's Python app: a WSGI app with a dependency from PyPI and a SQLite file in data/.
+const WSGI_APP: &str = r#"import os, sqlite3
 
-/// The issue's Python app: a WSGI app with a dependency from PyPI, served by gunicorn from
-/// PyPI. Built on staging, its one-line change reuses the cached virtualenv, the tree passes
-/// promotion and production runs it from its own run/ without building.
+import six
+
+
+def app(environ, start_response):
+    db = sqlite3.connect(os.path.join(os.environ['KILN_DATA_DIR'], 'visits.db'))
+    with db:
+        db.execute('CREATE TABLE IF NOT EXISTS visits (n INTEGER)')
+        db.execute('INSERT INTO visits VALUES (1)')
+        (count,) = db.execute('SELECT COUNT(*) FROM visits').fetchone()
+    db.close()
+    start_response('200 OK', [('Content-Type', 'text/plain')])
+    return [('hello from python, six %s, visit %d\n' % (six.__version__, count)).encode()]
+"#;
+
+/// The issue's Python app, pushed with no build commands: detected, built by kiln's python
+/// buildpack (gunicorn and six from PyPI), served by gunicorn under kiln's supervisor on its
+/// PORT, with its SQLite file in data/. The one-line change reuses the cached virtualenv and
+/// answers the new text; production runs staging's release under its own supervisor without
+/// building.
 #[test]
 fn a_python_app_builds_reuses_the_cache_and_runs_where_it_is_moved() {
-    let node = Node::new();
+    let (node, _guard) = supervised_node();
     let project = node.init("pyapp", "cooking");
     let app = node.app("pyapp");
     app.write("requirements.txt", "gunicorn==23.0.0\nsix==1.16.0\n")
@@ -536,18 +509,20 @@ fn a_python_app_builds_reuses_the_cache_and_runs_where_it_is_moved() {
         "{output}"
     );
     assert!(output.contains("Successfully installed"), "{output}");
+    assert!(
+        output.contains("processes up (GET / answered below 500)"),
+        "{output}"
+    );
     let run = project.run();
     // The venv's python is Debian's, below /usr: promotable.
     let python = fs::read_link(run.join(".venv/bin/python3")).unwrap();
     assert!(python.starts_with("/usr/"), "{}", python.display());
-    let port = free_port();
-    let server = Process::spawn(&mut in_release(
-        &run,
-        "gunicorn app:app --bind 127.0.0.1:$PORT",
-        port,
-    ));
-    assert_eq!(http_get(port), "hello from python, six 1.16.0\n");
-    drop(server);
+    // The default check visited once.
+    assert_eq!(
+        answer(&project).as_deref(),
+        Some("hello from python, six 1.16.0, visit 2")
+    );
+    assert!(project.data().join("visits.db").is_file());
 
     let cached: Vec<PathBuf> = fs::read_dir(project.path("cache/python/venvs"))
         .unwrap()
@@ -572,26 +547,31 @@ fn a_python_app_builds_reuses_the_cache_and_runs_where_it_is_moved() {
         assert!(!output.contains(installing), "{installing}:\n{output}");
     }
     assert_same(&cached_tree, &fingerprint(&cached[0]), "the cached venv");
+    // The same data/: the visits go on.
+    assert_eq!(
+        answer(&project).as_deref(),
+        Some("hello again, six 1.16.0, visit 4")
+    );
+    assert_eq!(ps(&project)["instances"][0]["state"], "up");
 
+    let (_prod_node, _prod_guard) = supervised_sibling(&node, "production");
     let (prod, pulled) = production(&project, &app);
     assert!(pulled.contains("final mode never builds"), "{pulled}");
     assert!(!pulled.contains("app detected"), "{pulled}");
     assert!(!prod.path("cache").join("python").exists());
-    let port = free_port();
-    let _server = Process::spawn(&mut in_release(
-        &prod.run(),
-        "gunicorn app:app --bind 127.0.0.1:$PORT",
-        port,
-    ));
-    assert_eq!(http_get(port), "hello again, six 1.16.0\n");
+    assert_eq!(
+        answer(&prod).as_deref(),
+        Some("hello again, six 1.16.0, visit 2")
+    );
 }
 
 const NODE_SERVER: &str = "const http = require('http');\nconst isNumber = require('is-number');\nhttp.createServer((req, res) => res.end('hello from node, is-number says ' + isNumber(5) + '\\n')).listen(Number(process.env.PORT), '127.0.0.1');\n";
 
-/// The issue's Node app: plain `http` and one npm dependency, with its package-lock.json.
+/// The issue's Node app: plain `http` and one npm dependency, with its package-lock.json and no
+/// Procfile: the nodejs buildpack's `web: npm start` runs under kiln's supervisor.
 #[test]
 fn a_node_app_builds_reuses_the_cache_and_runs_where_it_is_moved() {
-    let node = Node::new();
+    let (node, _guard) = supervised_node();
     let project = node.init("nodeapp", "cooking");
     let app = node.app("nodeapp");
     app.write(
@@ -616,10 +596,11 @@ fn a_node_app_builds_reuses_the_cache_and_runs_where_it_is_moved() {
     );
     let json = buildpacks_json(&project.run());
     assert_eq!(json["default_process_types"]["web"], "npm start");
-    let port = free_port();
-    let server = Process::spawn(&mut in_release(&project.run(), "node server.js", port));
-    assert_eq!(http_get(port), "hello from node, is-number says true\n");
-    drop(server);
+    assert_eq!(instance(&project, "web.1")["command"], "npm start");
+    assert_eq!(
+        answer(&project).as_deref(),
+        Some("hello from node, is-number says true")
+    );
 
     app.write(
         "server.js",
@@ -634,13 +615,19 @@ fn a_node_app_builds_reuses_the_cache_and_runs_where_it_is_moved() {
         "{output}"
     );
     assert!(!output.contains("added 1 package"), "{output}");
+    assert_eq!(
+        answer(&project).as_deref(),
+        Some("hello again, is-number says true")
+    );
 
+    let (_prod_node, _prod_guard) = supervised_sibling(&node, "production");
     let (prod, pulled) = production(&project, &app);
     assert!(pulled.contains("final mode never builds"), "{pulled}");
     assert!(!pulled.contains("app detected"), "{pulled}");
-    let port = free_port();
-    let _server = Process::spawn(&mut in_release(&prod.run(), "npm start", port));
-    assert_eq!(http_get(port), "hello again, is-number says true\n");
+    assert_eq!(
+        answer(&prod).as_deref(),
+        Some("hello again, is-number says true")
+    );
 }
 
 /// Editable mode builds in project/; what the buildpack adds there (.venv/, .profile.d/,

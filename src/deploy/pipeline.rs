@@ -1020,16 +1020,16 @@ impl Run<'_> {
         let types = ProcessTypes::of_tree(tree)?;
         self.release_command = types.release.clone();
         if types.types.is_empty() {
-            if !self.recipe.processes.is_empty() {
+            if let Some(name) = self
+                .recipe
+                .processes
+                .iter()
+                .find(|(_, count)| **count > 0)
+                .map(|(name, _)| name.clone())
+            {
                 return Err(crate::runtime::formation::UnknownType {
                     origin: "kiln.yml `processes`",
-                    name: self
-                        .recipe
-                        .processes
-                        .keys()
-                        .next()
-                        .cloned()
-                        .unwrap_or_default(),
+                    name,
                     release: self.release.clone(),
                     types: Vec::new(),
                 }

@@ -221,15 +221,17 @@ pub struct FormationSetup<'a> {
 }
 
 /// Builds the formation of a release. Every type runs 1 instance unless kiln.yml's
-/// `processes:` or `kiln ps scale` say otherwise; kiln.yml naming a type the release lacks is
-/// a mistake worth failing for (a scale of a type that a later release dropped is not: it is
+/// `processes:` or `kiln ps scale` say otherwise; kiln.yml asking for instances of a type the
+/// release lacks is a mistake worth failing for (a scale of a type that a later release dropped is not: it is
 /// the node's state, not the push's).
 pub fn build(setup: &FormationSetup) -> Result<Formation, UnknownType> {
     let known: Vec<String> = setup.types.types.keys().map(|k| format!("`{k}`")).collect();
+    // `web: 0` for a release without web processes asks for nothing: not a mistake.
     if let Some(name) = setup
         .counts
-        .keys()
-        .find(|name| !setup.types.types.contains_key(*name))
+        .iter()
+        .find(|(name, count)| **count > 0 && !setup.types.types.contains_key(*name))
+        .map(|(name, _)| name)
     {
         return Err(UnknownType {
             origin: "kiln.yml `processes`",

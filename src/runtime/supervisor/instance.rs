@@ -116,9 +116,9 @@ async fn supervise(dir: &Path, spec: &ShimSpec) {
     let mut backoff = Duration::ZERO;
     loop {
         let started = Instant::now();
-        let ended = match spawn_app(instance, &log) {
+        let ended = match spawn_app(instance) {
             Err(e) => format!("could not be started ({e})"),
-            Ok((mut child, app)) => {
+            Ok((mut child, app, output)) => {
                 status.app = Some(app);
                 status.state = RunState::Up;
                 status.since = Some(Utc::now());
@@ -134,6 +134,9 @@ async fn supervise(dir: &Path, spec: &ShimSpec) {
                         .map(|p| format!(", PORT {p}"))
                         .unwrap_or_default()
                 ));
+                // After the note, so that the app's first lines come after it in the log.
+                let log = Arc::clone(&log);
+                std::thread::spawn(move || pump(output, &log));
                 let outcome = tokio::select! {
                     exit = child.wait() => Outcome::Exited(exit),
                     () = terminated(&mut term) => Outcome::Stop,
@@ -236,12 +239,11 @@ async fn dir_gone(dir: &Path) {
 }
 
 /// Runs the app: `sh -c PROCESS_SCRIPT kiln-web.1 COMMAND` in its own process group, its
-/// stdout and stderr on one pipe (so their lines keep their order) that a thread copies to
-/// the log.
+/// stdout and stderr on one pipe (so their lines keep their order), whose reading end is
+/// returned for [`pump`].
 fn spawn_app(
     instance: &InstanceSpec,
-    log: &SharedLog,
-) -> std::io::Result<(tokio::process::Child, ProcessId)> {
+) -> std::io::Result<(tokio::process::Child, ProcessId, std::io::PipeReader)> {
     let (reader, writer) = std::io::pipe()?;
     let child = tokio::process::Command::new("/bin/sh")
         .arg("-c")
@@ -261,9 +263,7 @@ fn spawn_app(
         .and_then(|id| i32::try_from(id).ok())
         .ok_or_else(|| std::io::Error::other("the app has no process id"))?;
     let app = ProcessId::of(pid).unwrap_or(ProcessId { pid, start: 0 });
-    let log = Arc::clone(log);
-    std::thread::spawn(move || pump(reader, &log));
-    Ok((child, app))
+    Ok((child, app, reader))
 }
 
 /// Copies the app's output to its log, one line at a time, until every writer has closed it.

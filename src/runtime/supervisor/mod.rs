@@ -87,7 +87,10 @@ impl Supervisor {
             }
             .save(&self.paths)?;
         }
-        self.sync(&formation.project, formation.grace)?;
+        // Nothing to run and nothing running (every type scaled to 0): no daemon needed.
+        if !formation.is_idle() || self.any_instance_left(&formation.project) {
+            self.sync(&formation.project, formation.grace)?;
+        }
         Ok(formation)
     }
 
@@ -206,11 +209,10 @@ impl Supervisor {
         if self.backend != Backend::Kiln {
             return Ok(());
         }
-        let wanted = self
-            .paths
-            .projects()
-            .iter()
-            .any(|p| matches!(self.state(p), Ok(Some(s)) if s.running));
+        let wanted =
+            self.paths.projects().iter().any(
+                |p| matches!(self.state(p), Ok(Some(s)) if s.running && !s.formation.is_idle()),
+            );
         if wanted {
             control::ensure_daemon(&self.paths)?;
         }
