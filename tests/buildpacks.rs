@@ -3,7 +3,8 @@
 //! directory, from the app, or from a git repo pinned to a commit; `export` chaining, ENV_DIR,
 //! the build cache and `kiln cache clear`; a failing buildpack rolls back; and real Python and
 //! Node apps with real dependencies from PyPI and npm build on staging, reuse the cache on the
-//! next push, and run from run/ on a production node that never builds.
+//! next push, and run under kiln's supervisor, answering HTTP, on staging and on a production
+//! node that never builds.
 
 #![allow(clippy::unwrap_used)]
 

@@ -32,18 +32,45 @@ fn clean(mut command: Command) -> Command {
     command
 }
 
+/// The temp dir of one test's nodes. Whatever still runs for a node in it (the supervisor
+/// daemon, the apps' processes of a project that deployed a Procfile) is killed before it is
+/// removed, also when the test panics.
+pub struct NodeDir(tempfile::TempDir);
+
+impl NodeDir {
+    pub fn path(&self) -> &Path {
+        self.0.path()
+    }
+}
+
+impl Drop for NodeDir {
+    fn drop(&mut self) {
+        processes::kill_everything(self.0.path());
+    }
+}
+
 /// A kiln node: a root inside a temp dir that lives as long as any node or project in it.
 #[derive(Clone)]
 pub struct Node {
-    pub dir: Rc<tempfile::TempDir>,
+    pub dir: Rc<NodeDir>,
     pub root: PathBuf,
 }
 
 impl Node {
     pub fn new() -> Node {
-        let dir = Rc::new(tempfile::tempdir().expect("temp dir"));
+        let dir = Rc::new(NodeDir(tempfile::tempdir().expect("temp dir")));
         let root = dir.path().join("node");
         Node { dir, root }
+    }
+
+    /// The web ports of this node's apps: a range of its own, so that the nodes of tests
+    /// running at once never hand out the same port.
+    pub fn port_range(&self) -> (u32, u32) {
+        use std::hash::{Hash, Hasher};
+        let mut hasher = std::collections::hash_map::DefaultHasher::new();
+        self.root.hash(&mut hasher);
+        let first = 21_000 + (hasher.finish() % 400) as u32 * 25;
+        (first, first + 24)
     }
 
     /// Another node in the same temp dir, rooted at `<dir>/<name>`.
@@ -81,14 +108,34 @@ impl Node {
 
     /// `kiln init <name> <args>`, e.g. with `--source` for final mode.
     pub fn init_with(&self, name: &str, args: &[&str]) -> Project {
+        if !self.root.join("node.yml").exists() {
+            self.write_node_yml("");
+        }
         let mut all = vec!["init", name];
         all.extend_from_slice(args);
         self.ok(&all);
         self.project(name)
     }
 
+    /// Writes node.yml, with this node's own web port range unless `text` gives one.
     pub fn write_node_yml(&self, text: &str) {
         fs::create_dir_all(&self.root).unwrap();
+        let (first, last) = self.port_range();
+        let ports = format!("  ports: {first}-{last}\n");
+        let text = if text.contains("  ports:") {
+            text.to_string()
+        } else if text.contains("supervisor:\n") {
+            text.replacen("supervisor:\n", &format!("supervisor:\n{ports}"), 1)
+        } else {
+            format!(
+                "{text}{}supervisor:\n{ports}",
+                if text.is_empty() || text.ends_with('\n') {
+                    ""
+                } else {
+                    "\n"
+                }
+            )
+        };
         fs::write(self.root.join("node.yml"), text).unwrap();
     }
 

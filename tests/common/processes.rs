@@ -92,11 +92,11 @@ pub fn kill_everything(root: &Path) {
 }
 
 /// A node whose web instances get ports from a range of their own (tests run in parallel,
-/// each with its own node and daemon), and the guard that stops its processes.
+/// each with its own node and daemon), run by kiln's own supervisor, and the guard that stops
+/// its processes.
 pub fn supervised_node() -> (Node, ProcessGuard) {
     let node = Node::new();
-    let first = port_range_start();
-    write_supervisor_yml(&node, first);
+    node.write_node_yml("supervisor:\n  backend: kiln\n");
     let guard = ProcessGuard::new(&node);
     (node, guard)
 }
@@ -104,26 +104,9 @@ pub fn supervised_node() -> (Node, ProcessGuard) {
 /// Another supervised node in the same temp dir (staging and production), with its own ports.
 pub fn supervised_sibling(node: &Node, name: &str) -> (Node, ProcessGuard) {
     let sibling = node.sibling(name);
-    let first = port_range_start() + 10_000;
-    write_supervisor_yml(&sibling, first);
+    sibling.write_node_yml("supervisor:\n  backend: kiln\n");
     let guard = ProcessGuard::new(&sibling);
     (sibling, guard)
-}
-
-fn write_supervisor_yml(node: &Node, first: u32) {
-    node.write_node_yml(&format!(
-        "supervisor:\n  backend: kiln\n  ports: {first}-{}\n",
-        first + 49
-    ));
-}
-
-fn port_range_start() -> u32 {
-    let seed = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.subsec_nanos())
-        .unwrap_or(0)
-        ^ std::process::id().wrapping_mul(2_654_435_761);
-    21_000 + (seed % 200) * 50
 }
 
 /// GET `path` from 127.0.0.1:`port`: the status and the body, or None if nothing answers.
