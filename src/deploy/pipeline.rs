@@ -758,6 +758,10 @@ impl Run<'_> {
             timeout: self.timeout(Stage::Build),
             redactor: &self.redactor,
             unshare: self.mode == Mode::Cooking,
+            links_ok: self.mode == Mode::Cooking
+                && [Stage::Build, Stage::Bundle]
+                    .iter()
+                    .all(|stage| self.recipe.commands(self.mode, *stage).is_empty()),
         };
         let built = crate::runtime::buildpack::build(&request, self.out)
             .map_err(|e| Failure::new(Stage::Build, e))?;
