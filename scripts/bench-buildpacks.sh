@@ -10,8 +10,8 @@
 # returns):
 #   cold     the first push to a fresh cooking project (empty build cache)
 #   warm     a one-line change of the app's code, cache warm (N runs)
-#   final    the same commits pushed to a final-mode node pulling from staging (N runs; the
-#            first is its first deploy)
+#   final    the last 5 of those commits pushed to a final-mode node pulling from staging
+#            (the first is its first deploy)
 #   nobuild  the tree the buildpack built (.venv/ or node_modules/ included), committed as it
 #            is with `buildpacks: []`, pushed once, then a one-line change (N runs)
 #   piku     with --piku GITDIR (a clone of github.com/piku/piku; PyPI's `piku` is another
@@ -134,15 +134,19 @@ bench_kiln() { # NAME SOURCE_FILE MAKE_APP
     echo "$name:"
     "$make" "$app"
     "$KILN" --root "$staging" init "$name" --mode cooking >/dev/null
-    record "$name" cold "$(timed_push "$app" "$staging/$name/git/project.git" HEAD kiln)"
+    t=$(timed_push "$app" "$staging/$name/git/project.git" HEAD kiln)
+    record "$name" cold "$t"
     local commits=()
     for i in $(seq "$RUNS"); do
         commits+=("$(one_line_change "$app" "$file" "$i")")
-        record "$name" warm "$(timed_push "$app" "$staging/$name/git/project.git" HEAD kiln)"
+        t=$(timed_push "$app" "$staging/$name/git/project.git" HEAD kiln)
+        record "$name" warm "$t"
     done
     "$KILN" --root "$prod" init "$name" --mode final --source "$staging/$name" >/dev/null
-    for commit in "${commits[@]}"; do
-        record "$name" final "$(timed_push "$app" "$prod/$name/git/project.git" "$commit" kiln)"
+    # Staging keeps 5 releases (kiln.yml `keep`): production can pull only those.
+    for commit in "${commits[@]: -5}"; do
+        t=$(timed_push "$app" "$prod/$name/git/project.git" "$commit" kiln)
+        record "$name" final "$t"
     done
 
     # The same built tree, pushed as it is: what a push costs without any build.
@@ -157,7 +161,8 @@ bench_kiln() { # NAME SOURCE_FILE MAKE_APP
     timed_push "$built" "$nobuild/$name/git/project.git" HEAD kiln >/dev/null
     for i in $(seq "$RUNS"); do
         one_line_change "$built" "$file" "$i" >/dev/null
-        record "$name" nobuild "$(timed_push "$built" "$nobuild/$name/git/project.git" HEAD kiln)"
+        t=$(timed_push "$built" "$nobuild/$name/git/project.git" HEAD kiln)
+        record "$name" nobuild "$t"
     done
 }
 
@@ -175,10 +180,12 @@ bench_piku() { # NAME SOURCE_FILE MAKE_APP
         "$WORK/piku-venv/bin" "$PIKU_ROOT" "$WORK/piku-venv/bin/python" "$WORK/piku.py" "$name" \
         >"$PIKU_ROOT/repos/$name/hooks/post-receive"
     chmod +x "$PIKU_ROOT/repos/$name/hooks/post-receive"
-    record "piku-$name" cold "$(timed_push "$app" "$PIKU_ROOT/repos/$name" HEAD piku)"
+    t=$(timed_push "$app" "$PIKU_ROOT/repos/$name" HEAD piku)
+    record "piku-$name" cold "$t"
     for i in $(seq "$RUNS"); do
         one_line_change "$app" "$file" "$i" >/dev/null
-        record "piku-$name" warm "$(timed_push "$app" "$PIKU_ROOT/repos/$name" HEAD piku)"
+        t=$(timed_push "$app" "$PIKU_ROOT/repos/$name" HEAD piku)
+        record "piku-$name" warm "$t"
     done
     unset PIKU_ROOT
 }
