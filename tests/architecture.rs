@@ -19,6 +19,8 @@ const LAYERS: &[&[&str]] = &[
     &["push"],
     // Orchestration: the pipeline, the rollback and the recovery.
     &["deploy"],
+    // The front door, which the pipeline switches around the run/ switch.
+    &["proxy"],
     // Mechanisms.
     &["release"],
     &["transaction"],

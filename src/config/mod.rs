@@ -9,5 +9,6 @@ pub mod node_config;
 pub mod pillar;
 pub mod project;
 pub mod project_config;
+pub mod proxy_config;
 pub mod recipe;
 pub mod settings;

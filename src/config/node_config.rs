@@ -13,6 +13,7 @@ use serde::{Deserialize, Deserializer};
 
 use crate::config::config_error::{ConfigError, parse_yaml_or_default, read_optional};
 use crate::config::duration;
+use crate::config::proxy_config::NodeProxy;
 use crate::config::recipe::{Mode, UnknownName, named_enum};
 
 /// Which section of the pillar (`environments.<name>`) a project's deploys use; in node.yml it
@@ -111,6 +112,9 @@ pub struct NodeConfig {
     /// Where absolute symlinks in a release tree may point besides the project's run/ and
     /// data/. Default [`DEFAULT_LINK_ROOTS`].
     pub allowed_link_roots: LinkRoots,
+    /// The front door: the nginx that routes each project's domains to its app. Default:
+    /// none, kiln writes no proxy configuration.
+    pub proxy: Option<NodeProxy>,
 }
 
 /// Where toolchains point absolute links: a venv's `bin/python3 -> /usr/bin/python3`, Debian's
@@ -673,7 +677,7 @@ mod tests {
             ),
             (
                 "enviroment: prod\n".to_owned(),
-                "node.yml:1:1: unknown field `enviroment`, expected one of `environment`, `layout`, `notify`, `limits`, `ssh`, `users`, `pillar_push`, `reject_failed_push`, `allowed_link_roots`",
+                "node.yml:1:1: unknown field `enviroment`, expected one of `environment`, `layout`, `notify`, `limits`, `ssh`, `users`, `pillar_push`, `reject_failed_push`, `allowed_link_roots`, `proxy`",
             ),
             (
                 "limits:\n  archive_bytes: 0\n".to_owned(),
