@@ -319,6 +319,28 @@ mod tests {
         );
     }
 
+    /// The documented project.yml is a real one.
+    #[test]
+    fn the_documented_project_yml_parses() {
+        let doc = include_str!("../../docs/node-config.md");
+        let yaml = doc
+            .split("\n## `<root>/<name>/project.yml`\n")
+            .nth(1)
+            .and_then(|section| section.split("```yaml\n").nth(1))
+            .and_then(|rest| rest.split("```").next())
+            .expect("docs/node-config.md has a project.yml block");
+        let config = parse(yaml).expect("the documented project.yml parses");
+        assert_eq!(config.domains, ["shop.example.com", "www.shop.example.com"]);
+        assert!(config.tls.contains_key("shop.example.com"));
+        assert_eq!(config.proxy.client_max_body_size, 10 << 20);
+        assert_eq!(
+            config.proxy.upstreams,
+            ["127.0.0.1:18432"
+                .parse::<std::net::SocketAddr>()
+                .expect("addr")]
+        );
+    }
+
     #[test]
     fn only_the_mode_is_required() {
         let config = parse("mode: editable\n").expect("parses");
