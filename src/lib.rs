@@ -3,6 +3,7 @@
 //! [`deploy`] runs the pipeline and undoes it on failure, [`release`] makes or pulls the release
 //! tree, [`transaction`] takes it live crash-safely, [`exec`] runs the project's commands and
 //! tells the pusher; [`config`], [`fs`] and [`error`] are the foundations every part uses.
+//! [`runtime`] builds the tree into an app that runs (buildpacks, the build cache).
 //! [`access`] is the door over SSH: who may push, look and operate, checked before anything runs.
 //! [`proxy`] is the front door over HTTP: the nginx that routes each project's domains to its app.
 //! ARCHITECTURE.md at the repository root is the map.
@@ -17,6 +18,7 @@ pub mod fs;
 pub mod proxy;
 pub mod push;
 pub mod release;
+pub mod runtime;
 pub mod status;
 pub mod transaction;
 

@@ -19,9 +19,9 @@ const LAYERS: &[&[&str]] = &[
     &["push"],
     // Orchestration: the pipeline, the rollback and the recovery.
     &["deploy"],
-    // The front door, which the pipeline switches around the run/ switch.
+    // Mechanisms: the front door, which the pipeline switches around the run/ switch, first.
     &["proxy"],
-    // Mechanisms.
+    &["runtime"],
     &["release"],
     &["transaction"],
     &["exec"],

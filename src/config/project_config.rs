@@ -52,6 +52,10 @@ pub struct ProjectConfig {
     /// How the front door talks to the app: upstreams, body size, timeouts.
     #[serde(default)]
     pub proxy: ProjectProxy,
+    /// An S3-compatible store (`s3://<bucket>/<prefix>`) that every good release is published
+    /// to after its deploy, for production nodes to pull from.
+    #[serde(default, deserialize_with = "store_url")]
+    pub publish: Option<String>,
 }
 
 fn default_branch() -> String {
@@ -73,6 +77,7 @@ impl ProjectConfig {
             domains: Vec::new(),
             tls: BTreeMap::new(),
             proxy: ProjectProxy::default(),
+            publish: None,
         }
     }
 
@@ -195,6 +200,9 @@ impl ProjectConfig {
                 }
             }
         }
+        if let Some(publish) = &self.publish {
+            let _ = writeln!(out, "publish: {}", scalar(publish));
+        }
         out
     }
 }
@@ -273,6 +281,20 @@ fn optional_text<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Option<St
     Ok(text)
 }
 
+/// Only an S3 store can be published to (the rest of the URL is checked where it is used);
+/// a static HTTP server can serve releases/ itself.
+fn store_url<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Option<String>, D::Error> {
+    let url = optional_text(deserializer)?;
+    if let Some(url) = &url
+        && !url.starts_with("s3://")
+    {
+        return Err(serde::de::Error::custom(format!(
+            "invalid publish target `{url}`: expected `s3://<bucket>/<prefix>`"
+        )));
+    }
+    Ok(url)
+}
+
 fn recipients<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Vec<String>, D::Error> {
     let recipients = Vec::<String>::deserialize(deserializer)?;
     for recipient in &recipients {
@@ -315,6 +337,7 @@ mod tests {
                 domains: Vec::new(),
                 tls: BTreeMap::new(),
                 proxy: ProjectProxy::default(),
+                publish: None,
             }
         );
     }
@@ -393,6 +416,7 @@ mod tests {
                 read_timeout: std::time::Duration::from_secs(120),
                 send_timeout: std::time::Duration::from_secs(60),
             },
+            publish: Some("s3://releases/fleet/shop".into()),
         };
         let awkward = ProjectConfig {
             mode: Mode::Cooking,
@@ -409,6 +433,7 @@ mod tests {
                 client_max_body_size: 0,
                 ..ProjectProxy::default()
             },
+            publish: None,
         };
         let cases = [
             ProjectConfig::new(Mode::Editable),
@@ -569,8 +594,12 @@ mod tests {
                 "project.yml:3:17: duration `0s` must be greater than zero",
             ),
             (
+                "mode: cooking\npublish: https://x/y\n",
+                "project.yml:2:10: invalid publish target `https://x/y`: expected `s3://<bucket>/<prefix>`",
+            ),
+            (
                 "mode: final\nkey: x\n",
-                "project.yml:2:1: unknown field `key`, expected one of `mode`, `branch`, `source`, `trusted_key`, `notify`, `pillar_push`, `environment`, `reject_failed_push`, `domains`, `tls`, `proxy`",
+                "project.yml:2:1: unknown field `key`, expected one of `mode`, `branch`, `source`, `trusted_key`, `notify`, `pillar_push`, `environment`, `reject_failed_push`, `domains`, `tls`, `proxy`, `publish`",
             ),
         ];
         let mut mismatches = Vec::new();

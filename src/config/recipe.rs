@@ -11,6 +11,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Deserializer};
 
+use crate::config::buildpack_ref::BuildpackRef;
 use crate::config::config_error::{ConfigError, parse_yaml_or_default};
 use crate::config::duration;
 
@@ -169,6 +170,9 @@ pub struct Recipe {
         deserialize_with = "crate::config::proxy_config::deserialize_static"
     )]
     pub static_paths: BTreeMap<String, String>,
+    /// The buildpacks to run, in order, before the build commands (cooking and editable mode).
+    /// None: kiln's own are detected when the mode has no build commands; `[]`: none run.
+    pub buildpacks: Option<Vec<BuildpackRef>>,
 }
 
 impl Default for Recipe {
@@ -187,6 +191,7 @@ impl Default for Recipe {
             modes: ModeOverrides::default(),
             reject_failed_push: false,
             static_paths: BTreeMap::new(),
+            buildpacks: None,
         }
     }
 }
@@ -338,6 +343,20 @@ impl Recipe {
             .and_then(|over| over.stages.get(stage))
             .or_else(|| self.stages.get(stage))
             .unwrap_or(&[])
+    }
+
+    /// The buildpacks to run in `mode`'s build stage: `Some(list)` when kiln.yml names them,
+    /// `None` when kiln's own are to be detected (kiln.yml has no `buildpacks:` and gives the
+    /// mode no build commands: a project that builds itself keeps building as it did), and an
+    /// empty list when none run. Final mode never builds.
+    pub fn buildpacks(&self, mode: Mode) -> Option<&[BuildpackRef]> {
+        const NONE: &[BuildpackRef] = &[];
+        match &self.buildpacks {
+            _ if mode == Mode::Final => Some(NONE),
+            Some(list) => Some(list),
+            None if self.commands(mode, Stage::Build).is_empty() => None,
+            None => Some(NONE),
+        }
     }
 
     /// The timeout for `stage`: kiln.yml's `timeouts.<stage>`, else `default` (the node's).
@@ -615,7 +634,7 @@ modes:                       # per-mode overrides of `stages`
         let cases = [
             (
                 "keep: 3\nstagez:\n  build: make\n",
-                "kiln.yml:2:1: unknown field `stagez`, expected one of `keep`, `stages`, `services`, `check`, `backup`, `restore`, `defaults`, `timeouts`, `drift`, `drift_ignore`, `modes`, `reject_failed_push`, `static`",
+                "kiln.yml:2:1: unknown field `stagez`, expected one of `keep`, `stages`, `services`, `check`, `backup`, `restore`, `defaults`, `timeouts`, `drift`, `drift_ignore`, `modes`, `reject_failed_push`, `static`, `buildpacks`",
             ),
             (
                 "stages:\n  biuld: make\n",
@@ -703,6 +722,49 @@ modes:                       # per-mode overrides of `stages`
         for (text, expected) in cases {
             let error = parse(text).expect_err(text);
             assert_eq!(error.to_string(), expected, "{text:?}");
+        }
+    }
+
+    #[test]
+    fn buildpacks_are_detected_only_for_projects_without_build_commands() {
+        let sha = "0123456789abcdef0123456789abcdef01234567";
+        let listed = parse(&format!(
+            "buildpacks: [python, ./bp, 'file:///srv/bp.git#{sha}']\n"
+        ))
+        .expect("parses");
+        assert_eq!(
+            listed.buildpacks(Mode::Cooking),
+            Some(
+                &[
+                    BuildpackRef::Builtin("python".into()),
+                    BuildpackRef::AppDir("bp".into()),
+                    BuildpackRef::Git {
+                        url: "file:///srv/bp.git".into(),
+                        commit: sha.into()
+                    }
+                ][..]
+            )
+        );
+        assert_eq!(listed.buildpacks(Mode::Final), Some(&[][..]));
+        assert_eq!(Recipe::default().buildpacks(Mode::Editable), None);
+        let builds = parse("stages:\n  build: make\n").expect("parses");
+        assert_eq!(builds.buildpacks(Mode::Cooking), Some(&[][..]));
+        let off = parse("buildpacks: []\n").expect("parses");
+        assert_eq!(off.buildpacks(Mode::Cooking), Some(&[][..]));
+        let cases = [
+            (
+                "buildpacks: [python, 'https://example.com/bp.git']\n",
+                "kiln.yml:1:22: buildpack `https://example.com/bp.git` is not pinned to a commit",
+            ),
+            (
+                "buildpacks: [ruby]\n",
+                "kiln.yml:1:14: `ruby` is not a buildpack",
+            ),
+            ("buildpacks: python\n", "kiln.yml:1:13: "),
+        ];
+        for (text, expected) in cases {
+            let error = parse(text).expect_err(text).to_string();
+            assert!(error.starts_with(expected), "{text:?}: {error}");
         }
     }
 
