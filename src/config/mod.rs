@@ -13,3 +13,4 @@ pub mod project_config;
 pub mod proxy_config;
 pub mod recipe;
 pub mod settings;
+pub mod size;

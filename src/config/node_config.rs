@@ -15,6 +15,7 @@ use crate::config::config_error::{ConfigError, parse_yaml_or_default, read_optio
 use crate::config::duration;
 use crate::config::proxy_config::NodeProxy;
 use crate::config::recipe::{Mode, UnknownName, named_enum};
+use crate::config::size::parse_size;
 
 /// Which section of the pillar (`environments.<name>`) a project's deploys use; in node.yml it
 /// also gives new projects their default mode.
@@ -504,31 +505,6 @@ fn size<'de, D: Deserializer<'de>>(deserializer: D) -> Result<u64, D::Error> {
         return Err(custom("size must be greater than zero".to_owned()));
     }
     Ok(bytes)
-}
-
-/// `10G`, `512M`, `1GiB`, `64K`, `2T`, `4096`: units are powers of 1024.
-pub fn parse_size(text: &str) -> Result<u64, String> {
-    let invalid =
-        || format!("invalid size `{text}`, expected a number of bytes or e.g. `512M`, `10G`, `1T`");
-    let trimmed = text.trim();
-    let digits_end = trimmed
-        .find(|c: char| !c.is_ascii_digit())
-        .unwrap_or(trimmed.len());
-    if digits_end == 0 {
-        return Err(invalid());
-    }
-    let number: u64 = trimmed[..digits_end].parse().map_err(|_| invalid())?;
-    let shift = match trimmed[digits_end..].trim_start() {
-        "" | "B" => 0,
-        "K" | "k" | "KiB" => 10,
-        "M" | "MiB" => 20,
-        "G" | "GiB" => 30,
-        "T" | "TiB" => 40,
-        _ => return Err(invalid()),
-    };
-    number
-        .checked_mul(1 << shift)
-        .ok_or_else(|| format!("size `{text}` is too large"))
 }
 
 impl FromStr for PillarPush {

@@ -181,7 +181,7 @@ impl ProjectConfig {
                 let _ = writeln!(out, "  upstreams: [{}]", items.join(", "));
             }
             if proxy.client_max_body_size != defaults.client_max_body_size {
-                let size = proxy_config::human_size(proxy.client_max_body_size);
+                let size = crate::config::size::human_size(proxy.client_max_body_size);
                 let _ = writeln!(out, "  client_max_body_size: {}", scalar(&size));
             }
             let timeouts = [

@@ -261,17 +261,7 @@ fn write_duration<S: serde::Serializer>(value: &Duration, s: S) -> Result<S::Ok,
 }
 
 fn write_size<S: serde::Serializer>(value: &u64, s: S) -> Result<S::Ok, S::Error> {
-    s.serialize_str(&human_size(*value))
-}
-
-/// `1048576` as `1M`: the largest binary unit that divides the size.
-pub fn human_size(bytes: u64) -> String {
-    for (shift, unit) in [(40, "T"), (30, "G"), (20, "M"), (10, "K")] {
-        if bytes != 0 && bytes.is_multiple_of(1 << shift) {
-            return format!("{}{unit}", bytes >> shift);
-        }
-    }
-    bytes.to_string()
+    s.serialize_str(&crate::config::size::human_size(*value))
 }
 
 fn upstreams<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Vec<SocketAddr>, D::Error> {
@@ -311,7 +301,7 @@ fn body_size<'de, D: Deserializer<'de>>(deserializer: D) -> Result<u64, D::Error
         }
 
         fn visit_str<E: de::Error>(self, text: &str) -> Result<u64, E> {
-            crate::config::node_config::parse_size(text).map_err(custom)
+            crate::config::size::parse_size(text).map_err(custom)
         }
     }
 
@@ -658,8 +648,8 @@ mod tests {
             (3 << 30, "3G"),
         ];
         for (bytes, text) in cases {
-            assert_eq!(human_size(bytes), text);
-            assert_eq!(crate::config::node_config::parse_size(text), Ok(bytes));
+            assert_eq!(crate::config::size::human_size(bytes), text);
+            assert_eq!(crate::config::size::parse_size(text), Ok(bytes));
         }
     }
 
