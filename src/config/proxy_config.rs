@@ -52,8 +52,10 @@ pub struct Nginx {
     pub pid_file: PathBuf,
     /// Where the projects' sites listen for HTTP: ports (`80`) or `address:port`
     /// (`127.0.0.1:8080`, `[::]:80`). Default `80` and `[::]:80`.
+    #[serde(deserialize_with = "listen_list")]
     pub listen: Vec<Listen>,
     /// Where sites with `tls` listen for HTTPS. Default `443` and `[::]:443`.
+    #[serde(deserialize_with = "listen_list")]
     pub listen_tls: Vec<Listen>,
 }
 
@@ -211,6 +213,17 @@ impl<'de> Deserialize<'de> for Listen {
         let text = deserializer.deserialize_any(ListenVisitor)?;
         Listen::parse(&text).map_err(custom)
     }
+}
+
+/// At least one address: a server block without `listen` would listen on nginx's default port.
+fn listen_list<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Vec<Listen>, D::Error> {
+    let list = Vec::<Listen>::deserialize(deserializer)?;
+    if list.is_empty() {
+        return Err(custom(
+            "expected at least one address: leave the key out for the default".into(),
+        ));
+    }
+    Ok(list)
 }
 
 /// project.yml `proxy:`: how the front door talks to this project's app.
@@ -527,6 +540,10 @@ mod tests {
             (
                 "proxy:\n  nginx:\n    listen: ['localhost:80']\n",
                 "node.yml:3:14: invalid listen address `localhost:80`: expected a port (`80`) or `address:port` (`127.0.0.1:8080`, `[::]:80`)",
+            ),
+            (
+                "proxy:\n  nginx:\n    listen_tls: []\n",
+                "node.yml:3:17: expected at least one address: leave the key out for the default",
             ),
             (
                 "proxy:\n  nginx:\n    reload: []\n",

@@ -1349,6 +1349,8 @@ impl Run<'_> {
                 let undone = rollback::undo(&paths, &journal, &failure.reason, self.out);
                 if undone.is_ok() && self.front_door_installed {
                     rollback::restore_front_door(self.node, self.project, self.out);
+                }
+                if undone.is_ok() {
                     match ReleaseLog::load(&paths.release_log()) {
                         Ok(log) => self.prune(&log),
                         Err(e) => self
