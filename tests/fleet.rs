@@ -734,3 +734,28 @@ fn a_node_that_was_down_during_the_rollout_shows_it_is_behind_and_catches_up() {
     let status_text = web2.node.ok(&["status", PROJECT]);
     assert!(!status_text.contains("behind:"), "{status_text}");
 }
+
+#[test]
+fn a_failed_first_rollout_cannot_take_the_canary_back_to_nothing_and_says_so() {
+    let fleet = Fleet::new(3);
+    let one = fleet.release("one");
+    let inventory = fleet.inventory(&[]);
+    fs::write(fleet.nodes[1].node.root.join("fail-check"), "").unwrap();
+    let untouched = Untouched::take(&fleet.nodes[2]);
+
+    let (status, output) = fleet.rollout(&one, &inventory, &[]);
+    assert_ne!(status, 0, "{output}");
+    let canary = &fleet.nodes[0];
+    let release = canary.current().unwrap();
+    assert!(
+        output.contains(&format!(
+            "rolling back failed on web1 (nothing was live before release {release} went live: there is no release to roll back to)"
+        )),
+        "{output}"
+    );
+    // Nothing ran there before: the canary keeps the release, and its branch.
+    assert_eq!(live_record(canary)["commit"], one.as_str());
+    assert_eq!(canary.branch_tip("master").as_deref(), Some(one.as_str()));
+    assert_eq!(fleet.nodes[1].current(), None, "web2's first deploy failed");
+    untouched.assert(&fleet.nodes[2], "web3, never reached");
+}
