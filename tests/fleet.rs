@@ -298,6 +298,16 @@ fn rollback_to_before_undoes_one_live_release_and_is_a_no_op_otherwise() {
     fs::remove_file(node.root.join("fail-check")).unwrap();
     let failed = project.releases().last().unwrap().clone();
     assert_eq!(failed.1, "failed");
+    // git moved the branch to the commit that failed: status says the node is behind it.
+    let tip = project.branch_tip("master").unwrap();
+    let status = node.ok(&["status", PROJECT]);
+    assert!(
+        status.contains(&format!(
+            "behind:      branch master is at {}, which is not live: `kiln deploy shop` deploys it",
+            &tip[..7]
+        )),
+        "{status}"
+    );
     let before = Before::take(&project);
     let (status, result) = json(node, &["rollback", PROJECT, "--to-before", &failed.0]);
     assert_eq!(status, 0, "{result:#}");
