@@ -10,5 +10,7 @@ pub mod node_config;
 pub mod pillar;
 pub mod project;
 pub mod project_config;
+pub mod proxy_config;
 pub mod recipe;
 pub mod settings;
+pub mod size;

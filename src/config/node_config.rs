@@ -13,7 +13,9 @@ use serde::{Deserialize, Deserializer};
 
 use crate::config::config_error::{ConfigError, parse_yaml_or_default, read_optional};
 use crate::config::duration;
+use crate::config::proxy_config::NodeProxy;
 use crate::config::recipe::{Mode, UnknownName, named_enum};
+use crate::config::size::parse_size;
 
 /// Which section of the pillar (`environments.<name>`) a project's deploys use; in node.yml it
 /// also gives new projects their default mode.
@@ -111,6 +113,44 @@ pub struct NodeConfig {
     /// Where absolute symlinks in a release tree may point besides the project's run/ and
     /// data/. Default [`DEFAULT_LINK_ROOTS`].
     pub allowed_link_roots: LinkRoots,
+    /// The front door: the nginx that routes each project's domains to its app. Default:
+    /// none, kiln writes no proxy configuration.
+    pub proxy: Option<NodeProxy>,
+    /// The S3-compatible release store (`s3://` in project.yml `source` and `publish`).
+    pub s3: S3Config,
+}
+
+/// node.yml `s3:`: how to reach the S3-compatible release store. Each key left out comes from
+/// the environment (`AWS_ENDPOINT_URL`, `AWS_REGION`, `AWS_ACCESS_KEY_ID`,
+/// `AWS_SECRET_ACCESS_KEY`), else its default (src/release/s3.rs).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct S3Config {
+    /// `http(s)://host[:port]`. Default: AWS's endpoint for the region.
+    #[serde(deserialize_with = "endpoint")]
+    pub endpoint: Option<String>,
+    /// Default `us-east-1`.
+    pub region: Option<String>,
+    /// `https://endpoint/bucket/key` instead of `https://bucket.endpoint/key`. Default: true
+    /// when an endpoint is given (MinIO, Ceph RGW), false for AWS.
+    pub path_style: Option<bool>,
+    pub access_key: Option<String>,
+    /// A file holding the secret key (kept out of node.yml, which many may read).
+    pub secret_key_file: Option<PathBuf>,
+}
+
+fn endpoint<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Option<String>, D::Error> {
+    let url = Option::<String>::deserialize(deserializer)?;
+    if let Some(url) = &url
+        && !((url.starts_with("http://") || url.starts_with("https://"))
+            && url.len() > "https://".len()
+            && !url.chars().any(|c| c.is_whitespace() || c.is_control()))
+    {
+        return Err(custom(format!(
+            "invalid endpoint `{url}`: expected an `http(s)://host[:port]` URL"
+        )));
+    }
+    Ok(url)
 }
 
 /// Where toolchains point absolute links: a venv's `bin/python3 -> /usr/bin/python3`, Debian's
@@ -467,31 +507,6 @@ fn size<'de, D: Deserializer<'de>>(deserializer: D) -> Result<u64, D::Error> {
     Ok(bytes)
 }
 
-/// `10G`, `512M`, `1GiB`, `64K`, `2T`, `4096`: units are powers of 1024.
-pub fn parse_size(text: &str) -> Result<u64, String> {
-    let invalid =
-        || format!("invalid size `{text}`, expected a number of bytes or e.g. `512M`, `10G`, `1T`");
-    let trimmed = text.trim();
-    let digits_end = trimmed
-        .find(|c: char| !c.is_ascii_digit())
-        .unwrap_or(trimmed.len());
-    if digits_end == 0 {
-        return Err(invalid());
-    }
-    let number: u64 = trimmed[..digits_end].parse().map_err(|_| invalid())?;
-    let shift = match trimmed[digits_end..].trim_start() {
-        "" | "B" => 0,
-        "K" | "k" | "KiB" => 10,
-        "M" | "MiB" => 20,
-        "G" | "GiB" => 30,
-        "T" | "TiB" => 40,
-        _ => return Err(invalid()),
-    };
-    number
-        .checked_mul(1 << shift)
-        .ok_or_else(|| format!("size `{text}` is too large"))
-}
-
 impl FromStr for PillarPush {
     type Err = UnknownName;
 
@@ -617,6 +632,11 @@ mod tests {
         assert!(config.users["ann"].admin);
         assert!(config.users["bob"].may("blog", Right::Deploy));
         assert!(!config.users["bob"].may("blog", Right::Config));
+        assert_eq!(config.s3.path_style, Some(true));
+        assert_eq!(
+            config.s3.secret_key_file.as_deref(),
+            Some(Path::new("/etc/kiln/s3-secret"))
+        );
     }
 
     #[test]
@@ -673,7 +693,7 @@ mod tests {
             ),
             (
                 "enviroment: prod\n".to_owned(),
-                "node.yml:1:1: unknown field `enviroment`, expected one of `environment`, `layout`, `notify`, `limits`, `ssh`, `users`, `pillar_push`, `reject_failed_push`, `allowed_link_roots`",
+                "node.yml:1:1: unknown field `enviroment`, expected one of `environment`, `layout`, `notify`, `limits`, `ssh`, `users`, `pillar_push`, `reject_failed_push`, `allowed_link_roots`, `proxy`, `s3`",
             ),
             (
                 "limits:\n  archive_bytes: 0\n".to_owned(),
@@ -758,6 +778,14 @@ mod tests {
             (
                 "allowed_link_roots: [/usr/../etc]\n".to_owned(),
                 "node.yml:1:21: invalid link root `/usr/../etc`: expected an absolute directory without `.` or `..` components and without a trailing `/`, e.g. `/usr`; `/` itself is not allowed",
+            ),
+            (
+                "s3:\n  endpoint: 127.0.0.1:9000\n".to_owned(),
+                "node.yml:2:13: invalid endpoint `127.0.0.1:9000`: expected an `http(s)://host[:port]` URL",
+            ),
+            (
+                "s3:\n  secret_key: x\n".to_owned(),
+                "node.yml:2:3: unknown field `secret_key`, expected one of `endpoint`, `region`, `path_style`, `access_key`, `secret_key_file`",
             ),
             (
                 "allowed_link_roots: [/]\n".to_owned(),

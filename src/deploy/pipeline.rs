@@ -24,6 +24,8 @@ use crate::exec::stage::{self, CheckSpec, CommandSpec};
 use crate::fs::git;
 use crate::fs::sync::{self, SyncOptions};
 use crate::fs::tree;
+use crate::proxy::front_door::{Applied, FrontDoor};
+use crate::proxy::site::{self, Site};
 use crate::release::bake;
 use crate::release::manifest::{self as release, Manifest};
 use crate::transaction::backup;
@@ -437,6 +439,9 @@ struct Run<'a> {
     archive: PathBuf,
     /// The name of this run's log in logs/ (`<release>` for a deploy).
     log_name: String,
+    /// This run installed its release's front door configuration: an undo puts the live
+    /// release's back.
+    front_door_installed: bool,
     out: &'a mut Reporter,
 }
 
@@ -524,6 +529,7 @@ impl<'a> Run<'a> {
             baking: None,
             archive: setup.archive,
             log_name: setup.log_name,
+            front_door_installed: false,
             out,
         }
     }
@@ -958,12 +964,71 @@ impl Run<'_> {
     /// stop command it was started with).
     fn restart_in_place(&mut self) -> Result<(), Failure> {
         let project_dir = self.paths().project.clone();
+        self.check_front_door()?;
         self.stop_live(&project_dir)?;
         self.commands(Stage::Deploy, &project_dir)?;
         if let Some(start) = self.recipe.services.start.clone() {
             self.shell(Stage::Deploy, &start, &project_dir)?;
         }
+        self.install_front_door()?;
         self.check(&project_dir)
+    }
+
+    /// The front door's site of this run's release: project.yml's domains and upstreams,
+    /// this release's `static:` (or its static buildpack's site).
+    fn site(&self) -> Site {
+        let config = &self.project.config;
+        let tree = match self.mode {
+            Mode::Editable => self.paths().project.clone(),
+            _ => self.paths().release_dir(&self.release),
+        };
+        Site::new(
+            self.paths(),
+            config,
+            site::upstreams(&[], config),
+            &site::static_paths(&self.recipe.static_paths, &tree),
+        )
+    }
+
+    /// Before anything stops: nginx must accept the configuration this release needs, or the
+    /// deploy fails here with nginx's error, and nothing live has changed.
+    fn check_front_door(&mut self) -> Result<(), Failure> {
+        let Some(front) = FrontDoor::of(self.node) else {
+            return Ok(());
+        };
+        let site = self.site();
+        front
+            .check(&site)
+            .map_err(|e| Failure::new(Stage::Deploy, e))?;
+        if !site.domains.is_empty() {
+            self.out.note(&format!(
+                "front door: nginx accepts the configuration of {}",
+                site.domains.join(", ")
+            ));
+        }
+        Ok(())
+    }
+
+    /// Once the new release runs: its configuration is written and nginx reloaded.
+    fn install_front_door(&mut self) -> Result<(), Failure> {
+        let Some(front) = FrontDoor::of(self.node) else {
+            return Ok(());
+        };
+        let site = self.site();
+        // From here an undo must put the live release's configuration back, whether this
+        // install worked or failed halfway.
+        self.front_door_installed = true;
+        let applied = front
+            .install(&site)
+            .map_err(|e| Failure::new(Stage::Deploy, e))?;
+        match applied {
+            Applied::Reloaded => self.out.note("front door: nginx reloaded"),
+            Applied::NotRunning => self.out.note(
+                "front door: configuration written; the node-private nginx is not running (`kiln proxy start`)",
+            ),
+            Applied::Unchanged => {}
+        }
+        Ok(())
     }
 
     /// Stops the live release with its own `services.stop` (nothing is live: nothing to stop).
@@ -1012,6 +1077,7 @@ impl Run<'_> {
     fn go_live_with(&mut self, tree_dir: &Path, data_from: Option<&Path>) -> Result<(), Failure> {
         let fail = |e: Error| Failure::new(Stage::Deploy, e);
         let paths = self.paths().clone();
+        self.check_front_door()?;
         self.save_drift().map_err(fail)?;
         ensure_run_dir(&paths.run).map_err(fail)?;
 
@@ -1108,6 +1174,7 @@ impl Run<'_> {
         if let Some(start) = self.recipe.services.start.clone() {
             self.shell(Stage::Deploy, &start, &paths.run)?;
         }
+        self.install_front_door()?;
         self.out.note(&format!(
             "services were stopped for {}",
             seconds(window.elapsed())
@@ -1209,7 +1276,43 @@ impl Run<'_> {
                 crate::error::chain(&e)
             ));
         }
+        self.publish();
         Ok(())
+    }
+
+    /// Staging with project.yml `publish`: uploads the new release to the store. The release
+    /// is live and good already, so a failure is a warning (and `kiln status` shows it), not
+    /// a failed deploy; `kiln release publish` uploads what is missing later.
+    fn publish(&mut self) {
+        let Some(url) = self.project.config.publish.clone() else {
+            return;
+        };
+        if self.mode != Mode::Cooking {
+            return;
+        }
+        let started = Instant::now();
+        let paths = self.paths().clone();
+        match crate::release::publish::publish_to(
+            &self.node.config.s3,
+            &paths,
+            &self.log,
+            self.mode,
+            &url,
+        ) {
+            Ok(done) => self.out.note(&format!(
+                "published {} to {url} in {}",
+                match done.uploaded.as_slice() {
+                    [] => "nothing new".to_string(),
+                    ids => ids.join(", "),
+                },
+                seconds(started.elapsed())
+            )),
+            Err(e) => self.out.note(&format!(
+                "warning: could not publish to {url}: {}; the release is live; retry with `kiln release publish {}`",
+                crate::error::chain(&e),
+                paths.name
+            )),
+        }
     }
 
     /// Removes what releases beyond `keep` left behind (after a good deploy, and after a
@@ -1252,6 +1355,9 @@ impl Run<'_> {
         let outcome = match self.journal.take() {
             Some(journal) => {
                 let undone = rollback::undo(&paths, &journal, &failure.reason, self.out);
+                if undone.is_ok() && self.front_door_installed {
+                    rollback::restore_front_door(self.node, self.project, self.out);
+                }
                 if undone.is_ok() {
                     match ReleaseLog::load(&paths.release_log()) {
                         Ok(log) => self.prune(&log),

@@ -154,7 +154,7 @@ pub fn fetch_release(
         .config
         .source
         .as_deref()
-        .map(Source::parse)
+        .map(|text| Source::parse(text, &node.config.s3))
         .transpose()?;
 
     let local: Vec<Listed> = local_releases(&paths.releases)?
