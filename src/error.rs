@@ -113,6 +113,10 @@ pub enum Error {
     #[error("{0}")]
     Runtime(#[source] MechanismError),
 
+    /// The front door (src/proxy/): nginx refused a configuration, or could not be run.
+    #[error("{0}")]
+    Proxy(#[source] MechanismError),
+
     #[error("{message}")]
     Refused { message: String },
 

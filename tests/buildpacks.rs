@@ -554,6 +554,19 @@ fn a_python_app_builds_reuses_the_cache_and_runs_where_it_is_moved() {
         Some("hello again, six 1.16.0, visit 4")
     );
     assert_eq!(ps(&project)["instances"][0]["state"], "up");
+    // Nothing writes to the tree after the buildpack (no build commands): the release's venv
+    // is hard links to the cache entry, never written again, instead of a copy.
+    let release = project.path("deploy").join(project.current().unwrap());
+    let inode = |path: &Path| fs::metadata(path).unwrap().ino();
+    assert_eq!(
+        inode(&release.join(".venv/bin/gunicorn")),
+        inode(&cached[0].join("bin/gunicorn"))
+    );
+    assert_ne!(
+        inode(&run.join(".venv/bin/gunicorn")),
+        inode(&cached[0].join("bin/gunicorn")),
+        "run/ holds copies"
+    );
 
     let (_prod_node, _prod_guard) = supervised_sibling(&node, "production");
     let (prod, pulled) = production(&project, &app);

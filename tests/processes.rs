@@ -671,3 +671,48 @@ fn kiln_yml_naming_a_missing_process_type_fails_before_anything_stops() {
     );
     assert_eq!(instance(&project, "web.1")["pid"], pid, "never stopped");
 }
+
+/// The front door (node.yml `proxy`) sends a project's domain to its supervised web
+/// processes: their ports are the upstreams, before and after a deploy moves them to a new
+/// release. A static site the front door serves itself runs no process at all.
+#[test]
+fn the_front_door_routes_a_domain_to_the_supervised_web_processes() {
+    let (node, _guard) = supervised_node();
+    let http = free_port();
+    node.write_node_yml(&format!(
+        "supervisor:\n  backend: kiln\nproxy:\n  nginx:\n    private: true\n    listen: ['127.0.0.1:{http}']\n    listen_tls: ['127.0.0.1:{}']\n",
+        free_port()
+    ));
+    let _nginx = common::http::NginxGuard {
+        root: node.root.clone(),
+    };
+    let (project, app) = web_app(&node, WEB, "through nginx v1\n");
+    node.ok(&["domains", "add", "shop", "shop.test"]);
+    node.ok(&["proxy", "start"]);
+    deployed(&app, &project);
+    let body = |host: &str| common::http::get(http, host, "/").body.trim().to_string();
+    assert_eq!(body("shop.test"), "through nginx v1");
+    app.write("message.txt", "through nginx v2\n");
+    app.commit("v2");
+    deployed(&app, &project);
+    assert_eq!(body("shop.test"), "through nginx v2");
+
+    let site = node.init("site", "cooking");
+    node.ok(&["domains", "add", "site", "site.test"]);
+    let static_app = node.app("site");
+    static_app.write("public/index.html", "<h1>static</h1>\n");
+    static_app.commit("static");
+    let output = static_app.deploy(&site);
+    assert!(
+        output.contains(
+            "the front door serves this site from run/: its buildpack's `web` process is not run"
+        ),
+        "{output}"
+    );
+    assert_eq!(body("site.test"), "<h1>static</h1>");
+    assert!(
+        apps(&node.root, "web.1")
+            .iter()
+            .all(|(_, release)| *release == project.current().unwrap())
+    );
+}

@@ -11,6 +11,7 @@ pub mod pillar;
 pub mod processes;
 pub mod project;
 pub mod project_config;
+pub mod proxy_config;
 pub mod recipe;
 pub mod settings;
 pub mod size;

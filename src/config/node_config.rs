@@ -14,8 +14,8 @@ use serde::{Deserialize, Deserializer};
 use crate::config::config_error::{ConfigError, parse_yaml_or_default, read_optional};
 use crate::config::duration;
 use crate::config::processes::SupervisorConfig;
+use crate::config::proxy_config::NodeProxy;
 use crate::config::recipe::{Mode, UnknownName, named_enum};
-pub use crate::config::size::parse_size;
 
 /// Which section of the pillar (`environments.<name>`) a project's deploys use; in node.yml it
 /// also gives new projects their default mode.
@@ -115,6 +115,9 @@ pub struct NodeConfig {
     pub allowed_link_roots: LinkRoots,
     /// Which supervisor runs the apps' processes, their ports, their logs.
     pub supervisor: SupervisorConfig,
+    /// The front door: the nginx that routes each project's domains to its app. Default:
+    /// none, kiln writes no proxy configuration.
+    pub proxy: Option<NodeProxy>,
     /// The S3-compatible release store (`s3://` in project.yml `source` and `publish`).
     pub s3: S3Config,
 }
@@ -653,7 +656,11 @@ mod tests {
             ("99999999999T", Err("size `99999999999T` is too large")),
         ];
         for (text, expected) in cases {
-            assert_eq!(parse_size(text), expected.map_err(str::to_owned), "{text}");
+            assert_eq!(
+                crate::config::size::parse_size(text),
+                expected.map_err(str::to_owned),
+                "{text}"
+            );
         }
     }
 
@@ -666,7 +673,7 @@ mod tests {
             ),
             (
                 "enviroment: prod\n".to_owned(),
-                "node.yml:1:1: unknown field `enviroment`, expected one of `environment`, `layout`, `notify`, `limits`, `ssh`, `users`, `pillar_push`, `reject_failed_push`, `allowed_link_roots`, `supervisor`, `s3`",
+                "node.yml:1:1: unknown field `enviroment`, expected one of `environment`, `layout`, `notify`, `limits`, `ssh`, `users`, `pillar_push`, `reject_failed_push`, `allowed_link_roots`, `supervisor`, `proxy`, `s3`",
             ),
             (
                 "limits:\n  archive_bytes: 0\n".to_owned(),

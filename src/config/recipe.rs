@@ -176,6 +176,13 @@ pub struct Recipe {
     pub stop_grace: Duration,
     /// Per-instance resource limits (the systemd backend).
     pub limits: ProcessLimits,
+    /// URL prefixes the front door serves itself from directories of run/
+    /// (`/static: public/static`), without asking the app.
+    #[serde(
+        rename = "static",
+        deserialize_with = "crate::config::proxy_config::deserialize_static"
+    )]
+    pub static_paths: BTreeMap<String, String>,
     /// The buildpacks to run, in order, before the build commands (cooking and editable mode).
     /// None: kiln's own are detected when the mode has no build commands; `[]`: none run.
     pub buildpacks: Option<Vec<BuildpackRef>>,
@@ -199,6 +206,7 @@ impl Default for Recipe {
             processes: BTreeMap::new(),
             stop_grace: DEFAULT_STOP_GRACE,
             limits: ProcessLimits::default(),
+            static_paths: BTreeMap::new(),
             buildpacks: None,
         }
     }
@@ -663,7 +671,7 @@ modes:                       # per-mode overrides of `stages`
         let cases = [
             (
                 "keep: 3\nstagez:\n  build: make\n",
-                "kiln.yml:2:1: unknown field `stagez`, expected one of `keep`, `stages`, `services`, `check`, `backup`, `restore`, `defaults`, `timeouts`, `drift`, `drift_ignore`, `modes`, `reject_failed_push`, `processes`, `stop_grace`, `limits`, `buildpacks`",
+                "kiln.yml:2:1: unknown field `stagez`, expected one of `keep`, `stages`, `services`, `check`, `backup`, `restore`, `defaults`, `timeouts`, `drift`, `drift_ignore`, `modes`, `reject_failed_push`, `processes`, `stop_grace`, `limits`, `static`, `buildpacks`",
             ),
             (
                 "stages:\n  biuld: make\n",

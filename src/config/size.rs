@@ -1,5 +1,5 @@
-//! Human-written byte counts (`512M`, `10G`, `4096`) for node.yml and kiln.yml: archive limits,
-//! app log rotation, a process's memory limit.
+//! Sizes as people write them in node.yml, project.yml and kiln.yml (`512M`, `10G`, `64K`, or
+//! bytes), and printed back the same way. Units are powers of 1024.
 
 use std::fmt;
 
@@ -28,6 +28,16 @@ pub fn parse_size(text: &str) -> Result<u64, String> {
     number
         .checked_mul(1 << shift)
         .ok_or_else(|| format!("size `{text}` is too large"))
+}
+
+/// `1048576` as `1M`: the largest binary unit that divides the size.
+pub fn human_size(bytes: u64) -> String {
+    for (shift, unit) in [(40, "T"), (30, "G"), (20, "M"), (10, "K")] {
+        if bytes != 0 && bytes.is_multiple_of(1 << shift) {
+            return format!("{}{unit}", bytes >> shift);
+        }
+    }
+    bytes.to_string()
 }
 
 /// A byte count greater than zero: a plain integer, or a string with a binary unit (`512M`,

@@ -13,6 +13,7 @@ use git2::Oid;
 use serde_json::json;
 
 use crate::config::pillar::Pillar;
+use crate::config::processes::WEB;
 use crate::config::project::{Node, Project};
 use crate::config::recipe::{Drift, Mode, Recipe, Services, Stage};
 use crate::config::settings;
@@ -24,6 +25,8 @@ use crate::exec::stage::{self, CheckSpec, CommandSpec};
 use crate::fs::git;
 use crate::fs::sync::{self, SyncOptions};
 use crate::fs::tree;
+use crate::proxy::front_door::{Applied, FrontDoor};
+use crate::proxy::site::{self, Site};
 use crate::release::bake;
 use crate::release::manifest::{self as release, Manifest};
 use crate::runtime::formation::{Formation, FormationSetup, Scale};
@@ -454,6 +457,9 @@ struct Run<'a> {
     formation: Option<Formation>,
     /// This release's release-phase command (its Procfile's `release:`).
     release_command: Option<String>,
+    /// This run installed its release's front door configuration: an undo puts the live
+    /// release's back.
+    front_door_installed: bool,
     out: &'a mut Reporter,
 }
 
@@ -556,6 +562,7 @@ impl<'a> Run<'a> {
             baking: None,
             archive: setup.archive,
             log_name: setup.log_name,
+            front_door_installed: false,
             out,
         }
     }
@@ -791,6 +798,10 @@ impl Run<'_> {
             timeout: self.timeout(Stage::Build),
             redactor: &self.redactor,
             unshare: self.mode == Mode::Cooking,
+            links_ok: self.mode == Mode::Cooking
+                && [Stage::Build, Stage::Bundle]
+                    .iter()
+                    .all(|stage| self.recipe.commands(self.mode, *stage).is_empty()),
         };
         let built = crate::runtime::buildpack::build(&request, self.out)
             .map_err(|e| Failure::new(Stage::Build, e))?;
@@ -1000,6 +1011,7 @@ impl Run<'_> {
         let project_dir = self.paths().project.clone();
         self.plan_processes(&project_dir)
             .map_err(|e| Failure::new(Stage::Deploy, e))?;
+        self.check_front_door()?;
         self.stop_live(&project_dir)?;
         self.stop_processes()?;
         self.commands(Stage::Deploy, &project_dir)?;
@@ -1008,6 +1020,7 @@ impl Run<'_> {
             self.shell(Stage::Deploy, &start, &project_dir)?;
         }
         self.start_processes()?;
+        self.install_front_door()?;
         self.check(&project_dir)
     }
 
@@ -1017,8 +1030,17 @@ impl Run<'_> {
     /// fails the deploy with nothing to undo.
     fn plan_processes(&mut self, tree: &Path) -> Result<(), Error> {
         let paths = self.paths().clone();
-        let types = ProcessTypes::of_tree(tree)?;
+        let mut types = ProcessTypes::of_tree(tree)?;
         self.release_command = types.release.clone();
+        // A site the front door serves whole from run/ (kiln's static buildpack's) needs no
+        // web process; a Procfile's `web` still runs.
+        let served_static = FrontDoor::of(self.node).is_some()
+            && site::static_paths(&self.recipe.static_paths, tree).contains_key("/");
+        if served_static && types.proposed.contains(WEB) && types.types.remove(WEB).is_some() {
+            self.out.note(
+                "the front door serves this site from run/: its buildpack's `web` process is not run",
+            );
+        }
         if types.types.is_empty() {
             if let Some(name) = self
                 .recipe
@@ -1069,6 +1091,64 @@ impl Run<'_> {
             );
         }
         self.formation = Some(formation);
+        Ok(())
+    }
+
+    /// The front door's site of this run's release: project.yml's domains and upstreams,
+    /// this release's `static:` (or its static buildpack's site).
+    fn site(&self) -> Site {
+        let config = &self.project.config;
+        let tree = match self.mode {
+            Mode::Editable => self.paths().project.clone(),
+            _ => self.paths().release_dir(&self.release),
+        };
+        Site::new(
+            self.paths(),
+            config,
+            site::upstreams(&self.web_ports(), config),
+            &site::static_paths(&self.recipe.static_paths, &tree),
+        )
+    }
+
+    /// The ports of this release's web instances, for the front door's upstreams: given when
+    /// its processes start; before that (nginx checks the configuration before anything
+    /// stops) the ports they will get, which are those the running instances of the same
+    /// names have (a web instance keeps its port).
+    fn web_ports(&self) -> Vec<u16> {
+        let Some(formation) = &self.formation else {
+            return Vec::new();
+        };
+        let known = if formation.ports.is_empty() {
+            self.live_formation
+                .as_ref()
+                .map(|live| live.ports.clone())
+                .unwrap_or_default()
+        } else {
+            formation.ports.clone()
+        };
+        formation
+            .web_instances()
+            .iter()
+            .filter_map(|name| known.get(&name.to_string()).copied())
+            .collect()
+    }
+
+    /// Before anything stops: nginx must accept the configuration this release needs, or the
+    /// deploy fails here with nginx's error, and nothing live has changed.
+    fn check_front_door(&mut self) -> Result<(), Failure> {
+        let Some(front) = FrontDoor::of(self.node) else {
+            return Ok(());
+        };
+        let site = self.site();
+        front
+            .check(&site)
+            .map_err(|e| Failure::new(Stage::Deploy, e))?;
+        if !site.domains.is_empty() {
+            self.out.note(&format!(
+                "front door: nginx accepts the configuration of {}",
+                site.domains.join(", ")
+            ));
+        }
         Ok(())
     }
 
@@ -1171,6 +1251,28 @@ impl Run<'_> {
         Ok(accepted)
     }
 
+    /// Once the new release runs: its configuration is written and nginx reloaded.
+    fn install_front_door(&mut self) -> Result<(), Failure> {
+        let Some(front) = FrontDoor::of(self.node) else {
+            return Ok(());
+        };
+        let site = self.site();
+        // From here an undo must put the live release's configuration back, whether this
+        // install worked or failed halfway.
+        self.front_door_installed = true;
+        let applied = front
+            .install(&site)
+            .map_err(|e| Failure::new(Stage::Deploy, e))?;
+        match applied {
+            Applied::Reloaded => self.out.note("front door: nginx reloaded"),
+            Applied::NotRunning => self.out.note(
+                "front door: configuration written; the node-private nginx is not running (`kiln proxy start`)",
+            ),
+            Applied::Unchanged => {}
+        }
+        Ok(())
+    }
+
     /// Stops the live release with its own `services.stop` (nothing is live: nothing to stop).
     fn stop_live(&mut self, cwd: &Path) -> Result<(), Failure> {
         if self.live.is_none() {
@@ -1222,6 +1324,7 @@ impl Run<'_> {
         let fail = |e: Error| Failure::new(Stage::Deploy, e);
         let paths = self.paths().clone();
         self.plan_processes(tree_dir).map_err(fail)?;
+        self.check_front_door()?;
         self.save_drift().map_err(fail)?;
         ensure_run_dir(&paths.run).map_err(fail)?;
 
@@ -1325,6 +1428,7 @@ impl Run<'_> {
         // From the stop of the live release until the new one serves: its services started,
         // and its web processes (if any) accept connections.
         let stopped = starting + accepted;
+        self.install_front_door()?;
         self.out
             .note(&format!("services were stopped for {}", seconds(stopped)));
         self.out.event(
@@ -1509,6 +1613,9 @@ impl Run<'_> {
                     &failure.reason,
                     self.out,
                 );
+                if undone.is_ok() && self.front_door_installed {
+                    rollback::restore_front_door(self.node, self.project, self.out);
+                }
                 if undone.is_ok() {
                     match ReleaseLog::load(&paths.release_log()) {
                         Ok(log) => self.prune(&log),

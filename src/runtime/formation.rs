@@ -346,6 +346,7 @@ mod tests {
                 .map(|(k, v)| (k.to_string(), v.to_string()))
                 .collect(),
             release: None,
+            proposed: Default::default(),
         }
     }
 

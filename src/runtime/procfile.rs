@@ -103,6 +103,8 @@ pub fn check_commit(repo: &git2::Repository, commit: git2::Oid) -> Result<(), cr
 pub struct ProcessTypes {
     pub types: BTreeMap<String, String>,
     pub release: Option<String>,
+    /// The types only a buildpack proposed (the Procfile does not name them).
+    pub proposed: std::collections::BTreeSet<String>,
 }
 
 impl ProcessTypes {
@@ -121,10 +123,16 @@ impl ProcessTypes {
                 ));
             }
         };
+        let proposed = types
+            .keys()
+            .filter(|name| !procfile.types.contains_key(*name))
+            .cloned()
+            .collect();
         types.extend(procfile.types);
         Ok(ProcessTypes {
             types,
             release: procfile.release,
+            proposed,
         })
     }
 }
@@ -247,6 +255,7 @@ mod tests {
         assert_eq!(types.types["web"], "gunicorn app:app");
         assert_eq!(types.types["worker"], "python w.py");
         assert_eq!(types.release.as_deref(), Some("migrate"));
+        assert_eq!(types.proposed.iter().collect::<Vec<_>>(), ["worker"]);
 
         std::fs::write(dir.path().join(BUILDPACKS_FILE), "{not json").unwrap();
         let error = ProcessTypes::of_tree(dir.path()).unwrap_err().to_string();
