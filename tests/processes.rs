@@ -716,3 +716,29 @@ fn the_front_door_routes_a_domain_to_the_supervised_web_processes() {
             .all(|(_, release)| *release == project.current().unwrap())
     );
 }
+
+/// Found with the front door's tests: an app that kiln.yml `services.start` runs itself, and
+/// whose public/ made kiln's static buildpack propose a `web` process, got a second server
+/// (the static one) that the front door then routed to.
+#[test]
+fn regression_an_app_run_by_services_start_gets_no_proposed_web_process() {
+    let (node, _guard) = supervised_node();
+    let project = node.init("shop", "cooking");
+    let app = node.app("shop");
+    app.write("public/index.html", "<h1>hi</h1>\n").write(
+        "kiln.yml",
+        "services:\n  start: echo started by services\n  stop: echo stopped by services\n",
+    );
+    app.commit("services");
+    let output = app.deploy(&project);
+    assert!(output.contains("-----> Static app detected"), "{output}");
+    assert!(
+        output.contains("kiln.yml `services.start` runs the app: the buildpack's proposed process types (web) are not run"),
+        "{output}"
+    );
+    assert!(apps(&node.root, "web.1").is_empty());
+    assert!(
+        !node.root.join(".kiln/supervisor/daemon.pid").exists(),
+        "no daemon started"
+    );
+}

@@ -1041,6 +1041,18 @@ impl Run<'_> {
                 "the front door serves this site from run/: its buildpack's `web` process is not run",
             );
         }
+        // kiln.yml `services.start` runs the app itself: what a buildpack merely proposes
+        // would be a second copy. A Procfile's types run in addition (the user asked for them).
+        if self.recipe.services.start.is_some() && !types.proposed.is_empty() {
+            let dropped: Vec<String> = std::mem::take(&mut types.proposed).into_iter().collect();
+            for name in &dropped {
+                types.types.remove(name);
+            }
+            self.out.note(&format!(
+                "kiln.yml `services.start` runs the app: the buildpack's proposed process types ({}) are not run; name them in a Procfile to run them",
+                dropped.join(", ")
+            ));
+        }
         if types.types.is_empty() {
             if let Some(name) = self
                 .recipe
