@@ -69,6 +69,16 @@ pub fn status(node: &Node, project: &Project, as_json: bool) -> Result<(), Error
     let front = front_door(node, project)?;
     let behind = behind(node, project, &log, &repo);
     let published = crate::release::publish::PublishState::load(paths);
+    // What built the live tree (run/ is it, or shows project/ in editable mode), and what the
+    // build cache holds.
+    let built_with = crate::runtime::buildpack::read_buildpacks_file(&paths.run);
+    let cache: Vec<(String, u64)> = crate::runtime::cache::cached(&paths.cache)
+        .into_iter()
+        .map(|name| {
+            let bytes = crate::runtime::cache::size(&paths.cache.join(&name));
+            (name, bytes)
+        })
+        .collect();
     if as_json {
         let value = json!({
             "project": paths.name,
@@ -86,6 +96,8 @@ pub fn status(node: &Node, project: &Project, as_json: bool) -> Result<(), Error
             "front_door": front.as_ref().map(FrontDoorView::json),
             "behind": behind,
             "publish": published,
+            "buildpacks": built_with.as_ref().map(|file| &file.buildpacks),
+            "cache": cache.iter().map(|(name, bytes)| (name.clone(), json!(bytes))).collect::<serde_json::Map<_, _>>(),
         });
         println!(
             "{}",
@@ -99,6 +111,21 @@ pub fn status(node: &Node, project: &Project, as_json: bool) -> Result<(), Error
     println!("branch:      {}", project.config.branch);
     println!("run/:        {run}");
     println!("live:        {}", log.current.as_deref().unwrap_or("none"));
+    if let Some(file) = &built_with {
+        let names: Vec<String> = file
+            .buildpacks
+            .iter()
+            .map(|b| format!("{} ({})", b.name, b.source))
+            .collect();
+        println!("buildpacks:  {}", names.join(", "));
+    }
+    if !cache.is_empty() {
+        let sizes: Vec<String> = cache
+            .iter()
+            .map(|(name, bytes)| format!("{name} {}", crate::runtime::cache::human(*bytes)))
+            .collect();
+        println!("build cache: {}", sizes.join(", "));
+    }
     if let Some(last) = last {
         println!(
             "last deploy: {} ({}) {} by {} at {}{}",

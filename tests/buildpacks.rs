@@ -267,6 +267,19 @@ echo 'export FROM_FIRST="first was here"' > "$(dirname "$0")/../export"
     assert!(!pushed.contains("app detected"), "{pushed}");
     assert_eq!(read("count.txt"), "2");
 
+    let status = node.ok(&["status", "shop"]);
+    assert!(
+        status.contains(&format!(
+            "buildpacks:  bp-first ({}), second (./vendor/second)",
+            first.display()
+        )),
+        "{status}"
+    );
+    assert!(
+        status.contains("build cache: bp-first 2 bytes, second 0 bytes"),
+        "{status}"
+    );
+
     // kiln cache clear: one buildpack's, an unknown one refused, then all.
     let cleared = node.ok(&["cache", "clear", "shop", "bp-first"]);
     assert!(
@@ -409,6 +422,59 @@ fn a_failing_buildpack_fails_the_build_and_rolls_back() {
         "{output}"
     );
     before.assert_unchanged(&project, "a buildpack that does not apply");
+}
+
+/// Buildpack output goes through the same redactor as any command (pillar secrets masked,
+/// in the push output and the logs), and a buildpack past the build stage's timeout is killed
+/// with its children and rolls the deploy back.
+#[test]
+fn buildpack_output_is_masked_and_a_slow_buildpack_times_out() {
+    let node = Node::new();
+    let project = node.init("shop", "cooking");
+    let pillar = node.app("pillar");
+    pillar.write("pillar.yml", "env:\n  API_TOKEN: hunter2-very-secret\n");
+    pillar.commit("pillar");
+    let out = pillar.git(&[
+        "push",
+        project.path("git/pillar.git").to_str().unwrap(),
+        "HEAD:master",
+    ]);
+    assert!(out.status.success(), "{}", common::text(&out));
+    let bp = buildpack(
+        &node.dir.path().join("talker"),
+        &[
+            ("detect", "echo Talker\n"),
+            (
+                "compile",
+                "echo \"token from ENV_DIR: $(cat \"$3/API_TOKEN\")\"\nif [ -f \"$1/slow\" ]; then sleep 60; fi\n",
+            ),
+        ],
+    );
+    let app = node.app("shop");
+    app.write(
+        "kiln.yml",
+        &format!("buildpacks: [{}]\ntimeouts:\n  build: 2s\n", bp.display()),
+    );
+    app.commit("talkative");
+    let output = app.deploy(&project);
+    assert!(output.contains("token from ENV_DIR: ********"), "{output}");
+    assert!(!output.contains("hunter2"), "{output}");
+    assert!(!project.last_log().contains("hunter2"));
+    let live = project.current().unwrap();
+
+    let before = Before::take(&project);
+    app.write("slow", "");
+    app.commit("slow");
+    let started = Instant::now();
+    let (_, output) = app.push(&project);
+    assert!(started.elapsed() < Duration::from_secs(30), "{output}");
+    assert_eq!(
+        last_remote_line(&output),
+        format!(
+            "remote: -----> deploy FAILED at build (buildpack `talker`: bin/compile: timeout after 2s); rolled back to {live}; retry with `kiln deploy shop`"
+        )
+    );
+    before.assert_unchanged(&project, "a buildpack that timed out");
 }
 
 #[test]
