@@ -76,6 +76,14 @@ enum Command {
     Logs {
         name: String,
         release: Option<String>,
+        /// Its structured events (logs/<release>.jsonl), one JSON object a line.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Notifications (mail, webhooks) that are still to be delivered.
+    Notify {
+        #[command(subcommand)]
+        command: NotifyCommand,
     },
     /// The merged settings (kiln's, kiln.yml defaults, pillar) as YAML, secrets masked.
     Config {
@@ -128,6 +136,17 @@ enum Command {
         #[arg(value_parser = ["project", "pillar"])]
         repo: String,
     },
+}
+
+#[derive(Debug, Subcommand)]
+enum NotifyCommand {
+    /// Try again, now, every notification still in the spool (of NAME, or of every project);
+    /// exits 1 if some stay undelivered.
+    Retry { name: Option<String> },
+    /// What kiln starts in the background after a deploy: delivers the spool with retries and
+    /// backoff, then exits.
+    #[command(hide = true)]
+    Deliver,
 }
 
 #[derive(Debug, Subcommand)]
@@ -323,12 +342,17 @@ fn dispatch(cli: Cli) -> Result<(), Error> {
         }
         Command::Releases { name, json } => {
             let project = node.project(&name)?;
-            status::releases(&project, json)
+            status::releases(&node, &project, json)
         }
-        Command::Logs { name, release } => {
+        Command::Logs {
+            name,
+            release,
+            json,
+        } => {
             let project = node.project(&name)?;
-            status::logs(&project, release.as_deref())
+            status::logs(&project, release.as_deref(), json)
         }
+        Command::Notify { command } => notify(&node, command),
         Command::Rollback {
             name,
             release,
@@ -339,8 +363,12 @@ fn dispatch(cli: Cli) -> Result<(), Error> {
             crate::deploy::pipeline::rollback_to(
                 &node,
                 &project,
-                release.as_deref(),
-                with_data,
+                &deploy::RollbackRequest {
+                    release: release.as_deref(),
+                    with_data,
+                    who: hook::pusher(),
+                    who_key: hook::pusher_key(),
+                },
                 &mut out,
             )
         }
@@ -401,6 +429,42 @@ fn dispatch(cli: Cli) -> Result<(), Error> {
             } else {
                 hook::post_receive(&node, &name, repo, &updates, &mut out)
             }
+        }
+    }
+}
+
+fn notify(node: &Node, command: NotifyCommand) -> Result<(), Error> {
+    match command {
+        NotifyCommand::Retry { name } => {
+            if let Some(name) = &name {
+                // Refuses a name that is not a project (nor one whose spool is left).
+                let paths = node.paths(name)?;
+                if !paths.project_yml.exists()
+                    && crate::notify::spool::entry_paths(&node.root, Some(name)).is_empty()
+                {
+                    node.project(name)?;
+                }
+            }
+            let retried = crate::notify::deliver::retry(node, name.as_deref(), &mut |line| {
+                println!("{line}");
+            })?;
+            if retried.undelivered > 0 {
+                return Err(Error::Undelivered {
+                    count: retried.undelivered,
+                    project: name,
+                });
+            }
+            if retried.delivered == 0 {
+                println!("nothing to deliver: the spool is empty");
+            }
+            Ok(())
+        }
+        NotifyCommand::Deliver => {
+            // Its own session: the pusher's terminal or ssh session ending must not stop it.
+            let _ = nix::unistd::setsid();
+            hook::keep_going_without_pusher();
+            crate::notify::deliver::deliver_in_background(node)?;
+            Ok(())
         }
     }
 }

@@ -99,6 +99,20 @@ pub enum Error {
     #[error("{0}")]
     Access(#[source] MechanismError),
 
+    /// Notifications (src/notify/): the spool, starting the background delivery.
+    #[error("{0}")]
+    Notify(#[source] MechanismError),
+
+    /// `kiln notify retry` left notifications undelivered: exit 1.
+    #[error(
+        "{count} notification(s) could not be delivered and stay in the spool: fix the cause shown above, then run `kiln notify retry{}` again",
+        project.as_ref().map(|name| format!(" {name}")).unwrap_or_default()
+    )]
+    Undelivered {
+        count: usize,
+        project: Option<String>,
+    },
+
     #[error("{message}")]
     Refused { message: String },
 
@@ -135,7 +149,7 @@ pub enum Error {
 impl Error {
     pub fn exit_code(&self) -> i32 {
         match self {
-            Error::DeployFailed { .. } => EXIT_DEPLOY_FAILED,
+            Error::DeployFailed { .. } | Error::Undelivered { .. } => EXIT_DEPLOY_FAILED,
             Error::RollbackFailed { .. } => EXIT_ROLLBACK_FAILED,
             Error::NotDeployed { exit, .. } => *exit,
             _ => EXIT_BAD_INPUT,

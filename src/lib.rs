@@ -2,7 +2,8 @@
 //! lives here so that tests reach it. The folders follow a push: [`push`] receives it,
 //! [`deploy`] runs the pipeline and undoes it on failure, [`release`] makes or pulls the release
 //! tree, [`transaction`] takes it live crash-safely, [`exec`] runs the project's commands and
-//! tells the pusher; [`config`], [`fs`] and [`error`] are the foundations every part uses.
+//! tells the pusher, [`notify`] tells everyone else (mail, webhooks, alerts); [`config`], [`fs`]
+//! and [`error`] are the foundations every part uses.
 //! [`access`] is the door over SSH: who may push, look and operate, checked before anything runs.
 //! ARCHITECTURE.md at the repository root is the map.
 
@@ -13,6 +14,7 @@ pub mod deploy;
 pub mod error;
 pub mod exec;
 pub mod fs;
+pub mod notify;
 pub mod push;
 pub mod release;
 pub mod status;

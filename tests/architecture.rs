@@ -22,6 +22,7 @@ const LAYERS: &[&[&str]] = &[
     // Mechanisms.
     &["release"],
     &["transaction"],
+    &["notify"],
     &["exec"],
     // Foundations.
     &["config", "fs", "error"],
