@@ -147,6 +147,35 @@ enum NotifyCommand {
     /// backoff, then exits.
     #[command(hide = true)]
     Deliver,
+    /// Report what a process supervisor saw (kiln's own calls this itself; a systemd unit's
+    /// `OnFailure=` or a runit `finish` script can run it): one alert per crash loop or
+    /// failing check, then one "recovered".
+    Report {
+        name: String,
+        #[command(subcommand)]
+        report: ReportCommand,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum ReportCommand {
+    /// An instance of PROCESS exited and was started again.
+    Restarted { process: String },
+    /// PROCESS has been running, without a restart, for UP (e.g. `90s`).
+    Running {
+        process: String,
+        #[arg(long, value_name = "DURATION")]
+        up: String,
+    },
+    /// The web check CHECK failed.
+    CheckFailed {
+        check: String,
+        /// How it failed, for the alert.
+        #[arg(long, default_value = "")]
+        detail: String,
+    },
+    /// The web check CHECK passed.
+    CheckPassed { check: String },
 }
 
 #[derive(Debug, Subcommand)]
@@ -448,14 +477,47 @@ fn notify(node: &Node, command: NotifyCommand) -> Result<(), Error> {
             let retried = crate::notify::deliver::retry(node, name.as_deref(), &mut |line| {
                 println!("{line}");
             })?;
-            if retried.undelivered > 0 {
+            if retried.left > 0 {
                 return Err(Error::Undelivered {
-                    count: retried.undelivered,
+                    count: retried.left,
                     project: name,
                 });
             }
             if retried.delivered == 0 {
                 println!("nothing to deliver: the spool is empty");
+            }
+            Ok(())
+        }
+        NotifyCommand::Report { name, report } => {
+            use crate::notify::alert::{self, Report, Source};
+            let project = node.project(&name)?;
+            let live =
+                crate::transaction::release_log::ReleaseLog::load(&project.paths.release_log())?
+                    .current;
+            let since = match &report {
+                ReportCommand::Running { up, .. } => {
+                    let up = crate::config::duration::parse(up)
+                        .map_err(|e| Error::Usage(format!("--up: {e}")))?;
+                    chrono::Utc::now() - chrono::Duration::from_std(up).unwrap_or_default()
+                }
+                _ => chrono::Utc::now(),
+            };
+            let report = match &report {
+                ReportCommand::Restarted { process } => Report::Restarted { process },
+                ReportCommand::Running { process, .. } => Report::Running { process, since },
+                ReportCommand::CheckFailed { check, detail } => {
+                    Report::CheckFailed { check, detail }
+                }
+                ReportCommand::CheckPassed { check } => Report::CheckPassed { check },
+            };
+            let source = Source {
+                node,
+                project: &project,
+                release: live.as_deref(),
+            };
+            match alert::report(&source, report, &[])? {
+                Some(decision) => println!("notifying: {}", decision.summary),
+                None => println!("recorded: nothing to notify"),
             }
             Ok(())
         }

@@ -105,7 +105,7 @@ pub enum Error {
 
     /// `kiln notify retry` left notifications undelivered: exit 1.
     #[error(
-        "{count} notification(s) could not be delivered and stay in the spool: fix the cause shown above, then run `kiln notify retry{}` again",
+        "{count} notification(s) did not reach every recipient and stay in the spool: fix the cause shown above, then run `kiln notify retry{}` again",
         project.as_ref().map(|name| format!(" {name}")).unwrap_or_default()
     )]
     Undelivered {

@@ -610,6 +610,24 @@ mod tests {
         assert_eq!(config.limits, Limits::default());
         assert_eq!(config.environment, Some(Environment::Staging));
         assert_eq!(config.pillar_push, PillarPush::Redeploy);
+        // The notify block shows the defaults it says it shows.
+        let defaults = Notify::default();
+        let notify = &config.notify;
+        assert_eq!(
+            (notify.on.clone(), notify.author, notify.timeout),
+            (defaults.on, defaults.author, defaults.timeout)
+        );
+        assert_eq!(
+            (notify.attempts, notify.backoff),
+            (defaults.attempts, defaults.backoff)
+        );
+        assert_eq!(notify.alerts, defaults.alerts);
+        let smtp = notify.smtp.as_ref().expect("the documented smtp");
+        assert_eq!((smtp.security, smtp.port), (Security::Starttls, 587));
+        assert_eq!(
+            notify.webhooks[1].secret.as_deref(),
+            Some("secrets.chat_hook")
+        );
         assert!(config.users["ann"].admin);
         assert!(config.users["bob"].may("blog", Right::Deploy));
         assert!(!config.users["bob"].may("blog", Right::Config));

@@ -17,7 +17,7 @@ use crate::config::duration::HumanDuration;
 use crate::config::notify_config::{Alerts, NotifyEvent};
 use crate::config::project::{Node, Project};
 use crate::fs::durable;
-use crate::notify::NotifyError;
+use crate::notify::error::NotifyError;
 use crate::notify::message::{Message, Outcome, host_name};
 
 /// Under the node root, beside the spool.

@@ -18,7 +18,7 @@ use crate::config::project::{Node, Project};
 use crate::config::settings;
 use crate::exec::redact::Redactor;
 use crate::exec::report::{EventContext, event_record};
-use crate::notify::NotifyError;
+use crate::notify::error::NotifyError;
 use crate::notify::mail;
 use crate::notify::spool::{self, Channel, Entry, EntryLock, Status, Target};
 use crate::notify::webhook::{self, Post};
@@ -60,6 +60,7 @@ pub fn deliver_in_background(node: &Node) -> Result<(), NotifyError> {
             };
             // What earlier runs left failed gets one more try (the next deploy flushes).
             if flushed.insert(path.display().to_string()) {
+                let mut again = false;
                 for target in entry
                     .targets
                     .iter_mut()
@@ -68,6 +69,11 @@ pub fn deliver_in_background(node: &Node) -> Result<(), NotifyError> {
                     target.status = Status::Pending;
                     target.budget = 1;
                     target.next_attempt = None;
+                    again = true;
+                }
+                // Saved at once: the spool says it is being tried again while it is.
+                if again {
+                    spool::save(&node.root, &entry)?;
                 }
             }
             work_on(node, &mut entry, Run::Automatic, &mut |_| {})?;
@@ -97,8 +103,12 @@ pub fn deliver_in_background(node: &Node) -> Result<(), NotifyError> {
 /// What `kiln notify retry` did.
 #[derive(Debug, Default, PartialEq, Eq)]
 pub struct Retried {
+    /// Recipients it delivered to.
     pub delivered: usize,
-    pub undelivered: usize,
+    /// Recipients it could not deliver to.
+    pub failed: usize,
+    /// Notifications left in the spool.
+    pub left: usize,
 }
 
 /// `kiln notify retry [NAME]`: one attempt now for every recipient still waiting, of one
@@ -122,7 +132,7 @@ pub fn retry(
                     "delivered".to_string()
                 }
                 (_, error) => {
-                    retried.undelivered += 1;
+                    retried.failed += 1;
                     format!("failed: {}", error.as_deref().unwrap_or("unknown error"))
                 }
             };
@@ -132,6 +142,9 @@ pub fn retry(
                 target.shown()
             ));
         })?;
+        if !entry.is_done() {
+            retried.left += 1;
+        }
     }
     Ok(retried)
 }

@@ -354,6 +354,28 @@ mod tests {
         );
     }
 
+    /// docs/events.md shows the document with exactly the fields kiln sends.
+    #[test]
+    fn the_documented_document_has_the_fields_kiln_sends() {
+        let doc = include_str!("../../docs/events.md");
+        let json = doc
+            .split("```json\n")
+            .nth(1)
+            .and_then(|rest| rest.split("```").next())
+            .expect("docs/events.md has a json block");
+        let documented: Value = serde_json::from_str(json).expect("the example is JSON");
+        let keys = |value: &Value| -> Vec<String> {
+            value
+                .as_object()
+                .map(|map| map.keys().cloned().collect())
+                .unwrap_or_default()
+        };
+        let sent = example().webhook_json();
+        assert_eq!(keys(&documented), keys(&sent));
+        assert_eq!(keys(&documented["failure"]), keys(&sent["failure"]));
+        assert_eq!(documented["text"], sent["text"]);
+    }
+
     #[test]
     fn tail_keeps_the_last_lines() {
         let text: String = (1..=60).map(|i| format!("line {i}\n")).collect();

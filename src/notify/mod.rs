@@ -7,6 +7,7 @@
 
 pub mod alert;
 pub mod deliver;
+pub mod error;
 pub mod mail;
 pub mod message;
 pub mod spool;
@@ -23,33 +24,9 @@ use crate::config::pillar::Pillar;
 use crate::config::project::{Node, Project};
 use crate::config::settings;
 use crate::exec::redact::Redactor;
+pub use crate::notify::error::NotifyError;
 use crate::notify::message::{FailureInfo, LOG_TAIL_LINES, Message, Outcome, Pusher, StageTime};
 use crate::notify::spool::{Channel, Entry, Target};
-
-#[derive(Debug, thiserror::Error)]
-pub enum NotifyError {
-    #[error("could not {action} `{}`: {source}", path.display())]
-    Io {
-        action: &'static str,
-        path: PathBuf,
-        source: std::io::Error,
-    },
-
-    #[error("the notification spool entry `{}`: {message}", path.display())]
-    Spool { path: PathBuf, message: String },
-
-    #[error("could not start the background delivery `{} notify deliver`: {source}", program.display())]
-    Spawn {
-        program: PathBuf,
-        source: std::io::Error,
-    },
-}
-
-impl From<NotifyError> for crate::error::Error {
-    fn from(e: NotifyError) -> Self {
-        crate::error::Error::Notify(Box::new(e))
-    }
-}
 
 /// A notification ready to spool.
 pub struct Outgoing {

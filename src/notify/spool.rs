@@ -13,7 +13,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::config::layout::ProjectPaths;
 use crate::fs::durable;
-use crate::notify::NotifyError;
+use crate::notify::error::NotifyError;
 use crate::notify::message::Message;
 use crate::notify::webhook::shown_url;
 
