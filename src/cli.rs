@@ -8,7 +8,8 @@ use clap::{Parser, Subcommand};
 
 use crate::config::project::Node;
 use crate::config::recipe::Mode;
-use crate::deploy::pipeline::{self as deploy, DeployRequest};
+use crate::deploy::outcome::Outcome;
+use crate::deploy::pipeline::{self as deploy, DeployRequest, RollbackRequest, RollbackTarget};
 use crate::error::{EXIT_BAD_INPUT, EXIT_OK, Error};
 use crate::exec::report::Reporter;
 use crate::push::hook::{self, Repo};
@@ -51,6 +52,12 @@ enum Command {
         name: String,
         #[arg(long)]
         rev: Option<String>,
+        /// Deploy even if the commit is already live with the same pillar (otherwise a no-op).
+        #[arg(long)]
+        force: bool,
+        /// Print one JSON result on stdout (the progress goes to stderr).
+        #[arg(long)]
+        json: bool,
     },
     /// Mode, live release, last deploy, running deploy, drift.
     Status {
@@ -67,10 +74,18 @@ enum Command {
     /// Switch back to the release live before the current one (or the named one).
     Rollback {
         name: String,
+        #[arg(conflicts_with = "to_before")]
         release: Option<String>,
+        /// Undo RELEASE: take live what was live just before it went live, if it is still live
+        /// (otherwise nothing changes).
+        #[arg(long, value_name = "RELEASE")]
+        to_before: Option<String>,
         /// Also put data/ back as it was when that release was live.
         #[arg(long)]
         with_data: bool,
+        /// Print one JSON result on stdout (the progress goes to stderr).
+        #[arg(long)]
+        json: bool,
     },
     /// The log of a deploy or a manual rollback (default: the newest).
     Logs {
@@ -109,6 +124,11 @@ enum Command {
     Release {
         #[command(subcommand)]
         command: ReleaseCommand,
+    },
+    /// The build cache of a project's buildpacks (cache/<buildpack>/).
+    Cache {
+        #[command(subcommand)]
+        command: CacheCommand,
     },
     /// The node's release signing key.
     Key {
@@ -201,6 +221,13 @@ enum ReleaseCommand {
     /// Add a release by hand: FILE is `<release>.tar.zst`, with `<release>.json` (and
     /// `<release>.json.sig`) next to it. Checked like a pull; a later deploy of its commit uses it.
     Import { name: String, file: PathBuf },
+    /// Upload the releases this node offers to an S3-compatible store (default: project.yml's
+    /// `publish`), then the store's index.json; what the store has already is not uploaded again.
+    Publish {
+        name: String,
+        /// `s3://<bucket>/<prefix>`.
+        url: Option<String>,
+    },
     /// Sign releases baked before this node had its key (`kiln key generate`), without
     /// rebuilding: RELEASE, or every release the node offers with --all.
     #[command(
@@ -243,6 +270,17 @@ enum AccessCommand {
 }
 
 #[derive(Debug, Subcommand)]
+enum CacheCommand {
+    /// Remove what the buildpacks cached (all of it, or BUILDPACK's): the next build downloads
+    /// and installs the dependencies again. Waits for a running deploy.
+    Clear {
+        name: String,
+        /// One buildpack's cache (`python`, `nodejs`, ...).
+        buildpack: Option<String>,
+    },
+}
+
+#[derive(Debug, Subcommand)]
 enum KeyCommand {
     /// Create this node's signing key; prints the public key for production's `trusted_key`.
     Generate,
@@ -281,6 +319,11 @@ pub fn main() -> i32 {
             error.exit_code()
         }
     }
+}
+
+/// The one JSON result of `--json` (a reader that went away is not an error).
+fn print_outcome(outcome: &Outcome) {
+    let _ = writeln!(std::io::stdout(), "{}", outcome.to_json());
 }
 
 fn error_chain(error: &Error) -> String {
@@ -345,11 +388,29 @@ fn dispatch(cli: Cli) -> Result<(), Error> {
             );
             Ok(())
         }
-        Command::Deploy { name, rev } => {
-            let project = node.project(&name)?;
-            let mut out = Reporter::to_stdout();
+        Command::Deploy {
+            name,
+            rev,
+            force,
+            json,
+        } => {
+            let started = std::time::Instant::now();
+            let mut out = if json {
+                Reporter::to_stderr()
+            } else {
+                Reporter::to_stdout()
+            };
+            let project = match node.project(&name) {
+                Ok(project) => project,
+                Err(error) => {
+                    if json {
+                        print_outcome(&Outcome::of_error(&name, "deploy", &error, 0.0));
+                    }
+                    return Err(error);
+                }
+            };
             hook::keep_going_without_pusher();
-            deploy::deploy(
+            let result = deploy::deploy(
                 &node,
                 &project,
                 &DeployRequest {
@@ -360,10 +421,16 @@ fn dispatch(cli: Cli) -> Result<(), Error> {
                     // Whoever typed the command knows how to run it again.
                     retry: None,
                     receive_pack: None,
+                    force,
                 },
                 &mut out,
-            )
-            .map(|_| ())
+            );
+            if json {
+                let timeline = out.timeline();
+                let seconds = started.elapsed().as_secs_f64();
+                print_outcome(&Outcome::of_deploy(&project, &result, timeline, seconds));
+            }
+            result.map(|_| ())
         }
         Command::Status { name, json } => {
             let project = node.project(&name)?;
@@ -385,21 +452,47 @@ fn dispatch(cli: Cli) -> Result<(), Error> {
         Command::Rollback {
             name,
             release,
+            to_before,
             with_data,
+            json,
         } => {
-            let project = node.project(&name)?;
-            let mut out = Reporter::to_stdout();
-            crate::deploy::pipeline::rollback_to(
+            let started = std::time::Instant::now();
+            let mut out = if json {
+                Reporter::to_stderr()
+            } else {
+                Reporter::to_stdout()
+            };
+            let project = match node.project(&name) {
+                Ok(project) => project,
+                Err(error) => {
+                    if json {
+                        print_outcome(&Outcome::of_error(&name, "rollback", &error, 0.0));
+                    }
+                    return Err(error);
+                }
+            };
+            let target = match (&release, &to_before) {
+                (_, Some(id)) => RollbackTarget::Before(id),
+                (Some(id), None) => RollbackTarget::Named(id),
+                (None, None) => RollbackTarget::Previous,
+            };
+            let result = deploy::rollback_to(
                 &node,
                 &project,
-                &deploy::RollbackRequest {
-                    release: release.as_deref(),
+                &RollbackRequest {
+                    target,
                     with_data,
                     who: hook::pusher(),
                     who_key: hook::pusher_key(),
                 },
                 &mut out,
-            )
+            );
+            if json {
+                let timeline = out.timeline();
+                let seconds = started.elapsed().as_secs_f64();
+                print_outcome(&Outcome::of_rollback(&project, &result, timeline, seconds));
+            }
+            result.map(|_| ())
         }
         Command::Config { name, reveal, json } => {
             let project = node.project(&name)?;
@@ -435,6 +528,26 @@ fn dispatch(cli: Cli) -> Result<(), Error> {
             Ok(())
         }
         Command::Release { command } => release(&node, command),
+        Command::Cache {
+            command: CacheCommand::Clear { name, buildpack },
+        } => {
+            let project = node.project(&name)?;
+            let mut out = Reporter::to_stdout();
+            // A build writes into the cache: wait for it rather than pull it away.
+            let _lock = crate::transaction::lock::lock(&project, "cache clear", &mut out)?;
+            let cleared =
+                crate::runtime::cache::clear(&project.paths.cache, &name, buildpack.as_deref())?;
+            if cleared.removed.is_empty() {
+                println!("the build cache of `{name}` is empty: nothing to clear");
+            }
+            for (buildpack, bytes) in cleared.removed {
+                println!(
+                    "cleared the build cache of `{name}` for buildpack `{buildpack}` ({})",
+                    crate::runtime::cache::human(bytes)
+                );
+            }
+            Ok(())
+        }
         Command::Access { command } => access(&node, command),
         Command::Ssh { user, key } => crate::access::forced::run(&node, &user, key.as_deref()),
         Command::Key { command } => {
@@ -636,6 +749,33 @@ fn release(node: &Node, command: ReleaseCommand) -> Result<(), Error> {
                 project.paths.releases.display(),
                 manifest.commit
             );
+            Ok(())
+        }
+        ReleaseCommand::Publish { name, url } => {
+            let project = node.project(&name)?;
+            let url = url.or_else(|| project.config.publish.clone()).ok_or_else(|| {
+                Error::Usage(format!(
+                    "where to? `kiln release publish {name} s3://<bucket>/<prefix>`, or set `publish:` in project.yml"
+                ))
+            })?;
+            let mut out = Reporter::to_stdout();
+            let _lock = crate::transaction::lock::lock(&project, "publishing", &mut out)?;
+            crate::deploy::rollback::recover(node, &project, &mut out)?;
+            let log =
+                crate::transaction::release_log::ReleaseLog::load(&project.paths.release_log())?;
+            let done = crate::release::publish::publish_to(
+                &node.config.s3,
+                &project.paths,
+                &log,
+                project.config.mode,
+                &url,
+            )?;
+            for id in &done.uploaded {
+                println!("{id}: uploaded to {url}");
+            }
+            for id in &done.present {
+                println!("{id}: already in {url}");
+            }
             Ok(())
         }
         ReleaseCommand::Sign { name, release, all } => {

@@ -95,6 +95,15 @@ pub enum Error {
     #[error("{0}")]
     Signing(#[source] MechanismError),
 
+    /// The S3-compatible release store (src/release/s3.rs).
+    #[error("{0}")]
+    Store(#[source] MechanismError),
+
+    /// Buildpacks and the build cache (src/runtime/): a buildpack not found, not applying,
+    /// or failing; a clone that failed.
+    #[error("{0}")]
+    Buildpack(#[source] MechanismError),
+
     /// SSH access (src/access/): a refused request, authorized_keys, node.yml's users.
     #[error("{0}")]
     Access(#[source] MechanismError),

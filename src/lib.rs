@@ -4,6 +4,7 @@
 //! tree, [`transaction`] takes it live crash-safely, [`exec`] runs the project's commands and
 //! tells the pusher, [`notify`] tells everyone else (mail, webhooks, alerts); [`config`], [`fs`]
 //! and [`error`] are the foundations every part uses.
+//! [`runtime`] builds the tree into an app that runs (buildpacks, the build cache).
 //! [`access`] is the door over SSH: who may push, look and operate, checked before anything runs.
 //! ARCHITECTURE.md at the repository root is the map.
 
@@ -17,6 +18,7 @@ pub mod fs;
 pub mod notify;
 pub mod push;
 pub mod release;
+pub mod runtime;
 pub mod status;
 pub mod transaction;
 

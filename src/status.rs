@@ -148,6 +148,8 @@ pub fn status(node: &Node, project: &Project, as_json: bool) -> Result<(), Error
                 "deliveries": entry.results()})
         })
         .collect();
+    let behind = behind(node, project, &log, &repo);
+    let published = crate::release::publish::PublishState::load(paths);
     if as_json {
         let value = json!({
             "project": paths.name,
@@ -163,6 +165,8 @@ pub fn status(node: &Node, project: &Project, as_json: bool) -> Result<(), Error
             "drift": drift,
             "run": run,
             "shells": crate::access::shell::recent(&paths.state, 5),
+            "behind": behind,
+            "publish": published,
         });
         println!(
             "{}",
@@ -262,6 +266,42 @@ pub fn status(node: &Node, project: &Project, as_json: bool) -> Result<(), Error
             shell.from.map(|f| format!(" from {f}")).unwrap_or_default()
         );
     }
+    if let Some(tip) = &behind.branch {
+        println!(
+            "behind:      branch {} is at {}, which is not live: `kiln deploy {}` deploys it",
+            project.config.branch,
+            &tip[..tip.len().min(7)],
+            paths.name
+        );
+    }
+    if let Some(newer) = &behind.source {
+        println!(
+            "behind:      the source offers {} of {}, newer than the live release: `kiln deploy {} --rev {}` deploys it",
+            newer.release,
+            &newer.commit[..newer.commit.len().min(7)],
+            paths.name,
+            newer.commit
+        );
+    }
+    if let Some(error) = &behind.source_error {
+        println!("source:      cannot list its releases: {error}");
+    }
+    if let Some(state) = &published {
+        match &state.error {
+            None => println!(
+                "publish:     {} to {} at {}",
+                state.release.as_deref().unwrap_or("-"),
+                state.to,
+                state.at.format("%Y-%m-%d %H:%M:%SZ")
+            ),
+            Some(error) => println!(
+                "publish:     FAILED to {} at {}: {error}; retry with `kiln release publish {}`",
+                state.to,
+                state.at.format("%Y-%m-%d %H:%M:%SZ"),
+                paths.name
+            ),
+        }
+    }
     if drift.is_empty() {
         println!("drift:       none");
     } else {
@@ -274,6 +314,59 @@ pub fn status(node: &Node, project: &Project, as_json: bool) -> Result<(), Error
         }
     }
     Ok(())
+}
+
+/// How the live release compares with what this node could deploy.
+#[derive(Debug, Default, serde::Serialize)]
+pub struct Behind {
+    /// The deploy branch's tip, when it is not the live commit (pushed, then failed or not
+    /// deployed yet).
+    pub branch: Option<String>,
+    /// Final mode: the newest release at the source, when it is of another commit and newer
+    /// than the live one (a node that was down during a rollout).
+    pub source: Option<crate::release::source::Listed>,
+    /// Final mode: why the source could not be listed.
+    pub source_error: Option<String>,
+}
+
+fn behind(node: &Node, project: &Project, log: &ReleaseLog, repo: &git2::Repository) -> Behind {
+    let live = log.current.as_ref().and_then(|id| log.get(id));
+    let mut behind = Behind {
+        branch: git::branch_tip(repo, &project.config.branch)
+            .map(|tip| tip.to_string())
+            .filter(|tip| live.is_none_or(|r| r.commit != *tip)),
+        ..Behind::default()
+    };
+    let Some(text) = project
+        .config
+        .source
+        .as_deref()
+        .filter(|_| project.config.mode == Mode::Final)
+    else {
+        return behind;
+    };
+    let listed = crate::release::source::Source::parse(text, &node.config.s3)
+        .and_then(|source| source.list());
+    let listed = match listed {
+        Ok(listed) => listed,
+        Err(e) => {
+            behind.source_error = Some(crate::error::chain(&e));
+            return behind;
+        }
+    };
+    // When the live release was baked: its manifest came with it into releases/.
+    let live_created = live
+        .and_then(|r| r.source_release.as_deref())
+        .and_then(|id| crate::release::manifest::Manifest::load(&project.paths.manifest(id)).ok())
+        .map(|m| m.created);
+    behind.source = listed
+        .into_iter()
+        .max_by(|a, b| (a.created, &a.release).cmp(&(b.created, &b.release)))
+        .filter(|newest| {
+            live.is_none_or(|r| r.commit != newest.commit)
+                && live_created.is_none_or(|created| newest.created > created)
+        });
+    behind
 }
 
 pub fn releases(node: &Node, project: &Project, as_json: bool) -> Result<(), Error> {

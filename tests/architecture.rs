@@ -20,6 +20,7 @@ const LAYERS: &[&[&str]] = &[
     // Orchestration: the pipeline, the rollback and the recovery.
     &["deploy"],
     // Mechanisms.
+    &["runtime"],
     &["release"],
     &["transaction"],
     &["notify"],

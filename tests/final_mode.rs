@@ -142,8 +142,8 @@ fn http_source_with_a_trusted_key_pulls_the_newest_release_of_the_commit() {
     let commit = app.commit("one");
     app.deploy(&staging);
     let first = staging.offered_release(&commit);
-    // A second bake of the same commit (a redeploy): production must take the newest.
-    staging.node.ok(&["deploy", PROJECT]);
+    // A second bake of the same commit (a forced redeploy): production must take the newest.
+    staging.node.ok(&["deploy", PROJECT, "--force"]);
     let newest = staging.offered_release(&commit);
     assert_ne!(first, newest);
 

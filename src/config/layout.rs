@@ -36,6 +36,13 @@ struct Dirs {
     logs: PathBuf,
     state: PathBuf,
     shadow: PathBuf,
+    /// Absent from layout files written before the build cache existed.
+    #[serde(default = "default_cache")]
+    cache: PathBuf,
+}
+
+fn default_cache() -> PathBuf {
+    PathBuf::from("cache")
 }
 
 /// A parsed layout: relative paths of each part, and which parts are private.
@@ -66,6 +73,7 @@ impl Layout {
             ("logs", &d.logs),
             ("state", &d.state),
             ("shadow", &d.shadow),
+            ("cache", &d.cache),
         ] {
             let ok = rel.is_relative()
                 && rel
@@ -114,6 +122,7 @@ impl Layout {
             logs: base.join(&d.logs),
             state: base.join(&d.state),
             shadow: base.join(&d.shadow),
+            cache: base.join(&d.cache),
             private: self.private.iter().map(|p| self.named(&base, p)).collect(),
             base,
         }
@@ -134,6 +143,7 @@ impl Layout {
             "releases" => &d.releases,
             "logs" => &d.logs,
             "state" => &d.state,
+            "cache" => &d.cache,
             other => Path::new(other),
         };
         base.join(rel)
@@ -160,6 +170,8 @@ pub struct ProjectPaths {
     pub logs: PathBuf,
     pub state: PathBuf,
     pub shadow: PathBuf,
+    /// The build cache, `cache/<buildpack>/`: kept across builds, never baked.
+    pub cache: PathBuf,
     pub private: Vec<PathBuf>,
 }
 
@@ -291,6 +303,16 @@ mod tests {
                 .private
                 .contains(&PathBuf::from("/srv/projects/shop/state"))
         );
+    }
+
+    #[test]
+    fn layouts_without_a_cache_dir_still_parse() {
+        let text = DEFAULT_LAYOUT.replace("  cache: cache\n", "");
+        assert_ne!(text, DEFAULT_LAYOUT);
+        let paths = Layout::parse(&text, Path::new("old.yml"))
+            .unwrap()
+            .project(Path::new("/srv/projects"), "shop");
+        assert_eq!(paths.cache, Path::new("/srv/projects/shop/cache"));
     }
 
     #[test]

@@ -2,6 +2,7 @@
 //! project.yml, the pillar and the merged settings, the layout of a project on disk, and the
 //! strict YAML parser they share.
 
+pub mod buildpack_ref;
 pub mod config_error;
 pub mod duration;
 pub mod layout;

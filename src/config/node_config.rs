@@ -112,6 +112,41 @@ pub struct NodeConfig {
     /// Where absolute symlinks in a release tree may point besides the project's run/ and
     /// data/. Default [`DEFAULT_LINK_ROOTS`].
     pub allowed_link_roots: LinkRoots,
+    /// The S3-compatible release store (`s3://` in project.yml `source` and `publish`).
+    pub s3: S3Config,
+}
+
+/// node.yml `s3:`: how to reach the S3-compatible release store. Each key left out comes from
+/// the environment (`AWS_ENDPOINT_URL`, `AWS_REGION`, `AWS_ACCESS_KEY_ID`,
+/// `AWS_SECRET_ACCESS_KEY`), else its default (src/release/s3.rs).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct S3Config {
+    /// `http(s)://host[:port]`. Default: AWS's endpoint for the region.
+    #[serde(deserialize_with = "endpoint")]
+    pub endpoint: Option<String>,
+    /// Default `us-east-1`.
+    pub region: Option<String>,
+    /// `https://endpoint/bucket/key` instead of `https://bucket.endpoint/key`. Default: true
+    /// when an endpoint is given (MinIO, Ceph RGW), false for AWS.
+    pub path_style: Option<bool>,
+    pub access_key: Option<String>,
+    /// A file holding the secret key (kept out of node.yml, which many may read).
+    pub secret_key_file: Option<PathBuf>,
+}
+
+fn endpoint<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Option<String>, D::Error> {
+    let url = Option::<String>::deserialize(deserializer)?;
+    if let Some(url) = &url
+        && !((url.starts_with("http://") || url.starts_with("https://"))
+            && url.len() > "https://".len()
+            && !url.chars().any(|c| c.is_whitespace() || c.is_control()))
+    {
+        return Err(custom(format!(
+            "invalid endpoint `{url}`: expected an `http(s)://host[:port]` URL"
+        )));
+    }
+    Ok(url)
 }
 
 /// Where toolchains point absolute links: a venv's `bin/python3 -> /usr/bin/python3`, Debian's
@@ -631,6 +666,11 @@ mod tests {
         assert!(config.users["ann"].admin);
         assert!(config.users["bob"].may("blog", Right::Deploy));
         assert!(!config.users["bob"].may("blog", Right::Config));
+        assert_eq!(config.s3.path_style, Some(true));
+        assert_eq!(
+            config.s3.secret_key_file.as_deref(),
+            Some(Path::new("/etc/kiln/s3-secret"))
+        );
     }
 
     #[test]
@@ -687,7 +727,7 @@ mod tests {
             ),
             (
                 "enviroment: prod\n".to_owned(),
-                "node.yml:1:1: unknown field `enviroment`, expected one of `environment`, `layout`, `notify`, `limits`, `ssh`, `users`, `pillar_push`, `reject_failed_push`, `allowed_link_roots`",
+                "node.yml:1:1: unknown field `enviroment`, expected one of `environment`, `layout`, `notify`, `limits`, `ssh`, `users`, `pillar_push`, `reject_failed_push`, `allowed_link_roots`, `s3`",
             ),
             (
                 "limits:\n  archive_bytes: 0\n".to_owned(),
@@ -812,6 +852,14 @@ mod tests {
             (
                 "allowed_link_roots: [/usr/../etc]\n".to_owned(),
                 "node.yml:1:21: invalid link root `/usr/../etc`: expected an absolute directory without `.` or `..` components and without a trailing `/`, e.g. `/usr`; `/` itself is not allowed",
+            ),
+            (
+                "s3:\n  endpoint: 127.0.0.1:9000\n".to_owned(),
+                "node.yml:2:13: invalid endpoint `127.0.0.1:9000`: expected an `http(s)://host[:port]` URL",
+            ),
+            (
+                "s3:\n  secret_key: x\n".to_owned(),
+                "node.yml:2:3: unknown field `secret_key`, expected one of `endpoint`, `region`, `path_style`, `access_key`, `secret_key_file`",
             ),
             (
                 "allowed_link_roots: [/]\n".to_owned(),

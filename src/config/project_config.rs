@@ -42,6 +42,10 @@ pub struct ProjectConfig {
     /// Overrides node.yml's (and kiln.yml's) `reject_failed_push` for this project.
     #[serde(default)]
     pub reject_failed_push: Option<bool>,
+    /// An S3-compatible store (`s3://<bucket>/<prefix>`) that every good release is published
+    /// to after its deploy, for production nodes to pull from.
+    #[serde(default, deserialize_with = "store_url")]
+    pub publish: Option<String>,
 }
 
 fn default_branch() -> String {
@@ -60,6 +64,7 @@ impl ProjectConfig {
             pillar_push: None,
             environment: None,
             reject_failed_push: None,
+            publish: None,
         }
     }
 
@@ -119,6 +124,9 @@ impl ProjectConfig {
         }
         if let Some(reject) = self.reject_failed_push {
             let _ = writeln!(out, "reject_failed_push: {reject}");
+        }
+        if let Some(publish) = &self.publish {
+            let _ = writeln!(out, "publish: {}", scalar(publish));
         }
         out
     }
@@ -228,6 +236,20 @@ fn optional_text<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Option<St
     Ok(text)
 }
 
+/// Only an S3 store can be published to (the rest of the URL is checked where it is used);
+/// a static HTTP server can serve releases/ itself.
+fn store_url<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Option<String>, D::Error> {
+    let url = optional_text(deserializer)?;
+    if let Some(url) = &url
+        && !url.starts_with("s3://")
+    {
+        return Err(serde::de::Error::custom(format!(
+            "invalid publish target `{url}`: expected `s3://<bucket>/<prefix>`"
+        )));
+    }
+    Ok(url)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -258,6 +280,7 @@ mod tests {
                 pillar_push: None,
                 environment: None,
                 reject_failed_push: None,
+                publish: None,
             }
         );
     }
@@ -335,6 +358,7 @@ mod tests {
             pillar_push: Some(PillarPush::Record),
             environment: Some(Environment::Staging),
             reject_failed_push: Some(true),
+            publish: Some("s3://releases/fleet/shop".into()),
         };
         let awkward = ProjectConfig {
             mode: Mode::Cooking,
@@ -351,6 +375,7 @@ mod tests {
             pillar_push: Some(PillarPush::Redeploy),
             environment: None,
             reject_failed_push: Some(false),
+            publish: None,
         };
         let cases = [
             ProjectConfig::new(Mode::Editable),
@@ -499,8 +524,12 @@ mod tests {
                 "project.yml:2:9: expected a list of recipients, e.g. `notify: [ops@example.com]`, or a mapping with `to`, `on` and `author`",
             ),
             (
+                "mode: cooking\npublish: https://x/y\n",
+                "project.yml:2:10: invalid publish target `https://x/y`: expected `s3://<bucket>/<prefix>`",
+            ),
+            (
                 "mode: final\nkey: x\n",
-                "project.yml:2:1: unknown field `key`, expected one of `mode`, `branch`, `source`, `trusted_key`, `notify`, `pillar_push`, `environment`, `reject_failed_push`",
+                "project.yml:2:1: unknown field `key`, expected one of `mode`, `branch`, `source`, `trusted_key`, `notify`, `pillar_push`, `environment`, `reject_failed_push`, `publish`",
             ),
         ];
         let mut mismatches = Vec::new();

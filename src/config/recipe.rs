@@ -10,6 +10,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Deserializer};
 
+use crate::config::buildpack_ref::BuildpackRef;
 use crate::config::config_error::{ConfigError, parse_yaml_or_default};
 use crate::config::duration;
 
@@ -161,6 +162,9 @@ pub struct Recipe {
     /// Deploy from the pre-receive hook, so that a failed deploy refuses the push and the
     /// branch does not move. Default false; node.yml or project.yml decide when they say.
     pub reject_failed_push: bool,
+    /// The buildpacks to run, in order, before the build commands (cooking and editable mode).
+    /// None: kiln's own are detected when the mode has no build commands; `[]`: none run.
+    pub buildpacks: Option<Vec<BuildpackRef>>,
 }
 
 impl Default for Recipe {
@@ -178,6 +182,7 @@ impl Default for Recipe {
             drift_ignore: Vec::new(),
             modes: ModeOverrides::default(),
             reject_failed_push: false,
+            buildpacks: None,
         }
     }
 }
@@ -329,6 +334,20 @@ impl Recipe {
             .and_then(|over| over.stages.get(stage))
             .or_else(|| self.stages.get(stage))
             .unwrap_or(&[])
+    }
+
+    /// The buildpacks to run in `mode`'s build stage: `Some(list)` when kiln.yml names them,
+    /// `None` when kiln's own are to be detected (kiln.yml has no `buildpacks:` and gives the
+    /// mode no build commands: a project that builds itself keeps building as it did), and an
+    /// empty list when none run. Final mode never builds.
+    pub fn buildpacks(&self, mode: Mode) -> Option<&[BuildpackRef]> {
+        const NONE: &[BuildpackRef] = &[];
+        match &self.buildpacks {
+            _ if mode == Mode::Final => Some(NONE),
+            Some(list) => Some(list),
+            None if self.commands(mode, Stage::Build).is_empty() => None,
+            None => Some(NONE),
+        }
     }
 
     /// The timeout for `stage`: kiln.yml's `timeouts.<stage>`, else `default` (the node's).
@@ -606,7 +625,7 @@ modes:                       # per-mode overrides of `stages`
         let cases = [
             (
                 "keep: 3\nstagez:\n  build: make\n",
-                "kiln.yml:2:1: unknown field `stagez`, expected one of `keep`, `stages`, `services`, `check`, `backup`, `restore`, `defaults`, `timeouts`, `drift`, `drift_ignore`, `modes`, `reject_failed_push`",
+                "kiln.yml:2:1: unknown field `stagez`, expected one of `keep`, `stages`, `services`, `check`, `backup`, `restore`, `defaults`, `timeouts`, `drift`, `drift_ignore`, `modes`, `reject_failed_push`, `buildpacks`",
             ),
             (
                 "stages:\n  biuld: make\n",
@@ -694,6 +713,49 @@ modes:                       # per-mode overrides of `stages`
         for (text, expected) in cases {
             let error = parse(text).expect_err(text);
             assert_eq!(error.to_string(), expected, "{text:?}");
+        }
+    }
+
+    #[test]
+    fn buildpacks_are_detected_only_for_projects_without_build_commands() {
+        let sha = "0123456789abcdef0123456789abcdef01234567";
+        let listed = parse(&format!(
+            "buildpacks: [python, ./bp, 'file:///srv/bp.git#{sha}']\n"
+        ))
+        .expect("parses");
+        assert_eq!(
+            listed.buildpacks(Mode::Cooking),
+            Some(
+                &[
+                    BuildpackRef::Builtin("python".into()),
+                    BuildpackRef::AppDir("bp".into()),
+                    BuildpackRef::Git {
+                        url: "file:///srv/bp.git".into(),
+                        commit: sha.into()
+                    }
+                ][..]
+            )
+        );
+        assert_eq!(listed.buildpacks(Mode::Final), Some(&[][..]));
+        assert_eq!(Recipe::default().buildpacks(Mode::Editable), None);
+        let builds = parse("stages:\n  build: make\n").expect("parses");
+        assert_eq!(builds.buildpacks(Mode::Cooking), Some(&[][..]));
+        let off = parse("buildpacks: []\n").expect("parses");
+        assert_eq!(off.buildpacks(Mode::Cooking), Some(&[][..]));
+        let cases = [
+            (
+                "buildpacks: [python, 'https://example.com/bp.git']\n",
+                "kiln.yml:1:22: buildpack `https://example.com/bp.git` is not pinned to a commit",
+            ),
+            (
+                "buildpacks: [ruby]\n",
+                "kiln.yml:1:14: `ruby` is not a buildpack",
+            ),
+            ("buildpacks: python\n", "kiln.yml:1:13: "),
+        ];
+        for (text, expected) in cases {
+            let error = parse(text).expect_err(text).to_string();
+            assert!(error.starts_with(expected), "{text:?}: {error}");
         }
     }
 

@@ -21,7 +21,7 @@ use crate::config::settings;
 use crate::deploy::rollback;
 use crate::error::{Error, io_error};
 use crate::exec::redact::Redactor;
-use crate::exec::report::{Reporter, StageTime, millis, seconds};
+use crate::exec::report::{Reporter, StageDuration, millis, seconds};
 use crate::exec::stage::{self, CheckSpec, CommandSpec};
 use crate::fs::git;
 use crate::fs::sync::{self, SyncOptions};
@@ -56,11 +56,19 @@ pub struct DeployRequest {
     /// can no longer move the branch, so the deploy must fail and roll back rather than leave
     /// the node running a commit that no branch names.
     pub receive_pack: Option<i32>,
+    /// Deploy even when the commit is already live with the same pillar (`kiln deploy
+    /// --force`); otherwise that is a no-op, so that an orchestrator can run the same deploy
+    /// on every node again and only the nodes that are behind change.
+    pub force: bool,
 }
 
 pub struct Deployed {
+    /// The new release, or the live one when nothing changed.
     pub release: String,
     pub commit: Oid,
+    /// The commit was already live with the same pillar: nothing was deployed, no release
+    /// was recorded.
+    pub unchanged: bool,
 }
 
 /// Why a deploy stopped: the stage and the reason, in two lengths.
@@ -210,7 +218,36 @@ pub fn deploy_locked(
     let recipe = read_recipe(&repo, commit)?;
     let pillar = Pillar::current(paths)?;
     let mode = project.config.mode;
+    let environment = project.config.environment(&node.config).as_str();
+    let inputs = Inputs {
+        commit,
+        pillar_rev: pillar.rev.as_deref(),
+        mode,
+        environment,
+    };
+    if !request.settings_only
+        && !request.force
+        && let Some(live) = already_live(&log, &inputs)
+    {
+        out.timeline_mut().release = Some(live.id.clone());
+        out.timeline_mut().previous = Some(live.id.clone());
+        out.headline(&format!(
+            "{} already runs {} ({}) as {}, with the same pillar: nothing to deploy (`kiln deploy {} --force` deploys it again)",
+            paths.name,
+            git::short(commit),
+            git::summary(&repo, commit),
+            live.id,
+            paths.name
+        ));
+        return Ok(Deployed {
+            release: live.id.clone(),
+            commit,
+            unchanged: true,
+        });
+    }
     let release = release::new_id(Utc::now());
+    out.timeline_mut().release = Some(release.clone());
+    out.timeline_mut().previous = log.current.clone();
     lock.set_holder("deploy", Some(&release))?;
     paths.ensure()?;
 
@@ -228,7 +265,7 @@ pub fn deploy_locked(
     ));
     out.event(
         json!({"event": "deploy_start", "commit": commit.to_string(),
-        "mode": mode.as_str(), "environment": project.config.environment(&node.config).as_str(),
+        "mode": mode.as_str(), "environment": environment,
         "who": request.who, "who_key": request.who_key,
         "settings_only": request.settings_only}),
     );
@@ -256,6 +293,7 @@ pub fn deploy_locked(
         commit: commit.to_string(),
         pillar_rev: pillar.rev.clone(),
         mode: mode.as_str().to_string(),
+        environment: Some(environment.to_string()),
         status: Status::Running,
         who: request.who.clone(),
         who_key: request.who_key.clone(),
@@ -292,7 +330,11 @@ pub fn deploy_locked(
                 failure: None,
             });
             run.out.close_logs();
-            Ok(Deployed { release, commit })
+            Ok(Deployed {
+                release,
+                commit,
+                unchanged: false,
+            })
         }
         Err(failure) => {
             let info = failure_info(&failure);
@@ -350,11 +392,36 @@ fn failure_info(failure: &Failure) -> FailureInfo {
     }
 }
 
+/// What a deploy would deploy: the commit, with the pillar commit checked out now, in this
+/// mode and environment.
+struct Inputs<'a> {
+    commit: Oid,
+    pillar_rev: Option<&'a str>,
+    mode: Mode,
+    environment: &'a str,
+}
+
+/// The live release when deploying `inputs` would change nothing: it runs the same commit
+/// with the same pillar, mode and environment. A pillar recorded since (`pillar_push:
+/// record`), a mode or environment changed since make it a real deploy, and so does a live
+/// release recorded by a kiln that did not note its environment.
+fn already_live<'l>(log: &'l ReleaseLog, inputs: &Inputs) -> Option<&'l Record> {
+    let live = log.get(log.current.as_deref()?)?;
+    (live.status == Status::Good
+        && live.commit == inputs.commit.to_string()
+        && live.pillar_rev.as_deref() == inputs.pillar_rev
+        && live.mode == inputs.mode.as_str()
+        && live.environment.as_deref() == Some(inputs.environment))
+    .then_some(live)
+}
+
 /// The merged settings of one deploy: the environment of project commands (docs/kiln-yml.md,
 /// minus KILN_STAGE), the pillar's secrets, and the `$KILN_COMMON` file, which is
 /// readable only by kiln's user and removed when the deploy ends.
 struct Settings {
     env: BTreeMap<String, String>,
+    /// The merged `env:` settings alone (a buildpack's ENV_DIR).
+    user_env: BTreeMap<String, String>,
     secrets: Vec<String>,
     common: PathBuf,
 }
@@ -420,9 +487,10 @@ impl Settings {
         // KILN_BACKUP_DIR depends on where the run keeps its archive: see Run::new.
         env.insert("KILN_COMMON".into(), dir(&common));
         // settings::env_vars refuses KILN_* names, so the user's env cannot override these.
-        env.extend(user_env);
+        env.extend(user_env.clone());
         Ok(Settings {
             env,
+            user_env,
             secrets,
             common,
         })
@@ -455,6 +523,10 @@ struct Run<'a> {
     secrets: Vec<String>,
     redactor: Redactor,
     base_env: BTreeMap<String, String>,
+    /// The merged `env:` settings alone, for buildpacks.
+    user_env: BTreeMap<String, String>,
+    /// The build stage's environment once the buildpacks' `export` files applied.
+    build_env: Option<BTreeMap<String, String>>,
     journal: Option<Journal>,
     log: ReleaseLog,
     /// A settings-only redeploy: the live release whose tree is reused.
@@ -469,7 +541,7 @@ struct Run<'a> {
     /// The name of this run's log in logs/ (`<release>` for a deploy).
     log_name: String,
     /// How long each stage took, and the one running since when.
-    stages: Vec<StageTime>,
+    stages: Vec<StageDuration>,
     stage_started: Option<(Stage, Instant)>,
     out: &'a mut Reporter,
 }
@@ -549,6 +621,8 @@ impl<'a> Run<'a> {
             secrets: setup.settings.secrets.clone(),
             redactor: Redactor::new(&setup.settings.secrets),
             base_env,
+            user_env: setup.settings.user_env.clone(),
+            build_env: None,
             journal: None,
             log: setup.log,
             reuse: setup.reuse,
@@ -580,7 +654,7 @@ impl Run<'_> {
             self.out.stage_start(stage.as_str());
             self.stage(stage)?;
             self.out.stage_end(stage.as_str(), started.elapsed());
-            self.stages.push(StageTime {
+            self.stages.push(StageDuration {
                 stage: stage.as_str().to_string(),
                 duration_ms: millis(started.elapsed()),
             });
@@ -590,10 +664,10 @@ impl Run<'_> {
     }
 
     /// The stages so far, the one running (or that failed) with its time until now.
-    fn stage_times(&self) -> Vec<StageTime> {
+    fn stage_times(&self) -> Vec<StageDuration> {
         let mut times = self.stages.clone();
         if let Some((stage, started)) = self.stage_started {
-            times.push(StageTime {
+            times.push(StageDuration {
                 stage: stage.as_str().to_string(),
                 duration_ms: millis(started.elapsed()),
             });
@@ -704,7 +778,14 @@ impl Run<'_> {
                     .note("skipped: only the settings changed, the release is not rebuilt");
                 Ok(())
             }
-            (Stage::Configure | Stage::Build, Mode::Editable) => {
+            (Stage::Configure, Mode::Editable) => self.commands(stage, &paths.project),
+            (Stage::Build, Mode::Editable) => {
+                if self.buildpacks(&paths.project)? {
+                    // Their output (.venv/, node_modules/) is not a manual edit of project/.
+                    git::Checkout::open_or_init(&paths.project, &paths.project_repo)
+                        .and_then(|checkout| checkout.exclude_untracked())
+                        .map_err(fail)?;
+                }
                 self.commands(stage, &paths.project)
             }
             (Stage::Configure, Mode::Cooking) => {
@@ -729,9 +810,15 @@ impl Run<'_> {
                             commit,
                             tree,
                             started,
+                            // Listed buildpacks will write into the tree; detected ones
+                            // copy the shared files first (runtime::buildpack).
                             share: [Stage::Configure, Stage::Build, Stage::Bundle]
                                 .iter()
-                                .all(|stage| self.recipe.commands(self.mode, *stage).is_empty()),
+                                .all(|stage| self.recipe.commands(self.mode, *stage).is_empty())
+                                && self
+                                    .recipe
+                                    .buildpacks(self.mode)
+                                    .is_none_or(|listed| listed.is_empty()),
                         },
                     );
                     // Before this deploy started: whatever the build touches is newer.
@@ -750,7 +837,10 @@ impl Run<'_> {
                 }
                 self.commands(stage, &paths.build)
             }
-            (Stage::Build, Mode::Cooking) => self.commands(stage, &paths.build),
+            (Stage::Build, Mode::Cooking) => {
+                self.buildpacks(&paths.build)?;
+                self.commands(stage, &paths.build)
+            }
             (Stage::Configure, Mode::Final) => {
                 let source_release = crate::release::fetch::fetch_release(
                     self.node,
@@ -814,9 +904,47 @@ impl Run<'_> {
     }
 
     fn env_for(&self, stage: Stage) -> BTreeMap<String, String> {
-        let mut env = self.base_env.clone();
+        let mut env = match &self.build_env {
+            Some(env) if stage == Stage::Build => env.clone(),
+            _ => self.base_env.clone(),
+        };
         env.insert("KILN_STAGE".into(), stage.as_str().into());
         env
+    }
+
+    /// The buildpacks of the build stage, in `dir` (build/ or project/), before the project's
+    /// build commands, which then run with the buildpacks' exports. Returns whether any ran.
+    fn buildpacks(&mut self, dir: &Path) -> Result<bool, Failure> {
+        let listed = self.recipe.buildpacks(self.mode);
+        if listed.is_some_and(|list| list.is_empty()) {
+            return Ok(false);
+        }
+        let env = self.env_for(Stage::Build);
+        let paths = self.paths().clone();
+        let request = crate::runtime::buildpack::BuildRequest {
+            node_root: &self.node.root,
+            cache: &paths.cache,
+            build_dir: dir,
+            listed,
+            env: &env,
+            settings: &self.user_env,
+            timeout: self.timeout(Stage::Build),
+            redactor: &self.redactor,
+            unshare: self.mode == Mode::Cooking,
+        };
+        let built = crate::runtime::buildpack::build(&request, self.out)
+            .map_err(|e| Failure::new(Stage::Build, e))?;
+        let Some(built) = built else {
+            return Ok(false);
+        };
+        self.out.event(
+            json!({"event": "buildpacks", "buildpacks": built.file.buildpacks,
+            "default_process_types": built.file.default_process_types}),
+        );
+        let mut env = built.env;
+        env.remove("KILN_STAGE");
+        self.build_env = Some(env);
+        Ok(true)
     }
 
     fn commands(&mut self, stage: Stage, cwd: &Path) -> Result<(), Failure> {
@@ -979,6 +1107,19 @@ impl Run<'_> {
             tree_digest: digest,
             who: pusher.map(|record| record.who.clone()),
             who_key: pusher.and_then(|record| record.who_key.clone()),
+            buildpacks: crate::runtime::buildpack::read_buildpacks_file(
+                &paths.release_dir(&self.release),
+            )
+            .map(|file| {
+                file.buildpacks
+                    .into_iter()
+                    .map(|b| release::BuiltWith {
+                        name: b.name,
+                        source: b.source,
+                    })
+                    .collect()
+            })
+            .unwrap_or_default(),
         };
         manifest.save(&paths.manifest(&self.release))?;
         crate::release::signing::sign_manifest_if_keyed(self.node, &paths.manifest(&self.release))?;
@@ -1262,7 +1403,43 @@ impl Run<'_> {
                 crate::error::chain(&e)
             ));
         }
+        self.publish();
         Ok(())
+    }
+
+    /// Staging with project.yml `publish`: uploads the new release to the store. The release
+    /// is live and good already, so a failure is a warning (and `kiln status` shows it), not
+    /// a failed deploy; `kiln release publish` uploads what is missing later.
+    fn publish(&mut self) {
+        let Some(url) = self.project.config.publish.clone() else {
+            return;
+        };
+        if self.mode != Mode::Cooking {
+            return;
+        }
+        let started = Instant::now();
+        let paths = self.paths().clone();
+        match crate::release::publish::publish_to(
+            &self.node.config.s3,
+            &paths,
+            &self.log,
+            self.mode,
+            &url,
+        ) {
+            Ok(done) => self.out.note(&format!(
+                "published {} to {url} in {}",
+                match done.uploaded.as_slice() {
+                    [] => "nothing new".to_string(),
+                    ids => ids.join(", "),
+                },
+                seconds(started.elapsed())
+            )),
+            Err(e) => self.out.note(&format!(
+                "warning: could not publish to {url}: {}; the release is live; retry with `kiln release publish {}`",
+                crate::error::chain(&e),
+                paths.name
+            )),
+        }
     }
 
     /// Removes what releases beyond `keep` left behind (after a good deploy, and after a
@@ -1293,6 +1470,8 @@ impl Run<'_> {
     /// again) ends that line when the undo worked.
     fn fail(&mut self, failure: Failure, retry: Option<&str>) -> Error {
         let paths = self.paths().clone();
+        self.out.stage_failed();
+        let undo_started = Instant::now();
         // The baker reads the release tree that the rollback is about to move away.
         if let Some(baking) = self.baking.take() {
             let _ = baking.join();
@@ -1336,6 +1515,7 @@ impl Run<'_> {
                     .map(|_| String::from("the tree is left as pushed"))
             }
         };
+        self.out.timed("rollback", undo_started.elapsed());
         match outcome {
             Ok(outcome) => {
                 let error = Error::DeployFailed {
@@ -1449,28 +1629,49 @@ fn ensure_run_dir(run: &Path) -> Result<(), Error> {
     }
 }
 
-/// What `kiln rollback` is asked to do, and by whom.
+/// Which release `kiln rollback` takes live.
+#[derive(Debug, Clone, Copy)]
+pub enum RollbackTarget<'a> {
+    /// The release that was live before the current one (plain `kiln rollback`).
+    Previous,
+    /// This release, good or rolled back.
+    Named(&'a str),
+    /// The release that was live just before this one went live (`--to-before`), if this one
+    /// is still live; otherwise nothing of it is left to undo and nothing changes.
+    Before(&'a str),
+}
+
 pub struct RollbackRequest<'a> {
-    /// The release to go back to; None: the one live before the current one.
-    pub release: Option<&'a str>,
-    /// Also put data/ back as it was when that release was last live.
+    pub target: RollbackTarget<'a>,
+    /// Also put data/ back as it was when the target was last live.
     pub with_data: bool,
+    /// Who asked, for the release log's notification.
     pub who: String,
     pub who_key: Option<String>,
 }
 
-/// `kiln rollback`: takes the release that was live before the current one (or `release`) live
-/// again through the same journaled switch as a deploy. `with_data` also puts data/ back as it
-/// was when that release was last live (the snapshot taken when it was last replaced).
+/// What a rollback did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RolledBack {
+    /// This release is live now.
+    To(String),
+    /// Nothing to do (`--to-before` a release that is not live); `live` is what runs.
+    Unchanged { live: Option<String>, why: String },
+}
+
+/// `kiln rollback`: takes the release that was live before the current one (or the one the
+/// request names) live again through the same journaled switch as a deploy. `with_data` also
+/// puts data/ back as it was when that release was last live (the snapshot taken when it was
+/// last replaced).
 pub fn rollback_to(
     node: &Node,
     project: &Project,
     request: &RollbackRequest,
     out: &mut Reporter,
-) -> Result<(), Error> {
+) -> Result<RolledBack, Error> {
     let started = Instant::now();
-    let (release, with_data) = (request.release, request.with_data);
     let paths = &project.paths;
+    let with_data = request.with_data;
     if project.config.mode == Mode::Editable {
         return Err(Error::Usage(
             "editable mode has no releases to roll back to: push the commit you want".into(),
@@ -1479,30 +1680,64 @@ pub fn rollback_to(
     let lock = lock(project, "rollback", out)?;
     rollback::recover(node, project, out)?;
     let log = ReleaseLog::load(&paths.release_log())?;
-    let target = match release {
-        Some(id) => {
+    let named = |id: &str| -> Result<&Record, Error> {
+        let record = log.get(id).ok_or_else(|| Error::UnknownRelease {
+            project: paths.name.clone(),
+            release: id.to_string(),
+        })?;
+        if !matches!(record.status, Status::Good | Status::RolledBack) {
+            return Err(Error::NotGoodRelease {
+                release: id.to_string(),
+                status: match record.status {
+                    Status::Running => "has not finished deploying",
+                    _ => "failed",
+                },
+            });
+        }
+        Ok(record)
+    };
+    let target = match request.target {
+        RollbackTarget::Named(id) => named(id)?,
+        RollbackTarget::Previous => {
+            log.previous_live()
+                .ok_or_else(|| Error::NothingToRollBack {
+                    project: paths.name.clone(),
+                })?
+        }
+        RollbackTarget::Before(id) => {
             let record = log.get(id).ok_or_else(|| Error::UnknownRelease {
                 project: paths.name.clone(),
                 release: id.to_string(),
             })?;
-            if !matches!(record.status, Status::Good | Status::RolledBack) {
-                return Err(Error::NotGoodRelease {
-                    release: id.to_string(),
-                    status: match record.status {
-                        Status::Running => "has not finished deploying",
-                        _ => "failed",
-                    },
-                });
+            if log.current.as_deref() != Some(id) {
+                let live = log.current.clone();
+                let why = match record.status {
+                    Status::Failed | Status::Running => format!(
+                        "release {id} failed and never went live: nothing of it to undo"
+                    ),
+                    Status::Good | Status::RolledBack => format!(
+                        "release {id} is not live any more: nothing of it to undo"
+                    ),
+                };
+                let why = match &live {
+                    Some(live) => format!("{why}; {live} is live"),
+                    None => format!("{why}; nothing is live"),
+                };
+                out.timeline_mut().previous = live.clone();
+                out.headline(&why);
+                return Ok(RolledBack::Unchanged { live, why });
             }
-            record
+            let before = log.live_before(id).ok_or_else(|| Error::Refused {
+                message: format!(
+                    "nothing was live before release {id} went live: there is no release to roll back to"
+                ),
+            })?;
+            named(&before.id)?
         }
-        None => log
-            .previous_live()
-            .ok_or_else(|| Error::NothingToRollBack {
-                project: paths.name.clone(),
-            })?,
     }
     .clone();
+    out.timeline_mut().release = Some(target.id.clone());
+    out.timeline_mut().previous = log.current.clone();
     let tree = paths.release_dir(&target.id);
     if !tree.is_dir() {
         return Err(Error::Refused {
@@ -1611,7 +1846,7 @@ pub fn rollback_to(
                 failure: None,
             });
             run.out.close_logs();
-            Ok(())
+            Ok(RolledBack::To(target.id))
         }
         Err(failure) => {
             let info = failure_info(&failure);

@@ -6,7 +6,7 @@
 use std::fs::{File, OpenOptions};
 use std::io::Write;
 use std::path::Path;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use serde_json::json;
 
@@ -27,6 +27,30 @@ pub struct Reporter {
     redactor: Redactor,
     /// What every event says about where it happened.
     context: EventContext,
+    /// What `kiln deploy --json` reports once the run is over.
+    timeline: Timeline,
+}
+
+/// The release a run worked on and how long each of its stages took, for the one JSON result
+/// of `kiln deploy --json` (src/deploy/outcome.rs): a failed deploy returns only its error, so
+/// the stages it went through are kept here, with the audience.
+#[derive(Debug, Clone, Default)]
+pub struct Timeline {
+    /// The release id the run picked (a deploy) or took live (a rollback).
+    pub release: Option<String>,
+    /// The release live when the run started.
+    pub previous: Option<String>,
+    /// Finished stages in order; a stage that failed is last, with `failed` set.
+    pub stages: Vec<StageTime>,
+    open: Option<(String, Instant)>,
+}
+
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct StageTime {
+    pub stage: String,
+    pub seconds: f64,
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub failed: bool,
 }
 
 /// The fields every event carries (docs/events.md), null where they do not apply; an event
@@ -44,9 +68,9 @@ pub const EVENT_FIELDS: [&str; 10] = [
     "notification",
 ];
 
-/// How long one stage of a deploy took (the release log and notifications keep them).
+/// How long one stage of a deploy took, as the release log and notifications keep it.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-pub struct StageTime {
+pub struct StageDuration {
     pub stage: String,
     pub duration_ms: u64,
 }
@@ -98,6 +122,15 @@ impl Reporter {
             pending: Vec::new(),
             redactor: Redactor::default(),
             context: EventContext::default(),
+            timeline: Timeline::default(),
+        }
+    }
+
+    /// Progress on stderr, for `--json`, whose one result owns stdout.
+    pub fn to_stderr() -> Reporter {
+        Reporter {
+            stdout: Some(Box::new(std::io::stderr())),
+            ..Reporter::silent()
         }
     }
 
@@ -109,6 +142,7 @@ impl Reporter {
             pending: Vec::new(),
             redactor: Redactor::default(),
             context: EventContext::default(),
+            timeline: Timeline::default(),
         }
     }
 
@@ -196,18 +230,52 @@ impl Reporter {
     }
 
     pub fn stage_start(&mut self, stage: &str) {
+        self.timeline.open = Some((stage.to_string(), Instant::now()));
         self.headline(stage);
         self.context.stage = Some(stage.to_string());
         self.event(json!({"event": "stage_start"}));
     }
 
     pub fn stage_end(&mut self, stage: &str, took: Duration) {
+        self.timeline.open = None;
+        self.timed(stage, took);
         self.note(&format!("{stage} done in {}", seconds(took)));
         self.event(
             json!({"event": "stage_end", "stage": stage, "outcome": "ok",
             "duration_ms": millis(took)}),
         );
         self.context.stage = None;
+    }
+
+    /// Records how long a step took for the JSON result, without printing anything.
+    pub fn timed(&mut self, step: &str, took: Duration) {
+        self.timeline.stages.push(StageTime {
+            stage: step.to_string(),
+            seconds: took.as_secs_f64(),
+            failed: false,
+        });
+    }
+
+    /// Where the pipeline notes the release and what was live before it.
+    pub fn timeline_mut(&mut self) -> &mut Timeline {
+        &mut self.timeline
+    }
+
+    /// The stage started and not ended failed: it ends now (before the rollback starts).
+    pub fn stage_failed(&mut self) {
+        if let Some((stage, started)) = self.timeline.open.take() {
+            self.timeline.stages.push(StageTime {
+                stage,
+                seconds: started.elapsed().as_secs_f64(),
+                failed: true,
+            });
+        }
+    }
+
+    /// The timeline so far.
+    pub fn timeline(&mut self) -> Timeline {
+        self.stage_failed();
+        self.timeline.clone()
     }
 
     /// A project command (or kiln's run of the services, check, rollback commands) starts;
@@ -235,10 +303,22 @@ impl Reporter {
     }
 }
 
-impl OutputSink for Reporter {
-    fn line(&mut self, stream: Stream, line: &[u8]) {
+impl Reporter {
+    /// A line of a buildpack's output, shown the way Heroku shows it: the buildpack's own
+    /// `-----> ` headers and ` !     ` warnings stay at the left edge and lines it indented
+    /// itself are kept as they are; anything else is indented like a command's output.
+    pub fn buildpack_line(&mut self, stream: Stream, line: &[u8]) {
+        let own = [b"-----> " as &[u8], b" !     ", INDENT.as_bytes()];
+        if own.iter().any(|start| line.starts_with(start)) {
+            self.output_line(stream, b"", line);
+        } else {
+            self.output_line(stream, INDENT.as_bytes(), line);
+        }
+    }
+
+    fn output_line(&mut self, stream: Stream, indent: &[u8], line: &[u8]) {
         let mut text = Vec::with_capacity(line.len() + 8);
-        text.extend_from_slice(INDENT.as_bytes());
+        text.extend_from_slice(indent);
         text.extend_from_slice(line);
         text.push(b'\n');
         self.write_text(&text);
@@ -251,6 +331,12 @@ impl OutputSink for Reporter {
                 json!({"event": "output", "stream": stream, "line": String::from_utf8_lossy(line)}),
             );
         }
+    }
+}
+
+impl OutputSink for Reporter {
+    fn line(&mut self, stream: Stream, line: &[u8]) {
+        self.output_line(stream, INDENT.as_bytes(), line);
     }
 }
 

@@ -6,6 +6,7 @@
 //! The health check is the same machinery, retried until it passes or its time is up.
 
 use std::collections::BTreeMap;
+use std::ffi::OsStr;
 use std::fmt;
 use std::io;
 use std::os::unix::process::ExitStatusExt;
@@ -340,6 +341,69 @@ pub async fn run_command_async(
     redactor: &Redactor,
     sink: &mut dyn OutputSink,
 ) -> Result<Duration, StageError> {
+    let mut command = tokio::process::Command::new("/bin/sh");
+    command.arg("-c").arg(spec.command);
+    let what = Described {
+        stage: spec.stage,
+        command: spec.command,
+        cwd: spec.cwd,
+        env: spec.env,
+        timeout: spec.timeout,
+    };
+    run_child(command, &what, redactor, sink).await
+}
+
+/// A program kiln runs itself, without a shell: a buildpack's `bin/compile`, `git clone`.
+/// Its arguments are paths and URLs, passed as they are (a shell would read `$` or `;` in
+/// them). Output, timeout and errors are those of a project command.
+#[derive(Clone, Copy, Debug)]
+pub struct ProgramSpec<'a> {
+    /// The stage it runs in, carried into errors.
+    pub stage: &'a str,
+    /// How output and errors name it (`python bin/compile`), in place of a command line.
+    pub label: &'a str,
+    pub program: &'a Path,
+    pub args: &'a [&'a OsStr],
+    pub cwd: &'a Path,
+    /// The whole environment, as for [`CommandSpec::env`].
+    pub env: &'a BTreeMap<String, String>,
+    pub timeout: Duration,
+}
+
+/// Runs one program (see [`ProgramSpec`]) and returns how long it took. Not for async code.
+pub fn run_program(
+    spec: &ProgramSpec,
+    redactor: &Redactor,
+    sink: &mut dyn OutputSink,
+) -> Result<Duration, StageError> {
+    let runtime = runtime(spec.stage, spec.label, spec.cwd)?;
+    let mut command = tokio::process::Command::new(spec.program);
+    command.args(spec.args);
+    let what = Described {
+        stage: spec.stage,
+        command: spec.label,
+        cwd: spec.cwd,
+        env: spec.env,
+        timeout: spec.timeout,
+    };
+    runtime.block_on(run_child(command, &what, redactor, sink))
+}
+
+/// What errors say about a child, whatever started it.
+struct Described<'a> {
+    stage: &'a str,
+    command: &'a str,
+    cwd: &'a Path,
+    env: &'a BTreeMap<String, String>,
+    timeout: Duration,
+}
+
+async fn run_child(
+    mut command: tokio::process::Command,
+    spec: &Described<'_>,
+    redactor: &Redactor,
+    sink: &mut dyn OutputSink,
+) -> Result<Duration, StageError> {
     let start = Instant::now();
     let spawn_error = |source: io::Error| StageError::Spawn {
         stage: spec.stage.to_string(),
@@ -347,9 +411,7 @@ pub async fn run_command_async(
         cwd: spec.cwd.to_path_buf(),
         source,
     };
-    let mut child = tokio::process::Command::new("/bin/sh")
-        .arg("-c")
-        .arg(spec.command)
+    let mut child = command
         .env_clear()
         .envs(spec.env)
         .current_dir(spec.cwd)
@@ -391,7 +453,7 @@ pub async fn run_command_async(
     };
     let status = status.map_err(spawn_error)?;
     output.drain(redactor, sink).await;
-    check_status(spec, status)?;
+    check_status(spec.stage, spec.command, status)?;
     Ok(start.elapsed())
 }
 
@@ -403,12 +465,12 @@ fn deadline_after(start: Instant, timeout: Duration) -> Instant {
         .unwrap_or_else(|| start + CENTURY)
 }
 
-fn check_status(spec: &CommandSpec, status: ExitStatus) -> Result<(), StageError> {
+fn check_status(stage: &str, command: &str, status: ExitStatus) -> Result<(), StageError> {
     if status.success() {
         return Ok(());
     }
-    let stage = spec.stage.to_string();
-    let command = spec.command.to_string();
+    let stage = stage.to_string();
+    let command = command.to_string();
     if let Some(signal) = status.signal() {
         let signal = Signal::try_from(signal)
             .map(|s| s.as_str().to_string())

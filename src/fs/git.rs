@@ -359,6 +359,62 @@ impl Checkout {
         Ok(files)
     }
 
+    /// Keeps what a build added next to the checkout (a buildpack's `.venv/`, `node_modules/`,
+    /// `.profile.d/`) from counting as manual edits: every untracked path that git does not
+    /// ignore yet is added to `.git/info/exclude` (never to the app's own `.gitignore`), in
+    /// kiln's section, and stays there. Returns the paths added.
+    pub fn exclude_untracked(&self) -> Result<Vec<String>, Error> {
+        let mut opts = StatusOptions::new();
+        opts.include_untracked(true)
+            .recurse_untracked_dirs(false)
+            .include_ignored(false);
+        let statuses = self
+            .repo
+            .statuses(Some(&mut opts))
+            .map_err(git_error(format!(
+                "read the status of `{}`",
+                self.dir.display()
+            )))?;
+        let mut added: Vec<String> = statuses
+            .iter()
+            .filter(|s| s.status().contains(git2::Status::WT_NEW))
+            .map(|s| {
+                // Anchored at the top, with glob characters escaped: the path, not a pattern.
+                let path = String::from_utf8_lossy(s.path_bytes()).into_owned();
+                let mut line = String::from("/");
+                for c in path.chars() {
+                    if "*?[\\".contains(c) {
+                        line.push('\\');
+                    }
+                    line.push(c);
+                }
+                line
+            })
+            .collect();
+        if added.is_empty() {
+            return Ok(added);
+        }
+        added.sort();
+        let info = self.repo.path().join("info");
+        fs::create_dir_all(&info).map_err(|e| io_error("create", &info, e))?;
+        let path = info.join("exclude");
+        let mut text = fs::read_to_string(&path).unwrap_or_default();
+        const SECTION: &str = "# kiln: what buildpacks built here (not manual edits)";
+        if !text.contains(SECTION) {
+            if !text.is_empty() && !text.ends_with('\n') {
+                text.push('\n');
+            }
+            text.push_str(SECTION);
+            text.push('\n');
+        }
+        for line in &added {
+            text.push_str(line);
+            text.push('\n');
+        }
+        fs::write(&path, text).map_err(|e| io_error("write", &path, e))?;
+        Ok(added)
+    }
+
     /// Checks out `oid` (detached), overwriting tracked files and removing files the old
     /// commit had and the new one has not. Ignored files (build output) stay.
     pub fn checkout(&self, oid: Oid) -> Result<(), Error> {

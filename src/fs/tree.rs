@@ -264,6 +264,50 @@ fn same_metadata(a: &Entry, b: &Entry) -> bool {
         && a.target == b.target
 }
 
+/// Gives every regular file under `root` that has other names (hard links, e.g. to the live
+/// release's immutable tree) a copy of its own, with its mode and mtime, so that writing to
+/// it cannot change the other names. Returns how many files were copied.
+pub fn break_hard_links(root: &Path) -> Result<u64, TreeError> {
+    let mut copied = 0;
+    for entry in walkdir::WalkDir::new(root).follow_links(false) {
+        let entry = entry.map_err(|e| {
+            let path = e.path().unwrap_or(root).to_path_buf();
+            io_err("read directory", &path, io::Error::other(e.to_string()))
+        })?;
+        if !entry.file_type().is_file() {
+            continue;
+        }
+        let path = entry.path();
+        let meta = fs::symlink_metadata(path).map_err(|source| io_err("stat", path, source))?;
+        if meta.nlink() < 2 {
+            continue;
+        }
+        let mut name = std::ffi::OsString::from(".kiln-unshare-");
+        name.push(entry.file_name());
+        let tmp = path.with_file_name(name);
+        // fs::copy gives the copy the file's permission bits.
+        fs::copy(path, &tmp).map_err(|source| io_err("copy", path, source))?;
+        let times = fs::FileTimes::new()
+            .set_accessed(
+                meta.accessed()
+                    .map_err(|source| io_err("stat", path, source))?,
+            )
+            .set_modified(
+                meta.modified()
+                    .map_err(|source| io_err("stat", path, source))?,
+            );
+        File::open(&tmp)
+            .and_then(|file| file.set_times(times))
+            .and_then(|()| fs::rename(&tmp, path))
+            .map_err(|source| {
+                let _ = fs::remove_file(&tmp);
+                io_err("copy", path, source)
+            })?;
+        copied += 1;
+    }
+    Ok(copied)
+}
+
 fn io_err(action: &'static str, path: &Path, source: io::Error) -> TreeError {
     TreeError::Io {
         action,
@@ -275,6 +319,37 @@ fn io_err(action: &'static str, path: &Path, source: io::Error) -> TreeError {
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]
 pub(crate) mod tests {
+
+    #[test]
+    fn break_hard_links_keeps_content_mode_and_mtime_and_frees_the_other_name() {
+        use std::os::unix::fs::PermissionsExt;
+        let tmp = tempfile::tempdir().unwrap();
+        let live = tmp.path().join("live");
+        let build = tmp.path().join("build");
+        fs::create_dir_all(live.join("d")).unwrap();
+        fs::create_dir_all(build.join("d")).unwrap();
+        fs::write(live.join("d/f"), "live").unwrap();
+        fs::set_permissions(live.join("d/f"), fs::Permissions::from_mode(0o751)).unwrap();
+        let then = std::time::SystemTime::UNIX_EPOCH + std::time::Duration::new(1_600_000_000, 7);
+        File::options()
+            .write(true)
+            .open(live.join("d/f"))
+            .unwrap()
+            .set_modified(then)
+            .unwrap();
+        fs::hard_link(live.join("d/f"), build.join("d/f")).unwrap();
+        fs::write(build.join("own"), "own").unwrap();
+        assert_eq!(break_hard_links(&build).unwrap(), 1);
+        assert_eq!(break_hard_links(&build).unwrap(), 0);
+        let meta = fs::metadata(build.join("d/f")).unwrap();
+        assert_eq!(meta.nlink(), 1);
+        assert_eq!(meta.permissions().mode() & 0o7777, 0o751);
+        assert_eq!(meta.modified().unwrap(), then);
+        fs::write(build.join("d/f"), "changed by a build").unwrap();
+        assert_eq!(fs::read_to_string(live.join("d/f")).unwrap(), "live");
+        assert_eq!(fs::read_dir(build.join("d")).unwrap().count(), 1);
+    }
+
     use super::*;
     use std::ffi::OsStr;
     use std::os::unix::fs::{PermissionsExt, symlink};

@@ -12,7 +12,7 @@ use serde_json::{Value, json};
 
 use crate::config::notify_config::NotifyEvent;
 use crate::exec::redact::Redactor;
-pub use crate::exec::report::StageTime;
+pub use crate::exec::report::StageDuration;
 
 /// How many lines of the deploy log a mail carries.
 pub const LOG_TAIL_LINES: usize = 50;
@@ -93,7 +93,7 @@ pub struct Message {
     /// The first line of the commit message.
     pub commit_subject: Option<String>,
     pub pusher: Option<Pusher>,
-    pub stages: Vec<StageTime>,
+    pub stages: Vec<StageDuration>,
     pub duration_ms: Option<u64>,
     pub failure: Option<FailureInfo>,
     /// logs/<name>.log of the deploy or rollback.
@@ -265,11 +265,11 @@ pub(crate) fn example() -> Message {
             key: Some("SHA256:abc".into()),
         }),
         stages: vec![
-            StageTime {
+            StageDuration {
                 stage: "gather".into(),
                 duration_ms: 12,
             },
-            StageTime {
+            StageDuration {
                 stage: "build".into(),
                 duration_ms: 4210,
             },

@@ -25,7 +25,9 @@ use crate::config::project::{Node, Project};
 use crate::config::settings;
 use crate::exec::redact::Redactor;
 pub use crate::notify::error::NotifyError;
-use crate::notify::message::{FailureInfo, LOG_TAIL_LINES, Message, Outcome, Pusher, StageTime};
+use crate::notify::message::{
+    FailureInfo, LOG_TAIL_LINES, Message, Outcome, Pusher, StageDuration,
+};
 use crate::notify::spool::{Channel, Entry, Target};
 
 /// A notification ready to spool.
@@ -158,7 +160,7 @@ pub struct Finished<'a> {
     pub commit: Option<(&'a git2::Repository, git2::Oid)>,
     pub who: &'a str,
     pub who_key: Option<&'a str>,
-    pub stages: Vec<StageTime>,
+    pub stages: Vec<StageDuration>,
     pub duration: Option<Duration>,
     pub failure: Option<FailureInfo>,
     /// The name of its log in logs/ (also the spool entry's id).

@@ -204,6 +204,7 @@ pub fn post_receive(
             // up-to-date` and runs no hook.
             retry: Some(format!("retry with `kiln deploy {}`", project.paths.name)),
             receive_pack: None,
+            force: false,
         },
         out,
     )
@@ -286,6 +287,7 @@ fn deploy_before_the_branch_moves(
         settings_only: false,
         retry: Some("the push is refused (the branch did not move); push again to retry".into()),
         receive_pack: Some(receive_pack),
+        force: false,
     };
     let lock = crate::transaction::lock::lock(project, "deploy", out)?;
     deploy::recover_first(node, project, "push again", &request, out)?;
@@ -473,6 +475,7 @@ pub fn after_pillar_push(
         // `kiln deploy` would not use the pillar pushed: it is put back on failure.
         retry: None,
         receive_pack: None,
+        force: false,
     };
     match deploy::deploy_locked(node, project, &request, &lock, out) {
         Ok(_) => Ok(()),

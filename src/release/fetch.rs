@@ -154,7 +154,7 @@ pub fn fetch_release(
         .config
         .source
         .as_deref()
-        .map(Source::parse)
+        .map(|text| Source::parse(text, &node.config.s3))
         .transpose()?;
 
     let local: Vec<Listed> = local_releases(&paths.releases)?
@@ -691,6 +691,7 @@ mod tests {
             tree_digest: "sha256:00".into(),
             who: None,
             who_key: None,
+            buildpacks: Vec::new(),
         };
         manifest.to_json()
     }

@@ -56,6 +56,19 @@ pub struct Manifest {
     pub who: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub who_key: Option<String>,
+    /// The buildpacks that built the tree (its `.kiln/buildpacks.json`). Absent when none ran,
+    /// and in manifests of older kiln versions.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub buildpacks: Vec<BuiltWith>,
+}
+
+/// A buildpack that built a release: its name (`python`) and where it came from
+/// (`kiln:python@<content hash>`, a directory, `<git url>#<commit>`).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct BuiltWith {
+    pub name: String,
+    pub source: String,
 }
 
 impl Manifest {

@@ -5,6 +5,7 @@ pub mod bake;
 pub mod fetch;
 pub mod manifest;
 pub mod publish;
+pub mod s3;
 pub mod signing;
 pub mod source;
 pub mod unpack;

@@ -1,9 +1,11 @@
 //! Where a final-mode project pulls its releases from (project.yml `source`), and how: a
 //! directory (another node's `<root>/<name>/releases/`, or its project dir `<root>/<name>`),
 //! `ssh://[user@]host[:port]/<root>/<name>` (running `kiln release list|export` on the staging
-//! node), or an `http(s)://` base URL of a plain static server publishing staging's
+//! node), an `http(s)://` base URL of a plain static server publishing staging's
 //! releases/ dir (listing comes from the `index.json` staging writes there, since a static
-//! server need not list directories).
+//! server need not list directories), or `s3://<bucket>/<prefix>` of an S3-compatible store
+//! that staging publishes to (`kiln release publish`, [`crate::release::s3`]), which holds the
+//! same files.
 //!
 //! This module only moves bytes. Nothing it returns is trusted: [`crate::release::fetch`] verifies the
 //! manifest's signature, the tarball's checksum and the unpacked tree before anything is used.
@@ -19,7 +21,9 @@ use chrono::{DateTime, Utc};
 use serde::Deserialize;
 
 use crate::config::layout;
+use crate::config::node_config::S3Config;
 use crate::release::manifest as release;
+use crate::release::s3::{self, S3Error, Store};
 
 /// The listing staging keeps in its releases/ dir: a JSON array of the manifests of its good
 /// releases.
@@ -30,7 +34,7 @@ const SMALL_LIMIT: u64 = 64 << 20;
 /// as `GIT_SSH` does for git.
 pub const SSH_PROGRAM_VAR: &str = "KILN_SSH";
 
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug)]
 pub enum Source {
     /// The releases/ dir itself (a project dir given in project.yml is resolved to its
     /// releases/ when used, so a source configured before the staging node exists still works).
@@ -38,6 +42,19 @@ pub enum Source {
     /// Base URL without a trailing slash.
     Http(String),
     Ssh(SshTarget),
+    S3(Store),
+}
+
+impl PartialEq for Source {
+    fn eq(&self, other: &Source) -> bool {
+        match (self, other) {
+            (Source::Dir(a), Source::Dir(b)) => a == b,
+            (Source::Http(a), Source::Http(b)) => a == b,
+            (Source::Ssh(a), Source::Ssh(b)) => a == b,
+            (Source::S3(a), Source::S3(b)) => a.location == b.location,
+            _ => false,
+        }
+    }
 }
 
 /// `ssh://[user@]host[:port]/<root>/<name>`. Every part is checked against a narrow set of
@@ -71,7 +88,7 @@ impl Part {
 
 /// A release a source offers: enough to pick one. The manifest itself is fetched byte for
 /// byte, since the signature covers its exact bytes.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, serde::Serialize)]
 pub struct Listed {
     pub release: String,
     pub commit: String,
@@ -106,6 +123,8 @@ pub enum SourceError {
     BadListing { from: String, reason: String },
     #[error("`{from}` is larger than the limit of {limit} bytes")]
     TooLarge { from: String, limit: u64 },
+    #[error("{0}")]
+    S3(#[from] S3Error),
 }
 
 fn last_line(stderr: &str) -> String {
@@ -116,12 +135,17 @@ fn last_line(stderr: &str) -> String {
 }
 
 impl Source {
-    /// Parses project.yml's `source`.
-    pub fn parse(text: &str) -> Result<Source, SourceError> {
+    /// Parses project.yml's `source`; an `s3://` store is reached with node.yml's `s3:`
+    /// settings (or the environment's).
+    pub fn parse(text: &str, s3: &S3Config) -> Result<Source, SourceError> {
         let bad = |reason: &str| SourceError::BadSource {
             url: text.to_string(),
             reason: reason.to_string(),
         };
+        if text.starts_with(s3::SCHEME) {
+            let location = s3::Location::parse(text).map_err(|r| bad(&r))?;
+            return Ok(Source::S3(Store::open(location, s3)?));
+        }
         if let Some(rest) = text.strip_prefix("ssh://") {
             return parse_ssh(rest).map(Source::Ssh).map_err(|r| bad(&r));
         }
@@ -134,7 +158,7 @@ impl Source {
         let path = Path::new(text.strip_prefix("file://").unwrap_or(text));
         if text.contains("://") && !text.starts_with("file://") {
             return Err(bad(
-                "use a directory, `ssh://[user@]host[:port]/<root>/<name>` or an `http(s)://` URL",
+                "use a directory, `ssh://[user@]host[:port]/<root>/<name>`, an `http(s)://` URL or `s3://<bucket>/<prefix>`",
             ));
         }
         if !path.is_absolute() {
@@ -172,6 +196,14 @@ impl Source {
                     SMALL_LIMIT,
                 )?;
                 parse_listing(&bytes, &target.url())
+            }
+            Source::S3(store) => {
+                let mut bytes = Vec::new();
+                // No index yet: nothing was published there yet.
+                if store.get(INDEX_FILE, &mut bytes, SMALL_LIMIT)?.is_none() {
+                    return Ok(Vec::new());
+                }
+                parse_listing(&bytes, &format!("{}/{INDEX_FILE}", store.location))
             }
         }
     }
@@ -230,6 +262,7 @@ impl Source {
                 // `release export --signature` prints nothing for an unsigned release.
                 Ok(part != Part::Signature || copied > 0)
             }
+            Source::S3(store) => Ok(store.get(&name, out, limit)?.is_some()),
         }
     }
 }
@@ -240,6 +273,7 @@ impl std::fmt::Display for Source {
             Source::Dir(path) => write!(f, "{}", path.display()),
             Source::Http(url) => write!(f, "{url}"),
             Source::Ssh(target) => write!(f, "{}", target.url()),
+            Source::S3(store) => write!(f, "{}", store.location),
         }
     }
 }
@@ -610,7 +644,8 @@ mod tests {
             ("ssh://[::1]:22/shop", ssh(None, "::1", Some(22), "/")),
         ];
         for (text, expected) in cases {
-            let parsed = Source::parse(text).unwrap_or_else(|e| panic!("{text}: {e}"));
+            let parsed =
+                Source::parse(text, &S3Config::default()).unwrap_or_else(|e| panic!("{text}: {e}"));
             assert_eq!(parsed, expected, "{text}");
         }
     }
@@ -628,9 +663,12 @@ mod tests {
             ("ssh://host/srv/$(x)/shop", "may only hold"),
             ("ssh://host/srv/Shop", "not a project name"),
             ("http://host/a b", "cannot contain spaces"),
+            ("s3://Bucket/x", "not an S3 bucket name"),
         ];
         for (text, expected) in cases {
-            let error = Source::parse(text).unwrap_err().to_string();
+            let error = Source::parse(text, &S3Config::default())
+                .unwrap_err()
+                .to_string();
             assert!(error.contains(expected), "{text}: {error}");
             assert!(error.contains(&format!("`{text}`")), "{error}");
         }
@@ -643,7 +681,7 @@ mod tests {
             "ssh://staging:2222/srv/projects/shop",
             "ssh://[::1]:2222/srv/shop",
         ] {
-            let Source::Ssh(target) = Source::parse(text).unwrap() else {
+            let Source::Ssh(target) = Source::parse(text, &S3Config::default()).unwrap() else {
                 panic!("{text} is not ssh");
             };
             assert_eq!(target.url(), text);
@@ -652,9 +690,11 @@ mod tests {
 
     #[test]
     fn ssh_command_passes_every_value_as_its_own_argument() {
-        let Source::Ssh(target) =
-            Source::parse("ssh://kiln@staging:2222/srv/projects/shop").unwrap()
-        else {
+        let Source::Ssh(target) = Source::parse(
+            "ssh://kiln@staging:2222/srv/projects/shop",
+            &S3Config::default(),
+        )
+        .unwrap() else {
             panic!("not ssh");
         };
         let command = target.command(&["release", "list", "shop", "--json"]);

@@ -7,7 +7,7 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, io_error};
-use crate::exec::report::StageTime;
+use crate::exec::report::StageDuration;
 use crate::fs::durable;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -40,6 +40,10 @@ pub struct Record {
     pub commit: String,
     pub pillar_rev: Option<String>,
     pub mode: String,
+    /// The environment it deployed in (`dev`, `staging`, `prod`); None in logs of older kiln
+    /// versions.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub environment: Option<String>,
     pub status: Status,
     pub who: String,
     /// The fingerprint of the SSH key `who` pushed with (`SHA256:...`), when over SSH.
@@ -62,7 +66,7 @@ pub struct Record {
     /// How long each stage of its deploy took, up to where it ended (empty in logs of older
     /// kiln versions).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub stages: Vec<StageTime>,
+    pub stages: Vec<StageDuration>,
 }
 
 /// One stretch of time a release was live: from the commit point of the deploy or rollback
@@ -183,6 +187,16 @@ impl ReleaseLog {
             .find(|r| matches!(r.status, Status::Good | Status::RolledBack))
     }
 
+    /// What `kiln rollback --to-before <id>` goes to: the release that was live just before
+    /// `id` last went live (None: `id` was the first release live, or never was).
+    pub fn live_before(&self, id: &str) -> Option<&Record> {
+        let history = self.history();
+        let last = history.iter().rposition(|(live, _)| *live == id)?;
+        history[..last]
+            .last()
+            .and_then(|(before, _)| self.get(before))
+    }
+
     /// The archive (a name under archives/) holding data/ as it was when `id` was last live:
     /// the snapshot taken when it was last replaced.
     pub fn snapshot_when_replaced(&self, id: &str) -> Option<String> {
@@ -259,6 +273,7 @@ pub(crate) fn test_record(id: &str, status: Status) -> Record {
         commit: "a".repeat(40),
         pillar_rev: None,
         mode: "cooking".into(),
+        environment: None,
         status,
         who: "t".into(),
         who_key: None,
@@ -336,6 +351,28 @@ mod tests {
         assert_eq!(log.previous_live().map(|r| r.id.as_str()), Some("c"));
         live(&mut log, "c", 5, "c-rollback-2");
         assert_eq!(log.previous_live().map(|r| r.id.as_str()), Some("a"));
+    }
+
+    #[test]
+    fn live_before_is_what_was_live_just_before_the_last_time_it_went_live() {
+        use Status::*;
+        let mut log = ReleaseLog::default();
+        for id in ["a", "b", "c"] {
+            log.records.push(record(id, Good));
+        }
+        log.records.push(record("f", Failed));
+        live(&mut log, "a", 1, "a");
+        assert_eq!(log.live_before("a").map(|r| r.id.as_str()), None);
+        live(&mut log, "b", 2, "b");
+        live(&mut log, "c", 3, "c");
+        assert_eq!(log.live_before("c").map(|r| r.id.as_str()), Some("b"));
+        // Rolled back from c to a, then c again: before c's last period, a was live.
+        live(&mut log, "a", 4, "a-rollback-1");
+        live(&mut log, "c", 5, "c-rollback-2");
+        assert_eq!(log.live_before("c").map(|r| r.id.as_str()), Some("a"));
+        assert_eq!(log.live_before("b").map(|r| r.id.as_str()), Some("a"));
+        assert!(log.live_before("f").is_none(), "never live");
+        assert!(log.live_before("x").is_none(), "unknown");
     }
 
     #[test]

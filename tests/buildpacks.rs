@@ -1,0 +1,693 @@
+//! Buildpacks end to end (README.md, "Buildpacks"): real pushes to throwaway nodes. kiln's own
+//! buildpacks are detected in order or named in kiln.yml; third-party v2 buildpacks from a
+//! directory, from the app, or from a git repo pinned to a commit; `export` chaining, ENV_DIR,
+//! the build cache and `kiln cache clear`; a failing buildpack rolls back; and real Python and
+//! Node apps with real dependencies from PyPI and npm build on staging, reuse the cache on the
+//! next push, and run from run/ on a production node that never builds.
+
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use std::fs;
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::{App, Node, Project, Tree, assert_same, fingerprint, free_port, last_remote_line};
+
+/// Where the suite keeps what pip and npm download, so repeated runs are fast.
+fn test_cache(tool: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("target/test-cache")
+        .join(tool)
+}
+
+/// kiln.yml `defaults:` that point pip's and npm's download caches at the suite's cache.
+fn download_caches() -> String {
+    format!(
+        "defaults:\n  env:\n    PIP_CACHE_DIR: {}\n    npm_config_cache: {}\n",
+        test_cache("pip").display(),
+        test_cache("npm").display()
+    )
+}
+
+/// A buildpack directory written by the test: `bin/<name>` scripts (sh), executable.
+fn buildpack(dir: &Path, scripts: &[(&str, &str)]) -> PathBuf {
+    fs::create_dir_all(dir.join("bin")).unwrap();
+    for (name, body) in scripts {
+        let path = dir.join("bin").join(name);
+        fs::write(&path, format!("#!/bin/sh\n{body}")).unwrap();
+        fs::set_permissions(&path, fs::Permissions::from_mode(0o755)).unwrap();
+    }
+    dir.to_path_buf()
+}
+
+/// run/ and data/ as they are, to prove a failed deploy left them exactly so.
+struct Before {
+    run: Tree,
+    data: Tree,
+}
+
+impl Before {
+    fn take(project: &Project) -> Before {
+        Before {
+            run: fingerprint(&project.run()),
+            data: fingerprint(&project.data()),
+        }
+    }
+
+    fn assert_unchanged(&self, project: &Project, what: &str) {
+        assert_same(
+            &self.run,
+            &fingerprint(&project.run()),
+            &format!("{what} run/"),
+        );
+        assert_same(
+            &self.data,
+            &fingerprint(&project.data()),
+            &format!("{what} data/"),
+        );
+    }
+}
+
+fn buildpacks_json(tree: &Path) -> serde_json::Value {
+    serde_json::from_slice(&fs::read(tree.join(".kiln/buildpacks.json")).unwrap()).unwrap()
+}
+
+fn names(json: &serde_json::Value) -> Vec<String> {
+    json["buildpacks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|b| b["name"].as_str().unwrap().to_string())
+        .collect()
+}
+
+#[test]
+fn kilns_own_buildpacks_are_detected_in_order_and_nothing_detected_is_no_error() {
+    let node = Node::new();
+    let project = node.init("site", "cooking");
+    let app = node.app("site");
+
+    app.write("README", "nothing to build\n");
+    app.commit("plain");
+    let output = app.deploy(&project);
+    assert!(output.contains("no buildpack detected"), "{output}");
+    assert!(!project.run().join(".kiln").exists());
+
+    app.write("Procfile", "web: ./serve\n");
+    app.commit("procfile");
+    let output = app.deploy(&project);
+    assert!(output.contains("-----> Procfile app detected"), "{output}");
+    let json = buildpacks_json(&project.run());
+    assert_eq!(names(&json), ["procfile"]);
+    assert!(
+        json["buildpacks"][0]["source"]
+            .as_str()
+            .unwrap()
+            .starts_with("kiln:procfile@")
+    );
+    assert_eq!(json["default_process_types"], serde_json::json!({}));
+
+    // static comes before procfile.
+    app.write("public/index.html", "<h1>hi</h1>\n");
+    app.commit("site");
+    let first = project.current().unwrap();
+    let output = app.deploy(&project);
+    assert!(output.contains("-----> Static app detected"), "{output}");
+    assert!(output.contains("-----> Static site in public/"), "{output}");
+    let json = buildpacks_json(&project.run());
+    assert_eq!(names(&json), ["static"]);
+    assert_eq!(
+        json["default_process_types"]["web"],
+        "python3 -m http.server \"$PORT\" --bind 127.0.0.1 --directory public"
+    );
+    // A recipe without build commands exports unchanged files as hard links to the live
+    // release; a buildpack must get copies of its own to write to.
+    let second = project.current().unwrap();
+    let inode = |release: &str| {
+        fs::metadata(project.path("deploy").join(release).join("Procfile"))
+            .unwrap()
+            .ino()
+    };
+    assert_ne!(inode(&first), inode(&second));
+
+    // `buildpacks: []` turns them off.
+    app.write("kiln.yml", "buildpacks: []\n");
+    app.commit("buildpacks off");
+    let output = app.deploy(&project);
+    assert!(!output.contains("app detected"), "{output}");
+    assert!(!project.run().join(".kiln").exists());
+}
+
+/// kiln.yml names two buildpacks: one on the node, one inside the app. The first leaves an
+/// `export` the second and the build commands see; both get ENV_DIR with the settings and a
+/// cache kept across builds; the process types merge; ENV_DIR is gone afterwards.
+#[test]
+fn listed_buildpacks_run_in_order_with_exports_env_dir_and_their_own_cache() {
+    let node = Node::new();
+    let project = node.init("shop", "cooking");
+    let first = buildpack(
+        &node.dir.path().join("bp-first"),
+        &[
+            ("detect", "echo First\n"),
+            (
+                "compile",
+                r#"set -eu
+echo "-----> First compiling"
+echo "plain line from first"
+echo "$3" > "$1/env-dir.txt"
+ls "$3" > "$1/env-names.txt"
+cat "$3/GREETING" > "$1/greeting.txt"
+stat -c %a "$3" > "$1/env-mode.txt"
+n=$(cat "$2/count" 2>/dev/null || echo 0); echo $((n + 1)) > "$2/count"; cp "$2/count" "$1/count.txt"
+echo 'export FROM_FIRST="first was here"' > "$(dirname "$0")/../export"
+"#,
+            ),
+            (
+                "release",
+                "printf -- '---\\ndefault_process_types:\\n  web: first-web\\n  worker: first-worker\\n'\n",
+            ),
+        ],
+    );
+    let app = node.app("shop");
+    buildpack(
+        &app.dir.join("vendor/second"),
+        &[
+            ("detect", "echo Second\n"),
+            (
+                "compile",
+                "echo \"-----> Second sees FROM_FIRST=$FROM_FIRST\"\necho \"$FROM_FIRST\" > \"$1/second.txt\"\n",
+            ),
+            (
+                "release",
+                "printf -- '---\\ndefault_process_types:\\n  web: second-web\\n'\n",
+            ),
+        ],
+    );
+    app.write(
+        "kiln.yml",
+        &format!(
+            "buildpacks: [{}, ./vendor/second]\ndefaults:\n  env:\n    GREETING: hello\nstages:\n  build:\n    - echo \"$FROM_FIRST\" > build-command.txt\n",
+            first.display()
+        ),
+    );
+    app.commit("two buildpacks");
+    let output = app.deploy(&project);
+    let at = |text: &str| {
+        output
+            .find(text)
+            .unwrap_or_else(|| panic!("no `{text}` in:\n{output}"))
+    };
+    assert!(at("-----> First app detected") < at("-----> Second app detected"));
+    assert!(at("-----> Second app detected") < at("-----> First compiling"));
+    assert!(at("-----> First compiling") < at("-----> Second sees FROM_FIRST=first was here"));
+    // Heroku's layout: headers at the left edge, plain lines indented.
+    assert!(
+        output.contains("remote:        plain line from first"),
+        "{output}"
+    );
+
+    let run = project.run();
+    let read = |name: &str| {
+        fs::read_to_string(run.join(name))
+            .unwrap()
+            .trim()
+            .to_string()
+    };
+    assert_eq!(read("second.txt"), "first was here");
+    assert_eq!(read("build-command.txt"), "first was here");
+    assert_eq!(read("greeting.txt"), "hello");
+    assert_eq!(read("env-mode.txt"), "700");
+    assert!(read("env-names.txt").lines().any(|l| l == "GREETING"));
+    assert!(
+        !Path::new(&read("env-dir.txt")).exists(),
+        "ENV_DIR is removed"
+    );
+    assert_eq!(read("count.txt"), "1");
+    let json = buildpacks_json(&run);
+    assert_eq!(names(&json), ["bp-first", "second"]);
+    assert_eq!(json["buildpacks"][0]["source"], first.display().to_string());
+    assert_eq!(json["buildpacks"][1]["source"], "./vendor/second");
+    assert_eq!(
+        json["default_process_types"],
+        serde_json::json!({"web": "second-web", "worker": "first-worker"})
+    );
+    let release = project.current().unwrap();
+    let manifest: serde_json::Value = serde_json::from_slice(
+        &fs::read(project.path("releases").join(format!("{release}.json"))).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(manifest["buildpacks"], json["buildpacks"]);
+    // The cache is outside the release tree, and kept.
+    assert!(project.path("cache/bp-first/count").is_file());
+    assert!(!run.join("count").exists());
+    app.write("app.txt", "v2\n");
+    app.commit("second push");
+    app.deploy(&project);
+    assert_eq!(read("count.txt"), "2");
+
+    // A settings-only redeploy (a pillar push) does not rebuild.
+    let pillar = node.app("pillar");
+    pillar.write("pillar.yml", "env:\n  GREETING: changed\n");
+    pillar.commit("pillar");
+    let out = pillar.git(&[
+        "push",
+        project.path("git/pillar.git").to_str().unwrap(),
+        "HEAD:master",
+    ]);
+    let pushed = common::text(&out);
+    assert!(out.status.success(), "{pushed}");
+    assert!(pushed.contains("only the settings changed"), "{pushed}");
+    assert!(!pushed.contains("app detected"), "{pushed}");
+    assert_eq!(read("count.txt"), "2");
+
+    // kiln cache clear: one buildpack's, an unknown one refused, then all.
+    let cleared = node.ok(&["cache", "clear", "shop", "bp-first"]);
+    assert!(
+        cleared.contains("cleared the build cache of `shop` for buildpack `bp-first`"),
+        "{cleared}"
+    );
+    assert!(!project.path("cache/bp-first").exists());
+    let unknown = node.kiln(&["cache", "clear", "shop", "bp-first"]);
+    assert_eq!(unknown.status.code(), Some(2));
+    assert!(
+        common::text(&unknown)
+            .contains("error: project `shop` has no build cache of buildpack `bp-first`"),
+        "{}",
+        common::text(&unknown)
+    );
+    app.write("app.txt", "v3\n");
+    app.commit("after clearing");
+    app.deploy(&project);
+    assert_eq!(
+        read("count.txt"),
+        "1",
+        "the build starts from an empty cache"
+    );
+    node.ok(&["cache", "clear", "shop"]);
+    assert_eq!(
+        fs::read_dir(project.path("cache")).unwrap().count(),
+        0,
+        "every buildpack's cache is gone"
+    );
+}
+
+/// A git buildpack pinned to a commit is cloned once and keeps that commit even when its
+/// branch moves; one without a pin refuses the push at kiln.yml's line and column.
+#[test]
+fn git_buildpacks_are_pinned_to_a_commit_and_cloned_once() {
+    let node = Node::new();
+    let project = node.init("shop", "cooking");
+    let bp = node.app("bp");
+    buildpack(
+        &bp.dir,
+        &[
+            ("detect", "echo Pinned\n"),
+            (
+                "compile",
+                "echo \"-----> pinned v1\"\necho v1 > \"$1/bp-version.txt\"\n",
+            ),
+        ],
+    );
+    let v1 = bp.commit("v1");
+    let url = format!("file://{}", bp.dir.display());
+
+    let app = node.app("shop");
+    app.write("kiln.yml", &format!("buildpacks: ['{url}#{v1}']\n"));
+    app.commit("pinned");
+    let output = app.deploy(&project);
+    assert!(output.contains("fetching buildpack"), "{output}");
+    assert!(output.contains("-----> pinned v1"), "{output}");
+    let clone = node.root.join(format!(".kiln/buildpacks/git/app-bp-{v1}"));
+    assert!(clone.join("bin/compile").is_file(), "{}", clone.display());
+    assert!(!clone.join(".git").exists());
+
+    buildpack(&bp.dir, &[("compile", "echo v2 > \"$1/bp-version.txt\"\n")]);
+    bp.commit("v2 on the same branch");
+    app.write("app.txt", "two\n");
+    app.commit("again");
+    let output = app.deploy(&project);
+    assert!(
+        !output.contains("fetching buildpack"),
+        "cloned once:\n{output}"
+    );
+    assert_eq!(
+        fs::read_to_string(project.run().join("bp-version.txt")).unwrap(),
+        "v1\n"
+    );
+
+    let before = Before::take(&project);
+    let tip = project.branch_tip("master");
+    app.write("kiln.yml", &format!("buildpacks:\n  - python\n  - {url}\n"));
+    app.commit("unpinned");
+    let (ok, output) = app.push(&project);
+    assert!(!ok, "{output}");
+    assert!(
+        output.contains(&format!(
+            "kiln.yml:3:5: buildpack `{url}` is not pinned to a commit"
+        )),
+        "{output}"
+    );
+    assert_eq!(project.branch_tip("master"), tip, "the branch did not move");
+    before.assert_unchanged(&project, "an unpinned buildpack");
+}
+
+/// A buildpack whose compile fails fails the build: its own last line of explanation ends the
+/// push output, the deploy rolls back, run/ and data/ are exactly as before.
+#[test]
+fn a_failing_buildpack_fails_the_build_and_rolls_back() {
+    let node = Node::new();
+    let project = node.init("shop", "cooking");
+    let bp = buildpack(
+        &node.dir.path().join("flaky"),
+        &[
+            ("detect", "echo Flaky\n"),
+            (
+                "compile",
+                "if [ -f \"$1/break-me\" ]; then echo ' !     flaky: cannot build `break-me`' >&2; exit 3; fi\necho ok > \"$1/built.txt\"\n",
+            ),
+        ],
+    );
+    let app = node.app("shop");
+    app.write("kiln.yml", &format!("buildpacks: [{}]\n", bp.display()));
+    app.commit("good");
+    app.deploy(&project);
+    let live = project.current().unwrap();
+    fs::write(project.data().join("db.txt"), "rows\n").unwrap();
+    let before = Before::take(&project);
+
+    app.write("break-me", "");
+    app.commit("bad");
+    let (_, output) = app.push(&project);
+    assert_eq!(
+        last_remote_line(&output),
+        format!(
+            "remote: -----> deploy FAILED at build (buildpack `flaky`: bin/compile: exit 3: flaky: cannot build `break-me`); rolled back to {live}; retry with `kiln deploy shop`"
+        )
+    );
+    before.assert_unchanged(&project, "a failed buildpack");
+    assert_eq!(project.current(), Some(live));
+
+    // Named in kiln.yml but not for this app: the build fails saying so.
+    app.write(
+        "kiln.yml",
+        &format!("buildpacks: [{}, nodejs]\n", bp.display()),
+    );
+    app.remove("break-me");
+    app.commit("not a node app");
+    let (_, output) = app.push(&project);
+    assert!(
+        last_remote_line(&output).contains(
+            "deploy FAILED at build (buildpack `nodejs` does not apply to this app (its bin/detect said no, exit 1)"
+        ),
+        "{output}"
+    );
+    before.assert_unchanged(&project, "a buildpack that does not apply");
+}
+
+#[test]
+fn a_python_version_the_node_cannot_meet_is_refused_naming_the_file() {
+    let node = Node::new();
+    let project = node.init("shop", "cooking");
+    let app = node.app("shop");
+    app.write("requirements.txt", "")
+        .write(".python-version", "# pinned by the team\n3.99\n");
+    app.commit("python from the future");
+    let before = Before::take(&project);
+    let (ok, output) = app.push(&project);
+    assert!(ok, "a failed post-receive deploy does not refuse the push");
+    let last = last_remote_line(&output);
+    assert!(
+        last.starts_with(
+            "remote: -----> deploy FAILED at build (buildpack `python`: bin/compile: exit 1: .python-version:2 asks for Python 3.99, which this node does not have (it has: 3."
+        ),
+        "{output}"
+    );
+    before.assert_unchanged(&project, "an unmet .python-version");
+    assert_eq!(project.current(), None);
+}
+
+/// A process of the test's own, in its own process group, killed with its children when the
+/// test ends (also on panic).
+struct Process(Child);
+
+impl Process {
+    fn spawn(command: &mut Command) -> Process {
+        let child = command
+            .process_group(0)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        Process(child)
+    }
+}
+
+impl Drop for Process {
+    fn drop(&mut self) {
+        let pgid = nix::unistd::Pid::from_raw(self.0.id() as i32);
+        let _ = nix::sys::signal::killpg(pgid, nix::sys::signal::Signal::SIGKILL);
+        let _ = self.0.wait();
+    }
+}
+
+/// GET / on 127.0.0.1:`port` until it answers (or 20 s pass): the response body.
+fn http_get(port: u16) -> String {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        if let Ok(mut stream) = TcpStream::connect(("127.0.0.1", port)) {
+            let _ = stream.set_read_timeout(Some(Duration::from_secs(5)));
+            let _ = stream.write_all(b"GET / HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n");
+            let mut response = String::new();
+            if stream.read_to_string(&mut response).is_ok() && !response.is_empty() {
+                return response
+                    .split_once("\r\n\r\n")
+                    .map(|(_, body)| body.to_string())
+                    .unwrap_or(response);
+            }
+        }
+        assert!(Instant::now() < deadline, "nothing answered on port {port}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// The environment a process of the release gets: the tree's `.profile.d/*.sh` sourced in
+/// the tree (which is what kiln's process runner does), then `command`.
+fn in_release(tree: &Path, command: &str, port: u16) -> Command {
+    let mut cmd = Command::new("/bin/sh");
+    cmd.arg("-c")
+        .arg(format!(
+            "for f in .profile.d/*.sh; do . \"./$f\"; done; exec {command}"
+        ))
+        .current_dir(tree)
+        .env_clear()
+        .env("PATH", "/usr/local/bin:/usr/bin:/bin")
+        .env(
+            "HOME",
+            std::env::var("HOME").unwrap_or_else(|_| "/root".into()),
+        )
+        .env("PORT", port.to_string());
+    cmd
+}
+
+/// A production node pulling from `staging`: the same push deploys staging's release of the
+/// commit there, without building.
+fn production(staging: &Project, app: &App) -> (Project, String) {
+    let node = staging.node.sibling("production");
+    let project = node.init_with(
+        &staging.name,
+        &[
+            "--mode",
+            "final",
+            "--source",
+            staging.base.to_str().unwrap(),
+        ],
+    );
+    let output = app.deploy(&project);
+    (project, output)
+}
+
+const WSGI_APP: &str = "import six\n\n\ndef app(environ, start_response):\n    start_response('200 OK', [('Content-Type', 'text/plain')])\n    return [('hello from python, six ' + six.__version__ + '\\n').encode()]\n";
+
+/// The issue's Python app: a WSGI app with a dependency from PyPI, served by gunicorn from
+/// PyPI. Built on staging, its one-line change reuses the cached virtualenv, the tree passes
+/// promotion and production runs it from its own run/ without building.
+#[test]
+fn a_python_app_builds_reuses_the_cache_and_runs_where_it_is_moved() {
+    let node = Node::new();
+    let project = node.init("pyapp", "cooking");
+    let app = node.app("pyapp");
+    app.write("requirements.txt", "gunicorn==23.0.0\nsix==1.16.0\n")
+        .write("app.py", WSGI_APP)
+        .write("Procfile", "web: gunicorn app:app --bind 127.0.0.1:$PORT\n")
+        .write("kiln.yml", &download_caches());
+    app.commit("python app");
+    let output = app.deploy(&project);
+    assert!(output.contains("-----> Python app detected"), "{output}");
+    assert!(
+        output.contains("Installing requirements with pip"),
+        "{output}"
+    );
+    assert!(output.contains("Successfully installed"), "{output}");
+    let run = project.run();
+    // The venv's python is Debian's, below /usr: promotable.
+    let python = fs::read_link(run.join(".venv/bin/python3")).unwrap();
+    assert!(python.starts_with("/usr/"), "{}", python.display());
+    let port = free_port();
+    let server = Process::spawn(&mut in_release(
+        &run,
+        "gunicorn app:app --bind 127.0.0.1:$PORT",
+        port,
+    ));
+    assert_eq!(http_get(port), "hello from python, six 1.16.0\n");
+    drop(server);
+
+    let cached: Vec<PathBuf> = fs::read_dir(project.path("cache/python/venvs"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    assert_eq!(cached.len(), 1, "{cached:?}");
+    let cached_tree = fingerprint(&cached[0]);
+
+    app.write(
+        "app.py",
+        &WSGI_APP.replace("hello from python", "hello again"),
+    );
+    app.commit("one-line change");
+    let output = app.deploy(&project);
+    assert!(
+        output.contains(
+            "Reusing the cached virtualenv (requirements.txt unchanged): nothing to install"
+        ),
+        "{output}"
+    );
+    for installing in ["Installing requirements", "Collecting", "Downloading"] {
+        assert!(!output.contains(installing), "{installing}:\n{output}");
+    }
+    assert_same(&cached_tree, &fingerprint(&cached[0]), "the cached venv");
+
+    let (prod, pulled) = production(&project, &app);
+    assert!(pulled.contains("final mode never builds"), "{pulled}");
+    assert!(!pulled.contains("app detected"), "{pulled}");
+    assert!(!prod.path("cache").join("python").exists());
+    let port = free_port();
+    let _server = Process::spawn(&mut in_release(
+        &prod.run(),
+        "gunicorn app:app --bind 127.0.0.1:$PORT",
+        port,
+    ));
+    assert_eq!(http_get(port), "hello again, six 1.16.0\n");
+}
+
+const NODE_SERVER: &str = "const http = require('http');\nconst isNumber = require('is-number');\nhttp.createServer((req, res) => res.end('hello from node, is-number says ' + isNumber(5) + '\\n')).listen(Number(process.env.PORT), '127.0.0.1');\n";
+
+/// The issue's Node app: plain `http` and one npm dependency, with its package-lock.json.
+#[test]
+fn a_node_app_builds_reuses_the_cache_and_runs_where_it_is_moved() {
+    let node = Node::new();
+    let project = node.init("nodeapp", "cooking");
+    let app = node.app("nodeapp");
+    app.write(
+        "package.json",
+        "{\n  \"name\": \"nodeapp\",\n  \"version\": \"1.0.0\",\n  \"private\": true,\n  \"scripts\": {\"start\": \"node server.js\"},\n  \"dependencies\": {\"is-number\": \"7.0.0\"}\n}\n",
+    )
+    .write("server.js", NODE_SERVER)
+    .write("kiln.yml", &download_caches());
+    let lock = Command::new("npm")
+        .args(["install", "--package-lock-only", "--no-audit", "--no-fund"])
+        .current_dir(&app.dir)
+        .env("npm_config_cache", test_cache("npm"))
+        .output()
+        .unwrap();
+    assert!(lock.status.success(), "{}", common::text(&lock));
+    app.commit("node app");
+    let output = app.deploy(&project);
+    assert!(output.contains("-----> Node.js app detected"), "{output}");
+    assert!(
+        output.contains("dependencies with npm-ci (package-lock.json)"),
+        "{output}"
+    );
+    let json = buildpacks_json(&project.run());
+    assert_eq!(json["default_process_types"]["web"], "npm start");
+    let port = free_port();
+    let server = Process::spawn(&mut in_release(&project.run(), "node server.js", port));
+    assert_eq!(http_get(port), "hello from node, is-number says true\n");
+    drop(server);
+
+    app.write(
+        "server.js",
+        &NODE_SERVER.replace("hello from node", "hello again"),
+    );
+    app.commit("one-line change");
+    let output = app.deploy(&project);
+    assert!(
+        output.contains(
+            "Reusing the cached node_modules (package-lock.json unchanged): nothing to install"
+        ),
+        "{output}"
+    );
+    assert!(!output.contains("added 1 package"), "{output}");
+
+    let (prod, pulled) = production(&project, &app);
+    assert!(pulled.contains("final mode never builds"), "{pulled}");
+    assert!(!pulled.contains("app detected"), "{pulled}");
+    let port = free_port();
+    let _server = Process::spawn(&mut in_release(&prod.run(), "npm start", port));
+    assert_eq!(http_get(port), "hello again, is-number says true\n");
+}
+
+/// Editable mode builds in project/; what the buildpack adds there (.venv/, .profile.d/,
+/// .kiln/) is not a manual edit, so the next push is not refused.
+#[test]
+fn editable_mode_builds_in_project_and_its_output_is_not_an_edit() {
+    let node = Node::new();
+    let project = node.init("dev", "editable");
+    let app = node.app("dev");
+    app.write("requirements.txt", "")
+        .write("app.py", "print('v1')\n");
+    app.commit("one");
+    let output = app.deploy(&project);
+    assert!(output.contains("-----> Python app detected"), "{output}");
+    assert!(project.path("project/.venv/bin/python3").exists());
+    let exclude = fs::read_to_string(project.path("project/.git/info/exclude")).unwrap();
+    for line in ["/.venv/", "/.profile.d/", "/.kiln/"] {
+        assert!(exclude.lines().any(|l| l == line), "{line} in:\n{exclude}");
+    }
+    app.write("app.py", "print('v2')\n");
+    app.commit("two");
+    let output = app.deploy(&project);
+    assert!(output.contains("The virtualenv is up to date"), "{output}");
+    let ran = in_release(&project.run(), "python app.py", 0)
+        .output()
+        .unwrap();
+    assert_eq!(String::from_utf8_lossy(&ran.stdout), "v2\n");
+}
+
+/// kiln's own buildpacks have tests of their own (buildpacks/<name>/test/run, plain sh a
+/// Heroku user can read): detection, version checks, relocation, release output.
+#[test]
+fn each_shipped_buildpack_passes_its_own_tests() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("buildpacks");
+    for name in ["python", "nodejs", "static", "procfile"] {
+        let script = root.join(name).join("test/run");
+        let out = Command::new("/bin/sh")
+            .arg(&script)
+            .env("npm_config_cache", test_cache("npm"))
+            .env("PIP_CACHE_DIR", test_cache("pip"))
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}:\n{}",
+            script.display(),
+            common::text(&out)
+        );
+    }
+}
