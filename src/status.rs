@@ -276,11 +276,9 @@ pub fn status(node: &Node, project: &Project, as_json: bool) -> Result<(), Error
     }
     if let Some(newer) = &behind.source {
         println!(
-            "behind:      the source offers {} of {}, newer than the live release: `kiln deploy {} --rev {}` deploys it",
+            "behind:      the source offers {} of {}, newer than the live release: push that commit here, or roll it out to this node",
             newer.release,
             &newer.commit[..newer.commit.len().min(7)],
-            paths.name,
-            newer.commit
         );
     }
     if let Some(error) = &behind.source_error {

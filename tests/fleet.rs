@@ -6,12 +6,17 @@
 #![allow(clippy::unwrap_used)]
 
 mod common;
+#[path = "common/moto.rs"]
+mod moto;
 
 use std::fs;
+use std::path::Path;
+use std::process::Command;
 
 use serde_json::Value;
 
 use common::{App, Node, Project, Tree, assert_same, fingerprint, text};
+use moto::Moto;
 
 const PROJECT: &str = "shop";
 
@@ -334,4 +339,398 @@ fn rollback_to_before_undoes_one_live_release_and_is_a_no_op_otherwise() {
     let out = node.kiln(&["rollback", PROJECT, &first, "--to-before", &second]);
     assert_eq!(out.status.code(), Some(2), "{}", text(&out));
     before.assert_unchanged(&project, "bad rollbacks");
+}
+
+// ---------------------------------------------------------------------------------------------
+// The Ansible role of contrib/ansible, driving three final-mode nodes on this machine (separate
+// roots, `ansible_connection: local`) that pull from the S3 store a signing staging node
+// publishes to (moto on 127.0.0.1).
+
+/// A staging node publishing to the store, and production nodes pulling from it.
+struct Fleet {
+    /// Kept for its Drop: the store's server runs as long as the fleet.
+    _moto: Moto,
+    staging: Project,
+    nodes: Vec<Project>,
+    app: App,
+}
+
+const STORE: &str = "s3://releases/shop";
+
+impl Fleet {
+    fn new(nodes: usize) -> Fleet {
+        let node = Node::new();
+        let moto = Moto::start(node.dir.path());
+        moto.create_bucket("releases");
+        let secret = node.dir.path().join("s3-secret");
+        fs::write(&secret, moto::SECRET_KEY).unwrap();
+        let s3 = format!(
+            "s3:\n  endpoint: {}\n  access_key: {}\n  secret_key_file: {}\n",
+            moto.endpoint(),
+            moto::ACCESS_KEY,
+            secret.display()
+        );
+        node.write_node_yml(&s3);
+        let staging = node.init(PROJECT, "cooking");
+        staging.add_setting(&format!("publish: {STORE}"));
+        let key = node.ok(&["key", "generate"]).trim().to_string();
+        let nodes = (1..=nodes)
+            .map(|i| {
+                let web = node.sibling(&format!("web{i}"));
+                web.write_node_yml(&s3);
+                let project = web.init_with(PROJECT, &["--mode", "final", "--source", STORE]);
+                project.add_setting(&format!("trusted_key: {key}"));
+                project
+            })
+            .collect();
+        let app = app(&node);
+        Fleet {
+            _moto: moto,
+            staging,
+            nodes,
+            app,
+        }
+    }
+
+    /// Commits the app as it is, deploys it on staging (which publishes it), returns the commit.
+    fn release(&self, message: &str) -> String {
+        let commit = self.app.commit(message);
+        let output = self.app.deploy(&self.staging);
+        assert!(output.contains(&format!("to {STORE}")), "{output}");
+        commit
+    }
+
+    /// The inventory: every node a local host named after its root; `extra` adds host vars.
+    fn inventory(&self, extra: &[(&str, &str)]) -> std::path::PathBuf {
+        let mut text = String::from("kiln_production:\n  hosts:\n");
+        for project in &self.nodes {
+            let host = host(project);
+            text.push_str(&format!(
+                "    {host}:\n      kiln_root: {}\n",
+                project.node.root.display()
+            ));
+            for (_, vars) in extra.iter().filter(|(name, _)| *name == host) {
+                text.push_str(vars);
+            }
+        }
+        text.push_str(&format!(
+            "  vars:\n    ansible_connection: local\n    ansible_python_interpreter: /usr/bin/python3\n    kiln_bin: {}\n",
+            common::KILN
+        ));
+        let path = self.staging.node.dir.path().join("inventory.yml");
+        fs::write(&path, text).unwrap();
+        path
+    }
+
+    /// `ansible-playbook contrib/ansible/rollout.yml` for `commit`; returns (exit code, output).
+    fn rollout(&self, commit: &str, inventory: &std::path::Path, args: &[&str]) -> (i32, String) {
+        let dir = self.staging.node.dir.path().join("ansible");
+        fs::create_dir_all(&dir).unwrap();
+        let playbook = Path::new(env!("CARGO_MANIFEST_DIR")).join("contrib/ansible/rollout.yml");
+        let mut command = Command::new("ansible-playbook");
+        for (key, _) in std::env::vars_os() {
+            let key = key.to_string_lossy().into_owned();
+            if key.starts_with("KILN_") || key.starts_with("GIT_") || key.starts_with("ANSIBLE_") {
+                command.env_remove(key);
+            }
+        }
+        command
+            .arg("-i")
+            .arg(inventory)
+            .arg(&playbook)
+            .arg("-e")
+            .arg(format!("kiln_project={PROJECT}"))
+            .arg("-e")
+            .arg(format!("kiln_commit={commit}"))
+            .arg("-e")
+            .arg(format!("kiln_git_url={}", self.staging.repo().display()))
+            .args(args)
+            .env("ANSIBLE_HOME", &dir)
+            .env("ANSIBLE_LOCAL_TEMP", dir.join("tmp"))
+            .env("ANSIBLE_RETRY_FILES_ENABLED", "false")
+            .env("ANSIBLE_NOCOLOR", "1")
+            .env("ANSIBLE_HOST_KEY_CHECKING", "false");
+        let out = command.output().unwrap_or_else(|e| {
+            panic!(
+                "cannot run ansible-playbook ({e}): install Debian's ansible-core, as .ci/run does"
+            )
+        });
+        (out.status.code().unwrap_or(-1), text(&out))
+    }
+
+    /// (release id, commit, status) of every record on a node.
+    fn records(project: &Project) -> Vec<(String, String, String)> {
+        project.release_log()["records"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|r| {
+                (
+                    r["id"].as_str().unwrap().to_string(),
+                    r["commit"].as_str().unwrap().to_string(),
+                    r["status"].as_str().unwrap().to_string(),
+                )
+            })
+            .collect()
+    }
+}
+
+fn host(project: &Project) -> String {
+    project
+        .node
+        .root
+        .file_name()
+        .unwrap()
+        .to_string_lossy()
+        .into_owned()
+}
+
+/// The live release's record on a node.
+fn live_record(project: &Project) -> Value {
+    let log = project.release_log();
+    let current = log["current"].as_str().unwrap().to_string();
+    log["records"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["id"] == current.as_str())
+        .unwrap()
+        .clone()
+}
+
+fn time(record: &Value, key: &str) -> chrono::DateTime<chrono::Utc> {
+    record[key].as_str().unwrap().parse().unwrap()
+}
+
+/// Everything a rollout may touch on a node: run/, data/, releases/, the release log, the
+/// deploy branch.
+struct Untouched {
+    before: Before,
+    releases: Vec<String>,
+    log: Value,
+    branch: Option<String>,
+}
+
+impl Untouched {
+    fn take(project: &Project) -> Untouched {
+        Untouched {
+            before: Before::take(project),
+            releases: project.release_files(),
+            log: project.release_log(),
+            branch: project.branch_tip("master"),
+        }
+    }
+
+    fn assert(&self, project: &Project, what: &str) {
+        self.before.assert_unchanged(project, what);
+        assert_eq!(self.releases, project.release_files(), "{what}: releases/");
+        assert_eq!(self.log, project.release_log(), "{what}: release log");
+        assert_eq!(self.branch, project.branch_tip("master"), "{what}: branch");
+    }
+}
+
+#[test]
+fn a_good_rollout_reaches_all_three_nodes_in_waves_and_running_it_again_changes_nothing() {
+    let fleet = Fleet::new(3);
+    let commit = fleet.release("one");
+    let inventory = fleet.inventory(&[]);
+    let (status, output) = fleet.rollout(&commit, &inventory, &[]);
+    assert_eq!(status, 0, "{output}");
+
+    let lives: Vec<Value> = fleet.nodes.iter().map(live_record).collect();
+    for (project, live) in fleet.nodes.iter().zip(&lives) {
+        assert_eq!(live["commit"], commit.as_str(), "{}", host(project));
+        assert_eq!(
+            live["source_release"],
+            fleet.staging.current().unwrap().as_str(),
+            "{} deployed what staging published",
+            host(project)
+        );
+        assert_eq!(
+            fs::read_to_string(project.run().join("index.html")).unwrap(),
+            "one\n"
+        );
+        assert_eq!(
+            project.branch_tip("master").as_deref(),
+            Some(commit.as_str())
+        );
+    }
+    // Canary, then the first wave, then the second: each deploy ended before the next began.
+    for pair in lives.windows(2) {
+        assert!(
+            time(&pair[0], "finished") <= time(&pair[1], "started"),
+            "waves overlap: {:#} then {:#}",
+            pair[0],
+            pair[1]
+        );
+    }
+    let status_text = fleet.nodes[0].node.ok(&["status", PROJECT]);
+    assert!(!status_text.contains("behind:"), "{status_text}");
+
+    // The same rollout again: every node already runs the commit.
+    let untouched: Vec<Untouched> = fleet.nodes.iter().map(Untouched::take).collect();
+    let (status, output) = fleet.rollout(&commit, &inventory, &[]);
+    assert_eq!(status, 0, "{output}");
+    assert!(output.contains("changed=0"), "{output}");
+    for (project, before) in fleet.nodes.iter().zip(&untouched) {
+        before.assert(
+            project,
+            &format!("{} after a second rollout", host(project)),
+        );
+    }
+}
+
+/// Rolls `commit` out to the whole fleet (the state every failure test starts from).
+fn rolled_out(fleet: &Fleet, commit: &str) -> std::path::PathBuf {
+    let inventory = fleet.inventory(&[]);
+    let (status, output) = fleet.rollout(commit, &inventory, &[]);
+    assert_eq!(status, 0, "{output}");
+    inventory
+}
+
+#[test]
+fn a_release_whose_check_fails_on_the_canary_leaves_the_other_nodes_untouched() {
+    let fleet = Fleet::new(3);
+    let one = fleet.release("one");
+    let inventory = rolled_out(&fleet, &one);
+    fleet.app.write("index.html", "two\n");
+    let two = fleet.release("two");
+    let canary = &fleet.nodes[0];
+    let live_before = canary.current().unwrap();
+    let canary_before = Before::take(canary);
+    let others: Vec<Untouched> = fleet.nodes[1..].iter().map(Untouched::take).collect();
+    fs::write(canary.node.root.join("fail-check"), "").unwrap();
+
+    let (status, output) = fleet.rollout(&two, &inventory, &[]);
+    assert_ne!(status, 0, "{output}");
+    assert!(
+        output.contains("kiln deploy shop ended failed (exit 1) at deploy"),
+        "{output}"
+    );
+    // kiln rolled the canary back itself; the rollout stopped before the other waves.
+    assert_eq!(canary.current().unwrap(), live_before);
+    assert_eq!(
+        Fleet::records(canary)
+            .last()
+            .map(|r| (r.1.clone(), r.2.clone())),
+        Some((two.clone(), "failed".to_string()))
+    );
+    canary_before.assert_unchanged(canary, "the canary");
+    assert_eq!(canary.branch_tip("master").as_deref(), Some(one.as_str()));
+    for (project, before) in fleet.nodes[1..].iter().zip(&others) {
+        before.assert(project, &format!("{} after a failed canary", host(project)));
+    }
+}
+
+#[test]
+fn a_failure_in_the_second_wave_rolls_back_the_canary_and_the_first_wave() {
+    let fleet = Fleet::new(3);
+    let one = fleet.release("one");
+    let inventory = rolled_out(&fleet, &one);
+    let before: Vec<(String, Before)> = fleet
+        .nodes
+        .iter()
+        .map(|p| (p.current().unwrap(), Before::take(p)))
+        .collect();
+    fleet.app.write("index.html", "two\n");
+    let two = fleet.release("two");
+    let last = &fleet.nodes[2];
+    fs::write(last.node.root.join("fail-check"), "").unwrap();
+
+    let (status, output) = fleet.rollout(&two, &inventory, &[]);
+    assert_ne!(status, 0, "{output}");
+    for (project, (live, _)) in fleet.nodes.iter().zip(&before) {
+        let what = host(project);
+        assert_eq!(
+            project.current().as_ref(),
+            Some(live),
+            "{what} runs one again"
+        );
+        assert_eq!(
+            fs::read_to_string(project.run().join("index.html")).unwrap(),
+            "one\n",
+            "{what}"
+        );
+        assert_eq!(
+            project.branch_tip("master").as_deref(),
+            Some(one.as_str()),
+            "{what}"
+        );
+        let records = Fleet::records(project);
+        let (_, commit, status) = records.last().unwrap();
+        assert_eq!(commit, &two, "{what}");
+        let expected = if project.base == last.base {
+            "failed"
+        } else {
+            "rolled_back"
+        };
+        assert_eq!(status, expected, "{what}: {records:?}");
+    }
+    // The last wave's node was rolled back by kiln itself, exactly; the others went through
+    // a deploy and a rollback, so only their data/ is checked (run/ was compared above).
+    before[2].1.assert_unchanged(last, "the node that failed");
+    for project in &fleet.nodes[..2] {
+        let deploys = fs::read_to_string(project.data().join("deploys.txt")).unwrap();
+        assert_eq!(
+            deploys.lines().count(),
+            3,
+            "{}: one, two, then one again ran their deploy commands: {deploys}",
+            host(project)
+        );
+    }
+
+    // Running the rollback again (a retried play) changes nothing.
+    let untouched: Vec<Untouched> = fleet.nodes.iter().map(Untouched::take).collect();
+    for project in &fleet.nodes[..2] {
+        let two_release = Fleet::records(project)
+            .iter()
+            .rev()
+            .find(|r| r.1 == two)
+            .unwrap()
+            .0
+            .clone();
+        let (status, result) = json(
+            &project.node,
+            &["rollback", PROJECT, "--to-before", &two_release],
+        );
+        assert_eq!((status, &result["outcome"]), (0, &Value::from("unchanged")));
+    }
+    for (project, before) in fleet.nodes.iter().zip(&untouched) {
+        before.assert(project, &host(project));
+    }
+}
+
+#[test]
+fn a_node_that_was_down_during_the_rollout_shows_it_is_behind_and_catches_up() {
+    let fleet = Fleet::new(2);
+    let one = fleet.release("one");
+    let closed = common::free_port().to_string();
+    let down = format!(
+        "      ansible_connection: ssh\n      ansible_host: 127.0.0.1\n      ansible_port: {closed}\n"
+    );
+    let inventory = fleet.inventory(&[("web2", &down)]);
+    let (status, output) = fleet.rollout(&one, &inventory, &[]);
+    assert_eq!(
+        status, 4,
+        "ansible-playbook says some host was unreachable:\n{output}"
+    );
+    assert_eq!(live_record(&fleet.nodes[0])["commit"], one.as_str());
+    let web2 = &fleet.nodes[1];
+    assert_eq!(web2.current(), None, "web2 was down");
+    let status_text = web2.node.ok(&["status", PROJECT]);
+    let release = fleet.staging.current().unwrap();
+    assert!(
+        status_text.contains(&format!(
+            "behind:      the source offers {release} of {}",
+            &one[..7]
+        )),
+        "{status_text}"
+    );
+
+    // Back up: the rollout for it alone deploys it; the other node answers unchanged.
+    let (status, output) = fleet.rollout(&one, &inventory, &["-e", "ansible_connection=local"]);
+    assert_eq!(status, 0, "{output}");
+    assert_eq!(live_record(web2)["commit"], one.as_str());
+    let status_text = web2.node.ok(&["status", PROJECT]);
+    assert!(!status_text.contains("behind:"), "{status_text}");
 }
