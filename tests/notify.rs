@@ -589,13 +589,10 @@ fn the_spool_keeps_what_could_not_be_sent_until_retry_or_the_next_deploy() {
 fn alerts_send_one_mail_per_crash_loop_and_one_when_it_recovers() {
     let node = Node::new();
     let sink = SmtpSink::start(&node.dir.path().join("mail"), SmtpOptions::default());
-    node.write_node_yml(&format!(
-        "{}",
-        smtp_yml(
-            sink.port,
-            "",
-            "  alerts: {restarts: 3, within: 5m, stable: 1m}\n  on: [failure, alert]\n"
-        )
+    node.write_node_yml(&smtp_yml(
+        sink.port,
+        "",
+        "  alerts: {restarts: 3, within: 5m, stable: 1m}\n  on: [failure, alert]\n",
     ));
     let project = node.init("shop", "cooking");
     project.add_setting("notify: [ops@example.com]");
