@@ -298,6 +298,16 @@ fn rollback_to_before_undoes_one_live_release_and_is_a_no_op_otherwise() {
     fs::remove_file(node.root.join("fail-check")).unwrap();
     let failed = project.releases().last().unwrap().clone();
     assert_eq!(failed.1, "failed");
+    // git moved the branch to the commit that failed: status says the node is behind it.
+    let tip = project.branch_tip("master").unwrap();
+    let status = node.ok(&["status", PROJECT]);
+    assert!(
+        status.contains(&format!(
+            "behind:      branch master is at {}, which is not live: `kiln deploy shop` deploys it",
+            &tip[..7]
+        )),
+        "{status}"
+    );
     let before = Before::take(&project);
     let (status, result) = json(node, &["rollback", PROJECT, "--to-before", &failed.0]);
     assert_eq!(status, 0, "{result:#}");
@@ -733,4 +743,29 @@ fn a_node_that_was_down_during_the_rollout_shows_it_is_behind_and_catches_up() {
     assert_eq!(live_record(web2)["commit"], one.as_str());
     let status_text = web2.node.ok(&["status", PROJECT]);
     assert!(!status_text.contains("behind:"), "{status_text}");
+}
+
+#[test]
+fn a_failed_first_rollout_cannot_take_the_canary_back_to_nothing_and_says_so() {
+    let fleet = Fleet::new(3);
+    let one = fleet.release("one");
+    let inventory = fleet.inventory(&[]);
+    fs::write(fleet.nodes[1].node.root.join("fail-check"), "").unwrap();
+    let untouched = Untouched::take(&fleet.nodes[2]);
+
+    let (status, output) = fleet.rollout(&one, &inventory, &[]);
+    assert_ne!(status, 0, "{output}");
+    let canary = &fleet.nodes[0];
+    let release = canary.current().unwrap();
+    assert!(
+        output.contains(&format!(
+            "rolling back failed on web1 (nothing was live before release {release} went live: there is no release to roll back to)"
+        )),
+        "{output}"
+    );
+    // Nothing ran there before: the canary keeps the release, and its branch.
+    assert_eq!(live_record(canary)["commit"], one.as_str());
+    assert_eq!(canary.branch_tip("master").as_deref(), Some(one.as_str()));
+    assert_eq!(fleet.nodes[1].current(), None, "web2's first deploy failed");
+    untouched.assert(&fleet.nodes[2], "web3, never reached");
 }
