@@ -58,17 +58,16 @@ fn wait_until_delivery_settles(node: &Node) -> Vec<Value> {
     let started = Instant::now();
     loop {
         let entries = spool(node);
+        // Pending: still being tried; all delivered: about to leave the spool.
         let busy = entries.iter().any(|entry| {
-            entry["targets"]
-                .as_array()
-                .unwrap()
-                .iter()
-                .any(|t| t["status"] == "pending")
+            let targets = entry["targets"].as_array().unwrap();
+            targets.iter().any(|t| t["status"] == "pending")
+                || targets.iter().all(|t| t["status"] == "delivered")
         });
         if !busy {
             // The deliverer exits right after its last save; give it that moment.
             std::thread::sleep(Duration::from_millis(300));
-            return entries;
+            return spool(node);
         }
         assert!(
             started.elapsed() < PATIENCE,
