@@ -135,6 +135,16 @@ enum Command {
         #[command(subcommand)]
         command: KeyCommand,
     },
+    /// The front door: the nginx that routes each project's domains (node.yml `proxy`).
+    Proxy {
+        #[command(subcommand)]
+        command: ProxyCommand,
+    },
+    /// A project's domains (project.yml `domains`), routed by the front door.
+    Domains {
+        #[command(subcommand)]
+        command: DomainsCommand,
+    },
     /// Who may come in over SSH: node.yml's users and the node user's authorized_keys.
     Access {
         #[command(subcommand)]
@@ -267,6 +277,42 @@ enum AccessCommand {
         #[arg(long)]
         json: bool,
     },
+}
+
+#[derive(Debug, Subcommand)]
+enum ProxyCommand {
+    /// Write every project's configuration, test it and start the node-private nginx
+    /// (reload it if it runs).
+    Start,
+    /// Rewrite every project's configuration, test it (the previous one is kept if nginx
+    /// refuses it) and reload nginx gracefully.
+    Reload,
+    /// Whether nginx runs, where it listens, and each project's domains, upstreams and
+    /// whether its configuration is current.
+    Status {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Stop the node-private nginx gracefully.
+    Stop,
+}
+
+#[derive(Debug, Subcommand)]
+enum DomainsCommand {
+    /// Route DOMAIN... to the project (`*.example.com`: every subdomain).
+    Add {
+        name: String,
+        #[arg(required = true)]
+        domains: Vec<String>,
+    },
+    /// Stop routing DOMAIN... to the project (its `tls` entry goes too).
+    Remove {
+        name: String,
+        #[arg(required = true)]
+        domains: Vec<String>,
+    },
+    /// The project's domains, `(https)` after those with a certificate.
+    List { name: String },
 }
 
 #[derive(Debug, Subcommand)]
@@ -528,6 +574,8 @@ fn dispatch(cli: Cli) -> Result<(), Error> {
             Ok(())
         }
         Command::Release { command } => release(&node, command),
+        Command::Proxy { command } => proxy(&node, command),
+        Command::Domains { command } => domains(&node, command),
         Command::Cache {
             command: CacheCommand::Clear { name, buildpack },
         } => {
@@ -706,6 +754,64 @@ fn access(node: &Node, command: AccessCommand) -> Result<(), Error> {
         synced.keys,
         synced.path.display()
     );
+    Ok(())
+}
+
+fn proxy(node: &Node, command: ProxyCommand) -> Result<(), Error> {
+    use crate::proxy::front_door::{Applied, FrontDoor, node_sites};
+    let front = FrontDoor::required(node)?;
+    match command {
+        ProxyCommand::Start => {
+            let sites = node_sites(node)?;
+            let (pid, already) = front.start(&sites)?;
+            if already {
+                println!("the node-private nginx was running (pid {pid}): configuration reloaded");
+            } else {
+                println!(
+                    "started the node-private nginx (pid {pid}) under {}",
+                    front.state_dir().display()
+                );
+            }
+        }
+        ProxyCommand::Reload => {
+            let sites = node_sites(node)?;
+            let routed = sites.iter().filter(|s| !s.domains.is_empty()).count();
+            match front.install_all(&sites)? {
+                Applied::NotRunning => println!(
+                    "configuration of {routed} project(s) written and tested; the node-private nginx is not running: start it with `kiln proxy start`"
+                ),
+                _ => println!("configuration of {routed} project(s) written, tested and reloaded"),
+            }
+        }
+        ProxyCommand::Status { json } => status::proxy_status(node, &front, json)?,
+        ProxyCommand::Stop => match front.stop()? {
+            Some(pid) => println!("stopped the node-private nginx (pid {pid})"),
+            None => println!("the node-private nginx is not running"),
+        },
+    }
+    Ok(())
+}
+
+fn domains(node: &Node, command: DomainsCommand) -> Result<(), Error> {
+    use crate::proxy::domains::{self, Edit};
+    let (name, edit) = match command {
+        DomainsCommand::List { name } => {
+            let project = node.project(&name)?;
+            print!("{}", domains::list(&project));
+            return Ok(());
+        }
+        DomainsCommand::Add { name, domains } => (name, Edit::Add(domains)),
+        DomainsCommand::Remove { name, domains } => (name, Edit::Remove(domains)),
+    };
+    let project = node.project(&name)?;
+    let mut out = Reporter::to_stdout();
+    // project.yml is read by every deploy: change it between deploys only.
+    let _lock = crate::transaction::lock::lock(&project, "domains", &mut out)?;
+    crate::deploy::rollback::recover(node, &project, &mut out)?;
+    let project = node.project(&name)?;
+    for line in domains::edit(node, &project, &edit)? {
+        println!("{line}");
+    }
     Ok(())
 }
 

@@ -121,6 +121,9 @@ pub enum Error {
         count: usize,
         project: Option<String>,
     },
+    /// The front door (src/proxy/): nginx refused a configuration, or could not be run.
+    #[error("{0}")]
+    Proxy(#[source] MechanismError),
 
     #[error("{message}")]
     Refused { message: String },

@@ -6,6 +6,7 @@
 //! and [`error`] are the foundations every part uses.
 //! [`runtime`] builds the tree into an app that runs (buildpacks, the build cache).
 //! [`access`] is the door over SSH: who may push, look and operate, checked before anything runs.
+//! [`proxy`] is the front door over HTTP: the nginx that routes each project's domains to its app.
 //! ARCHITECTURE.md at the repository root is the map.
 
 pub mod access;
@@ -16,6 +17,7 @@ pub mod error;
 pub mod exec;
 pub mod fs;
 pub mod notify;
+pub mod proxy;
 pub mod push;
 pub mod release;
 pub mod runtime;

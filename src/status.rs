@@ -13,6 +13,7 @@ use crate::deploy::pipeline as deploy;
 use crate::error::{Error, io_error};
 use crate::fs::git;
 use crate::notify::spool::{self, Delivery, Status as DeliveryStatus};
+use crate::proxy::front_door::{ConfigState, FrontDoor};
 use crate::transaction::backup;
 use crate::transaction::journal::Journal;
 use crate::transaction::lock;
@@ -148,6 +149,7 @@ pub fn status(node: &Node, project: &Project, as_json: bool) -> Result<(), Error
                 "deliveries": entry.results()})
         })
         .collect();
+    let front = front_door(node, project)?;
     let behind = behind(node, project, &log, &repo);
     let published = crate::release::publish::PublishState::load(paths);
     if as_json {
@@ -165,6 +167,7 @@ pub fn status(node: &Node, project: &Project, as_json: bool) -> Result<(), Error
             "drift": drift,
             "run": run,
             "shells": crate::access::shell::recent(&paths.state, 5),
+            "front_door": front.as_ref().map(FrontDoorView::json),
             "behind": behind,
             "publish": published,
         });
@@ -266,6 +269,9 @@ pub fn status(node: &Node, project: &Project, as_json: bool) -> Result<(), Error
             shell.from.map(|f| format!(" from {f}")).unwrap_or_default()
         );
     }
+    if let Some(front) = &front {
+        front.print();
+    }
     if let Some(tip) = &behind.branch {
         println!(
             "behind:      branch {} is at {}, which is not live: `kiln deploy {}` deploys it",
@@ -310,6 +316,150 @@ pub fn status(node: &Node, project: &Project, as_json: bool) -> Result<(), Error
         for line in drift {
             println!("  {line}");
         }
+    }
+    Ok(())
+}
+
+/// A project's front door, for `kiln status` and `kiln proxy status`.
+struct FrontDoorView {
+    domains: Vec<String>,
+    https: Vec<String>,
+    upstreams: Vec<String>,
+    /// None: node.yml has no `proxy`.
+    config: Option<ConfigState>,
+}
+
+impl FrontDoorView {
+    fn json(&self) -> Value {
+        json!({
+            "domains": self.domains,
+            "https": self.https,
+            "upstreams": self.upstreams,
+            "config": self.config.map(|c| c.as_str()),
+        })
+    }
+
+    fn print(&self) {
+        let https = |d: &String| {
+            if self.https.contains(d) {
+                format!("{d} (https)")
+            } else {
+                d.clone()
+            }
+        };
+        let domains: Vec<String> = self.domains.iter().map(https).collect();
+        let none = |list: &[String]| {
+            if list.is_empty() {
+                "none".to_owned()
+            } else {
+                list.join(", ")
+            }
+        };
+        println!("domains:     {}", none(&domains));
+        println!("upstreams:   {}", none(&self.upstreams));
+        println!(
+            "front door:  {}",
+            match self.config {
+                None => "none: node.yml has no `proxy`".to_owned(),
+                Some(state @ (ConfigState::Current | ConfigState::NoDomains)) =>
+                    state.as_str().to_owned(),
+                Some(state) => format!("{}; run `kiln proxy reload`", state.as_str()),
+            }
+        );
+    }
+}
+
+/// The front door of `project`; None when the node has no proxy and the project no domains.
+fn front_door(node: &Node, project: &Project) -> Result<Option<FrontDoorView>, Error> {
+    let front = FrontDoor::of(node);
+    if front.is_none() && project.config.domains.is_empty() {
+        return Ok(None);
+    }
+    let site = crate::proxy::front_door::live_site(project)?;
+    let config = front.map(|f| f.config_state(project)).transpose()?;
+    Ok(Some(FrontDoorView {
+        https: site
+            .domains
+            .iter()
+            .filter(|d| site.tls.contains_key(*d))
+            .cloned()
+            .collect(),
+        domains: site.domains,
+        upstreams: site.upstreams.iter().map(ToString::to_string).collect(),
+        config,
+    }))
+}
+
+/// `kiln proxy status`: the nginx, and every project's front door.
+pub fn proxy_status(node: &Node, front: &FrontDoor, as_json: bool) -> Result<(), Error> {
+    let pid = front.master_pid();
+    let mut projects = Vec::new();
+    for name in crate::proxy::front_door::node_projects(node) {
+        let project = node.project(&name)?;
+        if let Some(view) = front_door(node, &project)? {
+            projects.push((name, view));
+        }
+    }
+    let listen: Vec<String> = front.nginx.listen.iter().map(ToString::to_string).collect();
+    let listen_tls: Vec<String> = front
+        .nginx
+        .listen_tls
+        .iter()
+        .map(ToString::to_string)
+        .collect();
+    if as_json {
+        let value = json!({
+            "private": front.is_private(),
+            "binary": front.nginx.binary,
+            "config_dir": front.conf_dir(),
+            "pid": pid,
+            "listen": listen,
+            "listen_tls": listen_tls,
+            "projects": projects
+                .iter()
+                .map(|(name, view)| {
+                    let mut value = view.json();
+                    value["project"] = json!(name);
+                    value
+                })
+                .collect::<Vec<_>>(),
+        });
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&value).unwrap_or_default()
+        );
+        return Ok(());
+    }
+    let which = if front.is_private() {
+        format!("node-private, under {}", front.state_dir().display())
+    } else {
+        format!("the machine's, {}", front.nginx.binary.display())
+    };
+    let running = match (pid, front.is_private()) {
+        (Some(pid), _) => format!("running (pid {pid})"),
+        (None, true) => "not running: start it with `kiln proxy start`".to_owned(),
+        (None, false) => "no running master found through its pid file".to_owned(),
+    };
+    println!("nginx:       {which}; {running}");
+    println!("config:      {}", front.conf_dir().display());
+    println!("listen:      {}", listen.join(", "));
+    println!("listen_tls:  {}", listen_tls.join(", "));
+    if front.is_private() {
+        println!("error log:   {}", front.error_log().display());
+    }
+    for (name, view) in projects {
+        let state = view.config.map(|c| c.as_str()).unwrap_or("-");
+        let upstreams = if view.upstreams.is_empty() {
+            "no upstream".to_owned()
+        } else {
+            view.upstreams.join(", ")
+        };
+        let domains = if view.domains.is_empty() {
+            "no domains".to_owned()
+        } else {
+            view.domains.join(", ")
+        };
+        println!("{name}: {domains} -> {upstreams} [{state}]");
     }
     Ok(())
 }

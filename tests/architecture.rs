@@ -19,7 +19,8 @@ const LAYERS: &[&[&str]] = &[
     &["push"],
     // Orchestration: the pipeline, the rollback and the recovery.
     &["deploy"],
-    // Mechanisms.
+    // Mechanisms: the front door, which the pipeline switches around the run/ switch, first.
+    &["proxy"],
     &["runtime"],
     &["release"],
     &["transaction"],

@@ -67,6 +67,7 @@ pub const COMMANDS: &[(&str, Need)] = &[
     ("ps", Need::Read),
     ("release list", Need::Read),
     ("release export", Need::Read),
+    ("domains list", Need::Read),
     ("config", Need::Right(Right::Config)),
     ("deploy", Need::Right(Right::Operate)),
     ("rollback", Need::Right(Right::Operate)),
@@ -80,6 +81,10 @@ pub const COMMANDS: &[(&str, Need)] = &[
     ("mode", Need::Admin),
     ("key", Need::Admin),
     ("access", Need::Admin),
+    // project.yml and the node's front door are the operators' side.
+    ("domains add", Need::Admin),
+    ("domains remove", Need::Admin),
+    ("proxy", Need::Admin),
 ];
 
 /// An allowed kiln command: the arguments to run kiln with (`--root` not included) and the
@@ -380,6 +385,9 @@ mod tests {
             ),
             ("init blog", None, Need::Admin),
             ("access list", None, Need::Admin),
+            ("domains list shop", Some("shop"), Need::Read),
+            ("domains add shop shop.example.com", None, Need::Admin),
+            ("proxy reload", None, Need::Admin),
             ("--version", None, Need::Nothing),
         ];
         for (command, project, need) in cases {

@@ -11,5 +11,7 @@ pub mod notify_config;
 pub mod pillar;
 pub mod project;
 pub mod project_config;
+pub mod proxy_config;
 pub mod recipe;
 pub mod settings;
+pub mod size;

@@ -14,7 +14,9 @@ use serde::{Deserialize, Deserializer};
 use crate::config::config_error::{ConfigError, parse_yaml_or_default, read_optional};
 use crate::config::duration;
 pub use crate::config::notify_config::Notify;
+use crate::config::proxy_config::NodeProxy;
 use crate::config::recipe::{Mode, UnknownName, named_enum};
+use crate::config::size::parse_size;
 
 /// Which section of the pillar (`environments.<name>`) a project's deploys use; in node.yml it
 /// also gives new projects their default mode.
@@ -112,6 +114,9 @@ pub struct NodeConfig {
     /// Where absolute symlinks in a release tree may point besides the project's run/ and
     /// data/. Default [`DEFAULT_LINK_ROOTS`].
     pub allowed_link_roots: LinkRoots,
+    /// The front door: the nginx that routes each project's domains to its app. Default:
+    /// none, kiln writes no proxy configuration.
+    pub proxy: Option<NodeProxy>,
     /// The S3-compatible release store (`s3://` in project.yml `source` and `publish`).
     pub s3: S3Config,
 }
@@ -456,31 +461,6 @@ fn size<'de, D: Deserializer<'de>>(deserializer: D) -> Result<u64, D::Error> {
     Ok(bytes)
 }
 
-/// `10G`, `512M`, `1GiB`, `64K`, `2T`, `4096`: units are powers of 1024.
-pub fn parse_size(text: &str) -> Result<u64, String> {
-    let invalid =
-        || format!("invalid size `{text}`, expected a number of bytes or e.g. `512M`, `10G`, `1T`");
-    let trimmed = text.trim();
-    let digits_end = trimmed
-        .find(|c: char| !c.is_ascii_digit())
-        .unwrap_or(trimmed.len());
-    if digits_end == 0 {
-        return Err(invalid());
-    }
-    let number: u64 = trimmed[..digits_end].parse().map_err(|_| invalid())?;
-    let shift = match trimmed[digits_end..].trim_start() {
-        "" | "B" => 0,
-        "K" | "k" | "KiB" => 10,
-        "M" | "MiB" => 20,
-        "G" | "GiB" => 30,
-        "T" | "TiB" => 40,
-        _ => return Err(invalid()),
-    };
-    number
-        .checked_mul(1 << shift)
-        .ok_or_else(|| format!("size `{text}` is too large"))
-}
-
 impl FromStr for PillarPush {
     type Err = UnknownName;
 
@@ -727,7 +707,7 @@ mod tests {
             ),
             (
                 "enviroment: prod\n".to_owned(),
-                "node.yml:1:1: unknown field `enviroment`, expected one of `environment`, `layout`, `notify`, `limits`, `ssh`, `users`, `pillar_push`, `reject_failed_push`, `allowed_link_roots`, `s3`",
+                "node.yml:1:1: unknown field `enviroment`, expected one of `environment`, `layout`, `notify`, `limits`, `ssh`, `users`, `pillar_push`, `reject_failed_push`, `allowed_link_roots`, `proxy`, `s3`",
             ),
             (
                 "limits:\n  archive_bytes: 0\n".to_owned(),

@@ -3,6 +3,7 @@
 //! and whose signature it trusts, and the environment when it is not the mode's. Written by
 //! `kiln init` and `kiln mode`, read by every deploy.
 
+use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::path::Path;
 
@@ -11,6 +12,7 @@ use serde::{Deserialize, Deserializer};
 use crate::config::config_error::{ConfigError, is_blank, parse_yaml, read_optional};
 use crate::config::node_config::{Environment, NodeConfig, PillarPush};
 use crate::config::notify_config::{ProjectNotify, Recipient};
+use crate::config::proxy_config::{self, ProjectProxy, Tls};
 use crate::config::recipe::Mode;
 
 /// The parsed project.yml.
@@ -42,6 +44,16 @@ pub struct ProjectConfig {
     /// Overrides node.yml's (and kiln.yml's) `reject_failed_push` for this project.
     #[serde(default)]
     pub reject_failed_push: Option<bool>,
+    /// The host names the front door routes to this project (`kiln domains add`).
+    #[serde(default, deserialize_with = "proxy_config::deserialize_domains")]
+    pub domains: Vec<String>,
+    /// A certificate and key per domain: that domain is served over HTTPS, and its HTTP
+    /// requests are redirected there.
+    #[serde(default, deserialize_with = "proxy_config::deserialize_tls")]
+    pub tls: BTreeMap<String, Tls>,
+    /// How the front door talks to the app: upstreams, body size, timeouts.
+    #[serde(default)]
+    pub proxy: ProjectProxy,
     /// An S3-compatible store (`s3://<bucket>/<prefix>`) that every good release is published
     /// to after its deploy, for production nodes to pull from.
     #[serde(default, deserialize_with = "store_url")]
@@ -64,6 +76,9 @@ impl ProjectConfig {
             pillar_push: None,
             environment: None,
             reject_failed_push: None,
+            domains: Vec::new(),
+            tls: BTreeMap::new(),
+            proxy: ProjectProxy::default(),
             publish: None,
         }
     }
@@ -85,6 +100,19 @@ impl ProjectConfig {
         }
     }
 
+    /// The rules that span keys: a certificate only for a domain the project has.
+    fn check(self, file: &Path) -> Result<Self, ConfigError> {
+        if let Some(domain) = self.tls.keys().find(|d| !self.domains.contains(d)) {
+            return Err(ConfigError::whole_file(
+                file,
+                format!(
+                    "`tls` has a certificate for `{domain}`, which is not in `domains`: add it with `kiln domains add <name> {domain}` or remove its `tls` entry"
+                ),
+            ));
+        }
+        Ok(self)
+    }
+
     /// Parses project.yml's text; `file` names it in errors.
     pub fn parse(text: &str, file: &Path) -> Result<Self, ConfigError> {
         if is_blank(text) {
@@ -93,7 +121,7 @@ impl ProjectConfig {
                 "the file is empty: it needs at least `mode: editable|cooking|final`",
             ));
         }
-        parse_yaml(text, file)
+        parse_yaml::<Self>(text, file)?.check(file)
     }
 
     /// The file as `kiln init` writes it: a comment header, then one key per line, in the
@@ -124,6 +152,54 @@ impl ProjectConfig {
         }
         if let Some(reject) = self.reject_failed_push {
             let _ = writeln!(out, "reject_failed_push: {reject}");
+        }
+        if !self.domains.is_empty() {
+            let items: Vec<String> = self.domains.iter().map(|item| scalar(item)).collect();
+            let _ = writeln!(out, "domains: [{}]", items.join(", "));
+        }
+        if !self.tls.is_empty() {
+            let _ = writeln!(out, "tls:");
+            for (domain, tls) in &self.tls {
+                let _ = writeln!(
+                    out,
+                    "  {}: {{certificate: {}, key: {}}}",
+                    scalar(domain),
+                    scalar(&tls.certificate.display().to_string()),
+                    scalar(&tls.key.display().to_string())
+                );
+            }
+        }
+        let proxy = &self.proxy;
+        let defaults = ProjectProxy::default();
+        if *proxy != defaults {
+            let _ = writeln!(out, "proxy:");
+            if !proxy.upstreams.is_empty() {
+                let items: Vec<String> = proxy
+                    .upstreams
+                    .iter()
+                    .map(|item| scalar(&item.to_string()))
+                    .collect();
+                let _ = writeln!(out, "  upstreams: [{}]", items.join(", "));
+            }
+            if proxy.client_max_body_size != defaults.client_max_body_size {
+                let size = crate::config::size::human_size(proxy.client_max_body_size);
+                let _ = writeln!(out, "  client_max_body_size: {}", scalar(&size));
+            }
+            let timeouts = [
+                (
+                    "connect_timeout",
+                    proxy.connect_timeout,
+                    defaults.connect_timeout,
+                ),
+                ("read_timeout", proxy.read_timeout, defaults.read_timeout),
+                ("send_timeout", proxy.send_timeout, defaults.send_timeout),
+            ];
+            for (key, value, default) in timeouts {
+                if value != default {
+                    let human = crate::config::duration::HumanDuration(value);
+                    let _ = writeln!(out, "  {key}: {human}");
+                }
+            }
         }
         if let Some(publish) = &self.publish {
             let _ = writeln!(out, "publish: {}", scalar(publish));
@@ -280,8 +356,33 @@ mod tests {
                 pillar_push: None,
                 environment: None,
                 reject_failed_push: None,
+                domains: Vec::new(),
+                tls: BTreeMap::new(),
+                proxy: ProjectProxy::default(),
                 publish: None,
             }
+        );
+    }
+
+    /// The documented project.yml is a real one.
+    #[test]
+    fn the_documented_project_yml_parses() {
+        let doc = include_str!("../../docs/node-config.md");
+        let yaml = doc
+            .split("\n## `<root>/<name>/project.yml`\n")
+            .nth(1)
+            .and_then(|section| section.split("```yaml\n").nth(1))
+            .and_then(|rest| rest.split("```").next())
+            .expect("docs/node-config.md has a project.yml block");
+        let config = parse(yaml).expect("the documented project.yml parses");
+        assert_eq!(config.domains, ["shop.example.com", "www.shop.example.com"]);
+        assert!(config.tls.contains_key("shop.example.com"));
+        assert_eq!(config.proxy.client_max_body_size, 10 << 20);
+        assert_eq!(
+            config.proxy.upstreams,
+            ["127.0.0.1:18432"
+                .parse::<std::net::SocketAddr>()
+                .expect("addr")]
         );
     }
 
@@ -358,6 +459,24 @@ mod tests {
             pillar_push: Some(PillarPush::Record),
             environment: Some(Environment::Staging),
             reject_failed_push: Some(true),
+            domains: vec!["shop.example.com".into(), "*.shop.example.com".into()],
+            tls: BTreeMap::from([(
+                "*.shop.example.com".to_owned(),
+                Tls {
+                    certificate: "/etc/letsencrypt/live/shop/fullchain.pem".into(),
+                    key: "/etc/ssl/private/shop key.pem".into(),
+                },
+            )]),
+            proxy: ProjectProxy {
+                upstreams: vec![
+                    "127.0.0.1:8000".parse().expect("addr"),
+                    "[::1]:8001".parse().expect("addr"),
+                ],
+                client_max_body_size: 10 << 20,
+                connect_timeout: std::time::Duration::from_millis(1500),
+                read_timeout: std::time::Duration::from_secs(120),
+                send_timeout: std::time::Duration::from_secs(60),
+            },
             publish: Some("s3://releases/fleet/shop".into()),
         };
         let awkward = ProjectConfig {
@@ -375,6 +494,12 @@ mod tests {
             pillar_push: Some(PillarPush::Redeploy),
             environment: None,
             reject_failed_push: Some(false),
+            domains: vec!["true".into(), "123.example".into()],
+            tls: BTreeMap::new(),
+            proxy: ProjectProxy {
+                client_max_body_size: 0,
+                ..ProjectProxy::default()
+            },
             publish: None,
         };
         let cases = [
@@ -524,12 +649,36 @@ mod tests {
                 "project.yml:2:9: expected a list of recipients, e.g. `notify: [ops@example.com]`, or a mapping with `to`, `on` and `author`",
             ),
             (
+                "mode: final\ndomains: [Shop.example.com]\n",
+                "project.yml:2:10: invalid domain `Shop.example.com`: expected lowercase letters, digits and `-` in labels joined by `.` (e.g. `shop.example.com`, `*.example.com`); write it in lowercase",
+            ),
+            (
+                "mode: final\ndomains: [a.example, a.example]\n",
+                "project.yml:2:10: domain `a.example` is listed twice",
+            ),
+            (
+                "mode: final\ndomains: [a.example]\ntls:\n  b.example: {certificate: /c.pem, key: /k.pem}\n",
+                "project.yml: `tls` has a certificate for `b.example`, which is not in `domains`: add it with `kiln domains add <name> b.example` or remove its `tls` entry",
+            ),
+            (
+                "mode: final\ndomains: [a.example]\ntls:\n  a.example: {certificate: c.pem, key: /k.pem}\n",
+                "project.yml:4:28: invalid path `c.pem`: expected an absolute path",
+            ),
+            (
+                "mode: final\nproxy:\n  upstreams: [localhost:8000]\n",
+                "project.yml:3:14: invalid upstream `localhost:8000`: expected `address:port`, e.g. `127.0.0.1:8000` or `[::1]:8000`",
+            ),
+            (
+                "mode: final\nproxy:\n  read_timeout: 0s\n",
+                "project.yml:3:17: duration `0s` must be greater than zero",
+            ),
+            (
                 "mode: cooking\npublish: https://x/y\n",
                 "project.yml:2:10: invalid publish target `https://x/y`: expected `s3://<bucket>/<prefix>`",
             ),
             (
                 "mode: final\nkey: x\n",
-                "project.yml:2:1: unknown field `key`, expected one of `mode`, `branch`, `source`, `trusted_key`, `notify`, `pillar_push`, `environment`, `reject_failed_push`, `publish`",
+                "project.yml:2:1: unknown field `key`, expected one of `mode`, `branch`, `source`, `trusted_key`, `notify`, `pillar_push`, `environment`, `reject_failed_push`, `domains`, `tls`, `proxy`, `publish`",
             ),
         ];
         let mut mismatches = Vec::new();

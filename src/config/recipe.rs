@@ -3,6 +3,7 @@
 //! It is parsed strictly, before anything changes, so a typo refuses the push instead of
 //! half-running a deploy.
 
+use std::collections::BTreeMap;
 use std::fmt;
 use std::path::Path;
 use std::str::FromStr;
@@ -162,6 +163,13 @@ pub struct Recipe {
     /// Deploy from the pre-receive hook, so that a failed deploy refuses the push and the
     /// branch does not move. Default false; node.yml or project.yml decide when they say.
     pub reject_failed_push: bool,
+    /// URL prefixes the front door serves itself from directories of run/
+    /// (`/static: public/static`), without asking the app.
+    #[serde(
+        rename = "static",
+        deserialize_with = "crate::config::proxy_config::deserialize_static"
+    )]
+    pub static_paths: BTreeMap<String, String>,
     /// The buildpacks to run, in order, before the build commands (cooking and editable mode).
     /// None: kiln's own are detected when the mode has no build commands; `[]`: none run.
     pub buildpacks: Option<Vec<BuildpackRef>>,
@@ -182,6 +190,7 @@ impl Default for Recipe {
             drift_ignore: Vec::new(),
             modes: ModeOverrides::default(),
             reject_failed_push: false,
+            static_paths: BTreeMap::new(),
             buildpacks: None,
         }
     }
@@ -625,7 +634,7 @@ modes:                       # per-mode overrides of `stages`
         let cases = [
             (
                 "keep: 3\nstagez:\n  build: make\n",
-                "kiln.yml:2:1: unknown field `stagez`, expected one of `keep`, `stages`, `services`, `check`, `backup`, `restore`, `defaults`, `timeouts`, `drift`, `drift_ignore`, `modes`, `reject_failed_push`, `buildpacks`",
+                "kiln.yml:2:1: unknown field `stagez`, expected one of `keep`, `stages`, `services`, `check`, `backup`, `restore`, `defaults`, `timeouts`, `drift`, `drift_ignore`, `modes`, `reject_failed_push`, `static`, `buildpacks`",
             ),
             (
                 "stages:\n  biuld: make\n",

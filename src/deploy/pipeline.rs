@@ -27,6 +27,8 @@ use crate::fs::git;
 use crate::fs::sync::{self, SyncOptions};
 use crate::fs::tree;
 use crate::notify::message::{FailureInfo, Outcome};
+use crate::proxy::front_door::{Applied, FrontDoor};
+use crate::proxy::site::{self, Site};
 use crate::release::bake;
 use crate::release::manifest::{self as release, Manifest};
 use crate::transaction::backup;
@@ -543,6 +545,9 @@ struct Run<'a> {
     /// How long each stage took, and the one running since when.
     stages: Vec<StageDuration>,
     stage_started: Option<(Stage, Instant)>,
+    /// This run installed its release's front door configuration: an undo puts the live
+    /// release's back.
+    front_door_installed: bool,
     out: &'a mut Reporter,
 }
 
@@ -632,6 +637,7 @@ impl<'a> Run<'a> {
             log_name: setup.log_name,
             stages: Vec::new(),
             stage_started: None,
+            front_door_installed: false,
             out,
         }
     }
@@ -1138,12 +1144,67 @@ impl Run<'_> {
     /// stop command it was started with).
     fn restart_in_place(&mut self) -> Result<(), Failure> {
         let project_dir = self.paths().project.clone();
+        self.check_front_door()?;
         self.stop_live(&project_dir)?;
         self.commands(Stage::Deploy, &project_dir)?;
         if let Some(start) = self.recipe.services.start.clone() {
             self.shell(Stage::Deploy, &start, &project_dir)?;
         }
+        self.install_front_door()?;
         self.check(&project_dir)
+    }
+
+    /// The front door's site of this run's release: project.yml's domains and upstreams,
+    /// this release's `static:`.
+    fn site(&self) -> Site {
+        let config = &self.project.config;
+        Site::new(
+            self.paths(),
+            config,
+            site::upstreams(&[], config),
+            &self.recipe.static_paths,
+        )
+    }
+
+    /// Before anything stops: nginx must accept the configuration this release needs, or the
+    /// deploy fails here with nginx's error, and nothing live has changed.
+    fn check_front_door(&mut self) -> Result<(), Failure> {
+        let Some(front) = FrontDoor::of(self.node) else {
+            return Ok(());
+        };
+        let site = self.site();
+        front
+            .check(&site)
+            .map_err(|e| Failure::new(Stage::Deploy, e))?;
+        if !site.domains.is_empty() {
+            self.out.note(&format!(
+                "front door: nginx accepts the configuration of {}",
+                site.domains.join(", ")
+            ));
+        }
+        Ok(())
+    }
+
+    /// Once the new release runs: its configuration is written and nginx reloaded.
+    fn install_front_door(&mut self) -> Result<(), Failure> {
+        let Some(front) = FrontDoor::of(self.node) else {
+            return Ok(());
+        };
+        let site = self.site();
+        // From here an undo must put the live release's configuration back, whether this
+        // install worked or failed halfway.
+        self.front_door_installed = true;
+        let applied = front
+            .install(&site)
+            .map_err(|e| Failure::new(Stage::Deploy, e))?;
+        match applied {
+            Applied::Reloaded => self.out.note("front door: nginx reloaded"),
+            Applied::NotRunning => self.out.note(
+                "front door: configuration written; the node-private nginx is not running (`kiln proxy start`)",
+            ),
+            Applied::Unchanged => {}
+        }
+        Ok(())
     }
 
     /// Stops the live release with its own `services.stop` (nothing is live: nothing to stop).
@@ -1200,6 +1261,7 @@ impl Run<'_> {
     fn go_live_with(&mut self, tree_dir: &Path, data_from: Option<&Path>) -> Result<(), Failure> {
         let fail = |e: Error| Failure::new(Stage::Deploy, e);
         let paths = self.paths().clone();
+        self.check_front_door()?;
         self.save_drift().map_err(fail)?;
         ensure_run_dir(&paths.run).map_err(fail)?;
 
@@ -1296,6 +1358,7 @@ impl Run<'_> {
         if let Some(start) = self.recipe.services.start.clone() {
             self.shell(Stage::Deploy, &start, &paths.run)?;
         }
+        self.install_front_door()?;
         self.out.note(&format!(
             "services were stopped for {}",
             seconds(window.elapsed())
@@ -1499,6 +1562,9 @@ impl Run<'_> {
         let outcome = match self.journal.take() {
             Some(journal) => {
                 let undone = rollback::undo(&paths, &journal, &failure.reason, self.out);
+                if undone.is_ok() && self.front_door_installed {
+                    rollback::restore_front_door(self.node, self.project, self.out);
+                }
                 if undone.is_ok() {
                     match ReleaseLog::load(&paths.release_log()) {
                         Ok(log) => self.prune(&log),

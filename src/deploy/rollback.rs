@@ -168,7 +168,7 @@ pub fn mark_failed(paths: &ProjectPaths, release: &str, reason: &str) -> Result<
 }
 
 /// Finishes an interrupted deploy, if there is one: run by every command that takes the lock.
-pub fn recover(_node: &Node, project: &Project, out: &mut Reporter) -> Result<bool, Error> {
+pub fn recover(node: &Node, project: &Project, out: &mut Reporter) -> Result<bool, Error> {
     let paths = &project.paths;
     let journal = Journal::load(&paths.journal())?;
     let mut log = ReleaseLog::load(&paths.release_log())?;
@@ -216,10 +216,35 @@ pub fn recover(_node: &Node, project: &Project, out: &mut Reporter) -> Result<bo
         ),
         hint: recovery_hint(paths),
     })?;
+    // The interrupted run may have installed its release's front door once its services ran.
+    if journal.phase >= Phase::Switched {
+        restore_front_door(node, project, out);
+    }
     out.headline(&format!("recovered: {outcome}"));
     out.event(json!({"event": "recovery_end", "stage": "rollback", "outcome": "rolled_back"}));
     out.close_logs();
     Ok(true)
+}
+
+/// After an undo, the front door goes back to the configuration of the release that is live
+/// again (a failed deploy may have installed its own once its services ran). run/ and data/
+/// are already back, so a failure here is a warning with the command that retries it.
+pub fn restore_front_door(node: &Node, project: &Project, out: &mut Reporter) {
+    let Some(front) = crate::proxy::front_door::FrontDoor::of(node) else {
+        return;
+    };
+    let restored =
+        crate::proxy::front_door::live_site(project).and_then(|site| front.install(&site));
+    match restored {
+        Ok(crate::proxy::front_door::Applied::Reloaded) => {
+            out.note("front door: back to the configuration of the live release");
+        }
+        Ok(_) => {}
+        Err(e) => out.note(&format!(
+            "warning: the front door could not be put back ({}); fix it, then run `kiln proxy reload`",
+            crate::error::chain(&e)
+        )),
+    }
 }
 
 /// What an operator can do about a rollback that could not finish.

@@ -20,6 +20,8 @@ pub mod notify;
 
 use sha2::{Digest, Sha256};
 
+pub mod http;
+
 pub const KILN: &str = env!("CARGO_BIN_EXE_kiln");
 
 /// A command with a predictable environment: no inherited KILN_* or GIT_* settings.

@@ -1,0 +1,515 @@
+//! The front door (README.md, "Domains and the front door"): a real nginx on 127.0.0.1 in
+//! front of real apps deployed with real pushes, asked with each `Host:` a browser would send.
+//! The apps are small Python HTTP servers that answer their release's text and the headers
+//! they got; `services.start` runs them in the background and leaves their pid in a
+//! directory that a guard kills, like the node-private nginx, even when a test panics.
+
+mod common;
+
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use common::http::{self, NginxGuard, PidsGuard, Response};
+use common::*;
+
+/// The app: answers every GET and POST with its version (read from version.txt at start)
+/// and the request headers it got, one `name: value` a line.
+const APP: &str = r#"import http.server, sys
+VERSION = open("version.txt").read().strip()
+class Handler(http.server.BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    def do_GET(self):
+        lines = [VERSION] + ["%s: %s" % (k.lower(), v) for k, v in self.headers.items()]
+        body = ("\n".join(lines) + "\n").encode()
+        self.send_response(200)
+        self.send_header("Content-Type", "text/plain")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+    def do_POST(self):
+        self.rfile.read(int(self.headers.get("Content-Length", "0")))
+        self.do_GET()
+    def log_message(self, *args):
+        pass
+http.server.ThreadingHTTPServer(("127.0.0.1", int(sys.argv[1])), Handler).serve_forever()
+"#;
+
+/// A node whose node.yml runs a node-private nginx on two free loopback ports. The guards
+/// come first: they stop nginx and the apps before the temp dir goes.
+struct FrontDoorNode {
+    _nginx: NginxGuard,
+    _apps: PidsGuard,
+    node: Node,
+    http: u16,
+    https: u16,
+    pids: PathBuf,
+}
+
+impl FrontDoorNode {
+    fn new() -> FrontDoorNode {
+        let node = Node::new();
+        let (http, https) = (free_port(), free_port());
+        node.write_node_yml(&format!(
+            "proxy:\n  nginx:\n    private: true\n    listen: ['127.0.0.1:{http}']\n    listen_tls: ['127.0.0.1:{https}']\n"
+        ));
+        let pids = node.dir.path().join("pids");
+        FrontDoorNode {
+            _nginx: NginxGuard {
+                root: node.root.clone(),
+            },
+            _apps: PidsGuard::new(pids.clone()),
+            node,
+            http,
+            https,
+            pids,
+        }
+    }
+
+    fn start(&self) {
+        let said = self.node.ok(&["proxy", "start"]);
+        assert!(said.contains("started the node-private nginx"), "{said}");
+    }
+
+    /// A cooking project routed from `domains` to its app on 127.0.0.1:`port`;
+    /// `proxy_lines`: more of project.yml's `proxy:` settings.
+    fn project(&self, name: &str, port: u16, domains: &[&str], proxy_lines: &str) -> Project {
+        let project = self.node.init(name, "cooking");
+        let mut args = vec!["domains", "add", name];
+        args.extend_from_slice(domains);
+        self.node.ok(&args);
+        project.add_setting(&format!(
+            "proxy:\n  upstreams: ['127.0.0.1:{port}']\n{proxy_lines}"
+        ));
+        project
+    }
+
+    /// The app of project `name` on `port`, answering `version`; `extra`: more kiln.yml.
+    fn app(&self, name: &str, port: u16, version: &str, extra: &str) -> App {
+        let app = self.node.app(name);
+        let pid = self.pids.join(format!("{name}.pid"));
+        let log = self.node.dir.path().join(format!("{name}.log"));
+        app.write("app.py", APP);
+        app.write("version.txt", &format!("{version}\n"));
+        app.write(
+            "kiln.yml",
+            &format!(
+                "services:\n  start: python3 app.py {port} >> {log} 2>&1 & echo $! > {pid}\n  stop: pid=$(cat {pid}) || exit 0; kill $pid 2>/dev/null; while kill -0 $pid 2>/dev/null; do sleep 0.05; done\ncheck:\n  command: curl -fsS -o /dev/null http://127.0.0.1:{port}/\n  timeout: 20s\n  interval: 100ms\n{extra}",
+                log = log.display(),
+                pid = pid.display()
+            ),
+        );
+        app
+    }
+
+    fn get(&self, host: &str, path: &str) -> Response {
+        http::get(self.http, host, path)
+    }
+
+    /// What the app answered for `host` (its version line), insisting on a 200.
+    fn version(&self, host: &str, path: &str) -> String {
+        let response = self.get(host, path);
+        assert_eq!(response.status, 200, "{host}{path}: {response:?}");
+        response.body.lines().next().unwrap_or("").to_owned()
+    }
+
+    fn conf_dir(&self) -> PathBuf {
+        self.node.root.join(".kiln/proxy/conf.d")
+    }
+}
+
+/// The `name: value` lines of an app's answer, as the app got its headers.
+fn app_header<'a>(response: &'a Response, name: &str) -> Option<&'a str> {
+    let prefix = format!("{name}: ");
+    response
+        .body
+        .lines()
+        .find_map(|line| line.strip_prefix(prefix.as_str()))
+}
+
+#[test]
+fn two_projects_on_one_nginx_each_host_reaches_its_app_and_an_unknown_host_gets_404() {
+    let door = FrontDoorNode::new();
+    let (shop_port, blog_port) = (free_port(), free_port());
+    let shop = door.project("shop", shop_port, &["shop.test", "www.shop.test"], "");
+    let blog = door.project(
+        "blog",
+        blog_port,
+        &["blog.test"],
+        "  client_max_body_size: 1K\n",
+    );
+    door.start();
+    let shop_app = door.app("shop", shop_port, "shop v1", "static:\n  /assets: public\n");
+    shop_app.write("public/hello.txt", "static hello\n");
+    shop_app.commit("v1");
+    let pushed = shop_app.deploy(&shop);
+    assert!(
+        pushed.contains("front door: nginx accepts the configuration of shop.test, www.shop.test")
+            && pushed.contains("front door: nginx reloaded"),
+        "{pushed}"
+    );
+    let blog_app = door.app("blog", blog_port, "blog v1", "");
+    blog_app.commit("v1");
+    blog_app.deploy(&blog);
+
+    assert_eq!(door.version("shop.test", "/"), "shop v1");
+    assert_eq!(door.version("www.shop.test", "/cart?id=1"), "shop v1");
+    assert_eq!(door.version("blog.test", "/"), "blog v1");
+    for host in ["unknown.test", "127.0.0.1", "shop.test.evil"] {
+        let response = door.get(host, "/");
+        assert_eq!(response.status, 404, "{host}: {response:?}");
+        assert!(!response.body.contains(" v1"), "{host}: {response:?}");
+    }
+
+    // The headers an app behind a proxy expects.
+    let response = door.get("shop.test", "/");
+    assert_eq!(app_header(&response, "host"), Some("shop.test"));
+    assert_eq!(app_header(&response, "x-forwarded-for"), Some("127.0.0.1"));
+    assert_eq!(app_header(&response, "x-forwarded-proto"), Some("http"));
+    let id = app_header(&response, "x-request-id").expect("a request id");
+    assert!(
+        id.len() == 32 && id.bytes().all(|b| b.is_ascii_hexdigit()),
+        "{id}"
+    );
+    let again = door.get("shop.test", "/");
+    assert_ne!(app_header(&again, "x-request-id"), Some(id));
+    let given = http::request(
+        door.http,
+        "GET",
+        "shop.test",
+        "/",
+        &[("X-Request-Id", "req-42"), ("X-Forwarded-For", "10.1.2.3")],
+        b"",
+    )
+    .expect("request");
+    assert_eq!(app_header(&given, "x-request-id"), Some("req-42"));
+    assert_eq!(
+        app_header(&given, "x-forwarded-for"),
+        Some("10.1.2.3, 127.0.0.1")
+    );
+
+    // kiln.yml `static:` is served by nginx from run/, for its own project only.
+    let file = door.get("shop.test", "/assets/hello.txt");
+    assert_eq!((file.status, file.body.as_str()), (200, "static hello\n"));
+    assert_eq!(door.version("blog.test", "/assets/hello.txt"), "blog v1");
+
+    // project.yml `proxy.client_max_body_size`.
+    let big = http::request(door.http, "POST", "blog.test", "/", &[], &[b'x'; 2048]).unwrap();
+    assert_eq!(big.status, 413, "{big:?}");
+    let small = http::request(door.http, "POST", "blog.test", "/", &[], &[b'x'; 100]).unwrap();
+    assert_eq!(small.status, 200, "{small:?}");
+    let shop_big = http::request(door.http, "POST", "shop.test", "/", &[], &[b'x'; 2048]).unwrap();
+    assert_eq!(shop_big.status, 200, "{shop_big:?}");
+
+    let status = door.node.ok(&["status", "shop"]);
+    assert!(
+        status.contains("domains:     shop.test, www.shop.test\n")
+            && status.contains(&format!("upstreams:   127.0.0.1:{shop_port}\n"))
+            && status.contains("front door:  current\n"),
+        "{status}"
+    );
+    let proxy = door.node.ok(&["proxy", "status"]);
+    assert!(
+        proxy.contains(&format!(
+            "blog: blog.test -> 127.0.0.1:{blog_port} [current]"
+        )) && proxy.contains("running (pid "),
+        "{proxy}"
+    );
+    assert_eq!(
+        door.node.ok(&["domains", "list", "shop"]),
+        "shop.test\nwww.shop.test\n"
+    );
+
+    // A domain belongs to one project; the refusal changes nothing.
+    let blog_yml = fs::read(blog.path("project.yml")).unwrap();
+    let out = door.node.kiln(&["domains", "add", "blog", "WWW.shop.test"]);
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    assert_eq!(
+        String::from_utf8_lossy(&out.stderr),
+        "error: domain `www.shop.test` already belongs to project `shop`: remove it there first (`kiln domains remove shop www.shop.test`)\n"
+    );
+    assert_eq!(fs::read(blog.path("project.yml")).unwrap(), blog_yml);
+
+    // A second push answers the new text, with its own static paths ...
+    shop_app.write("version.txt", "shop v2\n");
+    shop_app.write(
+        "kiln.yml",
+        &fs::read_to_string(shop_app.dir.join("kiln.yml"))
+            .unwrap()
+            .replace("/assets:", "/files:"),
+    );
+    shop_app.commit("v2");
+    shop_app.deploy(&shop);
+    assert_eq!(door.version("shop.test", "/"), "shop v2");
+    assert_eq!(
+        door.get("shop.test", "/files/hello.txt").body,
+        "static hello\n"
+    );
+    assert_eq!(door.version("shop.test", "/assets/hello.txt"), "shop v2");
+
+    // ... and `kiln rollback` takes the front door back with the release.
+    door.node.ok(&["rollback", "shop"]);
+    assert_eq!(door.version("shop.test", "/"), "shop v1");
+    assert_eq!(
+        door.get("shop.test", "/assets/hello.txt").body,
+        "static hello\n"
+    );
+    assert_eq!(door.version("shop.test", "/files/hello.txt"), "shop v1");
+    let status = door.node.ok(&["status", "shop"]);
+    assert!(status.contains("front door:  current\n"), "{status}");
+
+    // A deploy that fails its check after nginx took its configuration puts the live
+    // release's back when it rolls back.
+    let conf = fs::read(door.conf_dir().join("kiln.shop.conf")).unwrap();
+    shop_app.write("version.txt", "shop v3\n");
+    shop_app.write(
+        "kiln.yml",
+        &fs::read_to_string(shop_app.dir.join("kiln.yml"))
+            .unwrap()
+            .replace("/files:", "/v3:")
+            .replace("  timeout: 20s\n", "  timeout: 300ms\n")
+            .replace("command: curl", "command: false && curl"),
+    );
+    shop_app.commit("v3 fails its check");
+    let (_, pushed) = shop_app.push(&shop);
+    assert!(
+        pushed.contains("front door: nginx reloaded")
+            && pushed.contains("front door: back to the configuration of the live release")
+            && last_remote_line(&pushed).contains("deploy FAILED at deploy"),
+        "{pushed}"
+    );
+    assert_eq!(
+        fs::read(door.conf_dir().join("kiln.shop.conf")).unwrap(),
+        conf
+    );
+    // The rollback starts v1 again without a check: wait until it listens.
+    let answered = http::eventually(std::time::Duration::from_secs(10), || {
+        (door.get("shop.test", "/").status == 200).then_some(())
+    });
+    assert!(answered.is_some(), "v1 does not answer after the rollback");
+    assert_eq!(door.version("shop.test", "/"), "shop v1");
+    assert_eq!(door.version("shop.test", "/v3/hello.txt"), "shop v1");
+    assert_eq!(
+        door.get("shop.test", "/assets/hello.txt").body,
+        "static hello\n"
+    );
+
+    // Removing a domain stops routing it.
+    door.node
+        .ok(&["domains", "remove", "shop", "www.shop.test"]);
+    assert_eq!(door.get("www.shop.test", "/").status, 404);
+    assert_eq!(door.version("shop.test", "/"), "shop v1");
+}
+
+#[test]
+fn a_missing_certificate_fails_the_deploy_before_the_switch_and_the_live_config_and_app_are_untouched()
+ {
+    let door = FrontDoorNode::new();
+    let port = free_port();
+    let shop = door.project("shop", port, &["shop.test"], "");
+    door.start();
+    let app = door.app("shop", port, "shop v1", "");
+    app.commit("v1");
+    app.deploy(&shop);
+    let live = shop.current().expect("a live release");
+    assert_eq!(door.version("shop.test", "/"), "shop v1");
+    let pid = http::read_pid(&door.pids.join("shop.pid")).expect("the app's pid");
+
+    shop.add_setting(
+        "tls:\n  shop.test: {certificate: /nonexistent/shop.pem, key: /nonexistent/shop.key}",
+    );
+    let run = fingerprint(&shop.run());
+    let data = fingerprint(&shop.data());
+    let conf = fingerprint(&door.conf_dir());
+
+    app.write("version.txt", "shop v2\n");
+    app.commit("v2");
+    app.push_next(&shop);
+    let out = door.node.kiln(&["deploy", "shop", "--rev", "next"]);
+    let said = text(&out);
+    assert_eq!(out.status.code(), Some(1), "{said}");
+    assert!(
+        said.contains(
+            "deploy FAILED at deploy (nginx refused the front door's configuration of `shop`: cannot load certificate \"/nonexistent/shop.pem\""
+        ) && said.contains(&format!(
+            "the previous configuration is kept); rolled back to {live}"
+        )),
+        "{said}"
+    );
+    // Before anything stopped: run/, data/ and nginx's files are exactly as they were, the
+    // same app process still answers through the same configuration.
+    assert_same(&run, &fingerprint(&shop.run()), "run/");
+    assert_same(&data, &fingerprint(&shop.data()), "data/");
+    assert_same(&conf, &fingerprint(&door.conf_dir()), "the proxy's conf.d/");
+    assert_eq!(http::read_pid(&door.pids.join("shop.pid")), Some(pid));
+    assert_eq!(door.version("shop.test", "/"), "shop v1");
+    assert_eq!(shop.current(), Some(live.clone()));
+    let releases = shop.releases();
+    assert_eq!(releases.last().map(|r| r.1.as_str()), Some("failed"));
+
+    // `kiln proxy reload` refuses it the same way and keeps the configuration too.
+    let out = door.node.kiln(&["proxy", "reload"]);
+    let said = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{said}");
+    assert!(
+        said.starts_with("error: nginx refused the front door's configuration of `the node`: cannot load certificate \"/nonexistent/shop.pem\""),
+        "{said}"
+    );
+    assert_same(&conf, &fingerprint(&door.conf_dir()), "the proxy's conf.d/");
+    assert_eq!(door.version("shop.test", "/"), "shop v1");
+    let status = door.node.ok(&["status", "shop"]);
+    assert!(
+        status.contains("front door:  stale: project.yml or node.yml changed since it was written; run `kiln proxy reload`"),
+        "{status}"
+    );
+}
+
+/// A self-signed certificate for `names` in `dir`: (certificate, key).
+fn certificate(dir: &Path, names: &[&str]) -> (PathBuf, PathBuf) {
+    let (cert, key) = (dir.join("cert.pem"), dir.join("key.pem"));
+    let san: Vec<String> = names.iter().map(|n| format!("DNS:{n}")).collect();
+    let out = Command::new("openssl")
+        .args([
+            "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2",
+        ])
+        .arg("-keyout")
+        .arg(&key)
+        .arg("-out")
+        .arg(&cert)
+        .arg("-subj")
+        .arg(format!("/CN={}", names[0]))
+        .arg("-addext")
+        .arg(format!("subjectAltName={}", san.join(",")))
+        .output()
+        .expect("run openssl");
+    assert_success(&out, "openssl req");
+    (cert, key)
+}
+
+/// `curl` over HTTPS to `host` resolved to 127.0.0.1, trusting only `ca`.
+fn curl_https(port: u16, host: &str, ca: &Path) -> std::process::Output {
+    Command::new("curl")
+        .args(["-sS", "--max-time", "10", "--cacert"])
+        .arg(ca)
+        .arg("--resolve")
+        .arg(format!("{host}:{port}:127.0.0.1"))
+        .arg(format!("https://{host}:{port}/"))
+        .output()
+        .expect("run curl")
+}
+
+#[test]
+fn a_domain_with_a_certificate_is_served_over_https_and_its_http_redirects_there() {
+    let door = FrontDoorNode::new();
+    let port = free_port();
+    let shop = door.project("shop", port, &["shop.test", "plain.test"], "");
+    let (cert, key) = certificate(door.node.dir.path(), &["shop.test"]);
+    shop.add_setting(&format!(
+        "tls:\n  shop.test: {{certificate: {}, key: {}}}",
+        cert.display(),
+        key.display()
+    ));
+    door.start();
+    let app = door.app("shop", port, "shop v1", "");
+    app.commit("v1");
+    app.deploy(&shop);
+
+    let redirect = door.get("shop.test", "/cart?id=1");
+    assert_eq!(redirect.status, 301, "{redirect:?}");
+    assert_eq!(
+        redirect.header("location"),
+        Some(format!("https://shop.test:{}/cart?id=1", door.https).as_str())
+    );
+    assert_eq!(door.version("plain.test", "/"), "shop v1");
+
+    let out = curl_https(door.https, "shop.test", &cert);
+    assert_success(&out, "curl https://shop.test");
+    let body = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        body.starts_with("shop v1\n") && body.contains("x-forwarded-proto: https\n"),
+        "{body}"
+    );
+    // A host no project has gets no certificate at all.
+    let out = curl_https(door.https, "other.test", &cert);
+    assert!(!out.status.success(), "{}", text(&out));
+    assert_eq!(
+        door.node.ok(&["domains", "list", "shop"]),
+        "shop.test (https)\nplain.test\n"
+    );
+}
+
+/// nginx running as the machine's would: started by someone else (here the test, with its own
+/// prefix), its configuration including a directory that kiln writes into.
+struct MachineNginx {
+    child: std::process::Child,
+}
+
+impl Drop for MachineNginx {
+    fn drop(&mut self) {
+        // SIGTERM: its master stops the workers too (SIGKILL would leave them behind).
+        if let Ok(pid) = i32::try_from(self.child.id()) {
+            let pid = nix::unistd::Pid::from_raw(pid);
+            let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
+        }
+        let _ = self.child.wait();
+    }
+}
+
+#[test]
+fn the_machines_nginx_is_tested_and_reloaded_with_the_commands_node_yml_gives() {
+    let node = Node::new();
+    let sys = node.dir.path().join("etc-nginx");
+    let conf_d = sys.join("conf.d");
+    fs::create_dir_all(sys.join("logs")).unwrap();
+    fs::create_dir_all(&conf_d).unwrap();
+    let main = sys.join("nginx.conf");
+    fs::write(
+        &main,
+        format!(
+            "daemon off;\npid {s}/nginx.pid;\nerror_log {s}/logs/error.log;\nevents {{}}\nhttp {{\n  access_log off;\n  client_body_temp_path {s}/body;\n  proxy_temp_path {s}/proxy;\n  fastcgi_temp_path {s}/fastcgi;\n  uwsgi_temp_path {s}/uwsgi;\n  scgi_temp_path {s}/scgi;\n  include {s}/conf.d/*.conf;\n}}\n",
+            s = sys.display()
+        ),
+    )
+    .unwrap();
+    let http_port = free_port();
+    let prefix = format!("{}/", sys.display());
+    let main = main.display().to_string();
+    node.write_node_yml(&format!(
+        "proxy:\n  nginx:\n    config_dir: {conf}\n    test: [nginx, -p, {prefix}, -c, {main}, -t]\n    reload: [nginx, -p, {prefix}, -c, {main}, -s, reload]\n    pid_file: {s}/nginx.pid\n    listen: ['127.0.0.1:{http_port}']\n",
+        conf = conf_d.display(),
+        s = sys.display()
+    ));
+    // An empty kiln.conf so that nginx starts; kiln rewrites it.
+    fs::write(conf_d.join("kiln.conf"), "").unwrap();
+    let _nginx = MachineNginx {
+        child: Command::new("nginx")
+            .args(["-p", &prefix, "-c", &main, "-e"])
+            .arg(sys.join("logs/error.log"))
+            .spawn()
+            .expect("start nginx"),
+    };
+    // It listens nowhere yet: kiln.conf, with the default server, is empty.
+    let started = http::eventually(std::time::Duration::from_secs(10), || {
+        sys.join("nginx.pid").exists().then_some(())
+    });
+    assert!(started.is_some(), "nginx did not write its pid file");
+
+    node.init("shop", "cooking");
+    let said = node.ok(&["domains", "add", "shop", "shop.test"]);
+    assert!(said.contains("the front door was reloaded"), "{said}");
+    // No app yet: the project's block answers 503, a host no project has 404.
+    assert_eq!(http::get(http_port, "shop.test", "/").status, 503);
+    assert_eq!(http::get(http_port, "other.test", "/").status, 404);
+    assert!(conf_d.join("kiln.shop.conf").is_file());
+
+    let out = node.kiln(&["proxy", "start"]);
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    assert!(
+        String::from_utf8_lossy(&out.stderr)
+            .starts_with("error: the front door is the machine's nginx"),
+        "{}",
+        text(&out)
+    );
+    let status = node.ok(&["status", "shop"]);
+    assert!(status.contains("front door:  current\n"), "{status}");
+}
