@@ -572,6 +572,19 @@ fn a_python_app_builds_reuses_the_cache_and_runs_where_it_is_moved() {
         assert!(!output.contains(installing), "{installing}:\n{output}");
     }
     assert_same(&cached_tree, &fingerprint(&cached[0]), "the cached venv");
+    // Nothing writes to the tree after the buildpack (no build commands): the release's venv
+    // is hard links to the cache entry, never written again, instead of a copy.
+    let release = project.path("deploy").join(project.current().unwrap());
+    let inode = |path: &Path| fs::metadata(path).unwrap().ino();
+    assert_eq!(
+        inode(&release.join(".venv/bin/gunicorn")),
+        inode(&cached[0].join("bin/gunicorn"))
+    );
+    assert_ne!(
+        inode(&run.join(".venv/bin/gunicorn")),
+        inode(&cached[0].join("bin/gunicorn")),
+        "run/ holds copies"
+    );
 
     let (prod, pulled) = production(&project, &app);
     assert!(pulled.contains("final mode never builds"), "{pulled}");

@@ -513,3 +513,29 @@ fn the_machines_nginx_is_tested_and_reloaded_with_the_commands_node_yml_gives() 
     let status = node.ok(&["status", "shop"]);
     assert!(status.contains("front door:  current\n"), "{status}");
 }
+
+#[test]
+fn a_site_built_by_the_static_buildpack_is_served_by_nginx_without_a_process() {
+    let door = FrontDoorNode::new();
+    let site = door.node.init("site", "cooking");
+    door.node.ok(&["domains", "add", "site", "site.test"]);
+    door.start();
+    let app = door.node.app("site");
+    app.write("public/index.html", "<h1>hello</h1>\n");
+    app.write("public/css/site.css", "h1 { color: red }\n");
+    app.commit("a static site, no kiln.yml");
+    let pushed = app.deploy(&site);
+    assert!(pushed.contains("-----> Static app detected"), "{pushed}");
+
+    let index = door.get("site.test", "/");
+    assert_eq!(
+        (index.status, index.body.as_str()),
+        (200, "<h1>hello</h1>\n")
+    );
+    let css = door.get("site.test", "/css/site.css");
+    assert_eq!(css.status, 200, "{css:?}");
+    assert_eq!(css.header("content-type"), Some("text/css"));
+    assert_eq!(door.get("site.test", "/missing.html").status, 404);
+    // What is outside public/ is not published.
+    assert_eq!(door.get("site.test", "/.kiln/buildpacks.json").status, 404);
+}

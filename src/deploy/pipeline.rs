@@ -937,6 +937,10 @@ impl Run<'_> {
             timeout: self.timeout(Stage::Build),
             redactor: &self.redactor,
             unshare: self.mode == Mode::Cooking,
+            links_ok: self.mode == Mode::Cooking
+                && [Stage::Build, Stage::Bundle]
+                    .iter()
+                    .all(|stage| self.recipe.commands(self.mode, *stage).is_empty()),
         };
         let built = crate::runtime::buildpack::build(&request, self.out)
             .map_err(|e| Failure::new(Stage::Build, e))?;
@@ -1155,14 +1159,18 @@ impl Run<'_> {
     }
 
     /// The front door's site of this run's release: project.yml's domains and upstreams,
-    /// this release's `static:`.
+    /// this release's `static:` (or its static buildpack's site).
     fn site(&self) -> Site {
         let config = &self.project.config;
+        let tree = match self.mode {
+            Mode::Editable => self.paths().project.clone(),
+            _ => self.paths().release_dir(&self.release),
+        };
         Site::new(
             self.paths(),
             config,
             site::upstreams(&[], config),
-            &self.recipe.static_paths,
+            &site::static_paths(&self.recipe.static_paths, &tree),
         )
     }
 

@@ -767,6 +767,42 @@ mod tests {
     }
 
     #[test]
+    fn programs_get_their_arguments_verbatim_and_are_named_by_their_label() {
+        let dir = tempfile::tempdir().unwrap();
+        let env = env(&[]);
+        let args = [
+            OsStr::new("-c"),
+            OsStr::new(r#"printf '%s|' "$@""#),
+            OsStr::new("sh"),
+            OsStr::new("$HOME; echo injected"),
+            OsStr::new("a b"),
+        ];
+        let mut lines = Vec::new();
+        let mut sink = |stream: Stream, line: &[u8]| lines.push((stream, line.to_vec()));
+        let spec = ProgramSpec {
+            stage: "build",
+            label: "python bin/compile",
+            program: Path::new("/bin/sh"),
+            args: &args,
+            cwd: dir.path(),
+            env: &env,
+            timeout: Duration::from_secs(20),
+        };
+        run_program(&spec, &Redactor::default(), &mut sink).unwrap();
+        assert_eq!(text(&lines, Stream::Stdout), ["$HOME; echo injected|a b|"]);
+
+        let spec = ProgramSpec {
+            program: Path::new("/bin/false"),
+            args: &[],
+            ..spec
+        };
+        let error =
+            run_program(&spec, &Redactor::default(), &mut |_: Stream, _: &[u8]| {}).unwrap_err();
+        assert_eq!(error.summary(80), "python bin/compile: exit 1");
+        assert_eq!(error.stage(), "build");
+    }
+
+    #[test]
     fn output_is_split_into_lines() {
         let cases: &[(&str, &[&str])] = &[
             ("printf 'a\\nb\\n'", &["a", "b"]),

@@ -660,8 +660,8 @@ impl<'a> FrontDoor<'a> {
     }
 }
 
-/// The site of `project` as its live release has it (kiln.yml `static:` of the live commit;
-/// none when nothing is live).
+/// The site of `project` as its live release has it (kiln.yml `static:` of the live commit,
+/// or the static buildpack's site in run/; none when nothing is live).
 pub fn live_site(project: &Project) -> Result<Site, Error> {
     let paths = &project.paths;
     let log = ReleaseLog::load(&paths.release_log())?;
@@ -681,7 +681,7 @@ pub fn live_site(project: &Project) -> Result<Site, Error> {
         paths,
         &project.config,
         site::upstreams(&[], &project.config),
-        &static_paths,
+        &site::static_paths(&static_paths, &paths.run),
     ))
 }
 

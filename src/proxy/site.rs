@@ -5,7 +5,7 @@
 
 use std::collections::BTreeMap;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use crate::config::layout::ProjectPaths;
 use crate::config::project_config::ProjectConfig;
@@ -77,6 +77,32 @@ impl Site {
         }
         groups
     }
+}
+
+/// What nginx serves itself for a release whose tree is `tree`: kiln.yml's `static:`, else,
+/// for a site built by kiln's own `static` buildpack, the whole site from run/ (its public/
+/// folder, or the top of the app), so no process has to serve it.
+pub fn static_paths(
+    recipe_static: &BTreeMap<String, String>,
+    tree: &Path,
+) -> BTreeMap<String, String> {
+    if !recipe_static.is_empty() {
+        return recipe_static.clone();
+    }
+    let built_static = crate::runtime::buildpack::read_buildpacks_file(tree).is_some_and(|file| {
+        file.buildpacks
+            .iter()
+            .any(|b| b.source.starts_with("kiln:static@"))
+    });
+    if !built_static {
+        return BTreeMap::new();
+    }
+    let dir = if tree.join("public").is_dir() {
+        "public"
+    } else {
+        "."
+    };
+    BTreeMap::from([("/".to_owned(), dir.to_owned())])
 }
 
 /// The upstreams of a project: the web instances kiln runs, each on its port on 127.0.0.1,

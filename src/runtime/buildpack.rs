@@ -29,6 +29,10 @@ pub const BUILDPACKS_FILE: &str = ".kiln/buildpacks.json";
 /// The stage buildpacks run in, for errors and `KILN_STAGE`.
 const STAGE: &str = "build";
 
+/// Tells the last buildpack that nothing writes to the tree after it (see
+/// [`BuildRequest::links_ok`]).
+pub const LINKS_VAR: &str = "KILN_CACHE_LINKS";
+
 #[derive(Debug, thiserror::Error)]
 pub enum BuildpackError {
     #[error("could not {action} `{}`", path.display())]
@@ -114,6 +118,11 @@ pub struct BuildRequest<'a> {
     /// without build commands): a buildpack must not write through them, so they are copied
     /// first once a buildpack is to run.
     pub unshare: bool,
+    /// Nothing writes to the tree after the last buildpack (cooking mode, no build or bundle
+    /// commands): it gets `KILN_CACHE_LINKS=1` and may hard-link what it keeps in its cache
+    /// into the tree instead of copying it (release trees are never written to, and cache
+    /// entries are written once).
+    pub links_ok: bool,
 }
 
 /// A buildpack in `.kiln/buildpacks.json` and in the release manifest.
@@ -222,7 +231,11 @@ pub fn build(req: &BuildRequest, out: &mut Reporter) -> Result<Option<Built>, Bu
     write_env_dir(&env_dir, req.settings)?;
 
     let mut file = BuildpacksFile::default();
-    for buildpack in &selected {
+    for (index, buildpack) in selected.iter().enumerate() {
+        let mut step_env = env.clone();
+        if req.links_ok && index + 1 == selected.len() {
+            step_env.insert(LINKS_VAR.into(), "1".into());
+        }
         let cache = req.cache.join(&buildpack.name);
         fs::create_dir_all(&cache).map_err(io_err("create", &cache))?;
         let args = [
@@ -230,7 +243,7 @@ pub fn build(req: &BuildRequest, out: &mut Reporter) -> Result<Option<Built>, Bu
             cache.as_os_str(),
             env_dir.as_os_str(),
         ];
-        step(req, buildpack, "compile", &args, &env, out)?;
+        step(req, buildpack, "compile", &args, &step_env, out)?;
         let export = buildpack.dir.join("export");
         if export.is_file() {
             env = apply_export(req, buildpack, &export, &env, work.path(), out)?;

@@ -2,8 +2,6 @@
 // `unknown` for a range this small checker does not read. It reads what people write: `20`,
 // `20.x`, `>=18`, `^20.1.0`, `~20.1`, `18 || 20`, `>=18 <21`, an exact version, `*`.
 "use strict";
-const [range, version] = process.argv.slice(2);
-const have = version.replace(/^v/, "").split(".").map(Number);
 
 function cmp(a, b) {
   for (let i = 0; i < 3; i++) {
@@ -13,7 +11,7 @@ function cmp(a, b) {
 }
 
 // One comparator: true, false, or null when it cannot be read.
-function check(part) {
+function check(part, have) {
   const m = /^(>=|<=|>|<|=|\^|~)?v?(\d+|x|\*)(?:\.(\d+|x|\*))?(?:\.(\d+|x|\*))?$/.exec(part);
   if (!m) return null;
   const op = m[1] || "";
@@ -34,17 +32,20 @@ function check(part) {
   }
 }
 
-let verdict = "no";
-for (const alternative of range.split("||")) {
-  const parts = alternative.trim().split(/\s+/).filter(Boolean);
-  const results = parts.map(check);
-  if (results.some((r) => r === null)) {
-    verdict = "unknown";
-    break;
+function satisfies(range, version) {
+  const have = version.replace(/^v/, "").split(".").map(Number);
+  for (const alternative of range.split("||")) {
+    const parts = alternative.trim().split(/\s+/).filter(Boolean);
+    const results = parts.map((part) => check(part, have));
+    if (results.some((r) => r === null)) return "unknown";
+    if (results.every(Boolean)) return "yes";
   }
-  if (results.every(Boolean)) {
-    verdict = "yes";
-    break;
-  }
+  return "no";
 }
-process.stdout.write(verdict);
+
+module.exports = { satisfies };
+
+if (require.main === module) {
+  const [range, version] = process.argv.slice(2);
+  process.stdout.write(satisfies(range, version));
+}
