@@ -24,6 +24,7 @@ const LAYERS: &[&[&str]] = &[
     &["runtime"],
     &["release"],
     &["transaction"],
+    &["notify"],
     &["exec"],
     // Foundations.
     &["config", "fs", "error"],
