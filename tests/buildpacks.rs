@@ -656,6 +656,10 @@ fn a_python_app_builds_reuses_the_cache_and_runs_where_it_is_moved() {
     assert!(pulled.contains("final mode never builds"), "{pulled}");
     assert!(!pulled.contains("app detected"), "{pulled}");
     assert!(!prod.path("cache").join("python").exists());
+    assert!(
+        !prod.node.root.join(".kiln/buildpacks").exists(),
+        "production never even writes a buildpack out"
+    );
     let port = free_port();
     let _server = Process::spawn(&mut in_release(
         &prod.run(),
