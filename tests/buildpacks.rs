@@ -244,6 +244,18 @@ echo 'export FROM_FIRST="first was here"' > "$(dirname "$0")/../export"
     )
     .unwrap();
     assert_eq!(manifest["buildpacks"], json["buildpacks"]);
+    let events = fs::read_to_string(project.path("logs").join(format!("{release}.jsonl"))).unwrap();
+    let event = events
+        .lines()
+        .map(|line| serde_json::from_str::<serde_json::Value>(line).unwrap())
+        .find(|event| event["event"] == "buildpacks")
+        .expect("a buildpacks event");
+    assert_eq!(event["outcome"], "ok");
+    assert_eq!(event["buildpacks"], json["buildpacks"]);
+    assert_eq!(
+        event["default_process_types"],
+        json["default_process_types"]
+    );
     // The cache is outside the release tree, and kept.
     assert!(project.path("cache/bp-first/count").is_file());
     assert!(!run.join("count").exists());

@@ -948,7 +948,7 @@ impl Run<'_> {
             return Ok(false);
         };
         self.out.event(
-            json!({"event": "buildpacks", "buildpacks": built.file.buildpacks,
+            json!({"event": "buildpacks", "outcome": "ok", "buildpacks": built.file.buildpacks,
             "default_process_types": built.file.default_process_types}),
         );
         let mut env = built.env;
