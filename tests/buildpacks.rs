@@ -681,6 +681,55 @@ fn a_python_app_builds_reuses_the_cache_and_runs_where_it_is_moved() {
     assert_eq!(http_get(port), "hello again, six 1.16.0\n");
 }
 
+/// An app without requirements.txt declares its dependencies in pyproject.toml: it is
+/// installed with `pip install .`; a code change reinstalls only the app, on top of the cached
+/// dependencies.
+#[test]
+fn a_pyproject_app_installs_itself_and_reinstalls_only_itself_on_a_code_change() {
+    let node = Node::new();
+    let project = node.init("pkg", "cooking");
+    let app = node.app("pkg");
+    app.write(
+        "pyproject.toml",
+        "[build-system]\nrequires = [\"setuptools>=61\"]\nbuild-backend = \"setuptools.build_meta\"\n\n[project]\nname = \"greeter\"\nversion = \"1.0\"\ndependencies = [\"six==1.16.0\"]\n\n[tool.setuptools]\npy-modules = [\"greeter\"]\n",
+    )
+    .write("greeter.py", "import six\nWORD = 'one'\n")
+    .write("kiln.yml", &download_caches());
+    app.commit("pyproject app");
+    let output = app.deploy(&project);
+    assert!(output.contains("Installing the app with pip"), "{output}");
+    // From another directory, so the installed copy is what is imported, not run/'s source.
+    let installed = |tree: &Path| {
+        let out = Command::new(tree.join(".venv/bin/python"))
+            .args([
+                "-c",
+                "import greeter, six; print(greeter.WORD, six.__version__)",
+            ])
+            .current_dir("/")
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{}", common::text(&out));
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
+    };
+    assert_eq!(installed(&project.run()), "one 1.16.0");
+
+    app.write("greeter.py", "import six\nWORD = 'two'\n");
+    app.commit("one-line change");
+    let output = app.deploy(&project);
+    assert!(
+        output.contains(
+            "Reusing the cached virtualenv (pyproject.toml unchanged): its dependencies are installed"
+        ),
+        "{output}"
+    );
+    assert!(
+        output.contains("Installing the app with pip (without its dependencies)"),
+        "{output}"
+    );
+    assert!(!output.contains("Collecting six"), "{output}");
+    assert_eq!(installed(&project.run()), "two 1.16.0");
+}
+
 const NODE_SERVER: &str = "const http = require('http');\nconst isNumber = require('is-number');\nhttp.createServer((req, res) => res.end('hello from node, is-number says ' + isNumber(5) + '\\n')).listen(Number(process.env.PORT), '127.0.0.1');\n";
 
 /// The Node app: plain `http` and one npm dependency, with its package-lock.json.
