@@ -93,6 +93,9 @@ enum Command {
         name: String,
         #[arg(conflicts_with = "app")]
         release: Option<String>,
+        /// Its structured events (logs/<release>.jsonl), one JSON object a line.
+        #[arg(long)]
+        json: bool,
         /// The app's processes' output (logs/app/), timestamped and prefixed by instance.
         #[arg(long)]
         app: bool,
@@ -151,6 +154,11 @@ enum Command {
         project: String,
         instance: String,
         nonce: String,
+    },
+    /// Notifications (mail, webhooks) that are still to be delivered.
+    Notify {
+        #[command(subcommand)]
+        command: NotifyCommand,
     },
     /// The merged settings (kiln's, kiln.yml defaults, pillar) as YAML, secrets masked.
     Config {
@@ -229,6 +237,46 @@ enum PsCommand {
         #[arg(required = true, value_name = "TYPE=N")]
         counts: Vec<String>,
     },
+}
+
+#[derive(Debug, Subcommand)]
+enum NotifyCommand {
+    /// Try again, now, every notification still in the spool (of NAME, or of every project);
+    /// exits 1 if some stay undelivered.
+    Retry { name: Option<String> },
+    /// What kiln starts in the background after a deploy: delivers the spool with retries and
+    /// backoff, then exits.
+    #[command(hide = true)]
+    Deliver,
+    /// Report what a process supervisor saw (kiln's own calls this itself; a systemd unit's
+    /// `OnFailure=` or a runit `finish` script can run it): one alert per crash loop or
+    /// failing check, then one "recovered".
+    Report {
+        name: String,
+        #[command(subcommand)]
+        report: ReportCommand,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum ReportCommand {
+    /// An instance of PROCESS exited and was started again.
+    Restarted { process: String },
+    /// PROCESS has been running, without a restart, for UP (e.g. `90s`).
+    Running {
+        process: String,
+        #[arg(long, value_name = "DURATION")]
+        up: String,
+    },
+    /// The web check CHECK failed.
+    CheckFailed {
+        check: String,
+        /// How it failed, for the alert.
+        #[arg(long, default_value = "")]
+        detail: String,
+    },
+    /// The web check CHECK passed.
+    CheckPassed { check: String },
 }
 
 #[derive(Debug, Subcommand)]
@@ -513,11 +561,12 @@ fn dispatch(cli: Cli) -> Result<(), Error> {
         }
         Command::Releases { name, json } => {
             let project = node.project(&name)?;
-            status::releases(&project, json)
+            status::releases(&node, &project, json)
         }
         Command::Logs {
             name,
             release,
+            json,
             app,
             kind,
             follow,
@@ -528,7 +577,7 @@ fn dispatch(cli: Cli) -> Result<(), Error> {
                 let query = crate::runtime::applog::LogQuery { kind, lines };
                 status::app_logs(&node, &project, &query, follow)
             } else {
-                status::logs(&project, release.as_deref())
+                status::logs(&project, release.as_deref(), json)
             }
         }
         Command::Ps {
@@ -578,6 +627,7 @@ fn dispatch(cli: Cli) -> Result<(), Error> {
             }
             Ok(())
         }
+        Command::Notify { command } => notify(&node, command),
         Command::Rollback {
             name,
             release,
@@ -608,7 +658,12 @@ fn dispatch(cli: Cli) -> Result<(), Error> {
             let result = deploy::rollback_to(
                 &node,
                 &project,
-                &RollbackRequest { target, with_data },
+                &RollbackRequest {
+                    target,
+                    with_data,
+                    who: hook::pusher(),
+                    who_key: hook::pusher_key(),
+                },
                 &mut out,
             );
             if json {
@@ -697,6 +752,75 @@ fn dispatch(cli: Cli) -> Result<(), Error> {
             } else {
                 hook::post_receive(&node, &name, repo, &updates, &mut out)
             }
+        }
+    }
+}
+
+fn notify(node: &Node, command: NotifyCommand) -> Result<(), Error> {
+    match command {
+        NotifyCommand::Retry { name } => {
+            if let Some(name) = &name {
+                // Refuses a name that is not a project (nor one whose spool is left).
+                let paths = node.paths(name)?;
+                if !paths.project_yml.exists()
+                    && crate::notify::spool::entry_paths(&node.root, Some(name)).is_empty()
+                {
+                    node.project(name)?;
+                }
+            }
+            let retried = crate::notify::deliver::retry(node, name.as_deref(), &mut |line| {
+                println!("{line}");
+            })?;
+            if retried.left > 0 {
+                return Err(Error::Undelivered {
+                    count: retried.left,
+                    project: name,
+                });
+            }
+            if retried.delivered == 0 {
+                println!("nothing to deliver: the spool is empty");
+            }
+            Ok(())
+        }
+        NotifyCommand::Report { name, report } => {
+            use crate::notify::alert::{self, Report, Source};
+            let project = node.project(&name)?;
+            let live =
+                crate::transaction::release_log::ReleaseLog::load(&project.paths.release_log())?
+                    .current;
+            let since = match &report {
+                ReportCommand::Running { up, .. } => {
+                    let up = crate::config::duration::parse(up)
+                        .map_err(|e| Error::Usage(format!("--up: {e}")))?;
+                    chrono::Utc::now() - chrono::Duration::from_std(up).unwrap_or_default()
+                }
+                _ => chrono::Utc::now(),
+            };
+            let report = match &report {
+                ReportCommand::Restarted { process } => Report::Restarted { process },
+                ReportCommand::Running { process, .. } => Report::Running { process, since },
+                ReportCommand::CheckFailed { check, detail } => {
+                    Report::CheckFailed { check, detail }
+                }
+                ReportCommand::CheckPassed { check } => Report::CheckPassed { check },
+            };
+            let source = Source {
+                node,
+                project: &project,
+                release: live.as_deref(),
+            };
+            match alert::report(&source, report, &[])? {
+                Some(decision) => println!("notifying: {}", decision.summary),
+                None => println!("recorded: nothing to notify"),
+            }
+            Ok(())
+        }
+        NotifyCommand::Deliver => {
+            // Its own session: the pusher's terminal or ssh session ending must not stop it.
+            let _ = nix::unistd::setsid();
+            hook::keep_going_without_pusher();
+            crate::notify::deliver::deliver_in_background(node)?;
+            Ok(())
         }
     }
 }

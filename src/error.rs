@@ -113,6 +113,19 @@ pub enum Error {
     #[error("{0}")]
     Runtime(#[source] MechanismError),
 
+    /// Notifications (src/notify/): the spool, starting the background delivery.
+    #[error("{0}")]
+    Notify(#[source] MechanismError),
+
+    /// `kiln notify retry` left notifications undelivered: exit 1.
+    #[error(
+        "{count} notification(s) did not reach every recipient and stay in the spool: fix the cause shown above, then run `kiln notify retry{}` again",
+        project.as_ref().map(|name| format!(" {name}")).unwrap_or_default()
+    )]
+    Undelivered {
+        count: usize,
+        project: Option<String>,
+    },
     /// The front door (src/proxy/): nginx refused a configuration, or could not be run.
     #[error("{0}")]
     Proxy(#[source] MechanismError),
@@ -153,7 +166,7 @@ pub enum Error {
 impl Error {
     pub fn exit_code(&self) -> i32 {
         match self {
-            Error::DeployFailed { .. } => EXIT_DEPLOY_FAILED,
+            Error::DeployFailed { .. } | Error::Undelivered { .. } => EXIT_DEPLOY_FAILED,
             Error::RollbackFailed { .. } => EXIT_ROLLBACK_FAILED,
             Error::NotDeployed { exit, .. } => *exit,
             _ => EXIT_BAD_INPUT,

@@ -2,7 +2,8 @@
 //! lives here so that tests reach it. The folders follow a push: [`push`] receives it,
 //! [`deploy`] runs the pipeline and undoes it on failure, [`release`] makes or pulls the release
 //! tree, [`transaction`] takes it live crash-safely, [`exec`] runs the project's commands and
-//! tells the pusher; [`config`], [`fs`] and [`error`] are the foundations every part uses.
+//! tells the pusher, [`notify`] tells everyone else (mail, webhooks, alerts); [`config`], [`fs`]
+//! and [`error`] are the foundations every part uses.
 //! [`runtime`] builds the tree into an app that runs (buildpacks, the build cache) and runs it:
 //! its Procfile, its supervised processes and their logs.
 //! [`access`] is the door over SSH: who may push, look and operate, checked before anything runs.
@@ -16,6 +17,7 @@ pub mod deploy;
 pub mod error;
 pub mod exec;
 pub mod fs;
+pub mod notify;
 pub mod proxy;
 pub mod push;
 pub mod release;

@@ -12,11 +12,12 @@ use crate::config::settings;
 use crate::deploy::pipeline as deploy;
 use crate::error::{Error, io_error};
 use crate::fs::git;
+use crate::notify::spool::{self, Delivery, Status as DeliveryStatus};
 use crate::proxy::front_door::{ConfigState, FrontDoor};
 use crate::transaction::backup;
 use crate::transaction::journal::Journal;
 use crate::transaction::lock;
-use crate::transaction::release_log::ReleaseLog;
+use crate::transaction::release_log::{Record, ReleaseLog};
 use crate::transaction::switch;
 
 /// How run/ shows the live tree.
@@ -35,6 +36,73 @@ pub fn run_kind(project: &Project) -> String {
         },
         Err(_) => "missing".into(),
     }
+}
+
+/// A record of the release log with what the views add: how long it took and what became of
+/// its notification.
+fn release_json(node: &Node, project: &Project, record: &Record) -> Value {
+    let mut value = serde_json::to_value(record).unwrap_or(Value::Null);
+    if let Value::Object(map) = &mut value {
+        map.insert("duration_ms".into(), json!(duration_ms(record)));
+        map.insert(
+            "notifications".into(),
+            json!(spool::results(&node.root, &project.paths, &record.id)),
+        );
+    }
+    value
+}
+
+fn duration_ms(record: &Record) -> Option<i64> {
+    record
+        .finished
+        .map(|finished| (finished - record.started).num_milliseconds())
+}
+
+/// `4.2s`, or `-` while it runs.
+fn took(record: &Record) -> String {
+    duration_ms(record)
+        .map(|ms| crate::notify::message::seconds(u64::try_from(ms).unwrap_or(0)))
+        .unwrap_or_else(|| "-".into())
+}
+
+/// `2/2 sent`, `1/2 sent, 1 FAILED`, `0/1 sent, 1 pending`, or `-` when nobody was notified.
+fn notified(deliveries: Option<&[Delivery]>) -> String {
+    let Some(deliveries) = deliveries.filter(|d| !d.is_empty()) else {
+        return "-".into();
+    };
+    let count = |status| deliveries.iter().filter(|d| d.status == status).count();
+    let mut text = format!(
+        "{}/{} sent",
+        count(DeliveryStatus::Delivered),
+        deliveries.len()
+    );
+    for (status, word) in [
+        (DeliveryStatus::Failed, "FAILED"),
+        (DeliveryStatus::Pending, "pending"),
+    ] {
+        if count(status) > 0 {
+            text.push_str(&format!(", {} {word}", count(status)));
+        }
+    }
+    text
+}
+
+/// One recipient on one line: `mail ops@example.com: delivered`.
+fn delivery_line(delivery: &Delivery) -> String {
+    let what = match (delivery.status, &delivery.error) {
+        (DeliveryStatus::Delivered, _) => "delivered".to_string(),
+        (status, Some(error)) => format!(
+            "{} after {} attempt(s): {error}",
+            if status == DeliveryStatus::Failed {
+                "FAILED"
+            } else {
+                "pending"
+            },
+            delivery.attempts
+        ),
+        (status, None) => status.as_str().to_string(),
+    };
+    format!("{} {}: {what}", delivery.channel.as_str(), delivery.to)
 }
 
 pub fn status(node: &Node, project: &Project, as_json: bool) -> Result<(), Error> {
@@ -68,9 +136,34 @@ pub fn status(node: &Node, project: &Project, as_json: bool) -> Result<(), Error
     let run = run_kind(project);
     let supervisor = crate::deploy::operate::supervisor(node);
     let processes = supervisor.instances(&paths.name).unwrap_or_default();
+    let last_notified = last.and_then(|r| spool::results(&node.root, paths, &r.id));
+    let undelivered: Vec<Value> = spool::pending(&node.root, Some(&paths.name))
+        .iter()
+        .filter(|entry| {
+            entry
+                .targets
+                .iter()
+                .any(|t| t.status != DeliveryStatus::Delivered)
+        })
+        .map(|entry| {
+            json!({"id": entry.id, "about": entry.message.outcome.as_str(),
+                "release": entry.message.release, "created": entry.created,
+                "deliveries": entry.results()})
+        })
+        .collect();
     let front = front_door(node, project)?;
     let behind = behind(node, project, &log, &repo);
     let published = crate::release::publish::PublishState::load(paths);
+    // What built the live tree (run/ is it, or shows project/ in editable mode), and what the
+    // build cache holds.
+    let built_with = crate::runtime::buildpack::read_buildpacks_file(&paths.run);
+    let cache: Vec<(String, u64)> = crate::runtime::cache::cached(&paths.cache)
+        .into_iter()
+        .map(|name| {
+            let bytes = crate::runtime::cache::size(&paths.cache.join(&name));
+            (name, bytes)
+        })
+        .collect();
     if as_json {
         let value = json!({
             "project": paths.name,
@@ -79,7 +172,8 @@ pub fn status(node: &Node, project: &Project, as_json: bool) -> Result<(), Error
             "branch": project.config.branch,
             "live": log.current,
             "last_good": log.last_good().map(|r| &r.id),
-            "last_deploy": last,
+            "last_deploy": last.map(|r| release_json(node, project, r)),
+            "undelivered": undelivered,
             "running": running,
             "interrupted": interrupted.as_ref().map(|j| &j.release),
             "drift": drift,
@@ -90,6 +184,8 @@ pub fn status(node: &Node, project: &Project, as_json: bool) -> Result<(), Error
             "front_door": front.as_ref().map(FrontDoorView::json),
             "behind": behind,
             "publish": published,
+            "buildpacks": built_with.as_ref().map(|file| &file.buildpacks),
+            "cache": cache.iter().map(|(name, bytes)| (name.clone(), json!(bytes))).collect::<serde_json::Map<_, _>>(),
         });
         println!(
             "{}",
@@ -113,9 +209,24 @@ pub fn status(node: &Node, project: &Project, as_json: bool) -> Result<(), Error
             .collect();
         println!("processes:   {}", listed.join(", "));
     }
+    if let Some(file) = &built_with {
+        let names: Vec<String> = file
+            .buildpacks
+            .iter()
+            .map(|b| format!("{} ({})", b.name, b.source))
+            .collect();
+        println!("buildpacks:  {}", names.join(", "));
+    }
+    if !cache.is_empty() {
+        let sizes: Vec<String> = cache
+            .iter()
+            .map(|(name, bytes)| format!("{name} {}", crate::runtime::cache::human(*bytes)))
+            .collect();
+        println!("build cache: {}", sizes.join(", "));
+    }
     if let Some(last) = last {
         println!(
-            "last deploy: {} ({}) {} by {} at {}{}",
+            "last deploy: {} ({}) {} by {} at {}{}{}",
             last.id,
             &last.commit[..last.commit.len().min(7)],
             last.status.as_str(),
@@ -124,11 +235,55 @@ pub fn status(node: &Node, project: &Project, as_json: bool) -> Result<(), Error
                 None => last.who.clone(),
             },
             last.started.format("%Y-%m-%d %H:%M:%SZ"),
+            duration_ms(last)
+                .map(|_| format!(" in {}", took(last)))
+                .unwrap_or_default(),
             last.failure
                 .as_ref()
                 .map(|f| format!(": {f}"))
                 .unwrap_or_default()
         );
+        if !last.stages.is_empty() {
+            let stages: Vec<String> = last
+                .stages
+                .iter()
+                .map(|s| {
+                    format!(
+                        "{} {}",
+                        s.stage,
+                        crate::notify::message::seconds(s.duration_ms)
+                    )
+                })
+                .collect();
+            println!("stages:      {}", stages.join(", "));
+        }
+        for delivery in last_notified.iter().flatten() {
+            println!("notified:    {}", delivery_line(delivery));
+        }
+    }
+    if !undelivered.is_empty() {
+        println!(
+            "undelivered: {} notification(s) in {}; `kiln notify retry {}` sends them now (the next deploy does too):",
+            undelivered.len(),
+            crate::notify::spool::spool_dir(&node.root)
+                .join(&paths.name)
+                .display(),
+            paths.name
+        );
+        for entry in spool::pending(&node.root, Some(&paths.name)) {
+            for target in entry
+                .targets
+                .iter()
+                .filter(|t| t.status != DeliveryStatus::Delivered)
+            {
+                println!(
+                    "  {} ({}): {}",
+                    entry.id,
+                    entry.message.outcome.as_str(),
+                    delivery_line(&target.result())
+                );
+            }
+        }
     }
     match &running {
         Some(h) => println!(
@@ -403,10 +558,15 @@ fn behind(node: &Node, project: &Project, log: &ReleaseLog, repo: &git2::Reposit
     behind
 }
 
-pub fn releases(project: &Project, as_json: bool) -> Result<(), Error> {
+pub fn releases(node: &Node, project: &Project, as_json: bool) -> Result<(), Error> {
     let log = ReleaseLog::load(&project.paths.release_log())?;
     if as_json {
-        let value = json!({"current": log.current, "releases": log.records});
+        let releases: Vec<Value> = log
+            .records
+            .iter()
+            .map(|r| release_json(node, project, r))
+            .collect();
+        let value = json!({"current": log.current, "releases": releases});
         println!(
             "{}",
             serde_json::to_string_pretty(&value).unwrap_or_default()
@@ -414,8 +574,8 @@ pub fn releases(project: &Project, as_json: bool) -> Result<(), Error> {
         return Ok(());
     }
     println!(
-        "  {:<25}  {:<7}  {:<7}  {:<11}  {:<10}  {:<20}  note",
-        "release", "commit", "pillar", "status", "who", "started"
+        "  {:<25}  {:<7}  {:<7}  {:<11}  {:<10}  {:<20}  {:>7}  {:<18}  note",
+        "release", "commit", "pillar", "status", "who", "started", "took", "notified"
     );
     for r in log.records.iter().rev() {
         let live = if log.current.as_deref() == Some(r.id.as_str()) {
@@ -424,8 +584,9 @@ pub fn releases(project: &Project, as_json: bool) -> Result<(), Error> {
             " "
         };
         let short = |s: &str| s[..s.len().min(7)].to_string();
+        let deliveries = spool::results(&node.root, &project.paths, &r.id);
         println!(
-            "{live} {:<25}  {:<7}  {:<7}  {:<11}  {:<10}  {:<20}  {}",
+            "{live} {:<25}  {:<7}  {:<7}  {:<11}  {:<10}  {:<20}  {:>7}  {:<18}  {}",
             r.id,
             short(&r.commit),
             r.pillar_rev
@@ -435,6 +596,8 @@ pub fn releases(project: &Project, as_json: bool) -> Result<(), Error> {
             r.status.as_str(),
             r.who,
             r.started.format("%Y-%m-%d %H:%M:%SZ").to_string(),
+            took(r),
+            notified(deliveries.as_deref()),
             match (&r.failure, &r.source_release) {
                 (Some(failure), _) => failure.clone(),
                 (None, Some(source)) => format!("from {source}"),
@@ -454,7 +617,7 @@ fn is_rollback_log(name: &str) -> bool {
 
 /// `kiln logs`: the log of a deploy (by release id) or of a manual rollback (by the name it
 /// printed); without a name, the newest one.
-pub fn logs(project: &Project, release: Option<&str>) -> Result<(), Error> {
+pub fn logs(project: &Project, release: Option<&str>, as_json: bool) -> Result<(), Error> {
     let paths = &project.paths;
     let log = ReleaseLog::load(&paths.release_log())?;
     let id = match release {
@@ -487,16 +650,24 @@ pub fn logs(project: &Project, release: Option<&str>) -> Result<(), Error> {
                 (Some((_, name)), _) => name,
                 (None, Some(record)) => record.id.clone(),
                 (None, None) => {
-                    println!("no deploys of `{}` yet", paths.name);
+                    // JSON lines: no deploy is no line.
+                    if !as_json {
+                        println!("no deploys of `{}` yet", paths.name);
+                    }
                     return Ok(());
                 }
             }
         }
     };
-    let path = paths.log_file(&id);
-    let text = fs::read(&path).map_err(|e| io_error("read", &path, e))?;
-    use std::io::Write;
-    let _ = std::io::stdout().write_all(&text);
+    let path = if as_json {
+        paths.events_file(&id)
+    } else {
+        paths.log_file(&id)
+    };
+    let mut file = fs::File::open(&path).map_err(|e| io_error("read", &path, e))?;
+    // Streamed: a long deploy's events need not fit in memory, and a closed pipe (`| head`)
+    // is not an error.
+    let _ = std::io::copy(&mut file, &mut std::io::stdout().lock());
     Ok(())
 }
 

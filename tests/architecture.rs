@@ -26,6 +26,8 @@ const LAYERS: &[&[&str]] = &[
     // What makes the tree an app that runs and runs it: buildpacks, Procfile, supervision,
     // app logs (below the journal, which keeps the formation an undo starts again).
     &["runtime"],
+    // Notifications: below the supervisor, which reports crash loops and recoveries.
+    &["notify"],
     &["exec"],
     // Foundations.
     &["config", "fs", "error"],

@@ -14,6 +14,7 @@ use std::fs;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::process::Command;
+use std::time::{Duration, Instant};
 
 use common::processes::{answer, instance, ps, supervised_node, supervised_sibling};
 use common::{App, Node, Project, Tree, assert_same, fingerprint, last_remote_line};
@@ -246,6 +247,18 @@ echo 'export FROM_FIRST="first was here"' > "$(dirname "$0")/../export"
     )
     .unwrap();
     assert_eq!(manifest["buildpacks"], json["buildpacks"]);
+    let events = fs::read_to_string(project.path("logs").join(format!("{release}.jsonl"))).unwrap();
+    let event = events
+        .lines()
+        .map(|line| serde_json::from_str::<serde_json::Value>(line).unwrap())
+        .find(|event| event["event"] == "buildpacks")
+        .expect("a buildpacks event");
+    assert_eq!(event["outcome"], "ok");
+    assert_eq!(event["buildpacks"], json["buildpacks"]);
+    assert_eq!(
+        event["default_process_types"],
+        json["default_process_types"]
+    );
     // The cache is outside the release tree, and kept.
     assert!(project.path("cache/bp-first/count").is_file());
     assert!(!run.join("count").exists());
@@ -268,6 +281,19 @@ echo 'export FROM_FIRST="first was here"' > "$(dirname "$0")/../export"
     assert!(pushed.contains("only the settings changed"), "{pushed}");
     assert!(!pushed.contains("app detected"), "{pushed}");
     assert_eq!(read("count.txt"), "2");
+
+    let status = node.ok(&["status", "shop"]);
+    assert!(
+        status.contains(&format!(
+            "buildpacks:  bp-first ({}), second (./vendor/second)",
+            first.display()
+        )),
+        "{status}"
+    );
+    assert!(
+        status.contains("build cache: bp-first 2 bytes, second 0 bytes"),
+        "{status}"
+    );
 
     // kiln cache clear: one buildpack's, an unknown one refused, then all.
     let cleared = node.ok(&["cache", "clear", "shop", "bp-first"]);
@@ -411,6 +437,59 @@ fn a_failing_buildpack_fails_the_build_and_rolls_back() {
         "{output}"
     );
     before.assert_unchanged(&project, "a buildpack that does not apply");
+}
+
+/// Buildpack output goes through the same redactor as any command (pillar secrets masked,
+/// in the push output and the logs), and a buildpack past the build stage's timeout is killed
+/// with its children and rolls the deploy back.
+#[test]
+fn buildpack_output_is_masked_and_a_slow_buildpack_times_out() {
+    let node = Node::new();
+    let project = node.init("shop", "cooking");
+    let pillar = node.app("pillar");
+    pillar.write("pillar.yml", "env:\n  API_TOKEN: hunter2-very-secret\n");
+    pillar.commit("pillar");
+    let out = pillar.git(&[
+        "push",
+        project.path("git/pillar.git").to_str().unwrap(),
+        "HEAD:master",
+    ]);
+    assert!(out.status.success(), "{}", common::text(&out));
+    let bp = buildpack(
+        &node.dir.path().join("talker"),
+        &[
+            ("detect", "echo Talker\n"),
+            (
+                "compile",
+                "echo \"token from ENV_DIR: $(cat \"$3/API_TOKEN\")\"\nif [ -f \"$1/slow\" ]; then sleep 60; fi\n",
+            ),
+        ],
+    );
+    let app = node.app("shop");
+    app.write(
+        "kiln.yml",
+        &format!("buildpacks: [{}]\ntimeouts:\n  build: 2s\n", bp.display()),
+    );
+    app.commit("talkative");
+    let output = app.deploy(&project);
+    assert!(output.contains("token from ENV_DIR: ********"), "{output}");
+    assert!(!output.contains("hunter2"), "{output}");
+    assert!(!project.last_log().contains("hunter2"));
+    let live = project.current().unwrap();
+
+    let before = Before::take(&project);
+    app.write("slow", "");
+    app.commit("slow");
+    let started = Instant::now();
+    let (_, output) = app.push(&project);
+    assert!(started.elapsed() < Duration::from_secs(30), "{output}");
+    assert_eq!(
+        last_remote_line(&output),
+        format!(
+            "remote: -----> deploy FAILED at build (buildpack `talker`: bin/compile: timeout after 2s); rolled back to {live}; retry with `kiln deploy shop`"
+        )
+    );
+    before.assert_unchanged(&project, "a buildpack that timed out");
 }
 
 #[test]
@@ -573,10 +652,63 @@ fn a_python_app_builds_reuses_the_cache_and_runs_where_it_is_moved() {
     assert!(pulled.contains("final mode never builds"), "{pulled}");
     assert!(!pulled.contains("app detected"), "{pulled}");
     assert!(!prod.path("cache").join("python").exists());
+    assert!(
+        !prod.node.root.join(".kiln/buildpacks").exists(),
+        "production never even writes a buildpack out"
+    );
     assert_eq!(
         answer(&prod).as_deref(),
         Some("hello again, six 1.16.0, visit 2")
     );
+}
+
+/// An app without requirements.txt declares its dependencies in pyproject.toml: it is
+/// installed with `pip install .`; a code change reinstalls only the app, on top of the cached
+/// dependencies.
+#[test]
+fn a_pyproject_app_installs_itself_and_reinstalls_only_itself_on_a_code_change() {
+    let node = Node::new();
+    let project = node.init("pkg", "cooking");
+    let app = node.app("pkg");
+    app.write(
+        "pyproject.toml",
+        "[build-system]\nrequires = [\"setuptools>=61\"]\nbuild-backend = \"setuptools.build_meta\"\n\n[project]\nname = \"greeter\"\nversion = \"1.0\"\ndependencies = [\"six==1.16.0\"]\n\n[tool.setuptools]\npy-modules = [\"greeter\"]\n",
+    )
+    .write("greeter.py", "import six\nWORD = 'one'\n")
+    .write("kiln.yml", &download_caches());
+    app.commit("pyproject app");
+    let output = app.deploy(&project);
+    assert!(output.contains("Installing the app with pip"), "{output}");
+    // From another directory, so the installed copy is what is imported, not run/'s source.
+    let installed = |tree: &Path| {
+        let out = Command::new(tree.join(".venv/bin/python"))
+            .args([
+                "-c",
+                "import greeter, six; print(greeter.WORD, six.__version__)",
+            ])
+            .current_dir("/")
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{}", common::text(&out));
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
+    };
+    assert_eq!(installed(&project.run()), "one 1.16.0");
+
+    app.write("greeter.py", "import six\nWORD = 'two'\n");
+    app.commit("one-line change");
+    let output = app.deploy(&project);
+    assert!(
+        output.contains(
+            "Reusing the cached virtualenv (pyproject.toml unchanged): its dependencies are installed"
+        ),
+        "{output}"
+    );
+    assert!(
+        output.contains("Installing the app with pip (without its dependencies)"),
+        "{output}"
+    );
+    assert!(!output.contains("Collecting six"), "{output}");
+    assert_eq!(installed(&project.run()), "two 1.16.0");
 }
 
 const NODE_SERVER: &str = "const http = require('http');\nconst isNumber = require('is-number');\nhttp.createServer((req, res) => res.end('hello from node, is-number says ' + isNumber(5) + '\\n')).listen(Number(process.env.PORT), '127.0.0.1');\n";

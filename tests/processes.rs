@@ -742,3 +742,64 @@ fn regression_an_app_run_by_services_start_gets_no_proposed_web_process() {
         "no daemon started"
     );
 }
+
+/// The supervisor reports what it sees to the alerts (node.yml `notify.alerts`): a web
+/// process that keeps crashing sends one alert mail, however often it restarts, and one
+/// "recovered" mail once it has stayed up for `stable`.
+#[test]
+fn a_crash_loop_sends_one_alert_and_one_recovered_mail() {
+    use common::notify::{SmtpOptions, SmtpSink};
+    let (node, _guard) = supervised_node();
+    let sink = SmtpSink::start(&node.dir.path().join("mail"), SmtpOptions::default());
+    node.write_node_yml(&format!(
+        "supervisor:\n  backend: kiln\nnotify:\n  smtp:\n    host: 127.0.0.1\n    port: {}\n    from: kiln@node.example\n  backoff: 1s\n  alerts: {{restarts: 1, within: 5m, stable: 2s}}\n  on: [failure, alert]\n",
+        sink.port
+    ));
+    let (project, app) = web_app(
+        &node,
+        "web: if [ -e \"$KILN_DATA_DIR/crash\" ]; then echo crashing on purpose; exit 5; fi; exec python3 app.py\n",
+        "steady\n",
+    );
+    project.add_setting("notify: [ops@example.com]");
+    deployed(&app, &project);
+    fs::write(project.data().join("crash"), "").unwrap();
+    let pid = instance(&project, "web.1")["pid"].as_i64().unwrap() as i32;
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(pid),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .unwrap();
+    let subjects =
+        |sink: &SmtpSink| -> Vec<String> { sink.mails().into_iter().map(|m| m.subject).collect() };
+    let alert = wait_for(Duration::from_secs(30), || {
+        let said = subjects(&sink);
+        (!said.is_empty()).then_some(said)
+    })
+    .expect("an alert mail");
+    assert_eq!(
+        alert,
+        ["[kiln] shop (staging): ALERT: `web` is crash-looping (2 restarts within 5m)"]
+    );
+    assert!(
+        sink.mails()[0].body.contains("crashing on purpose"),
+        "the app's last lines: {}",
+        sink.mails()[0].body
+    );
+    fs::remove_file(project.data().join("crash")).unwrap();
+    let both = wait_for(Duration::from_secs(40), || {
+        let said = subjects(&sink);
+        (said.len() >= 2).then_some(said)
+    })
+    .expect("a recovered mail");
+    assert_eq!(
+        both[1],
+        "[kiln] shop (staging): recovered: `web` is running again"
+    );
+    assert_eq!(answer(&project).as_deref(), Some("steady"));
+    std::thread::sleep(Duration::from_secs(3));
+    assert_eq!(
+        subjects(&sink).len(),
+        2,
+        "one alert, one recovered, nothing more"
+    );
+}

@@ -78,6 +78,7 @@ pub const COMMANDS: &[(&str, Need)] = &[
     ("scale", Need::Right(Right::Operate)),
     ("run", Need::Right(Right::Operate)),
     ("release import", Need::Right(Right::Operate)),
+    ("notify retry", Need::Right(Right::Operate)),
     ("init", Need::Admin),
     ("mode", Need::Admin),
     ("key", Need::Admin),

@@ -7,6 +7,7 @@ pub mod config_error;
 pub mod duration;
 pub mod layout;
 pub mod node_config;
+pub mod notify_config;
 pub mod pillar;
 pub mod processes;
 pub mod project;

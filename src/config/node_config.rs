@@ -13,6 +13,7 @@ use serde::{Deserialize, Deserializer};
 
 use crate::config::config_error::{ConfigError, parse_yaml_or_default, read_optional};
 use crate::config::duration;
+pub use crate::config::notify_config::Notify;
 use crate::config::processes::SupervisorConfig;
 use crate::config::proxy_config::NodeProxy;
 use crate::config::recipe::{Mode, UnknownName, named_enum};
@@ -189,37 +190,6 @@ impl<'de> Deserialize<'de> for LinkRoots {
         }
         Ok(LinkRoots(roots.into_iter().map(PathBuf::from).collect()))
     }
-}
-
-#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct Notify {
-    pub smtp: Option<Smtp>,
-    /// URLs that get a JSON POST for each deploy outcome.
-    #[serde(deserialize_with = "webhooks")]
-    pub webhooks: Vec<String>,
-}
-
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct Smtp {
-    pub host: String,
-    /// Default 25.
-    #[serde(default = "default_smtp_port")]
-    pub port: u16,
-    /// The sender address.
-    pub from: String,
-    #[serde(default)]
-    pub username: Option<String>,
-    #[serde(default)]
-    pub password: Option<String>,
-    /// Default false.
-    #[serde(default)]
-    pub starttls: bool,
-}
-
-fn default_smtp_port() -> u16 {
-    25
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
@@ -454,22 +424,6 @@ fn projects<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Rights, D::Err
     Ok(projects)
 }
 
-fn webhooks<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Vec<String>, D::Error> {
-    let urls = Vec::<String>::deserialize(deserializer)?;
-    for url in &urls {
-        let has_host = ["http://", "https://"].iter().any(|scheme| {
-            url.strip_prefix(scheme)
-                .is_some_and(|rest| !rest.is_empty())
-        });
-        if !has_host || url.chars().any(char::is_whitespace) {
-            return Err(custom(format!(
-                "invalid webhook `{url}`: expected an `http://` or `https://` URL"
-            )));
-        }
-    }
-    Ok(urls)
-}
-
 fn positive_u64<'de, D: Deserializer<'de>>(deserializer: D) -> Result<u64, D::Error> {
     let value = u64::deserialize(deserializer)?;
     if value == 0 {
@@ -502,6 +456,8 @@ impl FromStr for PillarPush {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    use crate::config::notify_config::{NotifyEvent, Security, Webhook};
 
     fn parse(text: &str) -> Result<NodeConfig, ConfigError> {
         NodeConfig::parse(text, Path::new("node.yml"))
@@ -545,18 +501,24 @@ mod tests {
         let config = NodeConfig::load(&path).expect("node.yml loads");
         assert_eq!(config.environment, Some(Environment::Prod));
         assert_eq!(config.layout, Some(PathBuf::from("/etc/kiln/layout.yml")));
+        // `starttls: true`, the older spelling, still means STARTTLS.
+        let smtp = config.notify.smtp.as_ref().expect("smtp");
+        assert_eq!(smtp.host, "mail.example.com");
+        assert_eq!(smtp.port, 25);
+        assert_eq!(smtp.from, "kiln@example.com");
+        assert_eq!(smtp.security, Security::Starttls);
+        let credentials = smtp.credentials.as_ref().expect("credentials");
         assert_eq!(
-            config.notify.smtp,
-            Some(Smtp {
-                host: "mail.example.com".into(),
-                port: 25,
-                from: "kiln@example.com".into(),
-                username: Some("kiln".into()),
-                password: Some("hunter22".into()),
-                starttls: true,
-            })
+            (credentials.username.as_str(), credentials.password.as_str()),
+            ("kiln", "hunter22")
         );
-        assert_eq!(config.notify.webhooks, ["https://hooks.example.com/kiln"]);
+        assert_eq!(
+            config.notify.webhooks,
+            [Webhook {
+                url: "https://hooks.example.com/kiln".into(),
+                secret: None
+            }]
+        );
         assert_eq!(config.limits.archive_bytes, 512 << 20);
         assert_eq!(config.limits.archive_entries, 5000);
         assert_eq!(config.limits.stage_timeout, Duration::from_secs(3600));
@@ -587,6 +549,40 @@ mod tests {
         assert!(config.user("eve").is_none());
     }
 
+    #[test]
+    fn notify_keys() {
+        let config = parse(
+            "notify:\n  smtp:\n    host: mail.example.com\n    security: tls\n    from: Kiln <kiln@example.com>\n    username: kiln\n    password: pw\n    ca_file: /etc/kiln/ca.pem\n  webhooks:\n    - https://a.example.com/x\n    - {url: 'http://127.0.0.1:9/h', secret: secrets.hook}\n  on: [failure, alert]\n  author: true\n  timeout: 3s\n  attempts: 2\n  backoff: 1s\n  alerts: {restarts: 5, within: 10m, stable: 30s}\n",
+        )
+        .expect("parses");
+        let notify = &config.notify;
+        let smtp = notify.smtp.as_ref().expect("smtp");
+        assert_eq!((smtp.security, smtp.port), (Security::Tls, 465));
+        assert_eq!(smtp.ca_file, Some(PathBuf::from("/etc/kiln/ca.pem")));
+        assert_eq!(notify.webhooks[1].secret.as_deref(), Some("secrets.hook"));
+        assert_eq!(
+            notify.on.iter().copied().collect::<Vec<_>>(),
+            [NotifyEvent::Failure, NotifyEvent::Alert]
+        );
+        assert!(notify.author);
+        assert_eq!(notify.timeout, Duration::from_secs(3));
+        assert_eq!(
+            (notify.attempts, notify.backoff),
+            (2, Duration::from_secs(1))
+        );
+        assert_eq!(notify.alerts.restarts, 5);
+        assert_eq!(notify.alerts.within, Duration::from_secs(600));
+        assert_eq!(notify.alerts.stable, Duration::from_secs(30));
+
+        let defaults =
+            parse("notify:\n  smtp: {host: localhost, from: k@localhost}\n").expect("parses");
+        let smtp = defaults.notify.smtp.as_ref().expect("smtp");
+        assert_eq!((smtp.security, smtp.port), (Security::None, 25));
+        assert_eq!(defaults.notify.on.len(), 4, "every event by default");
+        assert_eq!(defaults.notify.timeout, Duration::from_secs(10));
+        assert_eq!(defaults.notify.attempts, 4);
+    }
+
     /// The documented node.yml is a real one, and shows the defaults it says it shows.
     #[test]
     fn the_documented_node_yml_parses() {
@@ -605,6 +601,24 @@ mod tests {
         assert_eq!(config.limits, Limits::default());
         assert_eq!(config.environment, Some(Environment::Staging));
         assert_eq!(config.pillar_push, PillarPush::Redeploy);
+        // The notify block shows the defaults it says it shows.
+        let defaults = Notify::default();
+        let notify = &config.notify;
+        assert_eq!(
+            (notify.on.clone(), notify.author, notify.timeout),
+            (defaults.on, defaults.author, defaults.timeout)
+        );
+        assert_eq!(
+            (notify.attempts, notify.backoff),
+            (defaults.attempts, defaults.backoff)
+        );
+        assert_eq!(notify.alerts, defaults.alerts);
+        let smtp = notify.smtp.as_ref().expect("the documented smtp");
+        assert_eq!((smtp.security, smtp.port), (Security::Starttls, 587));
+        assert_eq!(
+            notify.webhooks[1].secret.as_deref(),
+            Some("secrets.chat_hook")
+        );
         assert!(config.users["ann"].admin);
         assert!(config.users["bob"].may("blog", Right::Deploy));
         assert!(!config.users["bob"].may("blog", Right::Config));
@@ -704,8 +718,48 @@ mod tests {
                 "node.yml:5:15: invalid boolean (strict mode expects true/false)",
             ),
             (
+                "notify:\n  smtp:\n    host: mail\n    from: a@b\n    starttls: true\n    security: tls\n".to_owned(),
+                "node.yml:3:5: `starttls: true` and `security: tls` disagree: keep `security` only",
+            ),
+            (
+                "notify:\n  smtp:\n    host: mail\n    from: a@b\n    security: ssl\n".to_owned(),
+                "node.yml:5:15: unknown variant `ssl`, expected one of `none`, `starttls`, `tls`",
+            ),
+            (
+                "notify:\n  smtp:\n    host: mail\n    from: a@b\n    username: kiln\n    password: pw\n".to_owned(),
+                "node.yml:3:5: `username` and `password` would cross the network in clear text: set `security: starttls` or `security: tls`",
+            ),
+            (
+                "notify:\n  smtp:\n    host: mail\n    from: a@b\n    security: tls\n    username: kiln\n".to_owned(),
+                "node.yml:3:5: `username` and `password` go together: give both or neither",
+            ),
+            (
+                "notify:\n  smtp:\n    host: mail\n    from: kiln\n".to_owned(),
+                "node.yml:3:5: invalid sender `kiln`: expected e.g. `kiln@example.com` or `Kiln <kiln@example.com>`",
+            ),
+            (
+                "notify:\n  smtp:\n    host: mail\n    from: a@b\n    ca_file: ca.pem\n".to_owned(),
+                "node.yml:3:5: `ca_file` must be an absolute path, got `ca.pem`",
+            ),
+            (
+                "notify:\n  on: [deploy]\n".to_owned(),
+                "node.yml:2:8: unknown variant `deploy`, expected one of `success`, `failure`, `rollback`, `alert`",
+            ),
+            (
+                "notify:\n  attempts: 0\n".to_owned(),
+                "node.yml:2:13: must be at least 1",
+            ),
+            (
+                "notify:\n  webhooks: [{url: 'https://x', secret: 'pa ss'}]\n".to_owned(),
+                "node.yml:2:14: invalid secret `pa ss`: expected the pillar key holding it, e.g. `secrets.webhook`, not the secret itself",
+            ),
+            (
+                "notify:\n  webhooks: [{url: 'https://x', token: a}]\n".to_owned(),
+                "node.yml:2:33: unknown field `token`, expected one of `url`, `secret`",
+            ),
+            (
                 "notify:\n  webhooks: [ftp://x]\n".to_owned(),
-                "node.yml:2:13: invalid webhook `ftp://x`: expected an `http://` or `https://` URL",
+                "node.yml:2:14: invalid webhook `ftp://x`: expected an `http://` or `https://` URL",
             ),
             (
                 format!("users:\n  Ann:\n    keys: ['{KEY}']\n"),

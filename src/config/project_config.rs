@@ -11,6 +11,7 @@ use serde::{Deserialize, Deserializer};
 
 use crate::config::config_error::{ConfigError, is_blank, parse_yaml, read_optional};
 use crate::config::node_config::{Environment, NodeConfig, PillarPush};
+use crate::config::notify_config::{ProjectNotify, Recipient};
 use crate::config::proxy_config::{self, ProjectProxy, Tls};
 use crate::config::recipe::Mode;
 
@@ -30,9 +31,10 @@ pub struct ProjectConfig {
     /// The staging node's release signing key (`ed25519:...`).
     #[serde(default, deserialize_with = "optional_text")]
     pub trusted_key: Option<String>,
-    /// Notification recipients (mail addresses or webhook URLs) for this project.
-    #[serde(default, deserialize_with = "recipients")]
-    pub notify: Vec<String>,
+    /// Who hears about this project's deploys and alerts (mail addresses, webhooks), and of
+    /// which events: a list, or a mapping with `to`, `on` and `author`.
+    #[serde(default)]
+    pub notify: ProjectNotify,
     /// Overrides node.yml's `pillar_push` for this project.
     #[serde(default)]
     pub pillar_push: Option<PillarPush>,
@@ -70,7 +72,7 @@ impl ProjectConfig {
             branch: default_branch(),
             source: None,
             trusted_key: None,
-            notify: Vec::new(),
+            notify: ProjectNotify::default(),
             pillar_push: None,
             environment: None,
             reject_failed_push: None,
@@ -140,8 +142,7 @@ impl ProjectConfig {
             let _ = writeln!(out, "trusted_key: {}", scalar(key));
         }
         if !self.notify.is_empty() {
-            let items: Vec<String> = self.notify.iter().map(|item| scalar(item)).collect();
-            let _ = writeln!(out, "notify: [{}]", items.join(", "));
+            let _ = writeln!(out, "notify: {}", notify_yaml(&self.notify));
         }
         if let Some(push) = self.pillar_push {
             let _ = writeln!(out, "pillar_push: {push}");
@@ -205,6 +206,36 @@ impl ProjectConfig {
         }
         out
     }
+}
+
+/// project.yml's `notify:` in flow style: the list form when it says nothing else.
+fn notify_yaml(notify: &ProjectNotify) -> String {
+    let to: Vec<String> = notify
+        .to
+        .iter()
+        .map(|recipient| match recipient {
+            Recipient::Mail(address) => scalar(address),
+            Recipient::Webhook(hook) => match &hook.secret {
+                None => scalar(&hook.url),
+                Some(secret) => {
+                    format!("{{url: {}, secret: {}}}", scalar(&hook.url), scalar(secret))
+                }
+            },
+        })
+        .collect();
+    let to = format!("[{}]", to.join(", "));
+    if notify.on.is_none() && notify.author.is_none() {
+        return to;
+    }
+    let mut fields = vec![format!("to: {to}")];
+    if let Some(on) = &notify.on {
+        let names: Vec<&str> = on.iter().map(|event| event.as_str()).collect();
+        fields.push(format!("on: [{}]", names.join(", ")));
+    }
+    if let Some(author) = notify.author {
+        fields.push(format!("author: {author}"));
+    }
+    format!("{{{}}}", fields.join(", "))
 }
 
 /// `text` as a YAML scalar: plain when that reads back as the same string, else double
@@ -295,22 +326,10 @@ fn store_url<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Option<String
     Ok(url)
 }
 
-fn recipients<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Vec<String>, D::Error> {
-    let recipients = Vec::<String>::deserialize(deserializer)?;
-    for recipient in &recipients {
-        let webhook = recipient.starts_with("http://") || recipient.starts_with("https://");
-        if recipient.chars().any(char::is_whitespace) || !(webhook || recipient.contains('@')) {
-            return Err(serde::de::Error::custom(format!(
-                "invalid recipient `{recipient}`: expected a mail address or an `http(s)://` URL"
-            )));
-        }
-    }
-    Ok(recipients)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::config::notify_config::{NotifyEvent, Webhook};
 
     fn parse(text: &str) -> Result<ProjectConfig, ConfigError> {
         ProjectConfig::parse(text, Path::new("project.yml"))
@@ -330,7 +349,10 @@ mod tests {
                 branch: "master".into(),
                 source: Some("ssh://kiln@staging.example.com/srv/projects/shop".into()),
                 trusted_key: Some("ed25519:3Jx...".into()),
-                notify: vec!["ops@example.com".into()],
+                notify: ProjectNotify {
+                    to: vec![Recipient::Mail("ops@example.com".into())],
+                    ..ProjectNotify::default()
+                },
                 pillar_push: None,
                 environment: None,
                 reject_failed_push: None,
@@ -365,6 +387,30 @@ mod tests {
     }
 
     #[test]
+    fn notify_is_a_list_or_a_mapping() {
+        let list = parse("mode: cooking\nnotify: [ops@example.com, 'https://h.example.com/x']\n")
+            .expect("parses");
+        assert_eq!(list.notify.mail().collect::<Vec<_>>(), ["ops@example.com"]);
+        assert_eq!(list.notify.webhooks().count(), 1);
+        assert_eq!((list.notify.on.clone(), list.notify.author), (None, None));
+        let mapping = parse(
+            "mode: cooking\nnotify:\n  to:\n    - dev@example.com\n    - {url: 'https://h.example.com/x', secret: secrets.hook}\n  on: [failure]\n  author: true\n",
+        )
+        .expect("parses");
+        assert_eq!(
+            mapping.notify.mail().collect::<Vec<_>>(),
+            ["dev@example.com"]
+        );
+        let hook = mapping.notify.webhooks().next().expect("a webhook");
+        assert_eq!(hook.secret.as_deref(), Some("secrets.hook"));
+        assert_eq!(
+            mapping.notify.on,
+            Some([NotifyEvent::Failure].into_iter().collect())
+        );
+        assert_eq!(mapping.notify.author, Some(true));
+    }
+
+    #[test]
     fn only_the_mode_is_required() {
         let config = parse("mode: editable\n").expect("parses");
         assert_eq!(config, ProjectConfig::new(Mode::Editable));
@@ -391,10 +437,25 @@ mod tests {
             branch: "release/2.x".into(),
             source: Some("ssh://kiln@staging.example.com:2222/srv/projects/shop".into()),
             trusted_key: Some("ed25519:3JxQ+/9z=".into()),
-            notify: vec![
-                "ops@example.com".into(),
-                "https://hooks.example.com/x?a=1&b=2".into(),
-            ],
+            notify: ProjectNotify {
+                to: vec![
+                    Recipient::Mail("ops@example.com".into()),
+                    Recipient::Webhook(Webhook {
+                        url: "https://hooks.example.com/x?a=1&b=2".into(),
+                        secret: None,
+                    }),
+                    Recipient::Webhook(Webhook {
+                        url: "http://127.0.0.1:8080/hook".into(),
+                        secret: Some("secrets.hook".into()),
+                    }),
+                ],
+                on: Some(
+                    [NotifyEvent::Failure, NotifyEvent::Alert]
+                        .into_iter()
+                        .collect(),
+                ),
+                author: Some(true),
+            },
             pillar_push: Some(PillarPush::Record),
             environment: Some(Environment::Staging),
             reject_failed_push: Some(true),
@@ -423,7 +484,13 @@ mod tests {
             branch: "yes".into(),
             source: Some("/srv/releases with space/#shop: \"quoted\" 'single' \\ back".into()),
             trusted_key: Some("123".into()),
-            notify: vec!["a,b@example.com".into(), "[x]@y".into()],
+            notify: ProjectNotify {
+                to: vec![
+                    Recipient::Mail("a,b@example.com".into()),
+                    Recipient::Mail("[x]@y".into()),
+                ],
+                ..ProjectNotify::default()
+            },
             pillar_push: Some(PillarPush::Redeploy),
             environment: None,
             reject_failed_push: Some(false),
@@ -567,7 +634,19 @@ mod tests {
             ),
             (
                 "mode: final\nnotify: [ops]\n",
-                "project.yml:2:9: invalid recipient `ops`: expected a mail address or an `http(s)://` URL",
+                "project.yml:2:10: invalid recipient `ops`: expected a mail address or an `http(s)://` URL",
+            ),
+            (
+                "mode: final\nnotify: {to: [ops@example.com], on: [deploys]}\n",
+                "project.yml:2:38: unknown variant `deploys`, expected one of `success`, `failure`, `rollback`, `alert`",
+            ),
+            (
+                "mode: final\nnotify: {recipients: [ops@example.com]}\n",
+                "project.yml:2:10: unknown field `recipients`, expected one of `to`, `on`, `author`",
+            ),
+            (
+                "mode: final\nnotify: ops@example.com\n",
+                "project.yml:2:9: expected a list of recipients, e.g. `notify: [ops@example.com]`, or a mapping with `to`, `on` and `author`",
             ),
             (
                 "mode: final\ndomains: [Shop.example.com]\n",

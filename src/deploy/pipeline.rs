@@ -5,6 +5,7 @@
 
 use std::collections::BTreeMap;
 use std::fs;
+use std::io::Write as _;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -12,6 +13,7 @@ use chrono::Utc;
 use git2::Oid;
 use serde_json::json;
 
+use crate::config::notify_config::NotifyEvent;
 use crate::config::pillar::Pillar;
 use crate::config::processes::WEB;
 use crate::config::project::{Node, Project};
@@ -20,11 +22,12 @@ use crate::config::settings;
 use crate::deploy::rollback;
 use crate::error::{Error, io_error};
 use crate::exec::redact::Redactor;
-use crate::exec::report::{Reporter, seconds};
+use crate::exec::report::{Reporter, StageDuration, millis, seconds};
 use crate::exec::stage::{self, CheckSpec, CommandSpec};
 use crate::fs::git;
 use crate::fs::sync::{self, SyncOptions};
 use crate::fs::tree;
+use crate::notify::message::{FailureInfo, Outcome};
 use crate::proxy::front_door::{Applied, FrontDoor};
 use crate::proxy::site::{self, Site};
 use crate::release::bake;
@@ -87,23 +90,28 @@ pub struct Failure {
     pub reason: String,
     /// For the last line of the push: the same with a long command cut at a word boundary.
     pub brief: String,
+    /// The project command that failed (kept as the release log keeps it), if one did.
+    pub command: Option<String>,
+    pub exit_code: Option<i32>,
 }
 
 impl Failure {
     fn new(stage: Stage, error: impl Into<Error>) -> Failure {
         let error = error.into();
-        let (reason, brief) = match &error {
-            Error::Stage(e) => match e.downcast_ref::<stage::StageError>() {
-                Some(e) => (
-                    e.summary(stage::KEPT_COMMAND_CHARS),
-                    e.summary(stage::HEADLINE_COMMAND_CHARS),
-                ),
-                None => {
-                    let text = crate::error::chain(&**e);
-                    (text.clone(), text)
-                }
-            },
-            other => {
+        let failed = match &error {
+            Error::Stage(e) => e.downcast_ref::<stage::StageError>(),
+            _ => None,
+        };
+        let (reason, brief) = match (failed, &error) {
+            (Some(e), _) => (
+                e.summary(stage::KEPT_COMMAND_CHARS),
+                e.summary(stage::HEADLINE_COMMAND_CHARS),
+            ),
+            (None, Error::Stage(e)) => {
+                let text = crate::error::chain(&**e);
+                (text.clone(), text)
+            }
+            (None, other) => {
                 let text = crate::error::chain(other);
                 (text.clone(), text)
             }
@@ -112,6 +120,8 @@ impl Failure {
             stage,
             reason,
             brief,
+            command: failed.map(stage::StageError::kept_command),
+            exit_code: failed.and_then(stage::StageError::exit_code),
         }
     }
 }
@@ -128,6 +138,7 @@ pub fn deploy(
         node,
         project,
         &format!("`kiln deploy {}`", project.paths.name),
+        request,
         out,
     )?;
     deploy_locked(node, project, request, &lock, out)
@@ -141,6 +152,7 @@ pub fn recover_first(
     node: &Node,
     project: &Project,
     then: &str,
+    request: &DeployRequest,
     out: &mut Reporter,
 ) -> Result<(), Error> {
     let Err(error) = rollback::recover(node, project, out) else {
@@ -158,6 +170,34 @@ pub fn recover_first(
     };
     out.headline(&error.to_string());
     out.close_logs();
+    let notified = crate::notify::finished(
+        node,
+        project,
+        crate::notify::Finished {
+            event: NotifyEvent::Failure,
+            outcome: Outcome::NotDeployed,
+            summary: "NOT deployed: recovering the previous deploy failed".into(),
+            headline: error.to_string(),
+            release: None,
+            commit: None,
+            who: &request.who,
+            who_key: request.who_key.as_deref(),
+            stages: Vec::new(),
+            duration: None,
+            failure: None,
+            log_name: None,
+            redactor: &crate::notify::project_redactor(project),
+        },
+    );
+    if let Err(e) = notified {
+        // After the last line: stderr reaches an operator running kiln by hand, and the
+        // status of the spool shows the rest.
+        let _ = writeln!(
+            std::io::stderr(),
+            "warning: could not notify: {}",
+            crate::error::chain(&e)
+        );
+    }
     Err(error)
 }
 
@@ -226,6 +266,7 @@ pub fn deploy_locked(
 
     out.set_redactor(Redactor::new(&settings.secrets));
     out.open_logs(&paths.log_file(&release), &paths.events_file(&release))?;
+    out.set_context(&paths.name, &release);
     out.headline(&format!(
         "deploying {} ({}) of {} in {} mode as {release}",
         git::short(commit),
@@ -234,8 +275,10 @@ pub fn deploy_locked(
         mode.as_str()
     ));
     out.event(
-        json!({"event": "deploy_start", "release": release, "commit": commit.to_string(),
-        "mode": mode.as_str(), "who": request.who, "who_key": request.who_key, "time": crate::exec::report::now()}),
+        json!({"event": "deploy_start", "commit": commit.to_string(),
+        "mode": mode.as_str(), "environment": environment,
+        "who": request.who, "who_key": request.who_key,
+        "settings_only": request.settings_only}),
     );
 
     let mut run = Run::new(
@@ -271,20 +314,32 @@ pub fn deploy_locked(
         source_release: None,
         snapshot_at: None,
         live: Vec::new(),
+        stages: Vec::new(),
     });
     run.log.save(&paths.release_log())?;
     let outcome = run.pipeline();
+    let short = git::short(commit);
     match outcome {
         Ok(()) => {
-            run.out.headline(&format!(
-                "deployed {release} ({}) in {}",
-                git::short(commit),
+            let headline = format!(
+                "deployed {release} ({short}) in {}",
                 seconds(started.elapsed())
-            ));
-            run.out.event(
-                json!({"event": "deploy_end", "release": release, "status": "good",
-                "seconds": started.elapsed().as_secs_f64()}),
             );
+            run.out.headline(&headline);
+            run.out.event(
+                json!({"event": "deploy_end", "outcome": Outcome::Deployed.as_str(),
+                "duration_ms": millis(started.elapsed())}),
+            );
+            run.notify(Ended {
+                event: NotifyEvent::Success,
+                outcome: Outcome::Deployed,
+                summary: format!("deployed {release} ({short})"),
+                headline,
+                who: &request.who,
+                who_key: request.who_key.as_deref(),
+                duration: started.elapsed(),
+                failure: None,
+            });
             run.out.close_logs();
             Ok(Deployed {
                 release,
@@ -293,10 +348,58 @@ pub fn deploy_locked(
             })
         }
         Err(failure) => {
+            let info = failure_info(&failure);
             let result = run.fail(failure, request.retry.as_deref());
+            let (outcome, summary) = match &result {
+                Error::DeployFailed { .. } => (
+                    Outcome::Failed,
+                    format!("FAILED at {}: {release} ({short}), rolled back", info.stage),
+                ),
+                _ => (
+                    Outcome::RollbackFailed,
+                    format!(
+                        "FAILED at {}: {release} ({short}), and the rollback FAILED: an operator must look",
+                        info.stage
+                    ),
+                ),
+            };
+            run.out
+                .event(json!({"event": "deploy_end", "outcome": outcome.as_str(),
+                "stage": info.stage, "duration_ms": millis(started.elapsed())}));
+            run.notify(Ended {
+                event: NotifyEvent::Failure,
+                outcome,
+                summary,
+                headline: result.to_string(),
+                who: &request.who,
+                who_key: request.who_key.as_deref(),
+                duration: started.elapsed(),
+                failure: Some(info),
+            });
             run.out.close_logs();
             Err(result)
         }
+    }
+}
+
+/// How a deploy or rollback ended, for its notification.
+struct Ended<'r> {
+    event: NotifyEvent,
+    outcome: Outcome,
+    summary: String,
+    headline: String,
+    who: &'r str,
+    who_key: Option<&'r str>,
+    duration: Duration,
+    failure: Option<FailureInfo>,
+}
+
+fn failure_info(failure: &Failure) -> FailureInfo {
+    FailureInfo {
+        stage: failure.stage.as_str().to_string(),
+        command: failure.command.clone(),
+        exit_code: failure.exit_code,
+        reason: failure.reason.clone(),
     }
 }
 
@@ -457,6 +560,9 @@ struct Run<'a> {
     formation: Option<Formation>,
     /// This release's release-phase command (its Procfile's `release:`).
     release_command: Option<String>,
+    /// How long each stage took, and the one running since when.
+    stages: Vec<StageDuration>,
+    stage_started: Option<(Stage, Instant)>,
     /// This run installed its release's front door configuration: an undo puts the live
     /// release's back.
     front_door_installed: bool,
@@ -562,6 +668,8 @@ impl<'a> Run<'a> {
             baking: None,
             archive: setup.archive,
             log_name: setup.log_name,
+            stages: Vec::new(),
+            stage_started: None,
             front_door_installed: false,
             out,
         }
@@ -581,11 +689,76 @@ impl Run<'_> {
         for stage in Stage::ALL {
             self.push_still_open(stage)?;
             let started = Instant::now();
+            self.stage_started = Some((stage, started));
             self.out.stage_start(stage.as_str());
             self.stage(stage)?;
             self.out.stage_end(stage.as_str(), started.elapsed());
+            self.stages.push(StageDuration {
+                stage: stage.as_str().to_string(),
+                duration_ms: millis(started.elapsed()),
+            });
+            self.stage_started = None;
         }
         Ok(())
+    }
+
+    /// The stages so far, the one running (or that failed) with its time until now.
+    fn stage_times(&self) -> Vec<StageDuration> {
+        let mut times = self.stages.clone();
+        if let Some((stage, started)) = self.stage_started {
+            times.push(StageDuration {
+                stage: stage.as_str().to_string(),
+                duration_ms: millis(started.elapsed()),
+            });
+        }
+        times
+    }
+
+    /// Spools the notification of how this run ended and starts its delivery in the
+    /// background. Nothing here may change the outcome, and the pusher's last line is already
+    /// written: a problem goes to the log file and the events only.
+    fn notify(&mut self, end: Ended) {
+        let is_rollback = self.log_name != self.release;
+        let result = crate::notify::finished(
+            self.node,
+            self.project,
+            crate::notify::Finished {
+                event: end.event,
+                outcome: end.outcome,
+                summary: end.summary,
+                headline: end.headline,
+                release: Some(&self.release),
+                commit: Some((self.repo, self.commit)),
+                who: end.who,
+                who_key: end.who_key,
+                stages: if is_rollback {
+                    Vec::new()
+                } else {
+                    self.stage_times()
+                },
+                duration: Some(end.duration),
+                failure: end.failure,
+                log_name: Some(&self.log_name),
+                redactor: &self.redactor,
+            },
+        );
+        match result {
+            Ok(targets) if !targets.is_empty() => {
+                let to: Vec<String> = targets.iter().map(|t| t.shown()).collect();
+                self.out
+                    .event(json!({"event": "notification", "outcome": "spooled",
+                    "notification": {"to": to}}));
+            }
+            Ok(_) => {}
+            Err(e) => {
+                let error = crate::error::chain(&e);
+                self.out
+                    .log_only(&format!("warning: could not notify: {error}"));
+                self.out
+                    .event(json!({"event": "notification", "outcome": "failed",
+                    "notification": {"error": error}}));
+            }
+        }
     }
 
     fn begin_journal(&mut self, action: &str) -> Result<(), Error> {
@@ -809,7 +982,7 @@ impl Run<'_> {
             return Ok(false);
         };
         self.out.event(
-            json!({"event": "buildpacks", "buildpacks": built.file.buildpacks,
+            json!({"event": "buildpacks", "outcome": "ok", "buildpacks": built.file.buildpacks,
             "default_process_types": built.file.default_process_types}),
         );
         let mut env = built.env;
@@ -847,9 +1020,20 @@ impl Run<'_> {
             timeout: self.timeout(stage),
             profile: false,
         };
-        stage::run_command(&spec, &self.redactor, self.out)
-            .map(|_| ())
-            .map_err(|e| Failure::new(stage, e))
+        let started = Instant::now();
+        let result = stage::run_command(&spec, &self.redactor, self.out);
+        match &result {
+            Ok(_) => self
+                .out
+                .command_end(stage.as_str(), Some(0), "ok", started.elapsed()),
+            Err(e) => self.out.command_end(
+                stage.as_str(),
+                e.exit_code(),
+                e.outcome(),
+                started.elapsed(),
+            ),
+        }
+        result.map(|_| ()).map_err(|e| Failure::new(stage, e))
     }
 
     fn record(&mut self, phase: Phase) -> Result<(), Error> {
@@ -1315,8 +1499,16 @@ impl Run<'_> {
             timeout: check.timeout,
             interval: check.interval,
         };
-        let attempts = stage::run_check(&spec, &self.redactor, self.out)
-            .map_err(|e| Failure::new(Stage::Deploy, e))?;
+        let started = Instant::now();
+        let result = stage::run_check(&spec, &self.redactor, self.out);
+        self.out
+            .event(json!({"event": "check", "stage": Stage::Deploy.as_str(),
+            "command": check.command,
+            "exit_code": result.as_ref().map_or_else(|e| e.exit_code(), |_| Some(0)),
+            "outcome": result.as_ref().map_or_else(|e| e.outcome(), |_| "ok"),
+            "attempts": result.as_ref().ok(),
+            "duration_ms": millis(started.elapsed())}));
+        let attempts = result.map_err(|e| Failure::new(Stage::Deploy, e))?;
         self.out.note(&format!("check passed (attempt {attempts})"));
         Ok(())
     }
@@ -1443,10 +1635,10 @@ impl Run<'_> {
         self.install_front_door()?;
         self.out
             .note(&format!("services were stopped for {}", seconds(stopped)));
-        self.out.event(
-            json!({"event": "switched", "release": self.release, "method": method.as_str(),
-            "stopped_seconds": stopped.as_secs_f64()}),
-        );
+        // duration_ms: how long no release's services (or web processes) ran.
+        self.out
+            .event(json!({"event": "switched", "stage": Stage::Deploy.as_str(),
+            "method": method.as_str(), "duration_ms": millis(stopped)}));
         self.check(&paths.run)
     }
 
@@ -1482,7 +1674,8 @@ impl Run<'_> {
             self.out.note(&format!("  {line}"));
         }
         self.out
-            .event(json!({"event": "drift", "changes": listed, "saved": dest}));
+            .event(json!({"event": "drift", "stage": Stage::Deploy.as_str(),
+            "changes": listed, "saved": dest}));
         Ok(())
     }
 
@@ -1492,11 +1685,16 @@ impl Run<'_> {
         crate::failpoint("before-commit");
         let previous = self.log.current.clone();
         let now = Utc::now();
+        let is_rollback = self.journal.as_ref().map(|j| j.action.as_str()) == Some("rollback");
+        let stages = self.stage_times();
         if let Some(record) = self.log.get_mut(&self.release) {
             record.status = Status::Good;
             record.finished = Some(now);
+            // A rollback's record is the target's own deploy: its stages stay.
+            if !is_rollback {
+                record.stages = stages;
+            }
         }
-        let is_rollback = self.journal.as_ref().map(|j| j.action.as_str()) == Some("rollback");
         if let Some(record) = previous
             .filter(|p| is_rollback && *p != self.release)
             .and_then(|p| self.log.get_mut(&p))
@@ -1613,9 +1811,26 @@ impl Run<'_> {
         if let Some(baking) = self.baking.take() {
             let _ = baking.join();
         }
-        self.out.event(
-            json!({"event": "failure", "stage": failure.stage.as_str(), "reason": failure.reason}),
-        );
+        self.out
+            .event(json!({"event": "failure", "stage": failure.stage.as_str(),
+            "command": failure.command, "exit_code": failure.exit_code, "outcome": "failed",
+            "reason": failure.reason}));
+        // The stages it got through stay in the release log with the failure that the undo
+        // records there (a rollback's record is the target's own deploy: left alone).
+        // Read from disk, not self.log: that may hold a commit point that was never written.
+        if self.log_name == self.release {
+            let stages = self.stage_times();
+            let saved = ReleaseLog::load(&paths.release_log()).and_then(|mut log| {
+                if let Some(record) = log.get_mut(&self.release) {
+                    record.stages = stages;
+                }
+                log.save(&paths.release_log())
+            });
+            if let Err(e) = saved {
+                self.out
+                    .note(&format!("warning: {}", crate::error::chain(&e)));
+            }
+        }
         let outcome = match self.journal.take() {
             Some(journal) => {
                 let undone = rollback::undo(
@@ -1702,6 +1917,19 @@ pub fn prune(
             }
         }
     }
+    // Its logs (and its rollbacks'): `<id>.log`, `.jsonl`, `.notify.json`.
+    if let Ok(entries) = fs::read_dir(&paths.logs) {
+        for entry in entries.flatten() {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            let stem = [".log", ".jsonl", ".notify.json"]
+                .iter()
+                .find_map(|suffix| name.strip_suffix(suffix));
+            let id = stem.map(|stem| stem.split_once("-rollback-").map_or(stem, |(id, _)| id));
+            if id.is_some_and(|id| prunable.iter().any(|p| p == id)) {
+                let _ = fs::remove_file(entry.path());
+            }
+        }
+    }
     prunable
 }
 
@@ -1761,6 +1989,9 @@ pub struct RollbackRequest<'a> {
     pub target: RollbackTarget<'a>,
     /// Also put data/ back as it was when the target was last live.
     pub with_data: bool,
+    /// Who asked, for the release log's notification.
+    pub who: String,
+    pub who_key: Option<String>,
 }
 
 /// What a rollback did.
@@ -1782,6 +2013,7 @@ pub fn rollback_to(
     request: &RollbackRequest,
     out: &mut Reporter,
 ) -> Result<RolledBack, Error> {
+    let started = Instant::now();
     let paths = &project.paths;
     let with_data = request.with_data;
     if project.config.mode == Mode::Editable {
@@ -1902,12 +2134,16 @@ pub fn rollback_to(
     let archive = paths.archive_dir(&log_name);
     fs::create_dir_all(&archive).map_err(|e| io_error("create", &archive, e))?;
     out.open_logs(&paths.log_file(&log_name), &paths.events_file(&log_name))?;
+    out.set_context(&paths.name, &target.id);
     out.headline(&format!(
         "rolling back {} to {} ({})",
         paths.name,
         target.id,
         &target.commit[..7]
     ));
+    out.event(json!({"event": "rollback_start", "commit": target.commit,
+        "from": log.current, "with_data": with_data, "who": request.who,
+        "who_key": request.who_key, "log": log_name}));
     out.note(&format!("log: `kiln logs {} {log_name}`", paths.name));
     let mut run = Run::new(
         RunSetup {
@@ -1934,14 +2170,57 @@ pub fn rollback_to(
             run.commit_release()
                 .map_err(|e| Failure::new(Stage::PostDeploy, e))
         });
+    let short = &target.commit[..7];
     match outcome {
         Ok(()) => {
-            run.out.headline(&format!("rolled back to {}", target.id));
+            let headline = format!("rolled back to {}", target.id);
+            run.out.headline(&headline);
+            run.out.event(
+                json!({"event": "rollback_end", "outcome": Outcome::RolledBack.as_str(),
+                "duration_ms": millis(started.elapsed())}),
+            );
+            run.notify(Ended {
+                event: NotifyEvent::Rollback,
+                outcome: Outcome::RolledBack,
+                summary: format!("rolled back to {} ({short})", target.id),
+                headline,
+                who: &request.who,
+                who_key: request.who_key.as_deref(),
+                duration: started.elapsed(),
+                failure: None,
+            });
             run.out.close_logs();
             Ok(RolledBack::To(target.id))
         }
         Err(failure) => {
+            let info = failure_info(&failure);
             let error = run.fail(failure, None);
+            let outcome = match &error {
+                Error::DeployFailed { .. } => Outcome::Failed,
+                _ => Outcome::RollbackFailed,
+            };
+            run.out
+                .event(json!({"event": "rollback_end", "outcome": outcome.as_str(),
+                "stage": info.stage, "duration_ms": millis(started.elapsed())}));
+            run.notify(Ended {
+                event: NotifyEvent::Rollback,
+                outcome,
+                summary: format!(
+                    "rollback to {} ({short}) FAILED at {}{}",
+                    target.id,
+                    info.stage,
+                    if outcome == Outcome::Failed {
+                        ", put back as it was"
+                    } else {
+                        ", and undoing it FAILED: an operator must look"
+                    }
+                ),
+                headline: error.to_string(),
+                who: &request.who,
+                who_key: request.who_key.as_deref(),
+                duration: started.elapsed(),
+                failure: Some(info),
+            });
             run.out.close_logs();
             if let Some(Ok(oid)) = pillar_before.as_deref().map(Oid::from_str) {
                 crate::config::pillar::checkout(paths, oid)?;

@@ -57,7 +57,13 @@ pub fn undo(
             timeout: journal.undo.timeout,
             profile: false,
         };
-        stage::run_command(&spec, &redactor, out)?;
+        let started = std::time::Instant::now();
+        let result = stage::run_command(&spec, &redactor, out);
+        match &result {
+            Ok(_) => out.command_end(label, Some(0), "ok", started.elapsed()),
+            Err(e) => out.command_end(label, e.exit_code(), e.outcome(), started.elapsed()),
+        }
+        result?;
         Ok(())
     };
     let run = |label: &str, command: &str, out: &mut Reporter| {
@@ -181,7 +187,10 @@ pub fn undo(
         mark_failed(paths, release, reason)?;
     }
     Journal::remove(&paths.journal())?;
-    out.event(json!({"event": "rolled_back", "release": release, "to": journal.previous}));
+    out.event(
+        json!({"event": "rolled_back", "stage": "rollback", "outcome": "rolled_back",
+        "to": journal.previous}),
+    );
     Ok(match &journal.previous {
         Some(previous) => format!("rolled back to {previous}"),
         None => "rolled back (no release was live before)".to_string(),
@@ -240,6 +249,10 @@ pub fn recover(node: &Node, project: &Project, out: &mut Reporter) -> Result<boo
     }
     let log_name = journal.log_name();
     let _ = out.open_logs(&paths.log_file(&log_name), &paths.events_file(&log_name));
+    out.set_context(&paths.name, &journal.release);
+    out.event(json!({"event": "recovery_start", "stage": "rollback",
+        "interrupted": journal.action, "phase": format!("{:?}", journal.phase).to_lowercase(),
+        "pid": journal.pid}));
     out.headline(&format!(
         "recovering the interrupted {} of {} (pid {}, stopped at {:?})",
         journal.action, journal.release, journal.pid, journal.phase
@@ -260,6 +273,7 @@ pub fn recover(node: &Node, project: &Project, out: &mut Reporter) -> Result<boo
         restore_front_door(node, project, out);
     }
     out.headline(&format!("recovered: {outcome}"));
+    out.event(json!({"event": "recovery_end", "stage": "rollback", "outcome": "rolled_back"}));
     out.close_logs();
     Ok(true)
 }
@@ -315,6 +329,7 @@ pub fn abandon(project: &Project, out: &mut Reporter) -> Result<bool, Error> {
     if let Some(journal) = journal.as_ref().filter(|_| !committed) {
         let name = journal.log_name();
         let _ = out.open_logs(&paths.log_file(&name), &paths.events_file(&name));
+        out.set_context(&paths.name, &journal.release);
         out.headline(&format!(
             "abandoning the undo of the {} of {} (stopped at {:?})",
             journal.action, journal.release, journal.phase
@@ -355,10 +370,7 @@ pub fn abandon(project: &Project, out: &mut Reporter) -> Result<bool, Error> {
         }
     }
     out.note("the journal is removed; data/ and run/ were not touched: check them by hand");
-    out.event(
-        json!({"event": "abandoned", "release": journal.as_ref().map(|j| &j.release),
-        "marked_failed": marked}),
-    );
+    out.event(json!({"event": "abandoned", "outcome": "abandoned", "marked_failed": marked}));
     out.close_logs();
     Ok(true)
 }

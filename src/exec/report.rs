@@ -1,6 +1,7 @@
 //! What a deploy tells its audience: the pusher (live `remote:` lines through the hook's
-//! stdout), logs/<release>.log (the same text) and logs/<release>.jsonl (structured events).
-//! A pusher who disconnects must not stop the deploy, so write errors to stdout are ignored.
+//! stdout), logs/<release>.log (the same text) and logs/<release>.jsonl (structured events,
+//! every one with the fields of docs/events.md). A pusher who disconnects must not stop the
+//! deploy, so write errors to stdout are ignored.
 
 use std::fs::{File, OpenOptions};
 use std::io::Write;
@@ -24,6 +25,8 @@ pub struct Reporter {
     /// Pillar secrets never leave kiln: everything written is redacted (stage output already
     /// is, line by line, by the runner; this also covers kiln's own lines and events).
     redactor: Redactor,
+    /// What every event says about where it happened.
+    context: EventContext,
     /// What `kiln deploy --json` reports once the run is over.
     timeline: Timeline,
 }
@@ -50,6 +53,66 @@ pub struct StageTime {
     pub failed: bool,
 }
 
+/// The fields every event carries (docs/events.md), null where they do not apply; an event
+/// may add its own after them.
+pub const EVENT_FIELDS: [&str; 10] = [
+    "time",
+    "project",
+    "release",
+    "event",
+    "stage",
+    "command",
+    "exit_code",
+    "duration_ms",
+    "outcome",
+    "notification",
+];
+
+/// How long one stage of a deploy took, as the release log and notifications keep it.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct StageDuration {
+    pub stage: String,
+    pub duration_ms: u64,
+}
+
+/// Where an event happens: filled into every event that does not say otherwise.
+#[derive(Debug, Clone, Default)]
+pub struct EventContext {
+    pub project: Option<String>,
+    /// The correlation id: the release being deployed (or rolled back to).
+    pub release: Option<String>,
+    pub stage: Option<String>,
+    /// The project command running, for its output.
+    pub command: Option<String>,
+}
+
+/// `value` (an object with at least `event`) with every field of [`EVENT_FIELDS`], taken
+/// from `context` (and the clock) where `value` does not give it, and every string redacted.
+pub fn event_record(
+    context: &EventContext,
+    value: serde_json::Value,
+    redactor: &Redactor,
+) -> serde_json::Value {
+    use serde_json::Value;
+    let text = |v: &Option<String>| v.clone().map_or(Value::Null, Value::String);
+    let mut record = serde_json::Map::new();
+    for field in EVENT_FIELDS {
+        let default = match field {
+            "time" => Value::String(now()),
+            "project" => text(&context.project),
+            "release" => text(&context.release),
+            "stage" => text(&context.stage),
+            "command" => text(&context.command),
+            _ => Value::Null,
+        };
+        record.insert(field.to_string(), default);
+    }
+    if let Value::Object(given) = value {
+        record.extend(given);
+    }
+    redact_value(Value::Object(record), redactor)
+}
+
 impl Reporter {
     pub fn to_stdout() -> Reporter {
         Reporter {
@@ -58,6 +121,7 @@ impl Reporter {
             events: None,
             pending: Vec::new(),
             redactor: Redactor::default(),
+            context: EventContext::default(),
             timeline: Timeline::default(),
         }
     }
@@ -77,6 +141,7 @@ impl Reporter {
             events: None,
             pending: Vec::new(),
             redactor: Redactor::default(),
+            context: EventContext::default(),
             timeline: Timeline::default(),
         }
     }
@@ -103,6 +168,26 @@ impl Reporter {
         self.redactor = redactor;
     }
 
+    /// The project and release every following event names.
+    pub fn set_context(&mut self, project: &str, release: &str) {
+        self.context = EventContext {
+            project: Some(project.to_string()),
+            release: Some(release.to_string()),
+            stage: None,
+            command: None,
+        };
+    }
+
+    /// A line for logs/<release>.log only, after the push's last line (which must stay last
+    /// for the pusher).
+    pub fn log_only(&mut self, text: &str) {
+        if let Some(log) = &mut self.log {
+            let line = format!("{INDENT}{text}\n");
+            let redacted = self.redactor.redact(line.as_bytes());
+            let _ = log.write_all(&redacted);
+        }
+    }
+
     pub fn close_logs(&mut self) {
         self.log = None;
         self.events = None;
@@ -127,7 +212,7 @@ impl Reporter {
 
     pub fn event(&mut self, value: serde_json::Value) {
         if let Some(events) = &mut self.events {
-            let value = redact_value(value, &self.redactor);
+            let value = event_record(&self.context, value, &self.redactor);
             let mut line = serde_json::to_vec(&value).unwrap_or_default();
             line.push(b'\n');
             let _ = events.write_all(&line);
@@ -147,14 +232,19 @@ impl Reporter {
     pub fn stage_start(&mut self, stage: &str) {
         self.timeline.open = Some((stage.to_string(), Instant::now()));
         self.headline(stage);
-        self.event(json!({"event": "stage_start", "stage": stage, "time": now()}));
+        self.context.stage = Some(stage.to_string());
+        self.event(json!({"event": "stage_start"}));
     }
 
     pub fn stage_end(&mut self, stage: &str, took: Duration) {
         self.timeline.open = None;
         self.timed(stage, took);
         self.note(&format!("{stage} done in {}", seconds(took)));
-        self.event(json!({"event": "stage_end", "stage": stage, "seconds": took.as_secs_f64(), "time": now()}));
+        self.event(
+            json!({"event": "stage_end", "stage": stage, "outcome": "ok",
+            "duration_ms": millis(took)}),
+        );
+        self.context.stage = None;
     }
 
     /// Records how long a step took for the JSON result, without printing anything.
@@ -188,9 +278,28 @@ impl Reporter {
         self.timeline.clone()
     }
 
+    /// A project command (or kiln's run of the services, check, rollback commands) starts;
+    /// `stage` is the stage, or `rollback`/`restore` for an undo.
     pub fn command(&mut self, stage: &str, command: &str) {
         self.note(&format!("$ {command}"));
-        self.event(json!({"event": "command", "stage": stage, "command": command, "time": now()}));
+        self.context.command = Some(command.to_string());
+        self.event(json!({"event": "command", "stage": stage}));
+    }
+
+    /// The command announced by [`Reporter::command`] ended: `exit_code` (None when it was
+    /// killed or did not run) and `outcome` (`ok`, `exit`, `signal`, `timeout`, `not_run`).
+    pub fn command_end(
+        &mut self,
+        stage: &str,
+        exit_code: Option<i32>,
+        outcome: &str,
+        took: Duration,
+    ) {
+        self.event(
+            json!({"event": "command_end", "stage": stage, "exit_code": exit_code,
+            "outcome": outcome, "duration_ms": millis(took)}),
+        );
+        self.context.command = None;
     }
 }
 
@@ -233,7 +342,7 @@ impl OutputSink for Reporter {
 
 /// Redacts every string inside an event before it is encoded (JSON escaping could otherwise
 /// hide a secret with quotes or backslashes from a redaction of the encoded text).
-fn redact_value(value: serde_json::Value, redactor: &Redactor) -> serde_json::Value {
+pub fn redact_value(value: serde_json::Value, redactor: &Redactor) -> serde_json::Value {
     use serde_json::Value;
     if redactor.is_empty() {
         return value;
@@ -255,6 +364,11 @@ fn redact_value(value: serde_json::Value, redactor: &Redactor) -> serde_json::Va
         ),
         other => other,
     }
+}
+
+/// A duration in whole milliseconds, as events give them.
+pub fn millis(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
 }
 
 pub fn seconds(d: Duration) -> String {

@@ -152,6 +152,29 @@ impl StageError {
         }
     }
 
+    /// The exit status of a command that exited non-zero.
+    pub fn exit_code(&self) -> Option<i32> {
+        match self {
+            StageError::Exit { code, .. } => Some(*code),
+            _ => None,
+        }
+    }
+
+    /// `exit`, `signal`, `timeout` or `not_run`: the `outcome` of its `command_end` event.
+    pub fn outcome(&self) -> &'static str {
+        match self {
+            StageError::Spawn { .. } => "not_run",
+            StageError::Exit { .. } => "exit",
+            StageError::Signal { .. } => "signal",
+            StageError::Timeout { .. } => "timeout",
+        }
+    }
+
+    /// The command as the release log keeps it: on one line, up to [`KEPT_COMMAND_CHARS`].
+    pub fn kept_command(&self) -> String {
+        command_on_one_line(self.command(), KEPT_COMMAND_CHARS)
+    }
+
     /// What failed, for the release log and the last line of a deploy: `make: exit 2`,
     /// `make: SIGKILL`, `./slow: timeout after 30s`. The command is shown on one line and, past
     /// `max_chars`, cut at a word boundary with `…` (see [`command_on_one_line`]).

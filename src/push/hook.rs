@@ -281,8 +281,17 @@ fn deploy_before_the_branch_moves(
     // The hook is exec-ed by git receive-pack: see DeployRequest::receive_pack.
     let receive_pack = nix::unistd::getppid().as_raw();
     let paths = &project.paths;
+    let request = DeployRequest {
+        rev: Some(update.new.clone()),
+        who: pusher(),
+        who_key: pusher_key(),
+        settings_only: false,
+        retry: Some("the push is refused (the branch did not move); push again to retry".into()),
+        receive_pack: Some(receive_pack),
+        force: false,
+    };
     let lock = crate::transaction::lock::lock(project, "deploy", out)?;
-    deploy::recover_first(node, project, "push again", out)?;
+    deploy::recover_first(node, project, "push again", &request, out)?;
     // A push that waited for another push's deploy of this branch must not deploy over it:
     // git would then refuse to move the branch (it checks the old tip), and the node would
     // run a commit that no branch names.
@@ -299,15 +308,6 @@ fn deploy_before_the_branch_moves(
         });
     }
     let checked_out = git::checked_out(&paths.project);
-    let request = DeployRequest {
-        rev: Some(update.new.clone()),
-        who: pusher(),
-        who_key: pusher_key(),
-        settings_only: false,
-        retry: Some("the push is refused (the branch did not move); push again to retry".into()),
-        receive_pack: Some(receive_pack),
-        force: false,
-    };
     let result = deploy::deploy_locked(node, project, &request, &lock, out);
     if result.is_ok() {
         leave_pending_push(project, receive_pack, update, out);

@@ -232,7 +232,8 @@ pub fn fetch_release(
     out.event(json!({
         "event": "pulled", "source_release": id, "source": from, "commit": commit,
         "sha256": manifest.sha256, "signature_checked": trusted.is_some(),
-        "files": info.files, "bytes": info.bytes, "seconds": started.elapsed().as_secs_f64(),
+        "files": info.files, "bytes": info.bytes, "outcome": "ok",
+        "duration_ms": crate::exec::report::millis(started.elapsed()),
     }));
     Ok(id)
 }

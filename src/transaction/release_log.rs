@@ -7,6 +7,7 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, io_error};
+use crate::exec::report::StageDuration;
 use crate::fs::durable;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -62,6 +63,10 @@ pub struct Record {
     /// Each time this release was live, oldest first (empty in logs of older kiln versions).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub live: Vec<LivePeriod>,
+    /// How long each stage of its deploy took, up to where it ended (empty in logs of older
+    /// kiln versions).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub stages: Vec<StageDuration>,
 }
 
 /// One stretch of time a release was live: from the commit point of the deploy or rollback
@@ -278,6 +283,7 @@ pub(crate) fn test_record(id: &str, status: Status) -> Record {
         source_release: None,
         snapshot_at: None,
         live: Vec::new(),
+        stages: Vec::new(),
     }
 }
 

@@ -18,6 +18,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::rc::Rc;
 
+pub mod notify;
+
 use sha2::{Digest, Sha256};
 
 pub mod http;

@@ -21,8 +21,10 @@ use chrono::Utc;
 use nix::sys::signal::Signal;
 use tokio::signal::unix::{SignalKind, signal};
 
+use crate::config::project::Node;
 use crate::error::Error;
 use crate::exec::redact::Redactor;
+use crate::notify::alert::{self, Report};
 use crate::runtime::applog::{AppLog, Source};
 use crate::runtime::formation::{InstanceName, InstanceSpec, PROCESS_SCRIPT};
 use crate::runtime::supervisor::proc::{self, ProcessId};
@@ -74,7 +76,11 @@ pub fn run(root: &Path, project: &str, instance: &str, nonce: &str) -> Result<()
         .enable_all()
         .build()
         .map_err(|e| SupervisorError::io("start", &dir, e))?;
-    runtime.block_on(supervise(&dir, &spec));
+    let alerts = Alerts {
+        root: root.to_path_buf(),
+        project: project.to_string(),
+    };
+    runtime.block_on(supervise(&dir, &spec, &alerts));
     drop(lock);
     Ok(())
 }
@@ -84,7 +90,69 @@ enum Outcome {
     Stop,
 }
 
-async fn supervise(dir: &Path, spec: &ShimSpec) {
+/// Where an instance's restarts and recoveries are reported: `notify::alert`, which turns a
+/// crash loop into one alert and its end into one "recovered" (node.yml `notify.alerts`).
+struct Alerts {
+    root: std::path::PathBuf,
+    project: String,
+}
+
+impl Alerts {
+    /// How long a restarted app must stay up to count as recovered (node.yml
+    /// `notify.alerts.stable`).
+    fn stable(&self) -> Duration {
+        Node::open(Some(self.root.clone()))
+            .map(|node| node.config.notify.alerts.stable)
+            .unwrap_or(Duration::from_secs(60))
+    }
+
+    /// Reports in the background: the app's supervision never waits for mail or webhooks.
+    fn report(&self, instance: &InstanceSpec, seen: Seen, log: &SharedLog) {
+        let root = self.root.clone();
+        let project = self.project.clone();
+        let kind = instance.name.kind.clone();
+        let release = instance.release.clone();
+        let log_dir = instance.log_dir.clone();
+        let log = Arc::clone(log);
+        std::thread::spawn(move || {
+            let reported = (|| -> Result<(), Error> {
+                let node = Node::open(Some(root))?;
+                let project = node.project(&project)?;
+                let lines: Vec<String> = crate::runtime::readiness::last_lines(&log_dir, &kind, 20);
+                let report = match seen {
+                    Seen::Restarted => Report::Restarted { process: &kind },
+                    Seen::Running(since) => Report::Running {
+                        process: &kind,
+                        since,
+                    },
+                };
+                let source = alert::Source {
+                    node: &node,
+                    project: &project,
+                    release: Some(&release),
+                };
+                alert::report(&source, report, &lines)?;
+                Ok(())
+            })();
+            if let Err(e) = reported {
+                log.lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner)
+                    .note(&format!(
+                        "could not report to the alerts: {}",
+                        crate::error::chain(&e)
+                    ));
+            }
+        });
+    }
+}
+
+#[derive(Clone, Copy)]
+enum Seen {
+    Restarted,
+    Running(chrono::DateTime<Utc>),
+}
+
+async fn supervise(dir: &Path, spec: &ShimSpec, alerts: &Alerts) {
     let instance = &spec.instance;
     let me = std::process::id() as i32;
     let log: SharedLog = Arc::new(Mutex::new(AppLog::open(
@@ -114,6 +182,7 @@ async fn supervise(dir: &Path, spec: &ShimSpec) {
     };
     save(&status);
     let mut backoff = Duration::ZERO;
+    let stable = alerts.stable();
     loop {
         let started = Instant::now();
         let ended = match spawn_app(instance) {
@@ -135,12 +204,21 @@ async fn supervise(dir: &Path, spec: &ShimSpec) {
                         .unwrap_or_default()
                 ));
                 // After the note, so that the app's first lines come after it in the log.
-                let log = Arc::clone(&log);
-                std::thread::spawn(move || pump(output, &log));
-                let outcome = tokio::select! {
-                    exit = child.wait() => Outcome::Exited(exit),
-                    () = terminated(&mut term) => Outcome::Stop,
-                    () = dir_gone(dir) => Outcome::Stop,
+                let pumped = Arc::clone(&log);
+                std::thread::spawn(move || pump(output, &pumped));
+                let since = status.since.unwrap_or_else(Utc::now);
+                let mut reported_running = false;
+                let outcome = loop {
+                    tokio::select! {
+                        exit = child.wait() => break Outcome::Exited(exit),
+                        () = terminated(&mut term) => break Outcome::Stop,
+                        () = dir_gone(dir) => break Outcome::Stop,
+                        // Up for `stable` after restarts: whatever alert went out can end.
+                        () = tokio::time::sleep(stable), if !reported_running && status.restarts > 0 => {
+                            reported_running = true;
+                            alerts.report(instance, Seen::Running(since), &log);
+                        }
+                    }
                 };
                 match outcome {
                     Outcome::Stop => {
@@ -176,6 +254,7 @@ async fn supervise(dir: &Path, spec: &ShimSpec) {
         };
         status.app = None;
         status.restarts += 1;
+        alerts.report(instance, Seen::Restarted, &log);
         status.last_exit = Some(ended.clone());
         status.state = RunState::Backoff;
         status.next_start = chrono::Duration::from_std(backoff)
