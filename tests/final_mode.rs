@@ -169,6 +169,8 @@ enum Spoil {
     DropSignature,
     WrongSignature,
     WrongTreeDigest,
+    /// A field this kiln does not know, as a newer staging's manifest has.
+    NewerManifest,
 }
 
 #[test]
@@ -204,6 +206,18 @@ fn refused_releases_change_nothing() {
     for (spoil, signed, expected) in cases {
         refusal(spoil, signed, expected);
     }
+}
+
+/// Regression: a production node running an older kiln refused a newer staging's manifest
+/// (one with `buildpacks` or `process_types`) with serde's bare `unknown field`. It still
+/// refuses and changes nothing, but names the field and says to upgrade this node first.
+#[test]
+fn regression_a_manifest_from_a_newer_kiln_is_refused_naming_the_field_and_the_upgrade() {
+    refusal(
+        Spoil::NewerManifest,
+        false,
+        "release {release} refused: its manifest was made by a newer kiln: it has the field `attestation` (manifest format 1), which this kiln does not know; upgrade kiln on this node first (upgrade production before staging)",
+    );
 }
 
 /// What a refused deploy must leave as it was: run/, data/, the release log's records,
@@ -307,6 +321,12 @@ fn refusal(spoil: Spoil, signed: bool, expected: &str) {
             let mut manifest: serde_json::Value =
                 serde_json::from_slice(&fs::read(file(".json")).unwrap()).unwrap();
             manifest["tree_digest"] = format!("sha256:{}", "0".repeat(64)).into();
+            fs::write(file(".json"), serde_json::to_vec_pretty(&manifest).unwrap()).unwrap();
+        }
+        Spoil::NewerManifest => {
+            let mut manifest: serde_json::Value =
+                serde_json::from_slice(&fs::read(file(".json")).unwrap()).unwrap();
+            manifest["attestation"] = "in-toto".into();
             fs::write(file(".json"), serde_json::to_vec_pretty(&manifest).unwrap()).unwrap();
         }
     }

@@ -24,7 +24,7 @@ use crate::error::Error;
 use crate::exec::report::{Reporter, seconds};
 use crate::fs::tree;
 use crate::release::bake::HashingWriter;
-use crate::release::manifest::{self as release, Manifest};
+use crate::release::manifest::{self as release, Manifest, ManifestError};
 use crate::release::signing::{BadSignature, TrustedKey};
 use crate::release::source::{Listed, Part, Source, SourceError};
 use crate::release::unpack::{self, Limits, LinkRules, UnpackError, UnpackInfo, UnpackOptions};
@@ -32,8 +32,6 @@ use crate::transaction::release_log::ReleaseLog;
 
 /// Largest manifest or signature accepted.
 const SMALL_LIMIT: u64 = 1 << 20;
-/// The manifest format this kiln reads.
-const MANIFEST_FORMAT: u32 = 1;
 const BUFFER: usize = 256 * 1024;
 
 #[derive(Debug, thiserror::Error)]
@@ -92,10 +90,8 @@ impl From<FetchError> for Error {
 pub enum Refusal {
     #[error("{0}")]
     Signature(#[from] BadSignature),
-    #[error("its manifest is not valid ({reason})")]
-    BadManifest { reason: String },
-    #[error("its manifest has format {format}; this kiln reads format {MANIFEST_FORMAT}")]
-    Format { format: u32 },
+    #[error("{0}")]
+    Manifest(#[from] ManifestError),
     #[error("its manifest names release `{named}`")]
     WrongRelease { named: String },
     #[error("its manifest names commit {named}, not {expected}")]
@@ -270,25 +266,7 @@ fn check_manifest(
         key.verify(bytes, signature)
             .map_err(|e| refused(release, e))?;
     }
-    let format = serde_json::from_slice::<serde_json::Value>(bytes)
-        .ok()
-        .and_then(|v| v.get("format").and_then(serde_json::Value::as_u64));
-    if let Some(format) = format.filter(|f| *f != u64::from(MANIFEST_FORMAT)) {
-        return Err(refused(
-            release,
-            Refusal::Format {
-                format: u32::try_from(format).unwrap_or(u32::MAX),
-            },
-        ));
-    }
-    let manifest: Manifest = serde_json::from_slice(bytes).map_err(|e| {
-        refused(
-            release,
-            Refusal::BadManifest {
-                reason: e.to_string(),
-            },
-        )
-    })?;
+    let manifest = Manifest::parse(bytes).map_err(|e| refused(release, e))?;
     if manifest.release != release {
         return Err(refused(
             release,

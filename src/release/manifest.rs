@@ -1,5 +1,10 @@
 //! Release identities and manifests. A release id sorts by time (`YYYYMMDDTHHMMSSZ-xxxxxxxx`)
 //! but ordering always comes from the release log; the manifest is what production trusts.
+//!
+//! A manifest is read strictly: a field this kiln does not know is refused, since production
+//! must not run a release whose manifest says something it cannot check. Staging and
+//! production may run different kiln versions, so that refusal names the field and says that
+//! a newer kiln made the manifest: upgrade production before staging.
 
 use std::path::Path;
 
@@ -34,9 +39,15 @@ pub fn valid_id(id: &str) -> bool {
             .all(|c| c.is_ascii_digit() || (b'a'..=b'f').contains(c))
 }
 
-/// `releases/<release>.json`: what was baked, from what, and how to verify it.
+/// The manifest format this kiln writes and reads. A change that an older kiln could not
+/// read safely bumps it; a new optional field does not (an older kiln names it, see
+/// [`ManifestError::Newer`]).
+pub const FORMAT: u32 = 1;
+
+/// `releases/<release>.json`: what was baked, from what, and how to verify it. Parse it with
+/// [`Manifest::parse`], which refuses unknown fields (serde's `deny_unknown_fields` cannot say
+/// which field it was and that a newer kiln wrote it).
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
-#[serde(deny_unknown_fields)]
 pub struct Manifest {
     pub format: u32,
     pub release: String,
@@ -70,17 +81,61 @@ pub struct Manifest {
 /// A buildpack that built a release: its name (`python`) and where it came from
 /// (`kiln:python@<content hash>`, a directory, `<git url>#<commit>`).
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
-#[serde(deny_unknown_fields)]
 pub struct BuiltWith {
     pub name: String,
     pub source: String,
 }
 
+/// Why a manifest cannot be read.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ManifestError {
+    #[error(
+        "its manifest was made by a newer kiln: it has the field `{field}` (manifest format {format}), which this kiln does not know; upgrade kiln on this node first (upgrade production before staging)"
+    )]
+    Newer { field: String, format: u32 },
+    #[error(
+        "its manifest has format {format} and this kiln reads format {FORMAT}: it was made by a newer kiln; upgrade kiln on this node first (upgrade production before staging)"
+    )]
+    NewerFormat { format: u64 },
+    #[error("its manifest has format {format}, which no kiln writes (this kiln reads format {FORMAT})")]
+    UnknownFormat { format: u64 },
+    #[error("its manifest is not valid ({reason})")]
+    Invalid { reason: String },
+}
+
 impl Manifest {
+    /// Reads a manifest's bytes: the format must be this kiln's and every field one it knows.
+    pub fn parse(bytes: &[u8]) -> Result<Manifest, ManifestError> {
+        let invalid = |e: serde_json::Error| ManifestError::Invalid {
+            reason: e.to_string(),
+        };
+        let value: serde_json::Value = serde_json::from_slice(bytes).map_err(invalid)?;
+        match value.get("format").and_then(serde_json::Value::as_u64) {
+            Some(format) if format > u64::from(FORMAT) => {
+                return Err(ManifestError::NewerFormat { format });
+            }
+            Some(format) if format < u64::from(FORMAT) => {
+                return Err(ManifestError::UnknownFormat { format });
+            }
+            _ => {}
+        }
+        let mut unknown = Vec::new();
+        let manifest: Manifest =
+            serde_ignored::deserialize(value, |path| unknown.push(path.to_string()))
+                .map_err(invalid)?;
+        match unknown.into_iter().next() {
+            Some(field) => Err(ManifestError::Newer {
+                field,
+                format: manifest.format,
+            }),
+            None => Ok(manifest),
+        }
+    }
+
     pub fn load(path: &Path) -> Result<Manifest, Error> {
         let text = std::fs::read(path).map_err(|e| io_error("read", path, e))?;
-        serde_json::from_slice(&text).map_err(|e| Error::Refused {
-            message: format!("`{}` is not a valid release manifest: {e}", path.display()),
+        Manifest::parse(&text).map_err(|e| Error::Refused {
+            message: format!("`{}`: {e}", path.display()),
         })
     }
 
@@ -106,6 +161,77 @@ mod tests {
         assert!(valid_id(&a), "{a}");
         assert!(a < b);
         assert!(a.starts_with("20231114T221320Z-"), "{a}");
+    }
+
+    fn manifest() -> Manifest {
+        Manifest {
+            format: FORMAT,
+            release: "20231114T221320Z-abcdef12".into(),
+            project: "shop".into(),
+            commit: "c".repeat(40),
+            pillar_rev: None,
+            created: DateTime::from_timestamp(1_700_000_000, 0).unwrap(),
+            sha256: "0".repeat(64),
+            files: 1,
+            bytes: 2,
+            tree_digest: "d".repeat(64),
+            who: Some("ann".into()),
+            who_key: None,
+            process_types: [("web".to_string(), "python3 app.py".to_string())].into(),
+            buildpacks: vec![BuiltWith {
+                name: "python".into(),
+                source: "kiln:python".into(),
+            }],
+        }
+    }
+
+    #[test]
+    fn a_manifest_reads_back_what_was_written() {
+        let written = manifest();
+        assert_eq!(Manifest::parse(&written.to_json()), Ok(written));
+    }
+
+    /// Regression: production running an older kiln refused a newer staging's manifest with
+    /// serde's bare "unknown field" (A added `buildpacks`, B `process_types`). It still
+    /// refuses, but says why and what to do, naming the field, also inside a list.
+    #[test]
+    fn regression_a_newer_kilns_manifest_names_the_field_and_says_to_upgrade() {
+        let with = |edit: &dyn Fn(&mut serde_json::Value)| {
+            let mut value = serde_json::to_value(manifest()).unwrap();
+            edit(&mut value);
+            Manifest::parse(&serde_json::to_vec(&value).unwrap())
+        };
+        let top = with(&|v| v["sbom"] = serde_json::json!("x")).unwrap_err();
+        assert_eq!(
+            top,
+            ManifestError::Newer {
+                field: "sbom".into(),
+                format: 1
+            }
+        );
+        assert_eq!(
+            top.to_string(),
+            "its manifest was made by a newer kiln: it has the field `sbom` (manifest format 1), which this kiln does not know; upgrade kiln on this node first (upgrade production before staging)"
+        );
+        let nested = with(&|v| v["buildpacks"][0]["version"] = serde_json::json!(3)).unwrap_err();
+        assert_eq!(
+            nested,
+            ManifestError::Newer {
+                field: "buildpacks.0.version".into(),
+                format: 1
+            }
+        );
+        let format = with(&|v| v["format"] = serde_json::json!(2)).unwrap_err();
+        assert_eq!(format, ManifestError::NewerFormat { format: 2 });
+        assert!(format.to_string().contains("upgrade kiln on this node first"));
+        let missing = with(&|v| {
+            v.as_object_mut().unwrap().remove("sha256");
+        })
+        .unwrap_err();
+        assert!(
+            matches!(&missing, ManifestError::Invalid { reason } if reason.contains("sha256")),
+            "{missing}"
+        );
     }
 
     #[test]

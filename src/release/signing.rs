@@ -130,11 +130,8 @@ pub fn sign_releases(
     for id in chosen {
         let manifest_path = paths.manifest(&id);
         let bytes = fs::read(&manifest_path).map_err(|e| io_error("read", &manifest_path, e))?;
-        let manifest: Manifest = serde_json::from_slice(&bytes).map_err(|e| Error::Refused {
-            message: format!(
-                "`{}` is not a valid release manifest: {e}",
-                manifest_path.display()
-            ),
+        let manifest = Manifest::parse(&bytes).map_err(|e| Error::Refused {
+            message: format!("`{}`: {e}", manifest_path.display()),
         })?;
         let tarball = paths.releases.join(Part::Tarball.file_name(&id));
         let actual = crate::release::bake::sha256_file(&tarball)
