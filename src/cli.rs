@@ -608,7 +608,9 @@ fn dispatch(cli: Cli) -> Result<(), Error> {
             crate::deploy::operate::run(&node, &project, &command)
         }
         Command::Supervise { detach } => {
-            crate::runtime::supervisor::daemon::run(&node.root, &node.config.supervisor, detach)
+            let (root, config) = (node.root.clone(), node.config.supervisor.clone());
+            let commands = crate::deploy::operate::NodeCommands::shared(node);
+            crate::runtime::supervisor::daemon::run(&root, &config, detach, commands)
         }
         Command::SuperviseInstance {
             project,

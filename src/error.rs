@@ -133,6 +133,13 @@ pub enum Error {
     #[error("{message}")]
     Refused { message: String },
 
+    /// `kiln restart`, `ps scale` or `start` started processes that did not come up: exit 1.
+    /// They keep running under the supervisor, which restarts them.
+    #[error(
+        "the processes of `{project}` did not come up: {reason}; the supervisor keeps restarting them (`kiln ps {project}`, `kiln logs {project} --app`)"
+    )]
+    NotUp { project: String, reason: String },
+
     /// The deploy failed and everything was put back: exit 1.
     #[error("deploy FAILED at {stage} ({reason}); {outcome}")]
     DeployFailed {
@@ -166,7 +173,9 @@ pub enum Error {
 impl Error {
     pub fn exit_code(&self) -> i32 {
         match self {
-            Error::DeployFailed { .. } | Error::Undelivered { .. } => EXIT_DEPLOY_FAILED,
+            Error::DeployFailed { .. } | Error::Undelivered { .. } | Error::NotUp { .. } => {
+                EXIT_DEPLOY_FAILED
+            }
             Error::RollbackFailed { .. } => EXIT_ROLLBACK_FAILED,
             Error::NotDeployed { exit, .. } => *exit,
             _ => EXIT_BAD_INPUT,

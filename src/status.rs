@@ -136,6 +136,10 @@ pub fn status(node: &Node, project: &Project, as_json: bool) -> Result<(), Error
     let run = run_kind(project);
     let supervisor = crate::deploy::operate::supervisor(node);
     let processes = supervisor.instances(&paths.name).unwrap_or_default();
+    // The supervisor's periodic web check of the running release (none when stopped).
+    let web_check =
+        crate::runtime::supervisor::watch::CheckStatus::load(&supervisor.paths, &paths.name)
+            .filter(|_| supervisor.running(&paths.name).ok().flatten().is_some());
     let last_notified = last.and_then(|r| spool::results(&node.root, paths, &r.id));
     let undelivered: Vec<Value> = spool::pending(&node.root, Some(&paths.name))
         .iter()
@@ -181,6 +185,7 @@ pub fn status(node: &Node, project: &Project, as_json: bool) -> Result<(), Error
             "shells": crate::access::shell::recent(&paths.state, 5),
             "supervisor": {"backend": supervisor.backend.as_str(), "daemon": crate::runtime::supervisor::control::daemon_pid(&supervisor.paths)},
             "processes": processes,
+            "web_check": web_check,
             "front_door": front.as_ref().map(FrontDoorView::json),
             "behind": behind,
             "publish": published,
@@ -208,6 +213,23 @@ pub fn status(node: &Node, project: &Project, as_json: bool) -> Result<(), Error
             .map(|i| format!("{} {}", i.name, i.state))
             .collect();
         println!("processes:   {}", listed.join(", "));
+    }
+    if let Some(check) = &web_check {
+        let ago = (chrono::Utc::now() - check.time).num_seconds().max(0) as u64;
+        match &check.detail {
+            None => println!(
+                "web check:   passing ({} checks of {}, the last {} ago)",
+                check.checks,
+                check.release,
+                uptime(ago)
+            ),
+            Some(detail) => println!(
+                "web check:   FAILING ({} in a row{}, the last {} ago): {detail}",
+                check.failures,
+                if check.alerted { ", alert sent" } else { "" },
+                uptime(ago)
+            ),
+        }
     }
     if let Some(file) = &built_with {
         let names: Vec<String> = file

@@ -803,3 +803,122 @@ fn a_crash_loop_sends_one_alert_and_one_recovered_mail() {
         "one alert, one recovered, nothing more"
     );
 }
+
+/// A web app on the standard library whose `/` answers 500 while `data/broken` exists, and
+/// for its first 4 seconds while `data/slow-start` exists (an app that warms up).
+const CHECKED_APP: &str = r#"import http.server, os, time
+started = time.time()
+data = os.environ['KILN_DATA_DIR']
+class Handler(http.server.BaseHTTPRequestHandler):
+    def do_GET(self):
+        warming = os.path.exists(os.path.join(data, 'slow-start')) and time.time() - started < 4
+        broken = os.path.exists(os.path.join(data, 'broken'))
+        status = 500 if warming or broken else 200
+        body = b'broken\n' if broken else b'warming up\n' if warming else b'fine\n'
+        self.send_response(status)
+        self.send_header('Content-Length', str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+    def log_message(self, *args):
+        print('answered', args[1], flush=True)
+http.server.HTTPServer(('127.0.0.1', int(os.environ['PORT'])), Handler).serve_forever()
+"#;
+
+/// The supervisor checks the running web processes (GET / every `check_every`): a `/` that
+/// starts answering 500 sends exactly one alert mail after `check_failures` failed checks,
+/// and one "recovered" mail once it answers 200 again. kiln's own restarts (a deploy, `kiln
+/// restart`) are not checked while they run, even for an app that answers 500 while it warms
+/// up: they send nothing.
+#[test]
+fn a_web_check_that_starts_failing_sends_one_alert_and_one_recovered_mail() {
+    use common::notify::{SmtpOptions, SmtpSink};
+    let (node, _guard) = supervised_node();
+    let sink = SmtpSink::start(&node.dir.path().join("mail"), SmtpOptions::default());
+    node.write_node_yml(&format!(
+        "supervisor:\n  backend: kiln\nnotify:\n  smtp:\n    host: 127.0.0.1\n    port: {}\n    from: kiln@node.example\n  backoff: 1s\n  alerts: {{check_every: 1s, check_failures: 2}}\n  on: [failure, alert]\n",
+        sink.port
+    ));
+    let project = node.init("shop", "cooking");
+    project.add_setting("notify: [ops@example.com]");
+    fs::write(project.data().join("slow-start"), "").unwrap();
+    let app = node.app("shop");
+    app.write("app.py", CHECKED_APP)
+        .write("Procfile", "web: python3 app.py\n");
+    app.commit("v1");
+    deployed(&app, &project);
+    // A deploy and a restart of an app that answers 500 for its first seconds: each waits
+    // until it answers, and the check waits for them.
+    app.write("README", "v2\n");
+    app.commit("v2");
+    deployed(&app, &project);
+    let restarted = node.kiln(&["restart", "shop"]);
+    assert_success(&restarted, "kiln restart");
+    let checks = || -> serde_json::Value {
+        fs::read(node.root.join(".kiln/supervisor/checks/shop.json"))
+            .ok()
+            .and_then(|bytes| serde_json::from_slice(&bytes).ok())
+            .unwrap_or_default()
+    };
+    let counted = checks()["checks"].as_u64().unwrap_or(0);
+    wait_for(Duration::from_secs(30), || {
+        (checks()["checks"].as_u64().unwrap_or(0) >= counted + 3).then_some(())
+    })
+    .expect("the web check runs every second");
+    let daemon_log = || fs::read_to_string(node.root.join(".kiln/supervisor/daemon.log")).unwrap();
+    assert!(
+        !daemon_log().contains("the web check failed"),
+        "kiln's own restarts were checked:\n{}",
+        daemon_log()
+    );
+    let status = node.ok(&["status", "shop"]);
+    assert!(status.contains("web check:   passing ("), "{status}");
+    let subjects =
+        |sink: &SmtpSink| -> Vec<String> { sink.mails().into_iter().map(|m| m.subject).collect() };
+    assert!(subjects(&sink).is_empty(), "{:?}", subjects(&sink));
+
+    fs::write(project.data().join("broken"), "").unwrap();
+    let alert = wait_for(Duration::from_secs(30), || {
+        let said = subjects(&sink);
+        (!said.is_empty()).then_some(said)
+    })
+    .expect("an alert mail");
+    assert_eq!(
+        alert,
+        ["[kiln] shop (staging): ALERT: the `web` check is failing"]
+    );
+    let port = web_port(&project);
+    let body = &sink.mails()[0].body;
+    assert!(
+        body.contains(&format!(
+            "GET http://127.0.0.1:{port}/ of web.1 answered 500 (2 checks in a row, 1s apart)"
+        )),
+        "{body}"
+    );
+    assert!(
+        body.contains("answered 500"),
+        "the app's last lines: {body}"
+    );
+    let status = node.ok(&["status", "shop"]);
+    assert!(status.contains("web check:   FAILING ("), "{status}");
+    assert!(status.contains(", alert sent,"), "{status}");
+    // Still failing: no second alert.
+    std::thread::sleep(Duration::from_secs(3));
+    assert_eq!(subjects(&sink).len(), 1, "{:?}", subjects(&sink));
+
+    fs::remove_file(project.data().join("broken")).unwrap();
+    let both = wait_for(Duration::from_secs(30), || {
+        let said = subjects(&sink);
+        (said.len() >= 2).then_some(said)
+    })
+    .expect("a recovered mail");
+    assert_eq!(
+        both[1],
+        "[kiln] shop (staging): recovered: the `web` check passes again"
+    );
+    std::thread::sleep(Duration::from_secs(3));
+    assert_eq!(
+        subjects(&sink).len(),
+        2,
+        "one alert, one recovered, nothing more"
+    );
+}

@@ -133,10 +133,18 @@ pub struct Alerts {
     /// Default 5m.
     #[serde(deserialize_with = "duration::deserialize")]
     pub within: Duration,
-    /// After an alert, a process up this long again (or a check passing again) has
-    /// recovered. Default 1m.
+    /// After an alert, a process up this long again has recovered. Default 1m.
     #[serde(deserialize_with = "duration::deserialize")]
     pub stable: Duration,
+    /// How often the supervisor checks each running project's web processes (GET / on each
+    /// web instance, or kiln.yml's `check.command`); one check may take this long at most.
+    /// Default 15s.
+    #[serde(deserialize_with = "check_every")]
+    pub check_every: Duration,
+    /// Failed checks in a row that make an alert (one passing check then recovers it).
+    /// Default 3.
+    #[serde(deserialize_with = "attempts")]
+    pub check_failures: u32,
 }
 
 impl Default for Alerts {
@@ -145,8 +153,19 @@ impl Default for Alerts {
             restarts: 3,
             within: Duration::from_secs(5 * 60),
             stable: Duration::from_secs(60),
+            check_every: Duration::from_secs(15),
+            check_failures: 3,
         }
     }
+}
+
+/// A check interval: at least a second (a check is an HTTP request or a command).
+fn check_every<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Duration, D::Error> {
+    let value = duration::deserialize(deserializer)?;
+    if value < Duration::from_secs(1) {
+        return Err(de::Error::custom("must be at least 1s"));
+    }
+    Ok(value)
 }
 
 /// node.yml `notify.smtp`.

@@ -15,14 +15,41 @@ use crate::deploy::rollback;
 use crate::error::Error;
 use crate::exec::report::Reporter;
 use crate::fs::git;
-use crate::runtime::formation::{self, RUN_SCRIPT, Scale};
+use crate::runtime::formation::{self, Formation, InstanceName, RUN_SCRIPT, Scale};
 use crate::runtime::procfile::ProcessTypes;
+use crate::runtime::readiness::{self, Readiness};
 use crate::runtime::supervisor::Supervisor;
+use crate::runtime::supervisor::watch::Commands;
 use crate::transaction::lock::lock;
 use crate::transaction::release_log::ReleaseLog;
 
 pub fn supervisor(node: &Node) -> Supervisor {
     Supervisor::new(&node.root, &node.config.supervisor)
+}
+
+/// What the supervisor's web check learns about kiln's commands on a project (it sits below
+/// the lock and the journal, so it is told): the project's lock and journal.
+pub struct NodeCommands {
+    node: Node,
+}
+
+impl NodeCommands {
+    pub fn shared(node: Node) -> std::sync::Arc<dyn Commands> {
+        std::sync::Arc::new(NodeCommands { node })
+    }
+}
+
+impl Commands for NodeCommands {
+    fn busy(&self, project: &str) -> bool {
+        match self.node.paths(project) {
+            Ok(paths) => crate::transaction::lock::busy(&paths.state) || paths.journal().exists(),
+            Err(_) => true,
+        }
+    }
+
+    fn released(&self, project: &str) -> Option<std::time::SystemTime> {
+        crate::transaction::lock::released(&self.node.paths(project).ok()?.state)
+    }
 }
 
 /// `kiln ps scale <name> TYPE=N...`: records the counts node-side (kept across deploys) and
@@ -74,13 +101,45 @@ pub fn scale(
             paths.name
         ));
     };
+    let before = formation.instance_names();
     for (kind, count) in &counts {
         if let Some(process) = formation.types.get_mut(kind) {
             process.count = *count;
         }
     }
-    supervisor.start(formation)?;
+    let formation = supervisor.start(formation)?;
+    let added: Vec<InstanceName> = formation
+        .instance_names()
+        .into_iter()
+        .filter(|name| !before.contains(name))
+        .collect();
+    if !added.is_empty() {
+        wait_up(&supervisor, &formation, Some(&added))?;
+    }
     Ok(format!("scaled `{}` to {listed}", paths.name))
+}
+
+/// Waits (holding the project's lock, so that the web check waits too) until the instances a
+/// command started are up: still running after their first seconds, web ports accepting and,
+/// without a kiln.yml `check.command`, GET / answering below 500.
+fn wait_up(
+    supervisor: &Supervisor,
+    formation: &Formation,
+    only: Option<&[InstanceName]>,
+) -> Result<(), Error> {
+    let readiness = Readiness {
+        formation,
+        timeout: readiness::OPERATE_TIMEOUT,
+        http_check: formation.check_command.is_none(),
+        startup: readiness::STARTUP,
+        only,
+    };
+    readiness::wait_up(supervisor, &readiness, &mut |_| {})
+        .map(drop)
+        .map_err(|e| Error::NotUp {
+            project: formation.project.clone(),
+            reason: e.to_string(),
+        })
 }
 
 /// `kiln restart <name> [TYPE]`.
@@ -94,12 +153,20 @@ pub fn restart(
     rollback::recover(node, project, out)?;
     let supervisor = supervisor(node);
     let name = &project.paths.name;
-    if supervisor.running(name)?.is_none() {
+    let Some(formation) = supervisor.running(name)? else {
         return Err(Error::Usage(format!(
             "`{name}` runs no supervised processes: deploy a release with a Procfile first"
         )));
-    }
+    };
     supervisor.restart(name, kind)?;
+    let restarted: Option<Vec<InstanceName>> = kind.map(|kind| {
+        formation
+            .instance_names()
+            .into_iter()
+            .filter(|name| name.kind == kind)
+            .collect()
+    });
+    wait_up(&supervisor, &formation, restarted.as_deref())?;
     Ok(match kind {
         Some(kind) => format!("restarted the `{kind}` processes of `{name}`"),
         None => format!("restarted the processes of `{name}`"),

@@ -1275,6 +1275,11 @@ impl Run<'_> {
             grace: self.recipe.stop_grace,
             limits: &self.recipe.limits,
             log_dir: &paths.logs.join("app"),
+            check_command: self
+                .recipe
+                .check
+                .as_ref()
+                .and_then(|check| check.command.as_deref()),
         })?;
         let listed: Vec<String> = formation
             .types
@@ -1434,6 +1439,7 @@ impl Run<'_> {
                 timeout,
                 http_check,
                 startup: crate::runtime::readiness::STARTUP,
+                only: None,
             },
             &mut |line| tail.push(line.to_string()),
         );

@@ -176,6 +176,7 @@ pub fn undo(
                 timeout: RESTART_WAIT,
                 http_check: false,
                 startup: Duration::ZERO,
+                only: None,
             };
             if let Err(e) = crate::runtime::readiness::wait_up(supervisor, &readiness, &mut |_| {})
             {

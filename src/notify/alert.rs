@@ -272,6 +272,7 @@ mod tests {
             restarts: 3,
             within: Duration::from_secs(300),
             stable: Duration::from_secs(60),
+            ..Alerts::default()
         }
     }
 

@@ -97,7 +97,9 @@ pub enum ManifestError {
         "its manifest has format {format} and this kiln reads format {FORMAT}: it was made by a newer kiln; upgrade kiln on this node first (upgrade production before staging)"
     )]
     NewerFormat { format: u64 },
-    #[error("its manifest has format {format}, which no kiln writes (this kiln reads format {FORMAT})")]
+    #[error(
+        "its manifest has format {format}, which no kiln writes (this kiln reads format {FORMAT})"
+    )]
     UnknownFormat { format: u64 },
     #[error("its manifest is not valid ({reason})")]
     Invalid { reason: String },
@@ -223,7 +225,11 @@ mod tests {
         );
         let format = with(&|v| v["format"] = serde_json::json!(2)).unwrap_err();
         assert_eq!(format, ManifestError::NewerFormat { format: 2 });
-        assert!(format.to_string().contains("upgrade kiln on this node first"));
+        assert!(
+            format
+                .to_string()
+                .contains("upgrade kiln on this node first")
+        );
         let missing = with(&|v| {
             v.as_object_mut().unwrap().remove("sha256");
         })

@@ -62,6 +62,10 @@ pub struct Formation {
     /// The port of each web instance (`web.1` -> 20001), given when the formation starts.
     #[serde(default)]
     pub ports: BTreeMap<String, u16>,
+    /// The release's kiln.yml `check.command`: what the supervisor's periodic web check runs
+    /// instead of GET / on each web instance (`supervisor::watch`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub check_command: Option<String>,
 }
 
 /// `web.1`: a process type and a 1-based index.
@@ -218,6 +222,8 @@ pub struct FormationSetup<'a> {
     pub grace: Duration,
     pub limits: &'a ProcessLimits,
     pub log_dir: &'a Path,
+    /// kiln.yml `check.command`.
+    pub check_command: Option<&'a str>,
 }
 
 /// Builds the formation of a release. Every type runs 1 instance unless kiln.yml's
@@ -272,6 +278,7 @@ pub fn build(setup: &FormationSetup) -> Result<Formation, UnknownType> {
         limits: setup.limits.clone(),
         log_dir: setup.log_dir.to_path_buf(),
         ports: BTreeMap::new(),
+        check_command: setup.check_command.map(str::to_string),
     })
 }
 
@@ -373,6 +380,7 @@ mod tests {
             grace: Duration::from_secs(10),
             limits: &ProcessLimits::default(),
             log_dir: Path::new("/n/shop/logs/app"),
+            check_command: None,
         })
     }
 

@@ -74,7 +74,13 @@ pub struct Readiness<'a> {
     /// How long every process must have kept running: [`STARTUP`] for a deploy; zero when
     /// an undo only waits for the old release to serve again.
     pub startup: Duration,
+    /// Only these instances (those a restart or a scale started); None: all of them.
+    pub only: Option<&'a [InstanceName]>,
 }
+
+/// How long `kiln restart`, `ps scale` and `start` wait for the processes they started
+/// (a deploy waits for its kiln.yml `check.timeout`).
+pub const OPERATE_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Waits until the formation's processes are up, or says why they are not; returns how long
 /// the web instances took to accept connections. `tail` receives the last log lines of an
@@ -88,14 +94,19 @@ pub fn wait_up(
     let project = &formation.project;
     let started = Instant::now();
     let timeout = readiness.timeout.max(readiness.startup);
-    let webs = formation.web_instances();
+    let wanted = |name: &InstanceName| readiness.only.is_none_or(|only| only.contains(name));
+    let webs: Vec<InstanceName> = formation
+        .web_instances()
+        .into_iter()
+        .filter(|name| wanted(name))
+        .collect();
     let mut accepting: Vec<InstanceName> = Vec::new();
     let mut answered: Vec<InstanceName> = Vec::new();
     let mut last_answer: Option<(InstanceName, String)> = None;
     let mut accepted_after: Option<Duration> = None;
-    let agent = http_agent();
+    let agent = http_agent(Duration::from_secs(2));
     loop {
-        let instances = supervisor
+        let instances: Vec<_> = supervisor
             .instances(project)
             .map_err(|e| ReadinessError::Exited {
                 project: project.clone(),
@@ -103,7 +114,10 @@ pub fn wait_up(
                 kind: "web".into(),
                 command: String::new(),
                 how: format!("could not be looked at ({})", crate::error::chain(&e)),
-            })?;
+            })?
+            .into_iter()
+            .filter(|i| InstanceName::parse(&i.name).is_none_or(|name| wanted(&name)))
+            .collect();
         for instance in &instances {
             if instance.restarts > 0
                 || matches!(instance.state.as_str(), "crashed" | "stopped" | "down")
@@ -213,10 +227,14 @@ pub fn wait_up(
     }
 }
 
-fn http_agent() -> ureq::Agent {
+/// An HTTP client for the app's own port: no proxy, every status an answer, `timeout` for
+/// the whole request, and redirects not followed: `/` redirecting to a login page or to
+/// `https://` (which the app's port does not speak) answered below 500, and is up.
+pub fn http_agent(timeout: Duration) -> ureq::Agent {
     ureq::Agent::config_builder()
-        .timeout_global(Some(Duration::from_secs(2)))
+        .timeout_global(Some(timeout))
         .http_status_as_error(false)
+        .max_redirects(0)
         // The app is on this machine: no proxy from the environment.
         .proxy(None)
         .build()

@@ -353,6 +353,7 @@ mod tests {
             },
             log_dir: PathBuf::from("/srv/projects/shop/logs/app"),
             ports: BTreeMap::from([("web.1".to_string(), 20001)]),
+            check_command: None,
         }
     }
 

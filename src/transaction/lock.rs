@@ -20,7 +20,7 @@ pub struct Holder {
 }
 
 pub struct ProjectLock {
-    _file: File,
+    file: File,
     holder_path: PathBuf,
 }
 
@@ -49,10 +49,7 @@ impl ProjectLock {
             }
             Err(fs::TryLockError::Error(e)) => return Err(io_error("lock", &path, e)),
         }
-        let lock = ProjectLock {
-            _file: file,
-            holder_path,
-        };
+        let lock = ProjectLock { file, holder_path };
         lock.set_holder(action, None)?;
         Ok(lock)
     }
@@ -84,7 +81,30 @@ impl ProjectLock {
 impl Drop for ProjectLock {
     fn drop(&mut self) {
         let _ = fs::remove_file(&self.holder_path);
+        // The lock file's mtime says when a kiln command last let go of the project: the
+        // supervisor's web check starts counting failures over after it (see [`released`]).
+        let _ = self.file.set_modified(std::time::SystemTime::now());
     }
+}
+
+/// Whether a kiln command works on the project now (its lock's holder file names a live
+/// process), found without taking the lock: a probe that took it, even for an instant,
+/// could make a command starting then say it waits for another. A holder file left by a
+/// command killed with SIGKILL names a dead process, and is not busy.
+pub fn busy(state: &Path) -> bool {
+    read_holder(&state.join("lock.holder")).is_some_and(|holder| {
+        let pid = i32::try_from(holder.pid).unwrap_or(0);
+        pid > 0
+            && !matches!(
+                nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), None),
+                Err(nix::errno::Errno::ESRCH)
+            )
+    })
+}
+
+/// When a kiln command last released the project's lock (None: never, or unreadable).
+pub fn released(state: &Path) -> Option<std::time::SystemTime> {
+    fs::metadata(state.join("lock")).ok()?.modified().ok()
 }
 
 /// Takes the project lock, telling the user whom it waits for.
@@ -136,5 +156,31 @@ mod tests {
         drop(first);
         let told = waiter.join().unwrap().unwrap();
         assert_eq!(told.release.as_deref(), Some("r1"));
+    }
+
+    #[test]
+    fn busy_while_held_and_released_marks_the_time_it_was_let_go() {
+        let dir = tempfile::tempdir().unwrap();
+        assert!(!busy(dir.path()));
+        let lock = ProjectLock::acquire(dir.path(), "restart", &mut |_| {}).unwrap();
+        let before = released(dir.path()).unwrap();
+        assert!(busy(dir.path()));
+        std::thread::sleep(std::time::Duration::from_millis(20));
+        drop(lock);
+        assert!(!busy(dir.path()));
+        assert!(released(dir.path()).unwrap() > before);
+        // A holder killed with SIGKILL leaves its file behind, naming a dead process.
+        let dead = Holder {
+            pid: u32::try_from(i32::MAX).unwrap(),
+            action: "deploy".into(),
+            release: None,
+            since: chrono::Utc::now(),
+        };
+        fs::write(
+            dir.path().join("lock.holder"),
+            serde_json::to_vec(&dead).unwrap(),
+        )
+        .unwrap();
+        assert!(!busy(dir.path()));
     }
 }

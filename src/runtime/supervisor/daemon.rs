@@ -25,8 +25,9 @@ use crate::error::Error;
 use crate::runtime::supervisor::control::{Request, Response};
 use crate::runtime::supervisor::proc::{self, ProcessId};
 use crate::runtime::supervisor::state::{
-    InstanceStatus, ProjectState, ShimSpec, SupervisorError, SupervisorPaths,
+    Backend, InstanceStatus, ProjectState, ShimSpec, SupervisorError, SupervisorPaths,
 };
+use crate::runtime::supervisor::watch::{self, Commands};
 
 /// How often the daemon checks that what should run runs.
 const TICK: Duration = Duration::from_secs(1);
@@ -46,11 +47,20 @@ struct Daemon {
     /// Instance supervisors this daemon started, until they have taken their lock and written
     /// their status (which then names them).
     started: Mutex<HashMap<PathBuf, ProcessId>>,
+    /// The systemd backend runs the processes: this daemon only runs the web check.
+    check_only: bool,
 }
 
 /// Runs the daemon until it is killed or its node root disappears. `detach`: started on
 /// demand by a kiln command, so leave its session and drop whatever it inherited.
-pub fn run(root: &Path, config: &SupervisorConfig, detach: bool) -> Result<(), Error> {
+/// `commands` tells the web check when kiln's own commands work on a project. With the
+/// systemd backend it only checks: systemd runs the processes.
+pub fn run(
+    root: &Path,
+    config: &SupervisorConfig,
+    detach: bool,
+    commands: Arc<dyn Commands>,
+) -> Result<(), Error> {
     if detach {
         // Not a group leader (spawned without one), so this cannot fail in practice; if it
         // did, the daemon would only share the caller's session.
@@ -88,25 +98,36 @@ pub fn run(root: &Path, config: &SupervisorConfig, detach: bool) -> Result<(), E
         .map_err(|e| SupervisorError::io("protect", &socket, e))?;
     let exe =
         std::env::current_exe().map_err(|e| SupervisorError::io("find", Path::new("kiln"), e))?;
+    let check_only = Backend::choose(config.backend) == Backend::Systemd;
     let daemon = Arc::new(Daemon {
         paths,
         config: config.clone(),
         exe,
         projects: Mutex::new(HashMap::new()),
         started: Mutex::new(HashMap::new()),
+        check_only,
     });
     say(&format!(
-        "started (pid {}) for {}",
+        "started (pid {}) for {}{}",
         std::process::id(),
-        root.display()
-    ));
-    for project in daemon.paths.projects() {
-        if let Err(e) = daemon.reconcile(&project, true) {
-            say(&format!("{project}: {e}"));
+        root.display(),
+        if check_only {
+            ": the systemd backend runs the processes, this daemon only checks them"
+        } else {
+            ""
         }
+    ));
+    if !check_only {
+        for project in daemon.paths.projects() {
+            if let Err(e) = daemon.reconcile(&project, true) {
+                say(&format!("{project}: {e}"));
+            }
+        }
+        let ticking = Arc::clone(&daemon);
+        std::thread::spawn(move || ticking.tick_forever());
     }
-    let ticking = Arc::clone(&daemon);
-    std::thread::spawn(move || ticking.tick_forever());
+    let watched = root.to_path_buf();
+    std::thread::spawn(move || watch::run_forever(&watched, &commands, say));
     for stream in listener.incoming().flatten() {
         let daemon = Arc::clone(&daemon);
         std::thread::spawn(move || daemon.answer(stream));
@@ -136,7 +157,8 @@ fn close_inherited_fds() {
     }
 }
 
-fn say(text: &str) {
+/// A line in the daemon's log (its stderr).
+pub fn say(text: &str) {
     eprintln!(
         "{} kiln supervise: {text}",
         chrono::Utc::now().format("%Y-%m-%dT%H:%M:%S%.3fZ")
@@ -160,6 +182,9 @@ impl Daemon {
         let error = match serde_json::from_str::<Request>(&line) {
             Err(e) => Some(format!("not a request kiln sends: {e}")),
             Ok(Request::Ping) => None,
+            Ok(_) if self.check_only => Some(
+                "this `kiln supervise` only checks: node.yml's supervisor backend is systemd, which runs the processes".to_string(),
+            ),
             Ok(Request::Sync { project }) => self.reconcile(&project, true).err(),
             Ok(Request::Restart { project, kind }) => self.restart(&project, kind.as_deref()).err(),
         };

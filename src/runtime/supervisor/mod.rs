@@ -9,7 +9,11 @@
 //!   every app running and logging; the next kiln command starts it again, and it adopts what
 //!   runs, because each instance supervisor holds a lock on its instance for as long as it
 //!   lives (no duplicate can start).
-//! - **systemd** ([`crate::runtime::systemd`]): one generated unit per instance.
+//! - **systemd** ([`crate::runtime::systemd`]): one generated unit per instance. `kiln
+//!   supervise` then only checks (below): systemd runs the processes.
+//!
+//! The daemon also runs the periodic web check of every running project ([`watch`]), which
+//! turns a check that starts failing into one alert and one "recovered".
 //!
 //! Node-wide state lives in `<root>/.kiln/supervisor/` (mode 0700: environments hold
 //! secrets): `projects/<project>.json` (the formation each project runs, written by the kiln
@@ -22,6 +26,7 @@ pub mod instance;
 pub mod ports;
 pub mod proc;
 pub mod state;
+pub mod watch;
 
 pub use state::{
     Backend, Instance, InstanceStatus, ProjectState, RunState, ShimSpec, SupervisorError,

@@ -105,6 +105,7 @@ mod tests {
             limits: Default::default(),
             log_dir: PathBuf::from("/x"),
             ports: BTreeMap::new(),
+            check_command: None,
         }
     }
 
