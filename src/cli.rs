@@ -139,11 +139,21 @@ enum Command {
         #[arg(last = true, required = true, value_name = "COMMAND")]
         command: Vec<String>,
     },
-    /// The node's process supervisor daemon (started on demand by the commands that need it).
+    /// Stop every supervised process of the project and run its `services.stop`; it stays
+    /// stopped (also across `kiln boot`) until `kiln start` or a deploy.
+    Stop { name: String },
+    /// Start a project stopped with `kiln stop`: its `services.start`, then its processes.
+    Start { name: String },
+    /// The node's process supervisor daemon and web check (started on demand by the commands
+    /// that need it).
     Supervise {
         /// Leave the caller's session (how kiln starts it).
         #[arg(long, hide = true)]
         detach: bool,
+        /// Stop every project's processes and the daemon, for machine maintenance; nothing
+        /// starts them again until `kiln boot`.
+        #[arg(long, conflicts_with = "detach")]
+        stop: bool,
     },
     /// At machine start: finish interrupted deploys, start the supervisor and every project's
     /// processes.
@@ -607,7 +617,27 @@ fn dispatch(cli: Cli) -> Result<(), Error> {
             let project = node.project(&name)?;
             crate::deploy::operate::run(&node, &project, &command)
         }
-        Command::Supervise { detach } => {
+        Command::Stop { name } => {
+            let project = node.project(&name)?;
+            let mut out = Reporter::to_stdout();
+            let said = crate::deploy::operate::stop(&node, &project, &hook::pusher(), &mut out)?;
+            println!("{said}");
+            Ok(())
+        }
+        Command::Start { name } => {
+            let project = node.project(&name)?;
+            let mut out = Reporter::to_stdout();
+            let said = crate::deploy::operate::start(&node, &project, &mut out)?;
+            println!("{said}");
+            status::ps(&node, &project, false)
+        }
+        Command::Supervise { stop: true, .. } => {
+            for line in crate::deploy::operate::hold(&node, &hook::pusher())? {
+                println!("{line}");
+            }
+            Ok(())
+        }
+        Command::Supervise { detach, .. } => {
             let (root, config) = (node.root.clone(), node.config.supervisor.clone());
             let commands = crate::deploy::operate::NodeCommands::shared(node);
             crate::runtime::supervisor::daemon::run(&root, &config, detach, commands)

@@ -140,6 +140,17 @@ pub enum Error {
     )]
     NotUp { project: String, reason: String },
 
+    /// `kiln stop` or `kiln start` ran the live release's `services.stop`/`start`, which
+    /// failed: exit 1.
+    #[error(
+        "`services.{which}` of `{project}` failed: {reason}; fix it, then run `kiln {which} {project}` again"
+    )]
+    Services {
+        project: String,
+        which: &'static str,
+        reason: String,
+    },
+
     /// The deploy failed and everything was put back: exit 1.
     #[error("deploy FAILED at {stage} ({reason}); {outcome}")]
     DeployFailed {
@@ -173,9 +184,10 @@ pub enum Error {
 impl Error {
     pub fn exit_code(&self) -> i32 {
         match self {
-            Error::DeployFailed { .. } | Error::Undelivered { .. } | Error::NotUp { .. } => {
-                EXIT_DEPLOY_FAILED
-            }
+            Error::DeployFailed { .. }
+            | Error::Undelivered { .. }
+            | Error::NotUp { .. }
+            | Error::Services { .. } => EXIT_DEPLOY_FAILED,
             Error::RollbackFailed { .. } => EXIT_ROLLBACK_FAILED,
             Error::NotDeployed { exit, .. } => *exit,
             _ => EXIT_BAD_INPUT,

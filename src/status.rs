@@ -136,6 +136,7 @@ pub fn status(node: &Node, project: &Project, as_json: bool) -> Result<(), Error
     let run = run_kind(project);
     let supervisor = crate::deploy::operate::supervisor(node);
     let processes = supervisor.instances(&paths.name).unwrap_or_default();
+    let stopped = crate::runtime::stopped::Stopped::load(&paths.state);
     // The supervisor's periodic web check of the running release (none when stopped).
     let web_check =
         crate::runtime::supervisor::watch::CheckStatus::load(&supervisor.paths, &paths.name)
@@ -185,6 +186,7 @@ pub fn status(node: &Node, project: &Project, as_json: bool) -> Result<(), Error
             "shells": crate::access::shell::recent(&paths.state, 5),
             "supervisor": {"backend": supervisor.backend.as_str(), "daemon": crate::runtime::supervisor::control::daemon_pid(&supervisor.paths)},
             "processes": processes,
+            "stopped": stopped,
             "web_check": web_check,
             "front_door": front.as_ref().map(FrontDoorView::json),
             "behind": behind,
@@ -205,6 +207,13 @@ pub fn status(node: &Node, project: &Project, as_json: bool) -> Result<(), Error
     println!("run/:        {run}");
     println!("live:        {}", log.current.as_deref().unwrap_or("none"));
     println!("supervisor:  {}", supervisor.describe());
+    if let Some(mark) = &stopped {
+        println!(
+            "stopped:     with `kiln stop` {}: `kiln start {}` starts it",
+            mark.describe(),
+            paths.name
+        );
+    }
     if processes.is_empty() {
         println!("processes:   none");
     } else {
@@ -766,11 +775,13 @@ pub fn ps(node: &Node, project: &Project, as_json: bool) -> Result<(), Error> {
     supervisor.wake()?;
     let state = supervisor.state(name)?;
     let instances = supervisor.instances(name)?;
+    let stopped = crate::runtime::stopped::Stopped::load(&project.paths.state);
     if as_json {
         let value = json!({
             "project": name,
             "backend": supervisor.backend.as_str(),
             "running": state.as_ref().is_some_and(|s| s.running),
+            "stopped": stopped,
             "release": state.as_ref().map(|s| &s.formation.release),
             "instances": instances,
         });
@@ -786,10 +797,17 @@ pub fn ps(node: &Node, project: &Project, as_json: bool) -> Result<(), Error> {
         );
         return Ok(());
     };
+    let how = match (&stopped, state.running) {
+        (Some(mark), false) => format!(
+            "stopped with `kiln stop` {}: `kiln start {name}` starts it",
+            mark.describe()
+        ),
+        (_, true) => "running".to_string(),
+        (None, false) => "stopped".to_string(),
+    };
     println!(
-        "=== {name}: release {}, {} ({})",
+        "=== {name}: release {}, {how} ({})",
         state.formation.release,
-        if state.running { "running" } else { "stopped" },
         supervisor.describe()
     );
     for i in &instances {

@@ -75,6 +75,8 @@ pub const COMMANDS: &[(&str, Need)] = &[
     ("rollback", Need::Right(Right::Operate)),
     ("recover", Need::Right(Right::Operate)),
     ("restart", Need::Right(Right::Operate)),
+    ("stop", Need::Right(Right::Operate)),
+    ("start", Need::Right(Right::Operate)),
     ("scale", Need::Right(Right::Operate)),
     ("run", Need::Right(Right::Operate)),
     ("release import", Need::Right(Right::Operate)),
@@ -87,6 +89,10 @@ pub const COMMANDS: &[(&str, Need)] = &[
     ("domains add", Need::Admin),
     ("domains remove", Need::Admin),
     ("proxy", Need::Admin),
+    // Machine maintenance: stop every app and the supervisor, then bring them back. The
+    // daemon itself (`kiln supervise`) is started by kiln, never over SSH.
+    ("supervise --stop", Need::Admin),
+    ("boot", Need::Admin),
 ];
 
 /// An allowed kiln command: the arguments to run kiln with (`--root` not included) and the
@@ -402,6 +408,10 @@ mod tests {
             ("domains list shop", Some("shop"), Need::Read),
             ("domains add shop shop.example.com", None, Need::Admin),
             ("proxy reload", None, Need::Admin),
+            ("stop shop", Some("shop"), Need::Right(Right::Operate)),
+            ("start shop", Some("shop"), Need::Right(Right::Operate)),
+            ("supervise --stop", None, Need::Admin),
+            ("boot", None, Need::Admin),
             ("--version", None, Need::Nothing),
         ];
         for (command, project, need) in cases {
@@ -425,8 +435,8 @@ mod tests {
             "--help",
             // The supervisor is the node's, started by kiln itself, not over SSH.
             "supervise",
+            "supervise --detach",
             "supervise-instance shop web.1 x",
-            "boot",
         ] {
             let args = words(command).unwrap();
             let error = kiln_command(&args, root).expect_err(command).to_string();

@@ -1,6 +1,8 @@
 //! What operators do with a project's running processes: `kiln ps scale`, `kiln restart`,
-//! `kiln run` (a one-off in run/ with the live release's environment) and `kiln boot` (at
-//! machine start: finish interrupted deploys, then bring every project's processes back).
+//! `kiln run` (a one-off in run/ with the live release's environment), `kiln stop` and
+//! `kiln start` (a project stopped on purpose stays stopped), `kiln supervise --stop` (every
+//! project, for machine maintenance) and `kiln boot` (at machine start: finish interrupted
+//! deploys, then bring every project's processes back).
 //! Each takes the project's lock and finishes an interrupted deploy first, like a deploy, so
 //! that it never acts on a half-switched node.
 
@@ -10,14 +12,18 @@ use std::process::Command;
 
 use crate::config::pillar::Pillar;
 use crate::config::project::{Node, Project};
+use crate::config::recipe::{Recipe, Stage};
 use crate::deploy::pipeline::{Settings, read_recipe};
 use crate::deploy::rollback;
 use crate::error::Error;
+use crate::exec::redact::Redactor;
 use crate::exec::report::Reporter;
+use crate::exec::stage::CommandSpec;
 use crate::fs::git;
 use crate::runtime::formation::{self, Formation, InstanceName, RUN_SCRIPT, Scale};
 use crate::runtime::procfile::ProcessTypes;
 use crate::runtime::readiness::{self, Readiness};
+use crate::runtime::stopped::Stopped;
 use crate::runtime::supervisor::Supervisor;
 use crate::runtime::supervisor::watch::Commands;
 use crate::transaction::lock::lock;
@@ -96,10 +102,16 @@ pub fn scale(
         .collect::<Vec<_>>()
         .join(" ");
     let Some(mut formation) = running else {
-        return Ok(format!(
-            "recorded {listed} for `{}`; the next deploy runs it",
-            paths.name
-        ));
+        return Ok(match Stopped::load(&paths.state) {
+            Some(_) => format!(
+                "recorded {listed} for `{}`, which is stopped: `kiln start {}` runs it",
+                paths.name, paths.name
+            ),
+            None => format!(
+                "recorded {listed} for `{}`; the next deploy runs it",
+                paths.name
+            ),
+        });
     };
     let before = formation.instance_names();
     for (kind, count) in &counts {
@@ -154,9 +166,15 @@ pub fn restart(
     let supervisor = supervisor(node);
     let name = &project.paths.name;
     let Some(formation) = supervisor.running(name)? else {
-        return Err(Error::Usage(format!(
-            "`{name}` runs no supervised processes: deploy a release with a Procfile first"
-        )));
+        return Err(Error::Usage(match Stopped::load(&project.paths.state) {
+            Some(mark) => format!(
+                "`{name}` is stopped ({}): `kiln start {name}` starts it",
+                mark.describe()
+            ),
+            None => format!(
+                "`{name}` runs no supervised processes: deploy a release with a Procfile first"
+            ),
+        }));
     };
     supervisor.restart(name, kind)?;
     let restarted: Option<Vec<InstanceName>> = kind.map(|kind| {
@@ -173,31 +191,93 @@ pub fn restart(
     })
 }
 
+/// The live release as the commands between deploys need it: its kiln.yml and its merged
+/// settings (from the pillar checked out now). Its `$KILN_COMMON` file exists as long as
+/// this does.
+struct Live {
+    release: String,
+    recipe: Recipe,
+    settings: Settings,
+}
+
+impl Live {
+    /// `doing`: what needs a live release, for the error (`run a command in`).
+    fn open(node: &Node, project: &Project, doing: &str) -> Result<Live, Error> {
+        let paths = &project.paths;
+        let log = ReleaseLog::load(&paths.release_log())?;
+        let record = log
+            .current
+            .as_ref()
+            .and_then(|id| log.get(id))
+            .ok_or_else(|| {
+                Error::Usage(format!(
+                    "`{}` has no live release to {doing}: deploy first",
+                    paths.name
+                ))
+            })?;
+        let repo = git::open_bare(&paths.project_repo)?;
+        let commit = git2::Oid::from_str(&record.commit).map_err(crate::error::git_error(
+            format!("read commit {}", record.commit),
+        ))?;
+        let recipe = read_recipe(&repo, commit)?;
+        let pillar = Pillar::current(paths)?;
+        let settings = Settings::gather(node, project, &recipe, &pillar, &record.id, commit)?;
+        Ok(Live {
+            release: record.id.clone(),
+            recipe,
+            settings,
+        })
+    }
+
+    /// Runs the live release's `services.stop` or `services.start` (`which`), as a deploy
+    /// runs it: `sh -c` in run/, the deploy stage's environment and timeout, output masked.
+    fn service(
+        &self,
+        node: &Node,
+        project: &Project,
+        which: &'static str,
+        out: &mut Reporter,
+    ) -> Result<(), Error> {
+        let services = &self.recipe.services;
+        let command = match which {
+            "stop" => services.stop.as_deref(),
+            _ => services.start.as_deref(),
+        };
+        let Some(command) = command else {
+            return Ok(());
+        };
+        let mut env = self.settings.env.clone();
+        env.insert("KILN_STAGE".into(), Stage::Deploy.as_str().into());
+        let label = format!("services.{which}");
+        out.set_redactor(Redactor::new(self.settings.secrets()));
+        out.command(&label, command);
+        let spec = CommandSpec {
+            stage: &label,
+            command,
+            cwd: &project.paths.run,
+            env: &env,
+            timeout: self
+                .recipe
+                .timeout(Stage::Deploy, node.config.limits.stage_timeout),
+            profile: false,
+        };
+        let redactor = Redactor::new(self.settings.secrets());
+        crate::exec::stage::run_command(&spec, &redactor, out)
+            .map(drop)
+            .map_err(|e| Error::Services {
+                project: project.paths.name.clone(),
+                which,
+                reason: e.to_string(),
+            })
+    }
+}
+
 /// The environment of `kiln run`: the live release's, as its processes get it (from the
 /// pillar checked out now), with `KILN_PROCESS=run`; no `PORT` (a one-off serves nothing).
 fn run_env(node: &Node, project: &Project) -> Result<BTreeMap<String, String>, Error> {
-    let paths = &project.paths;
-    let log = ReleaseLog::load(&paths.release_log())?;
-    let record = log
-        .current
-        .as_ref()
-        .and_then(|id| log.get(id))
-        .ok_or_else(|| {
-            Error::Usage(format!(
-                "`{}` has no live release to run a command in: deploy first",
-                paths.name
-            ))
-        })?;
-    let repo = git::open_bare(&paths.project_repo)?;
-    let commit = git2::Oid::from_str(&record.commit).map_err(crate::error::git_error(format!(
-        "read commit {}",
-        record.commit
-    )))?;
-    let recipe = read_recipe(&repo, commit)?;
-    let pillar = Pillar::current(paths)?;
     // Dropped at once: its `$KILN_COMMON` file exists only during a deploy.
-    let settings = Settings::gather(node, project, &recipe, &pillar, &record.id, commit)?;
-    let mut env = formation::process_env(&settings.env);
+    let live = Live::open(node, project, "run a command in")?;
+    let mut env = formation::process_env(&live.settings.env);
     env.remove("PORT");
     env.insert("KILN_PROCESS".into(), "run".into());
     env.insert("DYNO".into(), "run.1".into());
@@ -226,6 +306,136 @@ pub fn run(node: &Node, project: &Project, command: &[String]) -> Result<(), Err
     Err(crate::error::io_error("run", &project.paths.run, error))
 }
 
+/// `kiln stop <name>`: stops every supervised process of the project and runs its live
+/// release's `services.stop`, and marks it stopped (`runtime::stopped`): it stays stopped
+/// across `kiln boot` until `kiln start` or a deploy. Running it again stops again whatever
+/// is left (a `services.stop` that failed the first time runs again).
+pub fn stop(
+    node: &Node,
+    project: &Project,
+    who: &str,
+    out: &mut Reporter,
+) -> Result<String, Error> {
+    let _lock = lock(project, "stop", out)?;
+    rollback::recover(node, project, out)?;
+    let paths = &project.paths;
+    let live = Live::open(node, project, "stop")?;
+    let already = Stopped::load(&paths.state);
+    // First the mark: from here nothing starts the project by itself, whatever fails next.
+    already
+        .clone()
+        .unwrap_or_else(|| Stopped {
+            by: who.to_string(),
+            at: chrono::Utc::now(),
+        })
+        .save(&paths.state)?;
+    let supervisor = supervisor(node);
+    let formation = supervisor.state(&paths.name)?.map(|s| s.formation);
+    supervisor.stop(&paths.name)?;
+    live.service(node, project, "stop", out)?;
+    let processes = formation
+        .map(|f| {
+            f.instance_names()
+                .iter()
+                .map(ToString::to_string)
+                .collect::<Vec<_>>()
+        })
+        .filter(|names| !names.is_empty())
+        .map(|names| format!(" ({})", names.join(", ")))
+        .unwrap_or_default();
+    Ok(match already {
+        Some(mark) => format!(
+            "`{}` was stopped already ({}); stopped again whatever was left of release {}{processes}; `kiln start {}` starts it",
+            paths.name,
+            mark.describe(),
+            live.release,
+            paths.name
+        ),
+        None => format!(
+            "stopped `{}` (release {}{processes}); it stays stopped across `kiln boot` until `kiln start {}` or a deploy",
+            paths.name, live.release, paths.name
+        ),
+    })
+}
+
+/// `kiln start <name>`: the opposite of `kiln stop`: the live release's `services.start`,
+/// then its processes as they last ran (with the counts `kiln ps scale` set since), waiting
+/// until they are up.
+pub fn start(node: &Node, project: &Project, out: &mut Reporter) -> Result<String, Error> {
+    let _lock = lock(project, "start", out)?;
+    rollback::recover(node, project, out)?;
+    let paths = &project.paths;
+    let live = Live::open(node, project, "start")?;
+    let supervisor = supervisor(node);
+    if let Some(held) = supervisor.held() {
+        return Err(crate::runtime::supervisor::SupervisorError::Held {
+            held: held.describe(),
+        }
+        .into());
+    }
+    let stopped = Stopped::load(&paths.state);
+    let state = supervisor.state(&paths.name)?;
+    if stopped.is_none() && state.as_ref().is_none_or(|s| s.running) {
+        return Ok(format!(
+            "`{}` is not stopped: nothing to start (`kiln restart {}` restarts its processes)",
+            paths.name, paths.name
+        ));
+    }
+    if stopped.is_some() {
+        live.service(node, project, "start", out)?;
+    }
+    let mut started = Vec::new();
+    if let Some(state) = state {
+        let mut formation = state.formation;
+        for (kind, count) in Scale::load(&paths.state)?.0 {
+            if let Some(process) = formation.types.get_mut(&kind) {
+                process.count = count;
+            }
+        }
+        let formation = supervisor.start(formation)?;
+        Stopped::clear(&paths.state)?;
+        started = formation.instance_names();
+        wait_up(&supervisor, &formation, None)?;
+    }
+    Stopped::clear(&paths.state)?;
+    let listed: Vec<String> = started.iter().map(ToString::to_string).collect();
+    Ok(format!(
+        "started `{}` (release {}{})",
+        paths.name,
+        live.release,
+        if listed.is_empty() {
+            String::new()
+        } else {
+            format!(": {}", listed.join(", "))
+        }
+    ))
+}
+
+/// `kiln supervise --stop`: for machine maintenance, every project's processes and the
+/// supervisor daemon stop; nothing starts them again (no command wakes the daemon, deploys
+/// of projects with processes are refused) until `kiln boot`. Projects keep their state:
+/// `kiln boot` starts what ran, and a project stopped with `kiln stop` stays stopped.
+pub fn hold(node: &Node, who: &str) -> Result<Vec<String>, Error> {
+    let supervisor = supervisor(node);
+    let stopped = supervisor.hold(who)?;
+    let mut lines: Vec<String> = stopped
+        .iter()
+        .map(|(project, names)| {
+            format!(
+                "{project}: stopped {}",
+                names
+                    .iter()
+                    .map(ToString::to_string)
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            )
+        })
+        .collect();
+    lines
+        .push("the node's supervisor is stopped; `kiln boot` starts it and every app again".into());
+    Ok(lines)
+}
+
 /// `kiln boot`: at machine start. Every project's interrupted deploy is finished (which may
 /// stop and start processes), then the supervisor runs every formation that should run.
 /// Returns one line per project that runs processes.
@@ -248,9 +458,11 @@ pub fn boot(node: &Node, out: &mut Reporter) -> Result<Vec<String>, Error> {
             failures.push(format!("{name}: {}", crate::error::chain(&e)));
         }
     }
-    // kiln's own supervisor starts what the formation files say should run; systemd's units
-    // are enabled, so systemd started them already.
+    // kiln's own supervisor starts what the formation files say should run (a project
+    // stopped with `kiln stop` says stopped); systemd's units are enabled, so systemd started
+    // them already. Ends a `kiln supervise --stop`.
     let supervisor = supervisor(node);
+    supervisor.release()?;
     supervisor.wake()?;
     let mut lines = Vec::new();
     for name in supervisor.paths.projects() {

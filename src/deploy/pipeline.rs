@@ -35,6 +35,7 @@ use crate::release::manifest::{self as release, Manifest};
 use crate::runtime::formation::{Formation, FormationSetup, Scale};
 use crate::runtime::procfile::ProcessTypes;
 use crate::runtime::readiness::Readiness;
+use crate::runtime::stopped::Stopped;
 use crate::runtime::supervisor::{Backend, Supervisor};
 use crate::transaction::backup;
 use crate::transaction::journal::{Journal, Phase, UndoCommands};
@@ -236,6 +237,7 @@ pub fn deploy_locked(
         mode,
         environment,
     };
+    refuse_while_held(node, project)?;
     if !request.settings_only
         && !request.force
         && let Some(live) = already_live(&log, &inputs)
@@ -382,6 +384,21 @@ pub fn deploy_locked(
     }
 }
 
+/// Deploys and rollbacks of a project with processes wait for `kiln boot` after `kiln
+/// supervise --stop`: they would have to start processes the operator just stopped.
+fn refuse_while_held(node: &Node, project: &Project) -> Result<(), Error> {
+    let supervisor = Supervisor::new(&node.root, &node.config.supervisor);
+    match supervisor.held() {
+        Some(held) if supervisor.state(&project.paths.name)?.is_some() => {
+            Err(crate::runtime::supervisor::SupervisorError::Held {
+                held: held.describe(),
+            }
+            .into())
+        }
+        _ => Ok(()),
+    }
+}
+
 /// How a deploy or rollback ended, for its notification.
 struct Ended<'r> {
     event: NotifyEvent,
@@ -438,6 +455,11 @@ pub(crate) struct Settings {
 }
 
 impl Settings {
+    /// The pillar's secret values, masked in all output.
+    pub(crate) fn secrets(&self) -> &[String] {
+        &self.secrets
+    }
+
     pub(crate) fn gather(
         node: &Node,
         project: &Project,
@@ -556,6 +578,9 @@ struct Run<'a> {
     /// The processes running when this run started (the live release's): stopped with it,
     /// and started again if this run is undone.
     live_formation: Option<Formation>,
+    /// The live release's formation of a project stopped with `kiln stop`: put back, still
+    /// stopped, if this run is undone.
+    stopped_formation: Option<Formation>,
     /// This release's processes, from its tree (None: it has no process types).
     formation: Option<Formation>,
     /// This release's release-phase command (its Procfile's `release:`).
@@ -629,6 +654,25 @@ impl<'a> Run<'a> {
                 }
             }
         };
+        // A project stopped with `kiln stop`: its services are stopped already, and if this
+        // run fails it stays stopped (nothing of the live release is started again).
+        let stopped = Stopped::load(&paths.state);
+        let live_services = match &stopped {
+            Some(mark) => {
+                out.note(&format!(
+                    "`{}` was stopped with `kiln stop` ({}): this {} starts it",
+                    paths.name,
+                    mark.describe(),
+                    if setup.log_name == setup.release {
+                        "deploy"
+                    } else {
+                        "rollback"
+                    }
+                ));
+                Services::default()
+            }
+            None => live_services,
+        };
         let supervisor = Supervisor::new(&setup.node.root, &setup.node.config.supervisor);
         let live_formation = match supervisor.running(&paths.name) {
             Ok(formation) => formation,
@@ -640,9 +684,14 @@ impl<'a> Run<'a> {
                 None
             }
         };
+        let stopped_formation = stopped
+            .and_then(|_| supervisor.state(&paths.name).ok().flatten())
+            .filter(|state| !state.running)
+            .map(|state| state.formation);
         Run {
             supervisor,
             live_formation,
+            stopped_formation,
             formation: None,
             release_command: None,
             node: setup.node,
@@ -787,6 +836,7 @@ impl Run<'_> {
                 timeout: self.timeout(Stage::Deploy),
                 cwd: self.paths().run.clone(),
                 processes: self.live_formation.clone(),
+                stopped_processes: self.stopped_formation.clone(),
             },
             pid: std::process::id(),
             log: Some(self.log_name.clone()),
@@ -1727,7 +1777,11 @@ impl Run<'_> {
         // follows is tidying, and a failure is a warning. A journal left behind is harmless:
         // recovery sees the release live and only removes it.
         self.journal = None;
-        let mut tidy = vec![Journal::remove(&paths.journal())];
+        // It runs: a `kiln stop` before it is over.
+        let mut tidy = vec![
+            Journal::remove(&paths.journal()),
+            Stopped::clear(&paths.state),
+        ];
         if self.mode != Mode::Editable {
             tidy.push(crate::fs::durable::replace_symlink(
                 Path::new(&self.release),
@@ -2034,6 +2088,7 @@ pub fn rollback_to(
     }
     let lock = lock(project, "rollback", out)?;
     rollback::recover(node, project, out)?;
+    refuse_while_held(node, project)?;
     let log = ReleaseLog::load(&paths.release_log())?;
     let named = |id: &str| -> Result<&Record, Error> {
         let record = log.get(id).ok_or_else(|| Error::UnknownRelease {

@@ -91,6 +91,16 @@ pub fn undo(
             )),
         }
     }
+    // A project stopped with `kiln stop` stays stopped, with the live release's formation.
+    if let Some(formation) = &journal.undo.stopped_processes
+        && let Err(e) = supervisor.keep_stopped(formation.clone())
+    {
+        out.note(&format!(
+            "warning: could not put back the stopped processes of {}: {}",
+            formation.release,
+            crate::error::chain(&e)
+        ));
+    }
     let failed = journal.archive.join("failed");
     let is_deploy = journal.action == "deploy";
     let method = Method::parse(&journal.switch);

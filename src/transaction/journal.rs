@@ -56,6 +56,11 @@ pub struct UndoCommands {
     /// or the journal is of an older kiln version.
     #[serde(default)]
     pub processes: Option<Formation>,
+    /// The formation of a project stopped with `kiln stop` (the live release's, stopped):
+    /// an undo writes it back, still stopped, so that `kiln start` starts the live release's
+    /// processes and not the failed release's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stopped_processes: Option<Formation>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

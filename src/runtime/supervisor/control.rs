@@ -27,6 +27,9 @@ pub enum Request {
         project: String,
         kind: Option<String>,
     },
+    /// `kiln supervise --stop` (the node is held already): stop every instance of every
+    /// project, answer, and exit.
+    Shutdown,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -118,8 +118,11 @@ pub fn run(
         }
     ));
     if !check_only {
-        for project in daemon.paths.projects() {
-            if let Err(e) = daemon.reconcile(&project, true) {
+        if daemon.held() {
+            say("held by `kiln supervise --stop`: nothing starts until `kiln boot`");
+        }
+        for project in daemon.paths.projects().iter().filter(|_| !daemon.held()) {
+            if let Err(e) = daemon.reconcile(project, true) {
                 say(&format!("{project}: {e}"));
             }
         }
@@ -179,7 +182,9 @@ impl Daemon {
         if BufReader::new(&stream).read_line(&mut line).is_err() {
             return;
         }
-        let error = match serde_json::from_str::<Request>(&line) {
+        let request = serde_json::from_str::<Request>(&line);
+        let shutting_down = matches!(request, Ok(Request::Shutdown));
+        let error = match request {
             Err(e) => Some(format!("not a request kiln sends: {e}")),
             Ok(Request::Ping) => None,
             Ok(_) if self.check_only => Some(
@@ -187,7 +192,9 @@ impl Daemon {
             ),
             Ok(Request::Sync { project }) => self.reconcile(&project, true).err(),
             Ok(Request::Restart { project, kind }) => self.restart(&project, kind.as_deref()).err(),
+            Ok(Request::Shutdown) => self.shutdown().err(),
         };
+        let shutdown = shutting_down && error.is_none();
         let mut answer = serde_json::to_vec(&Response {
             pid: std::process::id(),
             error,
@@ -196,6 +203,49 @@ impl Daemon {
         answer.push(b'\n');
         let mut stream = stream;
         let _ = stream.write_all(&answer);
+        if shutdown {
+            say("every process stopped (`kiln supervise --stop`): exiting");
+            std::process::exit(0);
+        }
+    }
+
+    /// `kiln supervise --stop` held the node.
+    fn held(&self) -> bool {
+        self.paths.held().exists()
+    }
+
+    /// Stops every instance of every project, in parallel, each with its grace; their dirs
+    /// go (`kiln boot` starts them again from the formation files). Only once the node is
+    /// held, so that no reconciliation starts them again meanwhile.
+    fn shutdown(&self) -> Result<(), String> {
+        if !self.held() {
+            return Err("the node is not held: run `kiln supervise --stop`".into());
+        }
+        let projects = self.paths.projects();
+        let locks: Vec<Arc<Mutex<()>>> = projects.iter().map(|p| self.project_lock(p)).collect();
+        let _guards: Vec<_> = locks
+            .iter()
+            .map(|l| l.lock().unwrap_or_else(std::sync::PoisonError::into_inner))
+            .collect();
+        let dirs: Vec<PathBuf> = projects
+            .iter()
+            .flat_map(|project| {
+                fs::read_dir(self.paths.instances_dir(project))
+                    .into_iter()
+                    .flatten()
+                    .flatten()
+                    .map(|e| e.path())
+            })
+            .collect();
+        std::thread::scope(|scope| {
+            for dir in &dirs {
+                scope.spawn(move || self.stop_instance(dir));
+            }
+        });
+        for dir in dirs {
+            let _ = fs::remove_dir_all(dir);
+        }
+        Ok(())
     }
 
     /// Every second: what should run, runs; a vanished node root ends the daemon.
@@ -206,6 +256,9 @@ impl Daemon {
                 say("the node root is gone: stopping every process and exiting");
                 self.stop_everything();
                 std::process::exit(0);
+            }
+            if self.held() {
+                continue;
             }
             for project in self.paths.projects() {
                 if let Err(e) = self.reconcile(&project, false) {

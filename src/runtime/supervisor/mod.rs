@@ -29,7 +29,7 @@ pub mod state;
 pub mod watch;
 
 pub use state::{
-    Backend, Instance, InstanceStatus, ProjectState, RunState, ShimSpec, SupervisorError,
+    Backend, Held, Instance, InstanceStatus, ProjectState, RunState, ShimSpec, SupervisorError,
     SupervisorPaths,
 };
 
@@ -80,6 +80,7 @@ impl Supervisor {
     /// it: instances whose command or environment changed are restarted, extra ones stopped,
     /// missing ones started; the others keep running. Returns the formation with its ports.
     pub fn start(&self, mut formation: Formation) -> Result<Formation, Error> {
+        self.refuse_if_held()?;
         {
             let _ports = crate::runtime::supervisor::ports::assign(
                 &self.paths,
@@ -113,6 +114,11 @@ impl Supervisor {
             }
             .save(&self.paths)?;
         }
+        // `kiln supervise --stop` stopped every process already, and `kiln boot` starts only
+        // what its formation file says: nothing is left to ask of the daemon.
+        if self.held().is_some() {
+            return Ok(was_running);
+        }
         // Also when the file says stopped: a stop interrupted by a crash may have left some.
         if was_running || self.any_instance_left(project) {
             self.sync(project, state.formation.grace)?;
@@ -120,11 +126,22 @@ impl Supervisor {
         Ok(was_running)
     }
 
+    /// Writes `formation` as its project's, stopped (nothing is started or stopped): an undo
+    /// puts back the formation of a project stopped with `kiln stop`.
+    pub fn keep_stopped(&self, formation: Formation) -> Result<(), Error> {
+        ProjectState {
+            running: false,
+            formation,
+        }
+        .save(&self.paths)
+    }
+
     /// Restarts the instances of `project` (only those of `kind`, if given).
     pub fn restart(&self, project: &str, kind: Option<&str>) -> Result<(), Error> {
         let Some(formation) = self.running(project)? else {
             return Ok(());
         };
+        self.refuse_if_held()?;
         if let Some(kind) = kind.filter(|k| !formation.types.contains_key(*k)) {
             return Err(SupervisorError::UnknownType {
                 project: project.to_string(),
@@ -161,6 +178,7 @@ impl Supervisor {
             return crate::runtime::systemd::instances(&state);
         }
         let now = Utc::now();
+        let held = self.held().is_some();
         let specs: BTreeMap<InstanceName, InstanceSpec> = state
             .formation
             .instances()
@@ -173,7 +191,7 @@ impl Supervisor {
                 let status = InstanceStatus::load(&self.paths.instance_dir(project, &name))
                     .filter(|s| s.release == spec.release);
                 let (state_text, pid, uptime, restarts, last_exit) = match &status {
-                    _ if !state.running => ("stopped".to_string(), None, None, 0, None),
+                    _ if !state.running || held => ("stopped".to_string(), None, None, 0, None),
                     None => ("starting".to_string(), None, None, 0, None),
                     Some(s) => {
                         let live = s.shim.alive();
@@ -211,7 +229,7 @@ impl Supervisor {
     /// when a project should run and it does not (it then restarts what is missing). Cheap when
     /// nothing is supervised: no daemon is started for a node without processes.
     pub fn wake(&self) -> Result<(), Error> {
-        if self.backend != Backend::Kiln {
+        if self.backend != Backend::Kiln || self.held().is_some() {
             return Ok(());
         }
         let wanted =
@@ -228,10 +246,85 @@ impl Supervisor {
     pub fn describe(&self) -> String {
         match self.backend {
             Backend::Systemd => format!("systemd (units in {})", self.config.unit_dir.display()),
-            Backend::Kiln => match control::daemon_pid(&self.paths) {
-                Some(pid) => format!("kiln (`kiln supervise`, pid {pid})"),
-                None => "kiln (`kiln supervise`, not running)".to_string(),
+            Backend::Kiln => match (self.held(), control::daemon_pid(&self.paths)) {
+                (Some(held), _) => format!(
+                    "kiln (stopped with `kiln supervise --stop` {}: `kiln boot` starts it and every app again)",
+                    held.describe()
+                ),
+                (None, Some(pid)) => format!("kiln (`kiln supervise`, pid {pid})"),
+                (None, None) => "kiln (`kiln supervise`, not running)".to_string(),
             },
+        }
+    }
+
+    /// `kiln supervise --stop` was run, and `kiln boot` not since.
+    pub fn held(&self) -> Option<Held> {
+        Held::load(&self.paths)
+    }
+
+    fn refuse_if_held(&self) -> Result<(), Error> {
+        match self.held() {
+            Some(held) if self.backend == Backend::Kiln => Err(SupervisorError::Held {
+                held: held.describe(),
+            }
+            .into()),
+            _ => Ok(()),
+        }
+    }
+
+    /// `kiln supervise --stop`: stops every process of every project and the daemon, for
+    /// machine maintenance. The formation files stay as they are (what should run), and
+    /// nothing starts again until `kiln boot` ([`Supervisor::release`]). Returns the
+    /// instances that were running, per project.
+    pub fn hold(&self, by: &str) -> Result<Vec<(String, Vec<InstanceName>)>, Error> {
+        if self.backend == Backend::Systemd {
+            return Err(SupervisorError::HoldSystemd.into());
+        }
+        let mut running = Vec::new();
+        let mut grace = Duration::ZERO;
+        for project in self.paths.projects() {
+            if let Some(formation) = self.running(&project)?.filter(|f| !f.is_idle()) {
+                grace = grace.max(formation.grace);
+                running.push((project, formation.instance_names()));
+            }
+        }
+        // First: a daemon started from now on (by this command, or any other) comes up held
+        // and starts nothing.
+        Held {
+            by: by.to_string(),
+            at: Utc::now(),
+        }
+        .save(&self.paths)?;
+        let anything_left = control::daemon_pid(&self.paths).is_some()
+            || self
+                .paths
+                .projects()
+                .iter()
+                .any(|p| self.any_instance_left(p));
+        if anything_left {
+            control::ensure_daemon(&self.paths)?;
+            let timeout = grace * 2 + Duration::from_secs(30);
+            let response = control::send(&self.paths, &Request::Shutdown, timeout)?;
+            if let Some(reason) = response.error {
+                return Err(SupervisorError::Failed {
+                    what: "stop every process of",
+                    project: "the node".into(),
+                    reason,
+                }
+                .into());
+            }
+        }
+        Ok(running)
+    }
+
+    /// `kiln boot`: ends a `kiln supervise --stop`; [`Supervisor::wake`] then starts what the
+    /// formation files say.
+    pub fn release(&self) -> Result<(), Error> {
+        match fs::remove_file(self.paths.held()) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                Err(SupervisorError::io("remove", &self.paths.held(), e).into())
+            }
+            _ => Ok(()),
         }
     }
 

@@ -43,6 +43,10 @@ impl SupervisorPaths {
     pub fn daemon_log(&self) -> PathBuf {
         self.dir.join("daemon.log")
     }
+    /// `kiln supervise --stop`'s mark: every app stays down until `kiln boot`.
+    pub fn held(&self) -> PathBuf {
+        self.dir.join("held.json")
+    }
     pub fn ports_lock(&self) -> PathBuf {
         self.dir.join("ports.lock")
     }
@@ -128,6 +132,36 @@ impl ProjectState {
             &bytes,
             0o600,
         )
+    }
+}
+
+/// `held.json`: the node's processes were stopped with `kiln supervise --stop`, by whom and
+/// when. While it is there nothing starts them (no daemon is woken, the daemon reconciles
+/// nothing); `kiln boot` removes it and starts them again.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Held {
+    pub by: String,
+    pub at: DateTime<Utc>,
+}
+
+impl Held {
+    pub fn load(paths: &SupervisorPaths) -> Option<Held> {
+        let bytes = fs::read(paths.held()).ok()?;
+        Some(serde_json::from_slice(&bytes).unwrap_or(Held {
+            by: "?".into(),
+            at: DateTime::<Utc>::UNIX_EPOCH,
+        }))
+    }
+
+    pub fn save(&self, paths: &SupervisorPaths) -> Result<(), Error> {
+        paths.ensure()?;
+        let bytes = serde_json::to_vec(self).unwrap_or_default();
+        crate::fs::durable::write_atomic(&paths.held(), &bytes, 0o600)
+    }
+
+    /// `by ann at 2026-11-23 10:15:00Z`.
+    pub fn describe(&self) -> String {
+        format!("by {} at {}", self.by, self.at.format("%Y-%m-%d %H:%M:%SZ"))
     }
 }
 
@@ -286,6 +320,14 @@ pub enum SupervisorError {
     },
     #[error("`{command}` failed: {detail}")]
     Command { command: String, detail: String },
+    #[error(
+        "the node's processes were stopped with `kiln supervise --stop` ({held}): run `kiln boot` to start them again first"
+    )]
+    Held { held: String },
+    #[error(
+        "with the systemd backend, systemd runs the processes: stop them with `systemctl stop 'kiln-*'` (or one project with `kiln stop <name>`)"
+    )]
+    HoldSystemd,
     #[error("`{kind}` is not a process type of `{project}` (it has {types})")]
     UnknownType {
         project: String,

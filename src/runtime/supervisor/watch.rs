@@ -173,6 +173,11 @@ pub fn run_forever(root: &Path, commands: &Arc<dyn Commands>, say: fn(&str)) {
         if !paths.dir.is_dir() {
             return;
         }
+        if paths.held().exists() {
+            // `kiln supervise --stop`: nothing runs, on purpose.
+            watches.clear();
+            continue;
+        }
         let projects = paths.projects();
         watches.retain(|name, _| projects.contains(name));
         for project in projects {
