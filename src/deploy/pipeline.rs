@@ -820,11 +820,16 @@ impl Run<'_> {
             }
             (Stage::Configure, Mode::Editable) => self.commands(stage, &paths.project),
             (Stage::Build, Mode::Editable) => {
+                let checkout = git::Checkout::open_or_init(&paths.project, &paths.project_repo)
+                    .map_err(fail)?;
+                let before = match self.recipe.buildpacks(self.mode) {
+                    Some([]) => Vec::new(),
+                    _ => checkout.untracked().map_err(fail)?,
+                };
                 if self.buildpacks(&paths.project)? {
-                    // Their output (.venv/, node_modules/) is not a manual edit of project/.
-                    git::Checkout::open_or_init(&paths.project, &paths.project_repo)
-                        .and_then(|checkout| checkout.exclude_untracked())
-                        .map_err(fail)?;
+                    // What they added (.venv/, node_modules/) is not a manual edit of
+                    // project/; what configure wrote is the app's to ignore, as before.
+                    checkout.exclude_untracked(&before).map_err(fail)?;
                 }
                 self.commands(stage, &paths.project)
             }

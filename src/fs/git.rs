@@ -359,11 +359,8 @@ impl Checkout {
         Ok(files)
     }
 
-    /// Keeps what a build added next to the checkout (a buildpack's `.venv/`, `node_modules/`,
-    /// `.profile.d/`) from counting as manual edits: every untracked path that git does not
-    /// ignore yet is added to `.git/info/exclude` (never to the app's own `.gitignore`), in
-    /// kiln's section, and stays there. Returns the paths added.
-    pub fn exclude_untracked(&self) -> Result<Vec<String>, Error> {
+    /// The untracked paths git does not ignore (a directory as `dir/`, not its content).
+    pub fn untracked(&self) -> Result<Vec<String>, Error> {
         let mut opts = StatusOptions::new();
         opts.include_untracked(true)
             .recurse_untracked_dirs(false)
@@ -375,12 +372,26 @@ impl Checkout {
                 "read the status of `{}`",
                 self.dir.display()
             )))?;
-        let mut added: Vec<String> = statuses
+        let mut paths: Vec<String> = statuses
             .iter()
             .filter(|s| s.status().contains(git2::Status::WT_NEW))
-            .map(|s| {
+            .map(|s| String::from_utf8_lossy(s.path_bytes()).into_owned())
+            .collect();
+        paths.sort();
+        Ok(paths)
+    }
+
+    /// Keeps what a buildpack added next to the checkout (`.venv/`, `node_modules/`,
+    /// `.profile.d/`) from counting as manual edits: every untracked path that git does not
+    /// ignore and that was not there `before` is added to `.git/info/exclude` (never to the
+    /// app's own `.gitignore`), in kiln's section, and stays there. Returns the lines added.
+    pub fn exclude_untracked(&self, before: &[String]) -> Result<Vec<String>, Error> {
+        let added: Vec<String> = self
+            .untracked()?
+            .into_iter()
+            .filter(|path| !before.contains(path))
+            .map(|path| {
                 // Anchored at the top, with glob characters escaped: the path, not a pattern.
-                let path = String::from_utf8_lossy(s.path_bytes()).into_owned();
                 let mut line = String::from("/");
                 for c in path.chars() {
                     if "*?[\\".contains(c) {
@@ -394,7 +405,6 @@ impl Checkout {
         if added.is_empty() {
             return Ok(added);
         }
-        added.sort();
         let info = self.repo.path().join("info");
         fs::create_dir_all(&info).map_err(|e| io_error("create", &info, e))?;
         let path = info.join("exclude");
@@ -470,6 +480,33 @@ mod tests {
         let tree = repo.find_tree(builder.write().unwrap()).unwrap();
         let who = git2::Signature::now("Tester", "tester@example.invalid").unwrap();
         repo.commit(None, &who, &who, name, &tree, &[]).unwrap()
+    }
+
+    #[test]
+    fn exclude_untracked_adds_only_what_appeared_since_before() {
+        let dir = tempfile::tempdir().unwrap();
+        let bare = dir.path().join("project.git");
+        init_bare(&bare, "master").unwrap();
+        let commit = commit_file(&Repository::open_bare(&bare).unwrap(), "app.py", "v1\n");
+        let project = dir.path().join("project");
+        let checkout = Checkout::open_or_init(&project, &bare).unwrap();
+        checkout.checkout(commit).unwrap();
+        fs::write(project.join("configured.txt"), "by configure").unwrap();
+        let before = checkout.untracked().unwrap();
+        assert_eq!(before, ["configured.txt"]);
+        fs::create_dir_all(project.join(".venv/bin")).unwrap();
+        fs::write(project.join(".venv/bin/python"), "").unwrap();
+        fs::write(project.join("odd[name]*"), "").unwrap();
+        assert_eq!(
+            checkout.exclude_untracked(&before).unwrap(),
+            ["/.venv/", "/odd\\[name]\\*"]
+        );
+        assert_eq!(checkout.untracked().unwrap(), ["configured.txt"]);
+        assert_eq!(checkout.local_edits().unwrap(), ["configured.txt"]);
+        assert_eq!(
+            checkout.exclude_untracked(&before).unwrap(),
+            Vec::<String>::new()
+        );
     }
 
     /// A push refused by pre-receive after its commit was checked out in project/ (read from

@@ -236,17 +236,10 @@ pub fn build(req: &BuildRequest, out: &mut Reporter) -> Result<Option<Built>, Bu
         if req.links_ok && index + 1 == selected.len() {
             step_env.insert(LINKS_VAR.into(), "1".into());
         }
-        let cache = req.cache.join(&buildpack.name);
-        fs::create_dir_all(&cache).map_err(io_err("create", &cache))?;
-        let args = [
-            req.build_dir.as_os_str(),
-            cache.as_os_str(),
-            env_dir.as_os_str(),
-        ];
-        step(req, buildpack, "compile", &args, &step_env, out)?;
-        let export = buildpack.dir.join("export");
-        if export.is_file() {
-            env = apply_export(req, buildpack, &export, &env, work.path(), out)?;
+        compile(req, buildpack, &env_dir, &step_env, out)?;
+        if buildpack.dir.join("export").is_file() {
+            let result = work.path().join(format!("{index}-{}.env", buildpack.name));
+            env = apply_export(req, buildpack, &env, &result, out)?;
         }
         let types = release(req, buildpack, &env, out)?;
         // A later buildpack's process type of the same name wins, as its build comes last.
@@ -403,23 +396,30 @@ fn step_error(buildpack: &Resolved, e: StageError, last: Option<String>) -> Buil
     }
 }
 
-/// Runs `bin/<name> ARGS` in the build dir, its output shown as Heroku shows it; a failure
-/// carries the last line it wrote to stderr (where buildpacks explain themselves).
-fn step(
+/// `bin/compile BUILD_DIR CACHE_DIR ENV_DIR` in the build dir, its output shown as Heroku
+/// shows it; a failure carries the last line it wrote to stderr (where buildpacks explain
+/// themselves). CACHE_DIR is the project's `cache/<name>/`, created if missing.
+fn compile(
     req: &BuildRequest,
     buildpack: &Resolved,
-    name: &'static str,
-    args: &[&OsStr],
+    env_dir: &Path,
     env: &BTreeMap<String, String>,
     out: &mut Reporter,
 ) -> Result<(), BuildpackError> {
-    let program = executable(buildpack, name)?;
-    let label = format!("{} bin/{name}", buildpack.name);
+    let program = executable(buildpack, "compile")?;
+    let cache = req.cache.join(&buildpack.name);
+    fs::create_dir_all(&cache).map_err(io_err("create", &cache))?;
+    let args = [
+        req.build_dir.as_os_str(),
+        cache.as_os_str(),
+        env_dir.as_os_str(),
+    ];
+    let label = format!("{} bin/compile", buildpack.name);
     let spec = ProgramSpec {
         stage: STAGE,
         label: &label,
         program: &program,
-        args,
+        args: &args,
         cwd: req.build_dir,
         env,
         timeout: req.timeout,
@@ -508,16 +508,16 @@ fn parse_release(yaml: &str) -> Result<BTreeMap<String, String>, String> {
 
 /// The environment after sourcing a buildpack's `export` file. The file is shell, so a
 /// shell reads it: kiln's own fixed script, with the file's path as an argument (never
-/// pasted into the script), prints the resulting environment into a file kiln reads back.
+/// pasted into the script), prints the resulting environment into `result`, which kiln
+/// reads back.
 fn apply_export(
     req: &BuildRequest,
     buildpack: &Resolved,
-    export: &Path,
     env: &BTreeMap<String, String>,
-    work: &Path,
+    result: &Path,
     out: &mut Reporter,
 ) -> Result<BTreeMap<String, String>, BuildpackError> {
-    let result = work.join(format!("{}.env", buildpack.name));
+    let export = buildpack.dir.join("export");
     let script = r#". "$1" >&2 && exec env -0 > "$2""#;
     let args = [
         OsStr::new("-c"),
@@ -539,7 +539,7 @@ fn apply_export(
     let mut sink = |stream: Stream, line: &[u8]| out.buildpack_line(stream, line);
     stage::run_program(&spec, req.redactor, &mut sink)
         .map_err(|e| step_error(buildpack, e, None))?;
-    let bytes = fs::read(&result).map_err(io_err("read", &result))?;
+    let bytes = fs::read(result).map_err(io_err("read", result))?;
     // What the shell sets by itself is not the buildpack's.
     let shells_own = ["PWD", "OLDPWD", "SHLVL", "_"];
     Ok(bytes
