@@ -539,3 +539,211 @@ fn a_site_built_by_the_static_buildpack_is_served_by_nginx_without_a_process() {
     // What is outside public/ is not published.
     assert_eq!(door.get("site.test", "/.kiln/buildpacks.json").status, 404);
 }
+
+/// Where the suite keeps what pip downloads, so repeated runs are fast.
+fn pip_cache() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("target/test-cache/pip")
+}
+
+/// A WSGI app that answers its release's version (read from version.txt at start).
+const WSGI_APP: &str = r#"VERSION = open("version.txt").read().strip()
+def app(environ, start_response):
+    body = (VERSION + "\n").encode()
+    start_response("200 OK", [("Content-Type", "text/plain"), ("Content-Length", str(len(body)))])
+    return [body]
+"#;
+
+/// A project behind the front door whose app is the WSGI app above, built by kiln's python
+/// buildpack (gunicorn from PyPI) and run by kiln's supervisor with its socket passed
+/// (`socket_activation`), with a one-second migration so that requests have to wait.
+fn gunicorn_project(door: &FrontDoorNode, name: &str, host: &str, cutover: &str) -> (Project, App) {
+    let project = door.node.init(name, "cooking");
+    door.node.ok(&["domains", "add", name, host]);
+    let app = door.node.app(name);
+    app.write("requirements.txt", "gunicorn==23.0.0\n")
+        .write("app.py", WSGI_APP)
+        .write(
+            "Procfile",
+            "web: gunicorn app:app --bind 127.0.0.1:$PORT --workers 2 --graceful-timeout 10\n",
+        )
+        .write("version.txt", "v1\n")
+        .write(
+            "kiln.yml",
+            &format!(
+                "defaults:\n  env:\n    PIP_CACHE_DIR: {}\nsocket_activation: true\ncutover: {cutover}\nstages:\n  deploy: ['sleep 1']\n",
+                pip_cache().display()
+            ),
+        );
+    (project, app)
+}
+
+/// What the load loop saw while `operation` ran, with the operation's start and end (load
+/// time) and its result. The load runs a moment before and after.
+fn under_load<T>(
+    door: &FrontDoorNode,
+    host: &str,
+    operation: impl FnOnce() -> T,
+) -> (
+    T,
+    common::load::Report,
+    std::time::Duration,
+    std::time::Duration,
+) {
+    use common::load::{Load, Target};
+    let load = Load::start(&Target::through(door.http, host));
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    let from = load.now();
+    let result = operation();
+    let to = load.now();
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    (result, load.finish(), from, to)
+}
+
+/// Asserts that requests were sent all through the operation (it is the switch they test).
+fn assert_load_covered(
+    report: &common::load::Report,
+    from: std::time::Duration,
+    to: std::time::Duration,
+    what: &str,
+) {
+    let during = report.during(from, to);
+    assert!(
+        during >= 20,
+        "{what}: only {during} requests during the operation ({from:?} to {to:?}) of {}",
+        report.samples.len()
+    );
+    eprintln!(
+        "{what}: {} requests, {during} during the operation, longest {:?}",
+        report.samples.len(),
+        report.longest()
+    );
+}
+
+/// How long after the new release's first answer the old one may still answer: never with
+/// `cutover: stop` (it stopped before the new one started); with `overlap`, requests that
+/// nginx's old workers accept while the reload reaches them (milliseconds).
+fn reload_grace(cutover: &str) -> std::time::Duration {
+    match cutover {
+        "overlap" => std::time::Duration::from_millis(500),
+        _ => std::time::Duration::ZERO,
+    }
+}
+
+/// Runs one cutover's four operations under load: a good deploy, a deploy that fails its
+/// check and rolls back, `kiln rollback`, `kiln restart`. Returns the project for more checks.
+fn four_operations_fail_no_request(cutover: &str) {
+    let door = FrontDoorNode::new();
+    let host = format!("{cutover}.test");
+    let (shop, app) = gunicorn_project(&door, "shop", &host, cutover);
+    door.start();
+    app.commit("v1");
+    let pushed = app.deploy(&shop);
+    assert!(pushed.contains("processes up"), "{pushed}");
+    assert_eq!(door.version(&host, "/"), "v1");
+    let first_port = common::processes::web_port(&shop);
+
+    // A good deploy.
+    app.write("version.txt", "v2\n");
+    app.commit("v2");
+    let (pushed, report, from, to) = under_load(&door, &host, || app.deploy(&shop));
+    assert_load_covered(&report, from, to, "a good deploy");
+    report.assert_all_answered_by(&["v1", "v2"], "a good deploy");
+    let spread = report.assert_never_back("v1", "v2", reload_grace(cutover), "a good deploy");
+    eprintln!("a good deploy: the old release answered until {spread:?} after the new one");
+    assert_eq!(report.last_body(), Some("v2"), "{pushed}");
+    let second_port = common::processes::web_port(&shop);
+    if cutover == "overlap" {
+        assert!(
+            pushed.contains("started 1 process(es) beside the live ones")
+                && pushed.contains("(they finished what they served)"),
+            "{pushed}"
+        );
+        assert_ne!(second_port, first_port, "an overlap starts on fresh ports");
+    } else {
+        assert_eq!(second_port, first_port, "a stop keeps the ports");
+    }
+    // One release runs, the new one.
+    let apps = common::processes::apps(&door.node.root, "web.1");
+    let live = shop.current().unwrap();
+    assert!(
+        !apps.is_empty() && apps.iter().all(|(_, release)| *release == live),
+        "{apps:?}"
+    );
+
+    // A deploy that fails its check: rolled back, run/ and data/ as they were.
+    let run = fingerprint(&shop.run());
+    let data = fingerprint(&shop.data());
+    app.write("version.txt", "v3\n");
+    app.write(
+        "kiln.yml",
+        &format!(
+            "{}check:\n  command: 'false'\n  timeout: 1s\n  interval: 100ms\n",
+            fs::read_to_string(app.dir.join("kiln.yml")).unwrap()
+        ),
+    );
+    app.commit("v3 fails its check");
+    let ((_, pushed), report, from, to) = under_load(&door, &host, || app.push(&shop));
+    assert!(
+        last_remote_line(&pushed).contains("deploy FAILED at deploy (false: exit 1)"),
+        "{pushed}"
+    );
+    assert_load_covered(&report, from, to, "a failed deploy");
+    report.assert_all_answered_by(&["v2", "v3"], "a failed deploy");
+    assert_eq!(report.last_body(), Some("v2"), "{pushed}");
+    assert_same(
+        &run,
+        &fingerprint(&shop.run()),
+        "run/ after the failed deploy",
+    );
+    assert_same(
+        &data,
+        &fingerprint(&shop.data()),
+        "data/ after the failed deploy",
+    );
+    assert_eq!(shop.current(), Some(live.clone()));
+    assert_eq!(common::processes::web_port(&shop), second_port);
+
+    // `kiln rollback` to v1.
+    let (out, report, from, to) =
+        under_load(&door, &host, || door.node.kiln(&["rollback", "shop"]));
+    assert_success(&out, "kiln rollback");
+    assert_load_covered(&report, from, to, "kiln rollback");
+    report.assert_all_answered_by(&["v2", "v1"], "kiln rollback");
+    let spread = report.assert_never_back("v2", "v1", reload_grace(cutover), "kiln rollback");
+    eprintln!("kiln rollback: the old release answered until {spread:?} after the new one");
+    assert_eq!(report.last_body(), Some("v1"), "{}", text(&out));
+
+    // `kiln restart`.
+    let before = common::processes::web_port(&shop);
+    let (out, report, from, to) = under_load(&door, &host, || door.node.kiln(&["restart", "shop"]));
+    assert_success(&out, "kiln restart");
+    assert_load_covered(&report, from, to, "kiln restart");
+    report.assert_all_answered_by(&["v1"], "kiln restart");
+    let after = common::processes::web_port(&shop);
+    if cutover == "overlap" {
+        assert!(
+            String::from_utf8_lossy(&out.stdout).contains("beside the running ones"),
+            "{}",
+            text(&out)
+        );
+        assert_ne!(after, before);
+    } else {
+        assert_eq!(after, before);
+    }
+    let status = door.node.ok(&["status", "shop"]);
+    assert!(
+        status.contains(&format!("upstreams:   127.0.0.1:{after}\n"))
+            && status.contains("front door:  current\n"),
+        "{status}"
+    );
+}
+
+#[test]
+fn stop_cutover_with_socket_activation_fails_no_request_across_deploys_rollbacks_and_restarts() {
+    four_operations_fail_no_request("stop");
+}
+
+#[test]
+fn overlap_cutover_fails_no_request_across_deploys_rollbacks_and_restarts() {
+    four_operations_fail_no_request("overlap");
+}

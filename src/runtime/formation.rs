@@ -28,6 +28,67 @@ const DEPLOY_ONLY: [&str; 4] = [
 /// Runs a Procfile command after the tree's `.profile.d/*.sh` (see the stage runner's).
 pub use crate::exec::stage::PROFILE_SCRIPT as PROCESS_SCRIPT;
 
+/// A socket-activated web process (kiln.yml `socket_activation`): its listening socket is fd 3
+/// (passed by its instance supervisor) and, as systemd does, `LISTEN_FDS=1` says so and
+/// `LISTEN_PID` names the process that owns it, which servers such as gunicorn check against
+/// their own pid. The shell's pid is that process's pid once it `exec`s the command, which
+/// [`exec_form`] makes sure of for a simple command.
+pub const SOCKET_SCRIPT: &str = "for kiln_profile in ./.profile.d/*.sh; do if [ -r \"$kiln_profile\" ]; then . \"$kiln_profile\"; fi; done; unset kiln_profile; if [ -r ./.profile ]; then . ./.profile; fi; LISTEN_PID=$$; export LISTEN_PID; exec /bin/sh -c \"$1\"";
+
+/// Shell keywords and builtins that `exec` cannot run: a command starting with one is not
+/// given an `exec`.
+const NOT_EXECUTABLE: [&str; 20] = [
+    "cd", "export", "if", "for", "while", "until", "case", "{", ".", "source", "set", "eval",
+    "unset", "alias", "read", "trap", "wait", "shift", "exit", "!",
+];
+
+/// `command` as the shell must run it so that the server it starts keeps the shell's pid
+/// (`LISTEN_PID`): `exec gunicorn ...` for one simple command (words, quotes and `$VARIABLES`
+/// after optional `NAME=value` assignments), unchanged for anything else (a list, a pipe, a
+/// redirection, a keyword), which must `exec` its server itself (`cd app && exec gunicorn
+/// ...`).
+pub fn exec_form(command: &str) -> String {
+    let trimmed = command.trim();
+    let compound = trimmed
+        .chars()
+        .any(|c| matches!(c, ';' | '&' | '|' | '<' | '>' | '(' | ')' | '`' | '\n'));
+    let is_assignment = |word: &str| {
+        word.split_once('=').is_some_and(|(name, _)| {
+            !name.is_empty()
+                && !name.starts_with(|c: char| c.is_ascii_digit())
+                && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
+        })
+    };
+    let mut assignments = Vec::new();
+    let mut rest = trimmed;
+    loop {
+        let end = rest.find(char::is_whitespace).unwrap_or(rest.len());
+        let word = &rest[..end];
+        if word.is_empty() || !is_assignment(word) {
+            break;
+        }
+        assignments.push(word);
+        rest = rest[end..].trim_start();
+    }
+    let first = rest.split_whitespace().next().unwrap_or("");
+    let quoted_assignment = assignments.iter().any(|w| w.contains(['\'', '"']));
+    if compound
+        || quoted_assignment
+        || first.is_empty()
+        || first == "exec"
+        || NOT_EXECUTABLE.contains(&first)
+    {
+        return command.to_string();
+    }
+    let mut text = assignments.join(" ");
+    if !text.is_empty() {
+        text.push(' ');
+    }
+    text.push_str("exec ");
+    text.push_str(rest);
+    text
+}
+
 /// The same for `kiln run`: the command's words are `"$@"`, run without a shell of their own.
 pub const RUN_SCRIPT: &str = "for kiln_profile in ./.profile.d/*.sh; do if [ -r \"$kiln_profile\" ]; then . \"$kiln_profile\"; fi; done; unset kiln_profile; if [ -r ./.profile ]; then . ./.profile; fi; exec \"$@\"";
 
@@ -62,6 +123,48 @@ pub struct Formation {
     /// The port of each web instance (`web.1` -> 20001), given when the formation starts.
     #[serde(default)]
     pub ports: BTreeMap<String, u16>,
+    /// kiln.yml `socket_activation`: the supervisor holds each web instance's listening
+    /// socket and passes it to the app as fd 3.
+    #[serde(default)]
+    pub socket_activation: bool,
+    /// Which of a project's two sets of instance directories this formation runs in: an
+    /// overlap cutover starts the new release in the other one while the old one runs.
+    #[serde(default)]
+    pub slot: Slot,
+}
+
+/// One of the two sets of instances a project can run at once (during an overlap cutover).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Slot {
+    #[default]
+    A,
+    B,
+}
+
+impl Slot {
+    pub fn other(self) -> Slot {
+        match self {
+            Slot::A => Slot::B,
+            Slot::B => Slot::A,
+        }
+    }
+
+    /// The instance directory's name of `name` in this slot: `web.1`, or `web.1.b`.
+    pub fn key(self, name: &InstanceName) -> String {
+        match self {
+            Slot::A => name.to_string(),
+            Slot::B => format!("{name}.b"),
+        }
+    }
+
+    /// Parses an instance directory's name: (instance, slot).
+    pub fn parse_key(key: &str) -> Option<(InstanceName, Slot)> {
+        match key.strip_suffix(".b") {
+            Some(name) => Some((InstanceName::parse(name)?, Slot::B)),
+            None => Some((InstanceName::parse(key)?, Slot::A)),
+        }
+    }
 }
 
 /// `web.1`: a process type and a 1-based index.
@@ -107,6 +210,19 @@ pub struct InstanceSpec {
     pub grace: Duration,
     pub port: Option<u16>,
     pub log_dir: PathBuf,
+    /// The app gets its listening socket as fd 3 (a web instance of a socket-activated
+    /// formation).
+    #[serde(default)]
+    pub socket_activation: bool,
+    #[serde(default)]
+    pub slot: Slot,
+}
+
+impl InstanceSpec {
+    /// Its instance directory's name (see [`Slot::key`]).
+    pub fn key(&self) -> String {
+        self.slot.key(&self.name)
+    }
 }
 
 impl Formation {
@@ -127,6 +243,11 @@ impl Formation {
                 if let Some(port) = port {
                     env.insert("PORT".into(), port.to_string());
                 }
+                let socket_activation = self.socket_activation && port.is_some();
+                if socket_activation {
+                    env.insert("LISTEN_FDS".into(), "1".into());
+                    env.insert("LISTEN_FDNAMES".into(), WEB.into());
+                }
                 all.push(InstanceSpec {
                     project: self.project.clone(),
                     release: self.release.clone(),
@@ -138,6 +259,8 @@ impl Formation {
                     grace: self.grace,
                     port,
                     log_dir: self.log_dir.clone(),
+                    socket_activation,
+                    slot: self.slot,
                 });
             }
         }
@@ -149,6 +272,14 @@ impl Formation {
         self.instance_names()
             .into_iter()
             .filter(InstanceName::is_web)
+            .collect()
+    }
+
+    /// The ports of the web instances, in instance order (those that have one).
+    pub fn web_ports(&self) -> Vec<u16> {
+        self.web_instances()
+            .iter()
+            .filter_map(|name| self.ports.get(&name.to_string()).copied())
             .collect()
     }
 
@@ -218,6 +349,8 @@ pub struct FormationSetup<'a> {
     pub grace: Duration,
     pub limits: &'a ProcessLimits,
     pub log_dir: &'a Path,
+    /// kiln.yml `socket_activation`.
+    pub socket_activation: bool,
 }
 
 /// Builds the formation of a release. Every type runs 1 instance unless kiln.yml's
@@ -272,6 +405,8 @@ pub fn build(setup: &FormationSetup) -> Result<Formation, UnknownType> {
         limits: setup.limits.clone(),
         log_dir: setup.log_dir.to_path_buf(),
         ports: BTreeMap::new(),
+        socket_activation: setup.socket_activation,
+        slot: Slot::A,
     })
 }
 
@@ -373,6 +508,7 @@ mod tests {
             grace: Duration::from_secs(10),
             limits: &ProcessLimits::default(),
             log_dir: Path::new("/n/shop/logs/app"),
+            socket_activation: false,
         })
     }
 

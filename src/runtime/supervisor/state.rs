@@ -13,7 +13,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::config::processes::BackendChoice;
 use crate::error::Error;
-use crate::runtime::formation::{Formation, InstanceName, InstanceSpec};
+use crate::runtime::formation::{Formation, InstanceSpec};
 use crate::runtime::supervisor::proc::ProcessId;
 
 /// Where the node-wide supervisor state lives.
@@ -55,8 +55,9 @@ impl SupervisorPaths {
     pub fn instances_dir(&self, project: &str) -> PathBuf {
         self.dir.join("instances").join(project)
     }
-    pub fn instance_dir(&self, project: &str, name: &InstanceName) -> PathBuf {
-        self.instances_dir(project).join(name.to_string())
+    /// `key`: the instance's directory name, [`InstanceSpec::key`] (`web.1`, `web.1.b`).
+    pub fn instance_dir(&self, project: &str, key: &str) -> PathBuf {
+        self.instances_dir(project).join(key)
     }
 
     /// Creates the private directories.
@@ -101,6 +102,54 @@ impl SupervisorPaths {
 pub struct ProjectState {
     pub running: bool,
     pub formation: Formation,
+    /// An overlap cutover is under way: the formation that was live, still running beside
+    /// `formation` (in the other slot) until the front door has left it.
+    #[serde(default)]
+    pub draining: Option<Formation>,
+    /// Stopped for a switch: the supervisor keeps the web instances' listening sockets
+    /// (socket activation), so connections wait in their queues until the next start.
+    #[serde(default)]
+    pub hold_sockets: bool,
+}
+
+impl ProjectState {
+    /// Every instance that should run for this project now: the formation's (when running)
+    /// and the draining one's.
+    pub fn wanted(&self) -> Vec<InstanceSpec> {
+        let mut all = if self.running {
+            self.formation.instances()
+        } else {
+            Vec::new()
+        };
+        if let Some(draining) = &self.draining {
+            all.extend(draining.instances());
+        }
+        all
+    }
+
+    /// The ports whose listening sockets the supervisor must hold: the socket-activated web
+    /// instances that run, or that wait for the next start.
+    pub fn held_ports(&self) -> Vec<u16> {
+        let mut ports: Vec<u16> = Vec::new();
+        let running = self.running || self.hold_sockets;
+        for formation in std::iter::once(&self.formation)
+            .filter(|_| running)
+            .chain(self.draining.as_ref())
+            .filter(|f| f.socket_activation)
+        {
+            ports.extend(formation.ports.values());
+        }
+        ports
+    }
+
+    /// Every port this project holds (its formation's and a draining one's).
+    pub fn ports(&self) -> Vec<u16> {
+        let mut ports: Vec<u16> = self.formation.ports.values().copied().collect();
+        if let Some(draining) = &self.draining {
+            ports.extend(draining.ports.values());
+        }
+        ports
+    }
 }
 
 impl ProjectState {
@@ -286,6 +335,19 @@ pub enum SupervisorError {
     },
     #[error("`{command}` failed: {detail}")]
     Command { command: String, detail: String },
+    #[error(
+        "{what} needs kiln's own process supervisor, and this node runs its processes with systemd: set node.yml `supervisor.backend: kiln`, or drop {what} from kiln.yml"
+    )]
+    NeedsKiln { what: &'static str },
+    #[error(
+        "cannot listen on 127.0.0.1:{port} for `{instance}` of `{project}` (socket activation): {reason}"
+    )]
+    Listen {
+        port: u16,
+        instance: String,
+        project: String,
+        reason: String,
+    },
     #[error("`{kind}` is not a process type of `{project}` (it has {types})")]
     UnknownType {
         project: String,
