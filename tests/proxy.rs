@@ -664,7 +664,7 @@ fn four_operations_fail_no_request(cutover: &str) {
     }
     // One release runs, the new one.
     let apps = common::processes::apps(&door.node.root, "web.1");
-    let live = shop.current().unwrap();
+    let live = shop.current().expect("a live release");
     assert!(
         !apps.is_empty() && apps.iter().all(|(_, release)| *release == live),
         "{apps:?}"
@@ -678,7 +678,7 @@ fn four_operations_fail_no_request(cutover: &str) {
         "kiln.yml",
         &format!(
             "{}check:\n  command: 'false'\n  timeout: 1s\n  interval: 100ms\n",
-            fs::read_to_string(app.dir.join("kiln.yml")).unwrap()
+            fs::read_to_string(app.dir.join("kiln.yml")).expect("kiln.yml")
         ),
     );
     app.commit("v3 fails its check");
@@ -746,4 +746,151 @@ fn stop_cutover_with_socket_activation_fails_no_request_across_deploys_rollbacks
 #[test]
 fn overlap_cutover_fails_no_request_across_deploys_rollbacks_and_restarts() {
     four_operations_fail_no_request("overlap");
+}
+
+/// A node app that binds `127.0.0.1:$PORT` itself (no socket activation) and answers its
+/// release's version; on SIGTERM it stops accepting and finishes what it serves.
+const NODE_APP: &str = r#"const http = require("http");
+const version = require("fs").readFileSync("version.txt", "utf8").trim();
+const server = http.createServer((req, res) => {
+  res.setHeader("Content-Type", "text/plain");
+  res.end(version + "\n");
+});
+server.listen(Number(process.env.PORT), "127.0.0.1");
+process.on("SIGTERM", () => server.close(() => process.exit(0)));
+"#;
+
+#[test]
+fn an_app_that_binds_its_port_itself_fails_no_request_with_an_overlap_cutover() {
+    let door = FrontDoorNode::new();
+    let host = "node.test";
+    let shop = door.node.init("shop", "cooking");
+    door.node.ok(&["domains", "add", "shop", host]);
+    door.start();
+    let app = door.node.app("shop");
+    app.write("server.js", NODE_APP)
+        .write("Procfile", "web: node server.js\n")
+        .write("version.txt", "v1\n")
+        .write("kiln.yml", "cutover: overlap\n");
+    app.commit("v1");
+    app.deploy(&shop);
+    assert_eq!(door.version(host, "/"), "v1");
+
+    app.write("version.txt", "v2\n");
+    app.commit("v2");
+    let (pushed, report, from, to) = under_load(&door, host, || app.deploy(&shop));
+    assert_load_covered(&report, from, to, "a good deploy");
+    report.assert_all_answered_by(&["v1", "v2"], "a good deploy");
+    report.assert_never_back("v1", "v2", reload_grace("overlap"), "a good deploy");
+    assert_eq!(report.last_body(), Some("v2"), "{pushed}");
+    let good = shop.current().unwrap();
+    let port = common::processes::web_port(&shop);
+
+    // A migration that writes data/, then a failed check: the old release never stopped, the
+    // new one is gone, nginx is back on the old port, run/ and data/ as they were.
+    let run = fingerprint(&shop.run());
+    let data = fingerprint(&shop.data());
+    app.write("version.txt", "v3\n").write(
+        "kiln.yml",
+        "cutover: overlap\nstages:\n  deploy: ['echo v3 > \"$KILN_DATA_DIR/schema.txt\"']\ncheck:\n  command: 'false'\n  timeout: 1s\n",
+    );
+    app.commit("v3 migrates and fails its check");
+    let ((_, pushed), report, from, to) = under_load(&door, host, || app.push(&shop));
+    assert!(
+        pushed.contains("front door: back to the processes of")
+            && pushed.contains("data/ restored from the snapshot")
+            && last_remote_line(&pushed).contains(&format!("rolled back to {good}")),
+        "{pushed}"
+    );
+    assert_load_covered(&report, from, to, "a failed deploy");
+    report.assert_all_answered_by(&["v2", "v3"], "a failed deploy");
+    assert_eq!(report.last_body(), Some("v2"));
+    assert_same(&run, &fingerprint(&shop.run()), "run/");
+    assert_same(&data, &fingerprint(&shop.data()), "data/");
+    assert_eq!(common::processes::web_port(&shop), port);
+    let web = common::processes::apps(&door.node.root, "web.1");
+    assert_eq!(web.len(), 1, "{web:?}");
+    assert_eq!(web[0].1, good);
+
+    // Killed at any point of the overlap, the next kiln command puts it back, and no request
+    // fails meanwhile: the old release serves throughout.
+    app.write("kiln.yml", "cutover: overlap\n")
+        .write("version.txt", "v4\n");
+    app.commit("v4");
+    app.push_next(&shop);
+    for point in ["after-switch", "after-deploy-commands", "before-drain"] {
+        let ((), report, from, to) = under_load(&door, host, || {
+            let out = door.node.kiln_env(
+                &["deploy", "shop", "--rev", "next"],
+                &[("FAILPOINTS", &format!("{point}=return"))],
+            );
+            assert_eq!(
+                out.status.code(),
+                None,
+                "{point}: expected SIGKILL: {}",
+                text(&out)
+            );
+            assert_success(&door.node.kiln(&["recover", "shop"]), "recover");
+        });
+        assert_load_covered(&report, from, to, point);
+        report.assert_all_answered_by(&["v2", "v4"], point);
+        assert_eq!(report.last_body(), Some("v2"), "{point}");
+        assert_eq!(shop.current().as_deref(), Some(good.as_str()), "{point}");
+        let web = common::processes::apps(&door.node.root, "web.1");
+        assert_eq!(web.len(), 1, "{point}: {web:?}");
+        assert_eq!(web[0].1, good, "{point}");
+        assert_eq!(common::processes::web_port(&shop), port, "{point}");
+        let status = door.node.ok(&["status", "shop"]);
+        assert!(
+            status.contains("front door:  current\n"),
+            "{point}: {status}"
+        );
+    }
+    assert_same(&run, &fingerprint(&shop.run()), "run/ after the kills");
+
+    // `kiln restart`: new instances beside the old, then the old ones go.
+    let (out, report, from, to) = under_load(&door, host, || door.node.kiln(&["restart", "shop"]));
+    assert_success(&out, "kiln restart");
+    assert_load_covered(&report, from, to, "kiln restart");
+    report.assert_all_answered_by(&["v2"], "kiln restart");
+    assert_ne!(common::processes::web_port(&shop), port);
+
+    // `kiln ps scale`: the front door's upstreams follow the web instances.
+    let (out, report, _, _) = under_load(&door, host, || {
+        door.node.kiln(&["ps", "scale", "shop", "web=2"])
+    });
+    let said = text(&out);
+    assert_success(&out, "kiln ps scale");
+    assert!(said.contains("the front door was reloaded"), "{said}");
+    report.assert_all_answered_by(&["v2"], "kiln ps scale");
+    let ps = common::processes::ps(&shop);
+    let ports: Vec<String> = ps["instances"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|i| i["port"].as_u64().map(|p| format!("127.0.0.1:{p}")))
+        .collect();
+    assert_eq!(ports.len(), 2, "{ps:#}");
+    let status = door.node.ok(&["status", "shop"]);
+    assert!(
+        status.contains(&format!("upstreams:   {}\n", ports.join(", ")))
+            && status.contains("front door:  current\n"),
+        "{status}"
+    );
+
+    // With `cutover: stop`, such an app is down between its stop and its start: nginx answers
+    // those requests with 502 at once (what socket activation or an overlap avoid).
+    app.write("version.txt", "v5\n").write("kiln.yml", "");
+    app.commit("v5, cutover: stop");
+    let (pushed, report, _, _) = under_load(&door, host, || app.deploy(&shop));
+    assert!(pushed.contains("services were stopped for"), "{pushed}");
+    let failures = report.failures();
+    assert!(
+        failures.iter().all(|s| matches!(s.outcome, Ok((502, _)))
+            && s.latency() < std::time::Duration::from_secs(1)),
+        "{:?}",
+        &failures[..failures.len().min(5)]
+    );
+    report.assert_never_back("v2", "v5", std::time::Duration::ZERO, "a stop deploy");
+    assert_eq!(report.last_body(), Some("v5"));
 }

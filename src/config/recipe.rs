@@ -556,6 +556,23 @@ modes:                       # per-mode overrides of `stages`
 "#;
 
     #[test]
+    fn socket_activation_and_cutover_parse() {
+        let recipe = parse("socket_activation: true\ncutover: overlap\n").expect("parses");
+        assert!(recipe.socket_activation);
+        assert_eq!(recipe.cutover, Cutover::Overlap);
+        let recipe = parse("").expect("parses");
+        assert!(!recipe.socket_activation);
+        assert_eq!(recipe.cutover, Cutover::Stop);
+        let error = parse("cutover: rolling\n").unwrap_err().to_string();
+        assert!(
+            error.starts_with(
+                "kiln.yml:1:10: unknown variant `rolling`, expected one of `stop`, `overlap`"
+            ),
+            "{error}"
+        );
+    }
+
+    #[test]
     fn process_settings_parse() {
         let recipe = parse(
             "processes: {web: 2, worker: 0}\nstop_grace: 30s\nlimits: {memory: 512M, cpu: 150%}\ncheck:\n  timeout: 5s\n",

@@ -53,11 +53,14 @@ pub fn undo(
     };
     // ... and the new release's may have been started.
     let started = journal.phase >= Phase::Switched;
+    // An overlap whose old processes still run (the cutover had not stopped them): they keep
+    // running, only the new ones go.
+    let old_running = overlap && supervisor.draining(&paths.name)?.is_some();
     // data/ goes back to the snapshot once something other than the live release may have
     // written it: after the stop (whatever ran then), or, in an overlap, the deploy commands
     // or the new release serving alone.
     let restore_data = if overlap {
-        journal.migrated || journal.live_stopped
+        journal.migrated || (journal.live_stopped && !old_running)
     } else {
         stopped
     };
@@ -95,9 +98,10 @@ pub fn undo(
         run_with(label, command, &journal.undo.env, out)
     };
 
-    // An overlap that had not cut over yet: the live release never stopped. The front door
-    // goes back to it first, then the new release's processes stop: no request finds neither.
-    if overlap && started && !stopped {
+    // An overlap that had not cut over yet: the live release's processes never stopped. The
+    // front door goes back to them first, then the new release's processes stop: no request
+    // finds neither.
+    if old_running {
         if let Some(old) = &journal.undo.processes {
             point_front_door_at(node, project, old, out);
         }
@@ -124,7 +128,7 @@ pub fn undo(
         ));
     }
     // Its supervised processes too (whatever the project's formation runs now is its own).
-    if started && (stopped || !overlap) {
+    if started && !old_running && (stopped || !overlap) {
         match supervisor.stop(&paths.name, sockets) {
             Ok(true) => out.note(&format!("stopped the processes of {release}")),
             Ok(false) => {}
@@ -194,12 +198,13 @@ pub fn undo(
             let env = journal.undo.start_env.as_ref().unwrap_or(&journal.undo.env);
             run_with("rollback", start, env, out)?;
         }
-        // And its processes, as they ran: its commands, environment, counts and ports.
+        // And its processes, as they ran: its commands, environment, counts and ports (an
+        // overlap's still run).
         if let Some(formation) = journal
             .undo
             .processes
             .as_ref()
-            .filter(|_| journal.previous.is_some())
+            .filter(|_| journal.previous.is_some() && !old_running)
         {
             let formation = supervisor.start(formation.clone())?;
             if overlap {

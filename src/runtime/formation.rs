@@ -49,9 +49,7 @@ const NOT_EXECUTABLE: [&str; 20] = [
 /// ...`).
 pub fn exec_form(command: &str) -> String {
     let trimmed = command.trim();
-    let compound = trimmed
-        .chars()
-        .any(|c| matches!(c, ';' | '&' | '|' | '<' | '>' | '(' | ')' | '`' | '\n'));
+    let compound = has_unquoted_operator(trimmed);
     let is_assignment = |word: &str| {
         word.split_once('=').is_some_and(|(name, _)| {
             !name.is_empty()
@@ -87,6 +85,28 @@ pub fn exec_form(command: &str) -> String {
     text.push_str("exec ");
     text.push_str(rest);
     text
+}
+
+/// Whether `command` holds, outside quotes, something that makes it more than one simple
+/// command: `;`, `&`, `|`, a redirection, a subshell, a command substitution or a newline.
+fn has_unquoted_operator(command: &str) -> bool {
+    let (mut single, mut double, mut escaped) = (false, false, false);
+    let mut previous = ' ';
+    for c in command.chars() {
+        match c {
+            _ if escaped => escaped = false,
+            '\\' if !single => escaped = true,
+            '\'' if !double => single = !single,
+            '"' if !single => double = !double,
+            // `$(...)` and backticks substitute even inside double quotes.
+            '`' if !single => return true,
+            '(' if !single && previous == '$' => return true,
+            ';' | '&' | '|' | '<' | '>' | '(' | ')' | '\n' if !single && !double => return true,
+            _ => {}
+        }
+        previous = c;
+    }
+    false
 }
 
 /// The same for `kiln run`: the command's words are `"$@"`, run without a shell of their own.
@@ -571,6 +591,73 @@ mod tests {
         ] {
             assert!(parse_scale_args(&args(bad)).is_err(), "{bad:?}");
         }
+    }
+
+    #[test]
+    fn a_simple_command_is_execed_so_that_it_keeps_the_shells_pid() {
+        let cases = [
+            (
+                "gunicorn app:app --bind 127.0.0.1:$PORT",
+                "exec gunicorn app:app --bind 127.0.0.1:$PORT",
+            ),
+            (
+                "  python -m gunicorn 'app:create()'",
+                "exec python -m gunicorn 'app:create()'",
+            ),
+            (
+                "WEB_CONCURRENCY=3 FOO=x gunicorn app:app",
+                "WEB_CONCURRENCY=3 FOO=x exec gunicorn app:app",
+            ),
+            ("exec gunicorn app:app", "exec gunicorn app:app"),
+            (
+                "cd app && exec gunicorn app:app",
+                "cd app && exec gunicorn app:app",
+            ),
+            ("gunicorn app:app 2>&1", "gunicorn app:app 2>&1"),
+            ("gunicorn app:app | tee log", "gunicorn app:app | tee log"),
+            (
+                "gunicorn \"app:make(1)\" -w 2",
+                "exec gunicorn \"app:make(1)\" -w 2",
+            ),
+            ("gunicorn \"$(cat app)\"", "gunicorn \"$(cat app)\""),
+            ("gunicorn 'a;b'; true", "gunicorn 'a;b'; true"),
+            ("cd app", "cd app"),
+            ("X='a b' gunicorn app:app", "X='a b' gunicorn app:app"),
+            ("A=1", "A=1"),
+            ("", ""),
+        ];
+        for (command, expected) in cases {
+            assert_eq!(exec_form(command), expected, "{command:?}");
+        }
+    }
+
+    #[test]
+    fn slots_name_instance_directories_apart() {
+        let web1 = InstanceName::parse("web.1").unwrap();
+        assert_eq!(Slot::A.key(&web1), "web.1");
+        assert_eq!(Slot::B.key(&web1), "web.1.b");
+        assert_eq!(Slot::parse_key("web.1.b"), Some((web1.clone(), Slot::B)));
+        assert_eq!(Slot::parse_key("web.1"), Some((web1, Slot::A)));
+        assert_eq!(Slot::A.other(), Slot::B);
+        for bad in ["web", "web.b", "web.1.c", "../x.1"] {
+            assert_eq!(Slot::parse_key(bad), None, "{bad}");
+        }
+    }
+
+    #[test]
+    fn socket_activated_web_instances_are_told_so_and_the_others_not() {
+        let types = types(&[("web", "serve"), ("worker", "work")]);
+        let mut formation = setup_build(&types, &BTreeMap::new(), &Scale::default()).unwrap();
+        formation.socket_activation = true;
+        formation.slot = Slot::B;
+        formation.ports.insert("web.1".into(), 20001);
+        let all = formation.instances();
+        assert!(all[0].socket_activation);
+        assert_eq!(all[0].env["LISTEN_FDS"], "1");
+        assert_eq!(all[0].key(), "web.1.b");
+        assert!(!all[1].socket_activation);
+        assert_eq!(all[1].env.get("LISTEN_FDS"), None);
+        assert_eq!(formation.web_ports(), [20001]);
     }
 
     #[test]

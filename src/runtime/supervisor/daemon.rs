@@ -268,19 +268,21 @@ impl Daemon {
             return Ok(None);
         };
         let mut sockets = self.sockets();
-        if !sockets.contains_key(&port) {
-            let socket = listen(port).map_err(|e| {
-                SupervisorError::Listen {
-                    port,
-                    instance: instance.name.to_string(),
-                    project: instance.project.clone(),
-                    reason: e.to_string(),
-                }
-                .to_string()
-            })?;
-            sockets.insert(port, (instance.project.clone(), socket));
-        }
-        let (_, socket) = &sockets[&port];
+        let (_, socket) = match sockets.entry(port) {
+            std::collections::hash_map::Entry::Occupied(held) => held.into_mut(),
+            std::collections::hash_map::Entry::Vacant(free) => {
+                let socket = listen(port).map_err(|e| {
+                    SupervisorError::Listen {
+                        port,
+                        instance: instance.name.to_string(),
+                        project: instance.project.clone(),
+                        reason: e.to_string(),
+                    }
+                    .to_string()
+                })?;
+                free.insert((instance.project.clone(), socket))
+            }
+        };
         let copy = socket
             .try_clone()
             .map_err(|e| format!("copy the socket of 127.0.0.1:{port}: {e}"))?;

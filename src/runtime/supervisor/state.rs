@@ -371,3 +371,56 @@ impl From<SupervisorError> for Error {
         Error::Runtime(Box::new(e))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::runtime::formation::{ProcessType, Slot};
+    use std::collections::BTreeMap;
+    use std::time::Duration;
+
+    fn formation(release: &str, port: u16, socket_activation: bool) -> Formation {
+        Formation {
+            project: "shop".into(),
+            release: release.into(),
+            cwd: PathBuf::from("/x"),
+            env: BTreeMap::new(),
+            secrets: Vec::new(),
+            types: BTreeMap::from([(
+                "web".to_string(),
+                ProcessType {
+                    command: "serve".into(),
+                    count: 1,
+                },
+            )]),
+            grace: Duration::from_secs(1),
+            limits: Default::default(),
+            log_dir: PathBuf::from("/x"),
+            ports: BTreeMap::from([("web.1".to_string(), port)]),
+            socket_activation,
+            slot: Slot::A,
+        }
+    }
+
+    #[test]
+    fn sockets_are_held_while_running_stopped_for_a_switch_or_draining() {
+        let state = |running, hold_sockets, draining| ProjectState {
+            running,
+            formation: formation("new", 20001, true),
+            draining,
+            hold_sockets,
+        };
+        assert_eq!(state(true, false, None).held_ports(), [20001]);
+        assert_eq!(state(false, true, None).held_ports(), [20001]);
+        assert!(state(false, false, None).held_ports().is_empty());
+        let mut old = formation("old", 20002, true);
+        old.slot = Slot::B;
+        let overlap = state(true, false, Some(old.clone()));
+        assert_eq!(overlap.held_ports(), [20001, 20002]);
+        assert_eq!(overlap.ports(), [20001, 20002]);
+        let keys: Vec<String> = overlap.wanted().iter().map(InstanceSpec::key).collect();
+        assert_eq!(keys, ["web.1", "web.1.b"]);
+        old.socket_activation = false;
+        assert_eq!(state(true, false, Some(old)).held_ports(), [20001]);
+    }
+}
