@@ -749,9 +749,12 @@ fn overlap_cutover_fails_no_request_across_deploys_rollbacks_and_restarts() {
 }
 
 /// A node app that binds `127.0.0.1:$PORT` itself (no socket activation) and answers its
-/// release's version; on SIGTERM it stops accepting and finishes what it serves.
+/// release's version; on SIGTERM it stops accepting and finishes what it serves. It does not
+/// start while data/broken exists.
 const NODE_APP: &str = r#"const http = require("http");
-const version = require("fs").readFileSync("version.txt", "utf8").trim();
+const fs = require("fs");
+if (fs.existsSync(process.env.KILN_DATA_DIR + "/broken")) process.exit(1);
+const version = fs.readFileSync("version.txt", "utf8").trim();
 const server = http.createServer((req, res) => {
   res.setHeader("Content-Type", "text/plain");
   res.end(version + "\n");
@@ -853,7 +856,24 @@ fn an_app_that_binds_its_port_itself_fails_no_request_with_an_overlap_cutover() 
     assert_success(&out, "kiln restart");
     assert_load_covered(&report, from, to, "kiln restart");
     report.assert_all_answered_by(&["v2"], "kiln restart");
-    assert_ne!(common::processes::web_port(&shop), port);
+    let port = common::processes::web_port(&shop);
+    let conf = fingerprint(&door.conf_dir());
+
+    // A restart whose new instances do not come up changes nothing.
+    fs::write(shop.data().join("broken"), "").expect("write data/broken");
+    let (out, report, _, _) = under_load(&door, host, || door.node.kiln(&["restart", "shop"]));
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    let said = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        said.starts_with("error: ") && said.contains("web.1") && said.contains("exited (exit 1)"),
+        "{said}"
+    );
+    report.assert_all_answered_by(&["v2"], "a failed restart");
+    assert_eq!(common::processes::web_port(&shop), port);
+    assert_same(&conf, &fingerprint(&door.conf_dir()), "the proxy's conf.d/");
+    let web = common::processes::apps(&door.node.root, "web.1");
+    assert_eq!(web.len(), 1, "{web:?}");
+    fs::remove_file(shop.data().join("broken")).expect("remove data/broken");
 
     // `kiln ps scale`: the front door's upstreams follow the web instances.
     let (out, report, _, _) = under_load(&door, host, || {
