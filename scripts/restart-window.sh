@@ -62,7 +62,7 @@ stages:
   build:
     - python3 -m venv --copies .venv && .venv/bin/pip install -q gunicorn==23.0.0
 YML
-  echo 'web: .venv/bin/python -m gunicorn --bind 127.0.0.1:$PORT --workers 2 --no-control-socket app:app' > Procfile
+  echo 'web: .venv/bin/python -m gunicorn --bind 127.0.0.1:$PORT --workers 2 app:app' > Procfile
 }
 
 echo "kind,run,window_seconds,windows,kiln_stopped_seconds,push_seconds"
@@ -74,7 +74,12 @@ for kind in stdlib gunicorn; do
   "${kind}_app"
   echo "v0" > message.txt
   git add -A && git commit -q -m v0
-  git push -q "$root/$kind/git/project.git" HEAD:master 2>/dev/null
+  if ! git push "$root/$kind/git/project.git" HEAD:master >"$work/push-$kind.log" 2>&1 ||
+    ! grep -q -- "-----> deployed" "$work/push-$kind.log"; then
+    echo "the first push of the $kind app did not deploy:" >&2
+    cat "$work/push-$kind.log" >&2
+    exit 1
+  fi
   port=$(kiln ps "$kind" --json | python3 -c 'import json, sys; print(json.load(sys.stdin)["instances"][0]["port"])')
   for run in $(seq 1 "$runs"); do
     echo "v$run" > message.txt

@@ -79,8 +79,10 @@ pub struct CommandSpec<'a> {
 
 /// Runs a Procfile command: sources `.profile.d/*.sh` (Heroku's convention; a buildpack puts
 /// its PATH and friends there) and `.profile` from the working directory (run/), then replaces
-/// itself with `sh -c COMMAND`. The command is `$1`, never pasted into this script.
-pub const PROFILE_SCRIPT: &str = "for kiln_profile in ./.profile.d/*.sh; do if [ -r \"$kiln_profile\" ]; then . \"$kiln_profile\"; fi; done; unset kiln_profile; if [ -r ./.profile ]; then . ./.profile; fi; exec /bin/sh -c \"$1\"";
+/// itself with `bash -c COMMAND` (`sh` where there is no bash), as Heroku runs it: bash execs a
+/// single command, so the app itself leads its process group and gets the signals first. The
+/// command is `$1`, never pasted into this script.
+pub const PROFILE_SCRIPT: &str = "for kiln_profile in ./.profile.d/*.sh; do if [ -r \"$kiln_profile\" ]; then . \"$kiln_profile\"; fi; done; unset kiln_profile; if [ -r ./.profile ]; then . ./.profile; fi; if [ -x /bin/bash ]; then exec /bin/bash -c \"$1\"; fi; exec /bin/sh -c \"$1\"";
 
 /// A health check: a command retried until it succeeds or `timeout` has passed.
 #[derive(Clone, Copy, Debug)]

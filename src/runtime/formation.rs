@@ -33,7 +33,7 @@ pub use crate::exec::stage::PROFILE_SCRIPT as PROCESS_SCRIPT;
 /// `LISTEN_PID` names the process that owns it, which servers such as gunicorn check against
 /// their own pid. The shell's pid is that process's pid once it `exec`s the command, which
 /// [`exec_form`] makes sure of for a simple command.
-pub const SOCKET_SCRIPT: &str = "for kiln_profile in ./.profile.d/*.sh; do if [ -r \"$kiln_profile\" ]; then . \"$kiln_profile\"; fi; done; unset kiln_profile; if [ -r ./.profile ]; then . ./.profile; fi; LISTEN_PID=$$; export LISTEN_PID; exec /bin/sh -c \"$1\"";
+pub const SOCKET_SCRIPT: &str = "for kiln_profile in ./.profile.d/*.sh; do if [ -r \"$kiln_profile\" ]; then . \"$kiln_profile\"; fi; done; unset kiln_profile; if [ -r ./.profile ]; then . ./.profile; fi; LISTEN_PID=$$; export LISTEN_PID; if [ -x /bin/bash ]; then exec /bin/bash -c \"$1\"; fi; exec /bin/sh -c \"$1\"";
 
 /// Shell keywords and builtins that `exec` cannot run: a command starting with one is not
 /// given an `exec`.

@@ -3,7 +3,8 @@
 //! there is never a second one), runs the app in run/ in its own process group with the
 //! instance's environment, writes its output to logs/app/ line by line, restarts it when it
 //! exits (after 1 s, doubling up to 60 s; back to 1 s once it ran 60 s) and, on SIGTERM, stops
-//! it: SIGTERM to the app's group, SIGKILL to what is left after the grace.
+//! it: SIGTERM to the app, then to what is left of its group, SIGKILL to the whole group after
+//! the grace.
 //!
 //! A socket-activated web instance gets its listening socket from the daemon as fd 3; this
 //! process keeps it (close-on-exec) and passes it to each start of the app as fd 3, so that
@@ -434,17 +435,25 @@ fn pump(mut reader: std::io::PipeReader, log: &SharedLog) {
     }
 }
 
-/// SIGTERM to the app's group; SIGKILL to whatever of it is left after `grace`.
+/// SIGTERM to the app, then to whatever of its group is left once it has exited (a shell's
+/// children, workers that outlive their master); SIGKILL to the whole group after `grace`.
+/// The app gets the signal first, and alone, so that a server with workers (gunicorn, a
+/// node cluster) shuts them down in its own order, which a group-wide signal upsets.
 async fn stop_app(app: ProcessId, child: &mut tokio::process::Child, grace: Duration) {
-    app.signal_group(Signal::SIGTERM);
+    app.signal(Signal::SIGTERM);
     let until = tokio::time::Instant::now() + grace;
     let mut leader_done = false;
+    let mut group_told = false;
     while tokio::time::Instant::now() < until {
         if !leader_done {
             leader_done = matches!(child.try_wait(), Ok(Some(_)));
         }
         if leader_done && !proc::group_alive(app.pid) {
             return;
+        }
+        if leader_done && !group_told {
+            group_told = true;
+            let _ = nix::sys::signal::killpg(nix::unistd::Pid::from_raw(app.pid), Signal::SIGTERM);
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
