@@ -447,7 +447,7 @@ fn front_door(node: &Node, project: &Project) -> Result<Option<FrontDoorView>, E
     if front.is_none() && project.config.domains.is_empty() {
         return Ok(None);
     }
-    let site = crate::proxy::front_door::live_site(project)?;
+    let site = crate::proxy::front_door::live_site(node, project)?;
     let config = front.map(|f| f.config_state(project)).transpose()?;
     Ok(Some(FrontDoorView {
         https: site

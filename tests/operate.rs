@@ -14,8 +14,9 @@ use std::time::Duration;
 use common::processes::*;
 use common::*;
 
-/// Each service command appends a line to data/services.log: what ran, in order.
-const RECIPE: &str = "services:\n  start: echo start >> \"$KILN_DATA_DIR/services.log\"\n  stop: echo stop >> \"$KILN_DATA_DIR/services.log\"\n";
+/// Each service command appends a line to services.log in the node root (not in data/, which a
+/// failed deploy puts back): what ran, in order.
+const RECIPE: &str = "services:\n  start: echo start >> \"$KILN_ROOT/services.log\"\n  stop: echo stop >> \"$KILN_ROOT/services.log\"\n";
 
 const PROCFILE: &str = "web: python3 app.py\nworker: exec sleep 1000\n";
 
@@ -31,7 +32,7 @@ fn shop(node: &Node) -> (Project, App) {
 }
 
 fn services_log(project: &Project) -> Vec<String> {
-    fs::read_to_string(project.data().join("services.log"))
+    fs::read_to_string(project.node.root.join("services.log"))
         .unwrap_or_default()
         .lines()
         .map(str::to_string)
@@ -56,8 +57,9 @@ fn a_stopped_project_stays_stopped_across_boot_and_a_failed_deploy_until_start_o
     assert_eq!(services_log(&project), ["start"]);
 
     let said = node.ok(&["stop", "shop"]);
-    assert!(said.starts_with("stopped `shop` (release "), "{said}");
-    assert!(said.contains("(web.1, worker.1)"), "{said}");
+    let last = said.lines().last().unwrap();
+    assert!(last.starts_with("stopped `shop` (release "), "{said}");
+    assert!(last.contains(": web.1, worker.1); it stays stopped across `kiln boot` until `kiln start shop` or a deploy"), "{said}");
     assert_nothing_runs(&node, port, "after kiln stop");
     assert_eq!(services_log(&project), ["start", "stop"]);
     let ps = node.ok(&["ps", "shop"]);
@@ -70,7 +72,7 @@ fn a_stopped_project_stays_stopped_across_boot_and_a_failed_deploy_until_start_o
         status.contains("stopped:     with `kiln stop` by "),
         "{status}"
     );
-    assert_eq!(ps_json_stopped(&project), true);
+    assert!(ps_json_stopped(&project));
 
     let restart = node.kiln(&["restart", "shop"]);
     assert_eq!(restart.status.code(), Some(2), "{}", text(&restart));
@@ -110,7 +112,7 @@ fn a_stopped_project_stays_stopped_across_boot_and_a_failed_deploy_until_start_o
     );
 
     let started = node.ok(&["start", "shop"]);
-    assert!(started.starts_with("started `shop` (release "), "{started}");
+    assert!(started.contains("\nstarted `shop` (release "), "{started}");
     assert!(started.contains(": web.1, web.2, worker.1"), "{started}");
     assert_eq!(answer(&project).as_deref(), Some("v1"));
     let second = instance(&project, "web.2")["port"].as_u64().unwrap() as u16;
@@ -142,7 +144,7 @@ fn a_stopped_project_stays_stopped_across_boot_and_a_failed_deploy_until_start_o
         ["start", "stop", "start", "stop", "start", "stop", "start"]
     );
     assert!(!node.ok(&["status", "shop"]).contains("stopped:"));
-    assert_eq!(ps_json_stopped(&project), false);
+    assert!(!ps_json_stopped(&project));
 }
 
 fn ps_json_stopped(project: &Project) -> bool {

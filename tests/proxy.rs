@@ -539,3 +539,378 @@ fn a_site_built_by_the_static_buildpack_is_served_by_nginx_without_a_process() {
     // What is outside public/ is not published.
     assert_eq!(door.get("site.test", "/.kiln/buildpacks.json").status, 404);
 }
+
+/// Where the suite keeps what pip downloads, so repeated runs are fast.
+fn pip_cache() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("target/test-cache/pip")
+}
+
+/// A WSGI app that answers its release's version (read from version.txt at start).
+const WSGI_APP: &str = r#"VERSION = open("version.txt").read().strip()
+def app(environ, start_response):
+    body = (VERSION + "\n").encode()
+    start_response("200 OK", [("Content-Type", "text/plain"), ("Content-Length", str(len(body)))])
+    return [body]
+"#;
+
+/// A project behind the front door whose app is the WSGI app above, built by kiln's python
+/// buildpack (gunicorn from PyPI) and run by kiln's supervisor with its socket passed
+/// (`socket_activation`), with a one-second migration so that requests have to wait.
+fn gunicorn_project(door: &FrontDoorNode, name: &str, host: &str, cutover: &str) -> (Project, App) {
+    let project = door.node.init(name, "cooking");
+    door.node.ok(&["domains", "add", name, host]);
+    let app = door.node.app(name);
+    app.write("requirements.txt", "gunicorn==23.0.0\n")
+        .write("app.py", WSGI_APP)
+        .write(
+            "Procfile",
+            "web: gunicorn app:app --bind 127.0.0.1:$PORT --workers 2 --graceful-timeout 10\n",
+        )
+        .write("version.txt", "v1\n")
+        .write(
+            "kiln.yml",
+            &format!(
+                "defaults:\n  env:\n    PIP_CACHE_DIR: {}\nsocket_activation: true\ncutover: {cutover}\nstages:\n  deploy: ['sleep 1']\n",
+                pip_cache().display()
+            ),
+        );
+    (project, app)
+}
+
+/// What the load loop saw while `operation` ran, with the operation's start and end (load
+/// time) and its result. The load runs a moment before and after.
+fn under_load<T>(
+    door: &FrontDoorNode,
+    host: &str,
+    operation: impl FnOnce() -> T,
+) -> (
+    T,
+    common::load::Report,
+    std::time::Duration,
+    std::time::Duration,
+) {
+    use common::load::{Load, Target};
+    let load = Load::start(&Target::through(door.http, host));
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    let from = load.now();
+    let result = operation();
+    let to = load.now();
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    (result, load.finish(), from, to)
+}
+
+/// Asserts that requests were sent all through the operation (it is the switch they test).
+fn assert_load_covered(
+    report: &common::load::Report,
+    from: std::time::Duration,
+    to: std::time::Duration,
+    what: &str,
+) {
+    let during = report.during(from, to);
+    assert!(
+        during >= 20,
+        "{what}: only {during} requests during the operation ({from:?} to {to:?}) of {}",
+        report.samples.len()
+    );
+    eprintln!(
+        "{what}: {} requests, {during} during the operation, longest {:?}",
+        report.samples.len(),
+        report.longest()
+    );
+}
+
+/// How long after the new release's first answer the old one may still answer: never with
+/// `cutover: stop` (it stopped before the new one started); with `overlap`, requests that
+/// nginx's old workers accept while the reload reaches them (milliseconds).
+fn reload_grace(cutover: &str) -> std::time::Duration {
+    match cutover {
+        "overlap" => std::time::Duration::from_millis(500),
+        _ => std::time::Duration::ZERO,
+    }
+}
+
+/// Runs one cutover's four operations under load: a good deploy, a deploy that fails its
+/// check and rolls back, `kiln rollback`, `kiln restart`. Returns the project for more checks.
+fn four_operations_fail_no_request(cutover: &str) {
+    let door = FrontDoorNode::new();
+    let host = format!("{cutover}.test");
+    let (shop, app) = gunicorn_project(&door, "shop", &host, cutover);
+    door.start();
+    app.commit("v1");
+    let pushed = app.deploy(&shop);
+    assert!(pushed.contains("processes up"), "{pushed}");
+    assert_eq!(door.version(&host, "/"), "v1");
+    let first_port = common::processes::web_port(&shop);
+
+    // A good deploy.
+    app.write("version.txt", "v2\n");
+    app.commit("v2");
+    let (pushed, report, from, to) = under_load(&door, &host, || app.deploy(&shop));
+    assert_load_covered(&report, from, to, "a good deploy");
+    report.assert_all_answered_by(&["v1", "v2"], "a good deploy");
+    let spread = report.assert_never_back("v1", "v2", reload_grace(cutover), "a good deploy");
+    eprintln!("a good deploy: the old release answered until {spread:?} after the new one");
+    assert_eq!(report.last_body(), Some("v2"), "{pushed}");
+    let second_port = common::processes::web_port(&shop);
+    if cutover == "overlap" {
+        assert!(
+            pushed.contains("started 1 process(es) beside the live ones")
+                && pushed.contains("(they finished what they served)"),
+            "{pushed}"
+        );
+        assert_ne!(second_port, first_port, "an overlap starts on fresh ports");
+    } else {
+        assert_eq!(second_port, first_port, "a stop keeps the ports");
+    }
+    // One release runs, the new one.
+    let apps = common::processes::apps(&door.node.root, "web.1");
+    let live = shop.current().expect("a live release");
+    assert!(
+        !apps.is_empty() && apps.iter().all(|(_, release)| *release == live),
+        "{apps:?}"
+    );
+
+    // A deploy that fails its check: rolled back, run/ and data/ as they were.
+    let run = fingerprint(&shop.run());
+    let data = fingerprint(&shop.data());
+    app.write("version.txt", "v3\n");
+    app.write(
+        "kiln.yml",
+        &format!(
+            "{}check:\n  command: 'false'\n  timeout: 1s\n  interval: 100ms\n",
+            fs::read_to_string(app.dir.join("kiln.yml")).expect("kiln.yml")
+        ),
+    );
+    app.commit("v3 fails its check");
+    let ((_, pushed), report, from, to) = under_load(&door, &host, || app.push(&shop));
+    assert!(
+        last_remote_line(&pushed).contains("deploy FAILED at deploy (false: exit 1)"),
+        "{pushed}"
+    );
+    assert_load_covered(&report, from, to, "a failed deploy");
+    report.assert_all_answered_by(&["v2", "v3"], "a failed deploy");
+    assert_eq!(report.last_body(), Some("v2"), "{pushed}");
+    assert_same(
+        &run,
+        &fingerprint(&shop.run()),
+        "run/ after the failed deploy",
+    );
+    assert_same(
+        &data,
+        &fingerprint(&shop.data()),
+        "data/ after the failed deploy",
+    );
+    assert_eq!(shop.current(), Some(live.clone()));
+    assert_eq!(common::processes::web_port(&shop), second_port);
+
+    // `kiln rollback` to v1.
+    let (out, report, from, to) =
+        under_load(&door, &host, || door.node.kiln(&["rollback", "shop"]));
+    assert_success(&out, "kiln rollback");
+    assert_load_covered(&report, from, to, "kiln rollback");
+    report.assert_all_answered_by(&["v2", "v1"], "kiln rollback");
+    let spread = report.assert_never_back("v2", "v1", reload_grace(cutover), "kiln rollback");
+    eprintln!("kiln rollback: the old release answered until {spread:?} after the new one");
+    assert_eq!(report.last_body(), Some("v1"), "{}", text(&out));
+
+    // `kiln restart`.
+    let before = common::processes::web_port(&shop);
+    let (out, report, from, to) = under_load(&door, &host, || door.node.kiln(&["restart", "shop"]));
+    assert_success(&out, "kiln restart");
+    assert_load_covered(&report, from, to, "kiln restart");
+    report.assert_all_answered_by(&["v1"], "kiln restart");
+    let after = common::processes::web_port(&shop);
+    if cutover == "overlap" {
+        assert!(
+            String::from_utf8_lossy(&out.stdout).contains("beside the running ones"),
+            "{}",
+            text(&out)
+        );
+        assert_ne!(after, before);
+    } else {
+        assert_eq!(after, before);
+    }
+    let status = door.node.ok(&["status", "shop"]);
+    assert!(
+        status.contains(&format!("upstreams:   127.0.0.1:{after}\n"))
+            && status.contains("front door:  current\n"),
+        "{status}"
+    );
+}
+
+#[test]
+fn stop_cutover_with_socket_activation_fails_no_request_across_deploys_rollbacks_and_restarts() {
+    four_operations_fail_no_request("stop");
+}
+
+#[test]
+fn overlap_cutover_fails_no_request_across_deploys_rollbacks_and_restarts() {
+    four_operations_fail_no_request("overlap");
+}
+
+/// A node app that binds `127.0.0.1:$PORT` itself (no socket activation) and answers its
+/// release's version; on SIGTERM it stops accepting and finishes what it serves. It does not
+/// start while data/broken exists.
+const NODE_APP: &str = r#"const http = require("http");
+const fs = require("fs");
+if (fs.existsSync(process.env.KILN_DATA_DIR + "/broken")) process.exit(1);
+const version = fs.readFileSync("version.txt", "utf8").trim();
+const server = http.createServer((req, res) => {
+  res.setHeader("Content-Type", "text/plain");
+  res.end(version + "\n");
+});
+server.listen(Number(process.env.PORT), "127.0.0.1");
+process.on("SIGTERM", () => server.close(() => process.exit(0)));
+"#;
+
+#[test]
+fn an_app_that_binds_its_port_itself_fails_no_request_with_an_overlap_cutover() {
+    let door = FrontDoorNode::new();
+    let host = "node.test";
+    let shop = door.node.init("shop", "cooking");
+    door.node.ok(&["domains", "add", "shop", host]);
+    door.start();
+    let app = door.node.app("shop");
+    app.write("server.js", NODE_APP)
+        .write("Procfile", "web: node server.js\n")
+        .write("version.txt", "v1\n")
+        .write("kiln.yml", "cutover: overlap\n");
+    app.commit("v1");
+    app.deploy(&shop);
+    assert_eq!(door.version(host, "/"), "v1");
+
+    app.write("version.txt", "v2\n");
+    app.commit("v2");
+    let (pushed, report, from, to) = under_load(&door, host, || app.deploy(&shop));
+    assert_load_covered(&report, from, to, "a good deploy");
+    report.assert_all_answered_by(&["v1", "v2"], "a good deploy");
+    report.assert_never_back("v1", "v2", reload_grace("overlap"), "a good deploy");
+    assert_eq!(report.last_body(), Some("v2"), "{pushed}");
+    let good = shop.current().unwrap();
+    let port = common::processes::web_port(&shop);
+
+    // A migration that writes data/, then a failed check: the old release never stopped, the
+    // new one is gone, nginx is back on the old port, run/ and data/ as they were.
+    let run = fingerprint(&shop.run());
+    let data = fingerprint(&shop.data());
+    app.write("version.txt", "v3\n").write(
+        "kiln.yml",
+        "cutover: overlap\nstages:\n  deploy: ['echo v3 > \"$KILN_DATA_DIR/schema.txt\"']\ncheck:\n  command: 'false'\n  timeout: 1s\n",
+    );
+    app.commit("v3 migrates and fails its check");
+    let ((_, pushed), report, from, to) = under_load(&door, host, || app.push(&shop));
+    assert!(
+        pushed.contains("front door: back to the processes of")
+            && pushed.contains("data/ restored from the snapshot")
+            && last_remote_line(&pushed).contains(&format!("rolled back to {good}")),
+        "{pushed}"
+    );
+    assert_load_covered(&report, from, to, "a failed deploy");
+    report.assert_all_answered_by(&["v2", "v3"], "a failed deploy");
+    assert_eq!(report.last_body(), Some("v2"));
+    assert_same(&run, &fingerprint(&shop.run()), "run/");
+    assert_same(&data, &fingerprint(&shop.data()), "data/");
+    assert_eq!(common::processes::web_port(&shop), port);
+    let web = common::processes::apps(&door.node.root, "web.1");
+    assert_eq!(web.len(), 1, "{web:?}");
+    assert_eq!(web[0].1, good);
+
+    // Killed at any point of the overlap, the next kiln command puts it back, and no request
+    // fails meanwhile: the old release serves throughout.
+    app.write("kiln.yml", "cutover: overlap\n")
+        .write("version.txt", "v4\n");
+    app.commit("v4");
+    app.push_next(&shop);
+    for point in ["after-switch", "after-deploy-commands", "before-drain"] {
+        let ((), report, from, to) = under_load(&door, host, || {
+            let out = door.node.kiln_env(
+                &["deploy", "shop", "--rev", "next"],
+                &[("FAILPOINTS", &format!("{point}=return"))],
+            );
+            assert_eq!(
+                out.status.code(),
+                None,
+                "{point}: expected SIGKILL: {}",
+                text(&out)
+            );
+            assert_success(&door.node.kiln(&["recover", "shop"]), "recover");
+        });
+        assert_load_covered(&report, from, to, point);
+        report.assert_all_answered_by(&["v2", "v4"], point);
+        assert_eq!(report.last_body(), Some("v2"), "{point}");
+        assert_eq!(shop.current().as_deref(), Some(good.as_str()), "{point}");
+        let web = common::processes::apps(&door.node.root, "web.1");
+        assert_eq!(web.len(), 1, "{point}: {web:?}");
+        assert_eq!(web[0].1, good, "{point}");
+        assert_eq!(common::processes::web_port(&shop), port, "{point}");
+        let status = door.node.ok(&["status", "shop"]);
+        assert!(
+            status.contains("front door:  current\n"),
+            "{point}: {status}"
+        );
+    }
+    assert_same(&run, &fingerprint(&shop.run()), "run/ after the kills");
+
+    // `kiln restart`: new instances beside the old, then the old ones go.
+    let (out, report, from, to) = under_load(&door, host, || door.node.kiln(&["restart", "shop"]));
+    assert_success(&out, "kiln restart");
+    assert_load_covered(&report, from, to, "kiln restart");
+    report.assert_all_answered_by(&["v2"], "kiln restart");
+    let port = common::processes::web_port(&shop);
+    let conf = fingerprint(&door.conf_dir());
+
+    // A restart whose new instances do not come up changes nothing.
+    fs::write(shop.data().join("broken"), "").expect("write data/broken");
+    let (out, report, _, _) = under_load(&door, host, || door.node.kiln(&["restart", "shop"]));
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    let said = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        said.starts_with("error: ") && said.contains("web.1") && said.contains("exited (exit 1)"),
+        "{said}"
+    );
+    report.assert_all_answered_by(&["v2"], "a failed restart");
+    assert_eq!(common::processes::web_port(&shop), port);
+    assert_same(&conf, &fingerprint(&door.conf_dir()), "the proxy's conf.d/");
+    let web = common::processes::apps(&door.node.root, "web.1");
+    assert_eq!(web.len(), 1, "{web:?}");
+    fs::remove_file(shop.data().join("broken")).expect("remove data/broken");
+
+    // `kiln ps scale`: the front door's upstreams follow the web instances.
+    let (out, report, _, _) = under_load(&door, host, || {
+        door.node.kiln(&["ps", "scale", "shop", "web=2"])
+    });
+    let said = text(&out);
+    assert_success(&out, "kiln ps scale");
+    assert!(said.contains("the front door was reloaded"), "{said}");
+    report.assert_all_answered_by(&["v2"], "kiln ps scale");
+    let ps = common::processes::ps(&shop);
+    let ports: Vec<String> = ps["instances"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|i| i["port"].as_u64().map(|p| format!("127.0.0.1:{p}")))
+        .collect();
+    assert_eq!(ports.len(), 2, "{ps:#}");
+    let status = door.node.ok(&["status", "shop"]);
+    assert!(
+        status.contains(&format!("upstreams:   {}\n", ports.join(", ")))
+            && status.contains("front door:  current\n"),
+        "{status}"
+    );
+
+    // With `cutover: stop`, such an app is down between its stop and its start: nginx answers
+    // those requests with 502 at once (what socket activation or an overlap avoid).
+    app.write("version.txt", "v5\n").write("kiln.yml", "");
+    app.commit("v5, cutover: stop");
+    let (pushed, report, _, _) = under_load(&door, host, || app.deploy(&shop));
+    assert!(pushed.contains("services were stopped for"), "{pushed}");
+    let failures = report.failures();
+    assert!(
+        failures.iter().all(|s| matches!(s.outcome, Ok((502, _)))
+            && s.latency() < std::time::Duration::from_secs(1)),
+        "{:?}",
+        &failures[..failures.len().min(5)]
+    );
+    report.assert_never_back("v2", "v5", std::time::Duration::ZERO, "a stop deploy");
+    assert_eq!(report.last_body(), Some("v5"));
+}

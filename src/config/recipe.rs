@@ -186,6 +186,35 @@ pub struct Recipe {
     /// The buildpacks to run, in order, before the build commands (cooking and editable mode).
     /// None: kiln's own are detected when the mode has no build commands; `[]`: none run.
     pub buildpacks: Option<Vec<BuildpackRef>>,
+    /// kiln's supervisor holds each web instance's listening socket and passes it to the app
+    /// as fd 3 (`LISTEN_FDS`, as systemd does), so connections wait in the kernel's queue
+    /// while the app restarts. Default false: the app binds `127.0.0.1:$PORT` itself.
+    pub socket_activation: bool,
+    /// How a deploy takes the new release's processes live. Default `stop`.
+    pub cutover: Cutover,
+}
+
+/// kiln.yml `cutover:` (README.md, "Domains and the front door").
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Cutover {
+    /// Stop the live release, snapshot data/, switch, migrate, start the new one: the
+    /// snapshot is consistent (nothing writes data/ while it is taken and caught up).
+    #[default]
+    Stop,
+    /// Start the new release's processes beside the live ones on fresh ports, check them,
+    /// point the front door at them, then stop the old ones: no moment without a release
+    /// serving, but the snapshot is taken while the live release runs.
+    Overlap,
+}
+
+impl Cutover {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Cutover::Stop => "stop",
+            Cutover::Overlap => "overlap",
+        }
+    }
 }
 
 impl Default for Recipe {
@@ -208,6 +237,8 @@ impl Default for Recipe {
             limits: ProcessLimits::default(),
             static_paths: BTreeMap::new(),
             buildpacks: None,
+            socket_activation: false,
+            cutover: Cutover::Stop,
         }
     }
 }
@@ -525,6 +556,23 @@ modes:                       # per-mode overrides of `stages`
 "#;
 
     #[test]
+    fn socket_activation_and_cutover_parse() {
+        let recipe = parse("socket_activation: true\ncutover: overlap\n").expect("parses");
+        assert!(recipe.socket_activation);
+        assert_eq!(recipe.cutover, Cutover::Overlap);
+        let recipe = parse("").expect("parses");
+        assert!(!recipe.socket_activation);
+        assert_eq!(recipe.cutover, Cutover::Stop);
+        let error = parse("cutover: rolling\n").unwrap_err().to_string();
+        assert!(
+            error.starts_with(
+                "kiln.yml:1:10: unknown variant `rolling`, expected one of `stop`, `overlap`"
+            ),
+            "{error}"
+        );
+    }
+
+    #[test]
     fn process_settings_parse() {
         let recipe = parse(
             "processes: {web: 2, worker: 0}\nstop_grace: 30s\nlimits: {memory: 512M, cpu: 150%}\ncheck:\n  timeout: 5s\n",
@@ -671,7 +719,7 @@ modes:                       # per-mode overrides of `stages`
         let cases = [
             (
                 "keep: 3\nstagez:\n  build: make\n",
-                "kiln.yml:2:1: unknown field `stagez`, expected one of `keep`, `stages`, `services`, `check`, `backup`, `restore`, `defaults`, `timeouts`, `drift`, `drift_ignore`, `modes`, `reject_failed_push`, `processes`, `stop_grace`, `limits`, `static`, `buildpacks`",
+                "kiln.yml:2:1: unknown field `stagez`, expected one of `keep`, `stages`, `services`, `check`, `backup`, `restore`, `defaults`, `timeouts`, `drift`, `drift_ignore`, `modes`, `reject_failed_push`, `processes`, `stop_grace`, `limits`, `static`, `buildpacks`, `socket_activation`, `cutover`",
             ),
             (
                 "stages:\n  biuld: make\n",

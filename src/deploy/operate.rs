@@ -9,10 +9,11 @@
 use std::collections::BTreeMap;
 use std::os::unix::process::CommandExt;
 use std::process::Command;
+use std::time::Duration;
 
 use crate::config::pillar::Pillar;
 use crate::config::project::{Node, Project};
-use crate::config::recipe::{Recipe, Stage};
+use crate::config::recipe::{Cutover, Recipe, Stage};
 use crate::deploy::pipeline::{Settings, read_recipe};
 use crate::deploy::rollback;
 use crate::error::Error;
@@ -20,12 +21,13 @@ use crate::exec::redact::Redactor;
 use crate::exec::report::Reporter;
 use crate::exec::stage::CommandSpec;
 use crate::fs::git;
+use crate::proxy::front_door::{Applied, FrontDoor, live_site};
 use crate::runtime::formation::{self, Formation, InstanceName, RUN_SCRIPT, Scale};
 use crate::runtime::procfile::ProcessTypes;
 use crate::runtime::readiness::{self, Readiness};
 use crate::runtime::stopped::Stopped;
-use crate::runtime::supervisor::Supervisor;
 use crate::runtime::supervisor::watch::Commands;
+use crate::runtime::supervisor::{Backend, Sockets, Supervisor};
 use crate::transaction::lock::lock;
 use crate::transaction::release_log::ReleaseLog;
 
@@ -128,7 +130,40 @@ pub fn scale(
     if !added.is_empty() {
         wait_up(&supervisor, &formation, Some(&added))?;
     }
-    Ok(format!("scaled `{}` to {listed}", paths.name))
+    // The front door's upstreams are the web instances: a scale of `web` changes them.
+    let mut said = format!("scaled `{}` to {listed}", paths.name);
+    if counts.contains_key(crate::config::processes::WEB)
+        && let Some(note) = update_front_door(node, project, None)?
+    {
+        said.push_str("; ");
+        said.push_str(&note);
+    }
+    Ok(said)
+}
+
+/// Installs the live site (its upstreams: the web instances that run now) and says what
+/// happened, if anything did. `drain`: how long nginx's old workers get to finish.
+fn update_front_door(
+    node: &Node,
+    project: &Project,
+    drain: Option<Duration>,
+) -> Result<Option<String>, Error> {
+    let Some(front) = FrontDoor::of(node) else {
+        return Ok(None);
+    };
+    let site = live_site(node, project)?;
+    let applied = match drain {
+        Some(drain) => front.install_draining(&site, drain)?,
+        None => front.install(&site)?,
+    };
+    Ok(match applied {
+        Applied::Reloaded => Some("the front door was reloaded".into()),
+        Applied::NotRunning => Some(
+            "the front door's configuration was written (the node-private nginx is not running)"
+                .into(),
+        ),
+        Applied::Unchanged => None,
+    })
 }
 
 /// Waits (holding the project's lock, so that the web check waits too) until the instances a
@@ -154,7 +189,11 @@ fn wait_up(
         })
 }
 
-/// `kiln restart <name> [TYPE]`.
+/// `kiln restart <name> [TYPE]`. Every process of a release whose kiln.yml says `cutover:
+/// overlap` restarts as a deploy would cut over: new instances beside the running ones on
+/// fresh ports, up and answering, the front door moved to them, then the old ones stopped.
+/// Otherwise (and for one process type) each instance stops and starts again, its listening
+/// socket held meanwhile when the release uses socket activation.
 pub fn restart(
     node: &Node,
     project: &Project,
@@ -176,19 +215,79 @@ pub fn restart(
             ),
         }));
     };
-    supervisor.restart(name, kind)?;
-    let restarted: Option<Vec<InstanceName>> = kind.map(|kind| {
-        formation
-            .instance_names()
-            .into_iter()
-            .filter(|name| name.kind == kind)
-            .collect()
+    let recipe = live_recipe(project)?;
+    let overlap = kind.is_none()
+        && recipe.cutover == Cutover::Overlap
+        && supervisor.backend == Backend::Kiln
+        && !formation.is_idle();
+    if !overlap {
+        supervisor.restart(name, kind)?;
+        let restarted: Option<Vec<InstanceName>> = kind.map(|kind| {
+            formation
+                .instance_names()
+                .into_iter()
+                .filter(|name| name.kind == kind)
+                .collect()
+        });
+        wait_up(&supervisor, &formation, restarted.as_deref())?;
+        return Ok(match kind {
+            Some(kind) => format!("restarted the `{kind}` processes of `{name}`"),
+            None => format!("restarted the processes of `{name}`"),
+        });
+    }
+    let started = supervisor.start_beside(formation)?;
+    let (timeout, http_check) = match &recipe.check {
+        Some(check) => (check.timeout, check.command.is_none()),
+        None => (crate::deploy::pipeline::DEFAULT_CHECK_TIMEOUT, true),
+    };
+    let readiness = Readiness {
+        formation: &started,
+        timeout,
+        http_check: http_check && !started.web_instances().is_empty(),
+        startup: crate::runtime::readiness::STARTUP,
+        only: None,
+    };
+    let mut tail = Vec::new();
+    let up = crate::runtime::readiness::wait_up(&supervisor, &readiness, &mut |line| {
+        tail.push(line.to_string());
     });
-    wait_up(&supervisor, &formation, restarted.as_deref())?;
-    Ok(match kind {
-        Some(kind) => format!("restarted the `{kind}` processes of `{name}`"),
-        None => format!("restarted the processes of `{name}`"),
-    })
+    let moved = up
+        .map_err(Error::from)
+        .and_then(|_| update_front_door(node, project, Some(recipe.stop_grace)));
+    if let Err(e) = moved {
+        // The running instances never stopped: take the new ones away again.
+        for line in &tail {
+            out.note(&format!("  {line}"));
+        }
+        supervisor.cancel_overlap(name)?;
+        update_front_door(node, project, None)?;
+        return Err(e);
+    }
+    supervisor.finish_overlap(name)?;
+    Ok(format!(
+        "restarted the processes of `{name}` beside the running ones (cutover: overlap): {}",
+        started
+            .ports
+            .iter()
+            .map(|(instance, port)| format!("{instance} on port {port}"))
+            .collect::<Vec<_>>()
+            .join(", ")
+    ))
+}
+
+/// The kiln.yml of the live release (the default recipe when nothing is live).
+fn live_recipe(project: &Project) -> Result<Recipe, Error> {
+    let paths = &project.paths;
+    let log = ReleaseLog::load(&paths.release_log())?;
+    let Some(record) = log.current.as_ref().and_then(|id| log.get(id)) else {
+        return Ok(Recipe::default());
+    };
+    let repo = git::open_bare(&paths.project_repo)?;
+    let commit = git2::Oid::from_str(&record.commit).map_err(crate::error::git_error(format!(
+        "read commit {}",
+        record.commit
+    )))?;
+    read_recipe(&repo, commit)
 }
 
 /// The live release as the commands between deploys need it: its kiln.yml and its merged
@@ -331,7 +430,7 @@ pub fn stop(
         .save(&paths.state)?;
     let supervisor = supervisor(node);
     let formation = supervisor.state(&paths.name)?.map(|s| s.formation);
-    supervisor.stop(&paths.name)?;
+    supervisor.stop(&paths.name, Sockets::Close)?;
     live.service(node, project, "stop", out)?;
     let processes = formation
         .map(|f| {
@@ -341,7 +440,7 @@ pub fn stop(
                 .collect::<Vec<_>>()
         })
         .filter(|names| !names.is_empty())
-        .map(|names| format!(" ({})", names.join(", ")))
+        .map(|names| format!(": {}", names.join(", ")))
         .unwrap_or_default();
     Ok(match already {
         Some(mark) => format!(

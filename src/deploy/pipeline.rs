@@ -17,7 +17,7 @@ use crate::config::notify_config::NotifyEvent;
 use crate::config::pillar::Pillar;
 use crate::config::processes::WEB;
 use crate::config::project::{Node, Project};
-use crate::config::recipe::{Drift, Mode, Recipe, Services, Stage};
+use crate::config::recipe::{Cutover, Drift, Mode, Recipe, Services, Stage};
 use crate::config::settings;
 use crate::deploy::rollback;
 use crate::error::{Error, io_error};
@@ -36,7 +36,7 @@ use crate::runtime::formation::{Formation, FormationSetup, Scale};
 use crate::runtime::procfile::ProcessTypes;
 use crate::runtime::readiness::Readiness;
 use crate::runtime::stopped::Stopped;
-use crate::runtime::supervisor::{Backend, Supervisor};
+use crate::runtime::supervisor::{Backend, Sockets, Supervisor};
 use crate::transaction::backup;
 use crate::transaction::journal::{Journal, Phase, UndoCommands};
 use crate::transaction::lock::{ProjectLock, lock};
@@ -46,7 +46,7 @@ use crate::transaction::switch::{self, Method};
 pub use crate::config::recipe::{RECIPE_FILE, read_recipe};
 
 /// How long web processes get to accept and answer when kiln.yml has no `check:`.
-const DEFAULT_CHECK_TIMEOUT: Duration = Duration::from_secs(30);
+pub const DEFAULT_CHECK_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// What to deploy and on whose behalf.
 pub struct DeployRequest {
@@ -840,6 +840,9 @@ impl Run<'_> {
             },
             pid: std::process::id(),
             log: Some(self.log_name.clone()),
+            cutover: Cutover::Stop,
+            migrated: false,
+            live_stopped: false,
         });
         self.record(Phase::Started)
     }
@@ -1258,7 +1261,7 @@ impl Run<'_> {
         if let Some(start) = self.recipe.services.start.clone() {
             self.shell(Stage::Deploy, &start, &project_dir)?;
         }
-        self.start_processes()?;
+        self.start_processes(Cutover::Stop)?;
         self.install_front_door()?;
         self.check(&project_dir)
     }
@@ -1330,6 +1333,7 @@ impl Run<'_> {
                 .check
                 .as_ref()
                 .and_then(|check| check.command.as_deref()),
+            socket_activation: self.recipe.socket_activation,
         })?;
         let listed: Vec<String> = formation
             .types
@@ -1341,6 +1345,20 @@ impl Run<'_> {
             listed.join(" "),
             self.supervisor.backend.as_str()
         ));
+        // The systemd backend runs each instance as a unit of its own: it neither holds their
+        // sockets nor runs two sets of them.
+        if self.supervisor.backend == Backend::Systemd && !formation.web_instances().is_empty() {
+            let what = if self.recipe.socket_activation {
+                Some("`socket_activation`")
+            } else if self.recipe.cutover == Cutover::Overlap {
+                Some("`cutover: overlap`")
+            } else {
+                None
+            };
+            if let Some(what) = what {
+                return Err(crate::runtime::supervisor::SupervisorError::NeedsKiln { what }.into());
+            }
+        }
         if !formation.limits.is_empty() && self.supervisor.backend == Backend::Kiln {
             self.out.note(
                 "note: kiln.yml `limits` are applied by the systemd backend only; kiln's own supervisor does not enforce them",
@@ -1414,9 +1432,10 @@ impl Run<'_> {
             return Ok(());
         };
         let t = Instant::now();
+        // The web instances' sockets stay open: connections wait for the new release.
         let stopped = self
             .supervisor
-            .stop(&live.project)
+            .stop(&live.project, Sockets::Hold)
             .map_err(|e| Failure::new(Stage::Deploy, e))?;
         if stopped {
             self.out.note(&format!(
@@ -1453,12 +1472,16 @@ impl Run<'_> {
     /// Starts this release's processes and waits until they are up: each still running after
     /// its first seconds, each web instance accepting on its PORT (and, without a check
     /// command, answering GET / below 500). Returns how long until the web ports accepted.
-    fn start_processes(&mut self) -> Result<Duration, Failure> {
+    fn start_processes(&mut self, cutover: Cutover) -> Result<Duration, Failure> {
         let fail = |e: Error| Failure::new(Stage::Deploy, e);
         let Some(formation) = self.formation.clone() else {
             return Ok(Duration::ZERO);
         };
-        let formation = self.supervisor.start(formation).map_err(fail)?;
+        let formation = match cutover {
+            Cutover::Stop => self.supervisor.start(formation),
+            Cutover::Overlap => self.supervisor.start_beside(formation),
+        }
+        .map_err(fail)?;
         self.formation = Some(formation.clone());
         if formation.is_idle() {
             self.out
@@ -1471,8 +1494,12 @@ impl Run<'_> {
             .map(|(name, port)| format!("{name} on port {port}"))
             .collect();
         self.out.note(&format!(
-            "started {} process(es){}{}",
+            "started {} process(es){}{}{}",
             formation.instance_names().len(),
+            match cutover {
+                Cutover::Overlap => " beside the live ones",
+                Cutover::Stop => "",
+            },
             if ports.is_empty() { "" } else { ": " },
             ports.join(", ")
         ));
@@ -1508,7 +1535,9 @@ impl Run<'_> {
         Ok(accepted)
     }
 
-    /// Once the new release runs: its configuration is written and nginx reloaded.
+    /// Once the new release runs: its configuration is written and nginx reloaded. With an
+    /// overlap, nginx's old workers get up to `stop_grace` to finish the requests they send
+    /// to the old processes, which stop next.
     fn install_front_door(&mut self) -> Result<(), Failure> {
         let Some(front) = FrontDoor::of(self.node) else {
             return Ok(());
@@ -1517,9 +1546,16 @@ impl Run<'_> {
         // From here an undo must put the live release's configuration back, whether this
         // install worked or failed halfway.
         self.front_door_installed = true;
-        let applied = front
-            .install(&site)
-            .map_err(|e| Failure::new(Stage::Deploy, e))?;
+        let overlapping = self
+            .journal
+            .as_ref()
+            .is_some_and(|j| j.cutover == Cutover::Overlap);
+        let applied = if overlapping {
+            front.install_draining(&site, self.recipe.stop_grace)
+        } else {
+            front.install(&site)
+        }
+        .map_err(|e| Failure::new(Stage::Deploy, e))?;
         match applied {
             Applied::Reloaded => self.out.note("front door: nginx reloaded"),
             Applied::NotRunning => self.out.note(
@@ -1589,6 +1625,7 @@ impl Run<'_> {
         let fail = |e: Error| Failure::new(Stage::Deploy, e);
         let paths = self.paths().clone();
         self.plan_processes(tree_dir).map_err(fail)?;
+        let overlap = self.overlaps(data_from.is_some());
         self.check_front_door()?;
         self.save_drift().map_err(fail)?;
         ensure_run_dir(&paths.run).map_err(fail)?;
@@ -1632,10 +1669,15 @@ impl Run<'_> {
         )
         .map_err(fail)?;
         self.out.note(&format!(
-            "data snapshot: {} copied, {} shared with the previous snapshot, in {}",
+            "data snapshot: {} copied, {} shared with the previous snapshot, in {}{}",
             stats.copied,
             stats.linked,
-            seconds(t.elapsed())
+            seconds(t.elapsed()),
+            if overlap {
+                " (cutover: overlap: taken while the live release serves, and not caught up)"
+            } else {
+                ""
+            }
         ));
         fs::create_dir_all(self.archive.join("backup"))
             .map_err(|e| fail(io_error("create", &paths.archives, e)))?;
@@ -1653,6 +1695,9 @@ impl Run<'_> {
         }
         self.record(Phase::Snapshotted).map_err(fail)?;
         crate::failpoint("after-snapshot");
+        if overlap {
+            return self.cut_over_beside(tree_dir, method);
+        }
 
         self.record(Phase::Stopping).map_err(fail)?;
         let window = Instant::now();
@@ -1662,13 +1707,7 @@ impl Run<'_> {
         backup::catch_up(&paths.data, &snapshot).map_err(fail)?;
         crate::failpoint("after-stop");
         self.record(Phase::Switching).map_err(fail)?;
-        match method {
-            Method::Exchange => switch::exchange(&paths.run, &paths.shadow).map_err(fail)?,
-            Method::InPlace => {
-                sync::sync_tree(tree_dir, &paths.run, &SyncOptions::default())
-                    .map_err(|e| fail(e.into()))?;
-            }
-        }
+        self.switch_run(tree_dir, method)?;
         if let Some(data) = data_from {
             backup::restore(data, &paths.data).map_err(fail)?;
             self.out
@@ -1689,7 +1728,7 @@ impl Run<'_> {
             self.shell(Stage::Deploy, &start, &paths.run)?;
         }
         let starting = window.elapsed();
-        let accepted = self.start_processes()?;
+        let accepted = self.start_processes(Cutover::Stop)?;
         // From the stop of the live release until the new one serves: its services started,
         // and its web processes (if any) accept connections.
         let stopped = starting + accepted;
@@ -1699,8 +1738,108 @@ impl Run<'_> {
         // duration_ms: how long no release's services (or web processes) ran.
         self.out
             .event(json!({"event": "switched", "stage": Stage::Deploy.as_str(),
-            "method": method.as_str(), "duration_ms": millis(stopped)}));
+            "method": method.as_str(), "cutover": Cutover::Stop.as_str(),
+            "duration_ms": millis(stopped)}));
         self.check(&paths.run)
+    }
+
+    /// Whether this run takes its release live with an overlap cutover: kiln.yml says
+    /// `cutover: overlap`, the live release runs processes for the new ones to start beside,
+    /// and data/ is not being put back (`--with-data` needs the app stopped).
+    fn overlaps(&mut self, putting_data_back: bool) -> bool {
+        if self.recipe.cutover != Cutover::Overlap || self.formation.is_none() {
+            return false;
+        }
+        let running = self
+            .live_formation
+            .as_ref()
+            .is_some_and(|live| !live.is_idle());
+        let reason = if putting_data_back {
+            "`--with-data` puts data/ back while the app is stopped"
+        } else if !running {
+            "no process of a live release runs to serve beside the new ones"
+        } else {
+            return true;
+        };
+        self.out
+            .note(&format!("cutover: stop, not overlap: {reason}"));
+        false
+    }
+
+    /// Switches run/ to the release tree: the prepared `.run-next/` exchanged with run/, or
+    /// (without `renameat2`) run/ synced in place.
+    fn switch_run(&mut self, tree_dir: &Path, method: Method) -> Result<(), Failure> {
+        let fail = |e: Error| Failure::new(Stage::Deploy, e);
+        let paths = self.paths().clone();
+        match method {
+            Method::Exchange => switch::exchange(&paths.run, &paths.shadow).map_err(fail),
+            Method::InPlace => sync::sync_tree(tree_dir, &paths.run, &SyncOptions::default())
+                .map(|_| ())
+                .map_err(|e| fail(e.into())),
+        }
+    }
+
+    /// `cutover: overlap`, after the snapshot: run/ is switched and the deploy commands run
+    /// while the live release serves (they must suit both releases), then the new release's
+    /// processes start beside the live ones on fresh ports, the front door moves to them once
+    /// they are up, and the check runs; only then does the live release stop (its
+    /// `services.stop`, its processes finishing what they serve) and the new one's
+    /// `services.start` run. The live release's processes keep their working directory, the
+    /// old tree, which the exchange moves to `.run-next/`.
+    fn cut_over_beside(&mut self, tree_dir: &Path, method: Method) -> Result<(), Failure> {
+        let fail = |e: Error| Failure::new(Stage::Deploy, e);
+        let paths = self.paths().clone();
+        let migrates = !self.recipe.commands(self.mode, Stage::Deploy).is_empty()
+            || self.release_command.is_some();
+        if let Some(journal) = &mut self.journal {
+            journal.cutover = Cutover::Overlap;
+        }
+        self.record(Phase::Switching).map_err(fail)?;
+        self.switch_run(tree_dir, method)?;
+        crate::failpoint("after-switch");
+        if let Some(journal) = &mut self.journal {
+            journal.migrated = migrates;
+        }
+        self.record(Phase::Migrating).map_err(fail)?;
+        self.out.note(&format!(
+            "switched run/ to {} ({}); the processes of {} keep serving",
+            self.release,
+            method.as_str(),
+            self.live.as_deref().unwrap_or("the live release")
+        ));
+        self.commands(Stage::Deploy, &paths.run)?;
+        self.release_phase(&paths.run)?;
+        crate::failpoint("after-deploy-commands");
+        self.record(Phase::Switched).map_err(fail)?;
+        self.start_processes(Cutover::Overlap)?;
+        self.install_front_door()?;
+        self.check(&paths.run)?;
+
+        // The cutover: from here an undo starts the live release again.
+        if let Some(journal) = &mut self.journal {
+            journal.live_stopped = true;
+        }
+        self.record(Phase::Switched).map_err(fail)?;
+        crate::failpoint("before-drain");
+        let t = Instant::now();
+        self.stop_live(&paths.run)?;
+        let drained = self.supervisor.finish_overlap(&paths.name).map_err(fail)?;
+        if let Some(old) = drained {
+            self.out.note(&format!(
+                "stopped the processes of {} (they finished what they served) in {}",
+                old.release,
+                seconds(t.elapsed())
+            ));
+        }
+        if let Some(start) = self.recipe.services.start.clone() {
+            self.shell(Stage::Deploy, &start, &paths.run)?;
+        }
+        // duration_ms: how long no release served: none, with an overlap.
+        self.out
+            .event(json!({"event": "switched", "stage": Stage::Deploy.as_str(),
+            "method": method.as_str(), "cutover": Cutover::Overlap.as_str(),
+            "duration_ms": 0}));
+        Ok(())
     }
 
     /// The commit of the release that was live before this run.
@@ -1898,13 +2037,8 @@ impl Run<'_> {
         }
         let outcome = match self.journal.take() {
             Some(journal) => {
-                let undone = rollback::undo(
-                    &self.supervisor,
-                    &paths,
-                    &journal,
-                    &failure.reason,
-                    self.out,
-                );
+                let undone =
+                    rollback::undo(self.node, self.project, &journal, &failure.reason, self.out);
                 if undone.is_ok() && self.front_door_installed {
                     rollback::restore_front_door(self.node, self.project, self.out);
                 }

@@ -11,13 +11,15 @@ use serde_json::json;
 
 use crate::config::layout::ProjectPaths;
 use crate::config::project::{Node, Project};
+use crate::config::recipe::Cutover;
 use crate::error::{Error, io_error};
 use crate::exec::redact::Redactor;
 use crate::exec::report::Reporter;
 use crate::exec::stage::{self, CommandSpec};
 use crate::fs::sync::{self, SyncOptions};
+use crate::runtime::formation::Formation;
 use crate::runtime::readiness::Readiness;
-use crate::runtime::supervisor::Supervisor;
+use crate::runtime::supervisor::{Sockets, Supervisor};
 
 /// How long an undo waits for the old release's web processes to accept again.
 const RESTART_WAIT: Duration = Duration::from_secs(30);
@@ -29,20 +31,46 @@ use crate::transaction::switch::{self, Method};
 /// Puts the node back as it was before the journaled deploy; returns the outcome for the final
 /// line ("rolled back to <release>"). On error the journal stays, for `kiln recover`.
 pub fn undo(
-    supervisor: &Supervisor,
-    paths: &ProjectPaths,
+    node: &Node,
+    project: &Project,
     journal: &Journal,
     reason: &str,
     out: &mut Reporter,
 ) -> Result<String, Error> {
+    let paths = &project.paths;
+    let supervisor = Supervisor::new(&node.root, &node.config.supervisor);
     let release = &journal.release;
     out.headline(&format!("rolling back {release}"));
     let redactor = Redactor::new(&journal.undo.secrets);
     out.set_redactor(redactor.clone());
-    // The live release's services were stopped (data/ may have changed from here on) ...
-    let stopped = journal.phase >= Phase::Stopping;
+    let overlap = journal.cutover == Cutover::Overlap;
+    // The live release's services were stopped (data/ may have changed from here on); an
+    // overlap cutover stops them only once the new release passed its check ...
+    let stopped = if overlap {
+        journal.live_stopped
+    } else {
+        journal.phase >= Phase::Stopping
+    };
     // ... and the new release's may have been started.
     let started = journal.phase >= Phase::Switched;
+    // An overlap whose old processes still run (the cutover had not stopped them): they keep
+    // running, only the new ones go.
+    let old_running = overlap && supervisor.draining(&paths.name)?.is_some();
+    // data/ goes back to the snapshot once something other than the live release may have
+    // written it: after the stop (whatever ran then), or, in an overlap, the deploy commands
+    // or the new release serving alone.
+    let restore_data = if overlap {
+        journal.migrated || (journal.live_stopped && !old_running)
+    } else {
+        stopped
+    };
+    // The old release starts again after this undo: its listening sockets stay open meanwhile.
+    let restarts = journal.previous.is_some() && journal.undo.processes.is_some();
+    let sockets = if restarts {
+        Sockets::Hold
+    } else {
+        Sockets::Close
+    };
     let run_with = |label: &str,
                     command: &str,
                     env: &std::collections::BTreeMap<String, String>,
@@ -70,9 +98,28 @@ pub fn undo(
         run_with(label, command, &journal.undo.env, out)
     };
 
+    // An overlap that had not cut over yet: the live release's processes never stopped. The
+    // front door goes back to them first, then the new release's processes stop: no request
+    // finds neither.
+    if old_running {
+        if let Some(old) = &journal.undo.processes {
+            point_front_door_at(node, project, old, out);
+        }
+        match supervisor.cancel_overlap(&paths.name) {
+            Ok(true) => out.note(&format!(
+                "stopped the processes of {release}; those of {} kept running",
+                journal.previous.as_deref().unwrap_or("the live release")
+            )),
+            Ok(false) => {}
+            Err(e) => out.note(&format!(
+                "stopping the processes failed ({}); carrying on",
+                crate::error::chain(&e)
+            )),
+        }
+    }
     // The app of the failed release may be running: stop it, with its own stop command,
     // before touching its files.
-    if let Some(stop) = journal.undo.stop.as_ref().filter(|_| started)
+    if let Some(stop) = journal.undo.stop.as_ref().filter(|_| started && stopped)
         && let Err(e) = run("rollback", stop, out)
     {
         out.note(&format!(
@@ -81,8 +128,8 @@ pub fn undo(
         ));
     }
     // Its supervised processes too (whatever the project's formation runs now is its own).
-    if started {
-        match supervisor.stop(&paths.name) {
+    if started && !old_running && (stopped || !overlap) {
+        match supervisor.stop(&paths.name, sockets) {
             Ok(true) => out.note(&format!("stopped the processes of {release}")),
             Ok(false) => {}
             Err(e) => out.note(&format!(
@@ -139,17 +186,17 @@ pub fn undo(
             fs::create_dir_all(&paths.build).map_err(|e| io_error("create", &paths.build, e))?;
         }
     }
-    if stopped {
-        if let Some(snapshot) = &journal.snapshot {
-            let stats = backup::restore(snapshot, &paths.data)?;
-            out.note(&format!(
-                "data/ restored from the snapshot ({} files put back, {} removed)",
-                stats.copied, stats.removed
-            ));
-            for command in &journal.undo.restore {
-                run("restore", command, out)?;
-            }
+    if restore_data && let Some(snapshot) = &journal.snapshot {
+        let stats = backup::restore(snapshot, &paths.data)?;
+        out.note(&format!(
+            "data/ restored from the snapshot ({} files put back, {} removed)",
+            stats.copied, stats.removed
+        ));
+        for command in &journal.undo.restore {
+            run("restore", command, out)?;
         }
+    }
+    if stopped {
         // The release live before starts again with its own start command; when nothing was
         // live, nothing starts (the new release's start would run in an empty run/).
         if let Some(start) = journal
@@ -161,14 +208,19 @@ pub fn undo(
             let env = journal.undo.start_env.as_ref().unwrap_or(&journal.undo.env);
             run_with("rollback", start, env, out)?;
         }
-        // And its processes, as they ran: its commands, environment, counts and ports.
+        // And its processes, as they ran: its commands, environment, counts and ports (an
+        // overlap's still run).
         if let Some(formation) = journal
             .undo
             .processes
             .as_ref()
-            .filter(|_| journal.previous.is_some())
+            .filter(|_| journal.previous.is_some() && !old_running)
         {
             let formation = supervisor.start(formation.clone())?;
+            if overlap {
+                // Its ports may be those the front door left: point it back.
+                point_front_door_at(node, project, &formation, out);
+            }
             out.note(&format!(
                 "started the processes of {} again ({})",
                 formation.release,
@@ -188,7 +240,7 @@ pub fn undo(
                 startup: Duration::ZERO,
                 only: None,
             };
-            if let Err(e) = crate::runtime::readiness::wait_up(supervisor, &readiness, &mut |_| {})
+            if let Err(e) = crate::runtime::readiness::wait_up(&supervisor, &readiness, &mut |_| {})
             {
                 out.note(&format!("warning: {e}"));
             }
@@ -269,9 +321,8 @@ pub fn recover(node: &Node, project: &Project, out: &mut Reporter) -> Result<boo
         journal.action, journal.release, journal.pid, journal.phase
     ));
     let reason = format!("interrupted during {:?}", journal.phase).to_lowercase();
-    let supervisor = Supervisor::new(&node.root, &node.config.supervisor);
     let outcome =
-        undo(&supervisor, paths, &journal, &reason, out).map_err(|e| Error::RollbackFailed {
+        undo(node, project, &journal, &reason, out).map_err(|e| Error::RollbackFailed {
             reason: format!(
                 "recovering {} failed: {}",
                 journal.release,
@@ -297,7 +348,7 @@ pub fn restore_front_door(node: &Node, project: &Project, out: &mut Reporter) {
         return;
     };
     let restored =
-        crate::proxy::front_door::live_site(project).and_then(|site| front.install(&site));
+        crate::proxy::front_door::live_site(node, project).and_then(|site| front.install(&site));
     match restored {
         Ok(crate::proxy::front_door::Applied::Reloaded) => {
             out.note("front door: back to the configuration of the live release");
@@ -305,6 +356,28 @@ pub fn restore_front_door(node: &Node, project: &Project, out: &mut Reporter) {
         Ok(_) => {}
         Err(e) => out.note(&format!(
             "warning: the front door could not be put back ({}); fix it, then run `kiln proxy reload`",
+            crate::error::chain(&e)
+        )),
+    }
+}
+
+/// Points the front door at `formation`'s web instances (an overlap's undo: the release that
+/// kept running), before the processes it leaves are stopped. A failure is a warning: the
+/// undo goes on, and the front door is installed again at its end.
+fn point_front_door_at(node: &Node, project: &Project, formation: &Formation, out: &mut Reporter) {
+    let Some(front) = crate::proxy::front_door::FrontDoor::of(node) else {
+        return;
+    };
+    let pointed = crate::proxy::front_door::live_site_with(project, &formation.web_ports())
+        .and_then(|site| front.install(&site));
+    match pointed {
+        Ok(crate::proxy::front_door::Applied::Reloaded) => out.note(&format!(
+            "front door: back to the processes of {}",
+            formation.release
+        )),
+        Ok(_) => {}
+        Err(e) => out.note(&format!(
+            "warning: the front door could not be pointed back ({}); carrying on",
             crate::error::chain(&e)
         )),
     }

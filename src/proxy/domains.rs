@@ -78,7 +78,7 @@ pub fn edit(node: &Node, project: &Project, edit: &Edit) -> Result<Vec<String>, 
         paths: project.paths.clone(),
         config,
     };
-    let installed = live_site(&updated).and_then(|site| front.install(&site));
+    let installed = live_site(node, &updated).and_then(|site| front.install(&site));
     match installed {
         Ok(Applied::NotRunning) => said.push(
             "the node-private nginx is not running: it routes them once started (`kiln proxy start`)"

@@ -26,6 +26,7 @@ use crate::error::{Error, io_error};
 use crate::fs::durable::write_atomic;
 use crate::proxy::site::{self, Site};
 use crate::proxy::{ProxyError, nginx as conf};
+use crate::runtime::supervisor::Supervisor;
 use crate::transaction::release_log::ReleaseLog;
 
 /// How long nginx's own commands (`-t`, a reload command) may take.
@@ -337,6 +338,13 @@ impl<'a> FrontDoor<'a> {
     /// refuses it; the private nginx's is tested as a copy first, so its files never change
     /// on a refusal), and reloads nginx gracefully.
     pub fn install(&self, site: &Site) -> Result<Applied, Error> {
+        self.install_draining(site, DRAIN_WAIT)
+    }
+
+    /// [`FrontDoor::install`], waiting up to `drain` after the reload for nginx's old workers to
+    /// finish the requests they serve (an overlap cutover stops the processes they send them
+    /// to right after).
+    pub fn install_draining(&self, site: &Site, drain: Duration) -> Result<Applied, Error> {
         let _lock = self.lock()?;
         self.ensure_base()?;
         self.check_domains(site)?;
@@ -344,7 +352,7 @@ impl<'a> FrontDoor<'a> {
         if site.domains.is_empty() && !files[0].0.exists() {
             return Ok(Applied::Unchanged);
         }
-        self.write_test_reload(&files, &site.project)
+        self.write_test_reload(&files, &site.project, drain)
     }
 
     /// Rewrites every file from `sites` (one per project of the node), removes kiln's files of
@@ -353,10 +361,15 @@ impl<'a> FrontDoor<'a> {
         let _lock = self.lock()?;
         self.ensure_base()?;
         let files = self.all_files(sites)?;
-        self.write_test_reload(&files, "the node")
+        self.write_test_reload(&files, "the node", DRAIN_WAIT)
     }
 
-    fn write_test_reload(&self, files: &Files, project: &str) -> Result<Applied, Error> {
+    fn write_test_reload(
+        &self,
+        files: &Files,
+        project: &str,
+        drain: Duration,
+    ) -> Result<Applied, Error> {
         let changes = files.iter().any(|(path, text)| {
             fs::read(path).ok().as_deref() != text.as_deref().map(str::as_bytes)
         });
@@ -373,7 +386,7 @@ impl<'a> FrontDoor<'a> {
             restore(previous)?;
             return Err(e);
         }
-        match self.reload() {
+        match self.reload(drain) {
             Ok(applied) => {
                 if applied == Applied::Reloaded {
                     self.record_loaded()?;
@@ -435,7 +448,7 @@ impl<'a> FrontDoor<'a> {
 
     /// A graceful reload: new workers with the new configuration take new connections, the
     /// old ones finish what they serve. Waits until a new worker runs.
-    fn reload(&self) -> Result<Applied, Error> {
+    fn reload(&self, drain: Duration) -> Result<Applied, Error> {
         let master = self.master_pid();
         let before = master.map(workers).unwrap_or_default();
         if self.nginx.private {
@@ -467,21 +480,26 @@ impl<'a> FrontDoor<'a> {
             }
         }
         if let Some(pid) = master {
-            self.wait_reloaded(pid, &before)?;
+            self.wait_reloaded(pid, &before, drain)?;
         }
         Ok(Applied::Reloaded)
     }
 
-    fn wait_reloaded(&self, master: i32, before: &BTreeSet<i32>) -> Result<(), Error> {
+    fn wait_reloaded(
+        &self,
+        master: i32,
+        before: &BTreeSet<i32>,
+        drain: Duration,
+    ) -> Result<(), Error> {
         let started = Instant::now();
         loop {
             let now = workers(master);
             let fresh = now.iter().any(|pid| !before.contains(pid));
             let draining = now.iter().any(|pid| before.contains(pid));
-            if fresh && (!draining || started.elapsed() >= DRAIN_WAIT) {
+            if fresh && (!draining || started.elapsed() >= drain) {
                 return Ok(());
             }
-            if started.elapsed() >= RELOAD_TIMEOUT {
+            if !fresh && started.elapsed() >= RELOAD_TIMEOUT {
                 let log = if self.nginx.private {
                     self.error_log()
                 } else {
@@ -551,7 +569,7 @@ impl<'a> FrontDoor<'a> {
 
     /// Whether `project`'s file is what its project.yml and live release say, and loaded.
     pub fn config_state(&self, project: &Project) -> Result<ConfigState, Error> {
-        let site = live_site(project)?;
+        let site = live_site(self.node, project)?;
         let expected = (!site.domains.is_empty()).then(|| conf::project_conf(&site, self.nginx));
         let path = self.project_file(&project.paths.name);
         let on_disk = fs::read_to_string(&path).ok();
@@ -661,8 +679,19 @@ impl<'a> FrontDoor<'a> {
 }
 
 /// The site of `project` as its live release has it (kiln.yml `static:` of the live commit,
-/// or the static buildpack's site in run/; none when nothing is live).
-pub fn live_site(project: &Project) -> Result<Site, Error> {
+/// or the static buildpack's site in run/; none when nothing is live), its upstreams the web
+/// instances the supervisor runs for it (also while they are stopped for a switch).
+pub fn live_site(node: &Node, project: &Project) -> Result<Site, Error> {
+    let supervisor = Supervisor::new(&node.root, &node.config.supervisor);
+    let ports = match supervisor.state(&project.paths.name)? {
+        Some(state) if state.running || state.hold_sockets => state.formation.web_ports(),
+        _ => Vec::new(),
+    };
+    live_site_with(project, &ports)
+}
+
+/// [`live_site`] with the web instances listening on `instance_ports`.
+pub fn live_site_with(project: &Project, instance_ports: &[u16]) -> Result<Site, Error> {
     let paths = &project.paths;
     let log = ReleaseLog::load(&paths.release_log())?;
     let live_commit = log
@@ -680,7 +709,7 @@ pub fn live_site(project: &Project) -> Result<Site, Error> {
     Ok(Site::new(
         paths,
         &project.config,
-        site::upstreams(&[], &project.config),
+        site::upstreams(instance_ports, &project.config),
         &site::static_paths(&static_paths, &paths.run),
     ))
 }
@@ -705,7 +734,7 @@ pub fn node_projects(node: &Node) -> Vec<String> {
 pub fn node_sites(node: &Node) -> Result<Vec<Site>, Error> {
     node_projects(node)
         .iter()
-        .map(|name| live_site(&node.project(name)?))
+        .map(|name| live_site(node, &node.project(name)?))
         .collect()
 }
 

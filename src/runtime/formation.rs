@@ -28,6 +28,87 @@ const DEPLOY_ONLY: [&str; 4] = [
 /// Runs a Procfile command after the tree's `.profile.d/*.sh` (see the stage runner's).
 pub use crate::exec::stage::PROFILE_SCRIPT as PROCESS_SCRIPT;
 
+/// A socket-activated web process (kiln.yml `socket_activation`): its listening socket is fd 3
+/// (passed by its instance supervisor) and, as systemd does, `LISTEN_FDS=1` says so and
+/// `LISTEN_PID` names the process that owns it, which servers such as gunicorn check against
+/// their own pid. The shell's pid is that process's pid once it `exec`s the command, which
+/// [`exec_form`] makes sure of for a simple command.
+pub const SOCKET_SCRIPT: &str = "for kiln_profile in ./.profile.d/*.sh; do if [ -r \"$kiln_profile\" ]; then . \"$kiln_profile\"; fi; done; unset kiln_profile; if [ -r ./.profile ]; then . ./.profile; fi; LISTEN_PID=$$; export LISTEN_PID; if [ -x /bin/bash ]; then exec /bin/bash -c \"$1\"; fi; exec /bin/sh -c \"$1\"";
+
+/// Shell keywords and builtins that `exec` cannot run: a command starting with one is not
+/// given an `exec`.
+const NOT_EXECUTABLE: [&str; 20] = [
+    "cd", "export", "if", "for", "while", "until", "case", "{", ".", "source", "set", "eval",
+    "unset", "alias", "read", "trap", "wait", "shift", "exit", "!",
+];
+
+/// `command` as the shell must run it so that the server it starts keeps the shell's pid
+/// (`LISTEN_PID`): `exec gunicorn ...` for one simple command (words, quotes and `$VARIABLES`
+/// after optional `NAME=value` assignments), unchanged for anything else (a list, a pipe, a
+/// redirection, a keyword), which must `exec` its server itself (`cd app && exec gunicorn
+/// ...`).
+pub fn exec_form(command: &str) -> String {
+    let trimmed = command.trim();
+    let compound = has_unquoted_operator(trimmed);
+    let is_assignment = |word: &str| {
+        word.split_once('=').is_some_and(|(name, _)| {
+            !name.is_empty()
+                && !name.starts_with(|c: char| c.is_ascii_digit())
+                && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
+        })
+    };
+    let mut assignments = Vec::new();
+    let mut rest = trimmed;
+    loop {
+        let end = rest.find(char::is_whitespace).unwrap_or(rest.len());
+        let word = &rest[..end];
+        if word.is_empty() || !is_assignment(word) {
+            break;
+        }
+        assignments.push(word);
+        rest = rest[end..].trim_start();
+    }
+    let first = rest.split_whitespace().next().unwrap_or("");
+    let quoted_assignment = assignments.iter().any(|w| w.contains(['\'', '"']));
+    if compound
+        || quoted_assignment
+        || first.is_empty()
+        || first == "exec"
+        || NOT_EXECUTABLE.contains(&first)
+    {
+        return command.to_string();
+    }
+    let mut text = assignments.join(" ");
+    if !text.is_empty() {
+        text.push(' ');
+    }
+    text.push_str("exec ");
+    text.push_str(rest);
+    text
+}
+
+/// Whether `command` holds, outside quotes, something that makes it more than one simple
+/// command: `;`, `&`, `|`, a redirection, a subshell, a command substitution or a newline.
+fn has_unquoted_operator(command: &str) -> bool {
+    let (mut single, mut double, mut escaped) = (false, false, false);
+    let mut previous = ' ';
+    for c in command.chars() {
+        match c {
+            _ if escaped => escaped = false,
+            '\\' if !single => escaped = true,
+            '\'' if !double => single = !single,
+            '"' if !single => double = !double,
+            // `$(...)` and backticks substitute even inside double quotes.
+            '`' if !single => return true,
+            '(' if !single && previous == '$' => return true,
+            ';' | '&' | '|' | '<' | '>' | '(' | ')' | '\n' if !single && !double => return true,
+            _ => {}
+        }
+        previous = c;
+    }
+    false
+}
+
 /// The same for `kiln run`: the command's words are `"$@"`, run without a shell of their own.
 pub const RUN_SCRIPT: &str = "for kiln_profile in ./.profile.d/*.sh; do if [ -r \"$kiln_profile\" ]; then . \"$kiln_profile\"; fi; done; unset kiln_profile; if [ -r ./.profile ]; then . ./.profile; fi; exec \"$@\"";
 
@@ -66,6 +147,48 @@ pub struct Formation {
     /// instead of GET / on each web instance (`supervisor::watch`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub check_command: Option<String>,
+    /// kiln.yml `socket_activation`: the supervisor holds each web instance's listening
+    /// socket and passes it to the app as fd 3.
+    #[serde(default)]
+    pub socket_activation: bool,
+    /// Which of a project's two sets of instance directories this formation runs in: an
+    /// overlap cutover starts the new release in the other one while the old one runs.
+    #[serde(default)]
+    pub slot: Slot,
+}
+
+/// One of the two sets of instances a project can run at once (during an overlap cutover).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Slot {
+    #[default]
+    A,
+    B,
+}
+
+impl Slot {
+    pub fn other(self) -> Slot {
+        match self {
+            Slot::A => Slot::B,
+            Slot::B => Slot::A,
+        }
+    }
+
+    /// The instance directory's name of `name` in this slot: `web.1`, or `web.1.b`.
+    pub fn key(self, name: &InstanceName) -> String {
+        match self {
+            Slot::A => name.to_string(),
+            Slot::B => format!("{name}.b"),
+        }
+    }
+
+    /// Parses an instance directory's name: (instance, slot).
+    pub fn parse_key(key: &str) -> Option<(InstanceName, Slot)> {
+        match key.strip_suffix(".b") {
+            Some(name) => Some((InstanceName::parse(name)?, Slot::B)),
+            None => Some((InstanceName::parse(key)?, Slot::A)),
+        }
+    }
 }
 
 /// `web.1`: a process type and a 1-based index.
@@ -111,6 +234,19 @@ pub struct InstanceSpec {
     pub grace: Duration,
     pub port: Option<u16>,
     pub log_dir: PathBuf,
+    /// The app gets its listening socket as fd 3 (a web instance of a socket-activated
+    /// formation).
+    #[serde(default)]
+    pub socket_activation: bool,
+    #[serde(default)]
+    pub slot: Slot,
+}
+
+impl InstanceSpec {
+    /// Its instance directory's name (see [`Slot::key`]).
+    pub fn key(&self) -> String {
+        self.slot.key(&self.name)
+    }
 }
 
 impl Formation {
@@ -131,6 +267,11 @@ impl Formation {
                 if let Some(port) = port {
                     env.insert("PORT".into(), port.to_string());
                 }
+                let socket_activation = self.socket_activation && port.is_some();
+                if socket_activation {
+                    env.insert("LISTEN_FDS".into(), "1".into());
+                    env.insert("LISTEN_FDNAMES".into(), WEB.into());
+                }
                 all.push(InstanceSpec {
                     project: self.project.clone(),
                     release: self.release.clone(),
@@ -142,6 +283,8 @@ impl Formation {
                     grace: self.grace,
                     port,
                     log_dir: self.log_dir.clone(),
+                    socket_activation,
+                    slot: self.slot,
                 });
             }
         }
@@ -153,6 +296,14 @@ impl Formation {
         self.instance_names()
             .into_iter()
             .filter(InstanceName::is_web)
+            .collect()
+    }
+
+    /// The ports of the web instances, in instance order (those that have one).
+    pub fn web_ports(&self) -> Vec<u16> {
+        self.web_instances()
+            .iter()
+            .filter_map(|name| self.ports.get(&name.to_string()).copied())
             .collect()
     }
 
@@ -224,6 +375,8 @@ pub struct FormationSetup<'a> {
     pub log_dir: &'a Path,
     /// kiln.yml `check.command`.
     pub check_command: Option<&'a str>,
+    /// kiln.yml `socket_activation`.
+    pub socket_activation: bool,
 }
 
 /// Builds the formation of a release. Every type runs 1 instance unless kiln.yml's
@@ -279,6 +432,8 @@ pub fn build(setup: &FormationSetup) -> Result<Formation, UnknownType> {
         log_dir: setup.log_dir.to_path_buf(),
         ports: BTreeMap::new(),
         check_command: setup.check_command.map(str::to_string),
+        socket_activation: setup.socket_activation,
+        slot: Slot::A,
     })
 }
 
@@ -381,6 +536,7 @@ mod tests {
             limits: &ProcessLimits::default(),
             log_dir: Path::new("/n/shop/logs/app"),
             check_command: None,
+            socket_activation: false,
         })
     }
 
@@ -443,6 +599,73 @@ mod tests {
         ] {
             assert!(parse_scale_args(&args(bad)).is_err(), "{bad:?}");
         }
+    }
+
+    #[test]
+    fn a_simple_command_is_execed_so_that_it_keeps_the_shells_pid() {
+        let cases = [
+            (
+                "gunicorn app:app --bind 127.0.0.1:$PORT",
+                "exec gunicorn app:app --bind 127.0.0.1:$PORT",
+            ),
+            (
+                "  python -m gunicorn 'app:create()'",
+                "exec python -m gunicorn 'app:create()'",
+            ),
+            (
+                "WEB_CONCURRENCY=3 FOO=x gunicorn app:app",
+                "WEB_CONCURRENCY=3 FOO=x exec gunicorn app:app",
+            ),
+            ("exec gunicorn app:app", "exec gunicorn app:app"),
+            (
+                "cd app && exec gunicorn app:app",
+                "cd app && exec gunicorn app:app",
+            ),
+            ("gunicorn app:app 2>&1", "gunicorn app:app 2>&1"),
+            ("gunicorn app:app | tee log", "gunicorn app:app | tee log"),
+            (
+                "gunicorn \"app:make(1)\" -w 2",
+                "exec gunicorn \"app:make(1)\" -w 2",
+            ),
+            ("gunicorn \"$(cat app)\"", "gunicorn \"$(cat app)\""),
+            ("gunicorn 'a;b'; true", "gunicorn 'a;b'; true"),
+            ("cd app", "cd app"),
+            ("X='a b' gunicorn app:app", "X='a b' gunicorn app:app"),
+            ("A=1", "A=1"),
+            ("", ""),
+        ];
+        for (command, expected) in cases {
+            assert_eq!(exec_form(command), expected, "{command:?}");
+        }
+    }
+
+    #[test]
+    fn slots_name_instance_directories_apart() {
+        let web1 = InstanceName::parse("web.1").unwrap();
+        assert_eq!(Slot::A.key(&web1), "web.1");
+        assert_eq!(Slot::B.key(&web1), "web.1.b");
+        assert_eq!(Slot::parse_key("web.1.b"), Some((web1.clone(), Slot::B)));
+        assert_eq!(Slot::parse_key("web.1"), Some((web1, Slot::A)));
+        assert_eq!(Slot::A.other(), Slot::B);
+        for bad in ["web", "web.b", "web.1.c", "../x.1"] {
+            assert_eq!(Slot::parse_key(bad), None, "{bad}");
+        }
+    }
+
+    #[test]
+    fn socket_activated_web_instances_are_told_so_and_the_others_not() {
+        let types = types(&[("web", "serve"), ("worker", "work")]);
+        let mut formation = setup_build(&types, &BTreeMap::new(), &Scale::default()).unwrap();
+        formation.socket_activation = true;
+        formation.slot = Slot::B;
+        formation.ports.insert("web.1".into(), 20001);
+        let all = formation.instances();
+        assert!(all[0].socket_activation);
+        assert_eq!(all[0].env["LISTEN_FDS"], "1");
+        assert_eq!(all[0].key(), "web.1.b");
+        assert!(!all[1].socket_activation);
+        assert_eq!(all[1].env.get("LISTEN_FDS"), None);
+        assert_eq!(formation.web_ports(), [20001]);
     }
 
     #[test]

@@ -354,6 +354,8 @@ mod tests {
             log_dir: PathBuf::from("/srv/projects/shop/logs/app"),
             ports: BTreeMap::from([("web.1".to_string(), 20001)]),
             check_command: None,
+            socket_activation: false,
+            slot: Default::default(),
         }
     }
 

@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+use crate::config::recipe::Cutover;
 use crate::error::{Error, io_error};
 use crate::fs::durable;
 use crate::runtime::formation::Formation;
@@ -84,6 +85,17 @@ pub struct Journal {
     /// appends to); None in journals of older kiln versions.
     #[serde(default)]
     pub log: Option<String>,
+    /// How the new release goes live (kiln.yml `cutover`); `stop` in older journals.
+    #[serde(default)]
+    pub cutover: Cutover,
+    /// `cutover: overlap` only: the deploy commands or `release:` are about to run (or ran)
+    /// while the live release serves, so data/ may have changed: an undo restores it.
+    #[serde(default)]
+    pub migrated: bool,
+    /// `cutover: overlap` only: the live release is being stopped (or was), after the new
+    /// one passed its check: an undo starts it again.
+    #[serde(default)]
+    pub live_stopped: bool,
 }
 
 impl Journal {
@@ -158,6 +170,8 @@ mod tests {
         assert!(journal.phase > Phase::Migrating);
         assert_eq!(journal.undo.start_env, None);
         assert_eq!(journal.undo.processes, None);
+        assert_eq!(journal.cutover, Cutover::Stop);
+        assert!(!journal.migrated && !journal.live_stopped);
         assert_eq!(
             journal.log_name(),
             "20261122T101500Z-3f2a9c1e-rollback-20261123T101500Z-0000abcd"

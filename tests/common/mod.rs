@@ -23,6 +23,7 @@ pub mod notify;
 use sha2::{Digest, Sha256};
 
 pub mod http;
+pub mod load;
 
 pub const KILN: &str = env!("CARGO_BIN_EXE_kiln");
 

@@ -6,6 +6,14 @@
 //! died is started again, after its orphaned app is stopped).
 //!
 //! It never runs an app itself, so killing it stops nothing. Its lock makes it one per node.
+//!
+//! It owns the listening sockets of socket-activated web instances (kiln.yml
+//! `socket_activation`): it binds 127.0.0.1:PORT once, hands a copy to each instance
+//! supervisor it starts (fd 3, passed on to the app), and keeps its own copy while the
+//! project's formation runs or is stopped for a switch, so that connections wait in the
+//! socket's queue instead of being refused while the app restarts. A daemon that was
+//! restarted has no copy of the sockets its adopted instances hold: it binds each again when
+//! the instance next starts.
 
 use std::collections::HashMap;
 use std::fs::{self, File, OpenOptions};
@@ -18,7 +26,9 @@ use std::process::{Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use command_fds::{CommandFdExt, FdMapping};
 use nix::sys::signal::Signal;
+use socket2::{Domain, Socket, Type};
 
 use crate::config::processes::SupervisorConfig;
 use crate::error::Error;
@@ -38,6 +48,13 @@ const STOP_MARGIN: Duration = Duration::from_secs(5);
 /// How long a started instance supervisor may take to take its lock.
 const SHIM_START: Duration = Duration::from_secs(10);
 
+/// The queue of a held listening socket: connections that wait while the app restarts (the
+/// kernel caps it at `net.core.somaxconn`).
+const BACKLOG: i32 = 4096;
+
+/// The fd a socket-activated app gets its listening socket on (systemd's `SD_LISTEN_FDS_START`).
+pub const LISTEN_FD: i32 = 3;
+
 struct Daemon {
     paths: SupervisorPaths,
     config: SupervisorConfig,
@@ -49,6 +66,8 @@ struct Daemon {
     started: Mutex<HashMap<PathBuf, ProcessId>>,
     /// The systemd backend runs the processes: this daemon only runs the web check.
     check_only: bool,
+    /// The listening sockets of socket-activated web instances, by port, with their project.
+    sockets: Mutex<HashMap<u16, (String, Socket)>>,
 }
 
 /// Runs the daemon until it is killed or its node root disappears. `detach`: started on
@@ -106,6 +125,7 @@ pub fn run(
         projects: Mutex::new(HashMap::new()),
         started: Mutex::new(HashMap::new()),
         check_only,
+        sockets: Mutex::new(HashMap::new()),
     });
     say(&format!(
         "started (pid {}) for {}{}",
@@ -268,22 +288,83 @@ impl Daemon {
         }
     }
 
-    /// The instances wanted for `project`: name -> spec (none when stopped or absent).
-    fn wanted(&self, project: &str) -> Result<Vec<ShimSpec>, String> {
+    /// The instances wanted for `project` (none when stopped or absent), and the ports whose
+    /// sockets must be held.
+    fn wanted(&self, project: &str) -> Result<(Vec<ShimSpec>, Vec<u16>), String> {
         let state = ProjectState::load(&self.paths, project).map_err(|e| e.to_string())?;
-        Ok(match state {
-            Some(state) if state.running => state
-                .formation
-                .instances()
-                .into_iter()
-                .map(|instance| ShimSpec {
-                    instance,
-                    log_size: self.config.app_log_size,
-                    nonce: String::new(),
-                })
-                .collect(),
-            _ => Vec::new(),
-        })
+        let Some(state) = state else {
+            return Ok((Vec::new(), Vec::new()));
+        };
+        let specs = state
+            .wanted()
+            .into_iter()
+            .map(|instance| ShimSpec {
+                instance,
+                log_size: self.config.app_log_size,
+                nonce: String::new(),
+            })
+            .collect();
+        Ok((specs, state.held_ports()))
+    }
+
+    fn sockets(&self) -> std::sync::MutexGuard<'_, HashMap<u16, (String, Socket)>> {
+        self.sockets
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Closes the sockets of `project` that no instance needs any more (after its instances
+    /// have stopped: connections still queued there are refused), and binds those of a
+    /// formation stopped for a switch that this daemon does not hold yet (it was restarted).
+    fn settle_sockets(&self, project: &str, held: &[u16]) {
+        let mut sockets = self.sockets();
+        sockets.retain(|port, (owner, _)| owner != project || held.contains(port));
+        let stopped = ProjectState::load(&self.paths, project)
+            .ok()
+            .flatten()
+            .is_some_and(|s| !s.running && s.hold_sockets);
+        if !stopped {
+            return;
+        }
+        for port in held {
+            if !sockets.contains_key(port) {
+                match listen(*port) {
+                    Ok(socket) => {
+                        sockets.insert(*port, (project.to_string(), socket));
+                    }
+                    Err(e) => say(&format!("{project}: cannot hold 127.0.0.1:{port}: {e}")),
+                }
+            }
+        }
+    }
+
+    /// A copy of the listening socket of `spec`'s port for its instance supervisor, bound now
+    /// if this daemon does not hold it yet.
+    fn socket_for(&self, spec: &ShimSpec) -> Result<Option<std::os::fd::OwnedFd>, String> {
+        let instance = &spec.instance;
+        let Some(port) = instance.port.filter(|_| instance.socket_activation) else {
+            return Ok(None);
+        };
+        let mut sockets = self.sockets();
+        let (_, socket) = match sockets.entry(port) {
+            std::collections::hash_map::Entry::Occupied(held) => held.into_mut(),
+            std::collections::hash_map::Entry::Vacant(free) => {
+                let socket = listen(port).map_err(|e| {
+                    SupervisorError::Listen {
+                        port,
+                        instance: instance.name.to_string(),
+                        project: instance.project.clone(),
+                        reason: e.to_string(),
+                    }
+                    .to_string()
+                })?;
+                free.insert((instance.project.clone(), socket))
+            }
+        };
+        let copy = socket
+            .try_clone()
+            .map_err(|e| format!("copy the socket of 127.0.0.1:{port}: {e}"))?;
+        Ok(Some(copy.into()))
     }
 
     /// Makes `project`'s instances match its formation file. `wait`: a kiln command asked and
@@ -299,7 +380,7 @@ impl Daemon {
                 Err(_) => return Ok(()),
             }
         };
-        let wanted = self.wanted(project)?;
+        let (wanted, held) = self.wanted(project)?;
         let dir = self.paths.instances_dir(project);
         let existing: Vec<String> = fs::read_dir(&dir)
             .into_iter()
@@ -311,13 +392,13 @@ impl Daemon {
         let mut start: Vec<ShimSpec> = Vec::new();
         let mut gone: Vec<PathBuf> = Vec::new();
         for name in &existing {
-            if !wanted.iter().any(|s| s.instance.name.to_string() == *name) {
+            if !wanted.iter().any(|s| s.instance.key() == *name) {
                 stop.push(dir.join(name));
                 gone.push(dir.join(name));
             }
         }
         for spec in wanted {
-            let instance_dir = self.paths.instance_dir(project, &spec.instance.name);
+            let instance_dir = self.paths.instance_dir(project, &spec.instance.key());
             let running = supervised(&instance_dir);
             let same = read_spec(&instance_dir)
                 .is_some_and(|old| old.instance == spec.instance && old.log_size == spec.log_size);
@@ -341,6 +422,7 @@ impl Daemon {
         for instance_dir in gone {
             let _ = fs::remove_dir_all(instance_dir);
         }
+        self.settle_sockets(project, &held);
         let mut errors = Vec::new();
         for spec in start {
             if !wait {
@@ -365,14 +447,23 @@ impl Daemon {
         let _guard = lock
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
-        let specs: Vec<ShimSpec> = self
-            .wanted(project)?
+        let state = ProjectState::load(&self.paths, project).map_err(|e| e.to_string())?;
+        // The project's formation only: an overlap's draining instances are on their way out.
+        let specs: Vec<ShimSpec> = state
+            .filter(|s| s.running)
+            .map(|s| s.formation.instances())
+            .unwrap_or_default()
             .into_iter()
-            .filter(|s| kind.is_none_or(|k| s.instance.name.kind == k))
+            .filter(|i| kind.is_none_or(|k| i.name.kind == k))
+            .map(|instance| ShimSpec {
+                instance,
+                log_size: self.config.app_log_size,
+                nonce: String::new(),
+            })
             .collect();
         std::thread::scope(|scope| {
             for spec in &specs {
-                let dir = self.paths.instance_dir(project, &spec.instance.name);
+                let dir = self.paths.instance_dir(project, &spec.instance.key());
                 scope.spawn(move || self.stop_instance(&dir));
             }
         });
@@ -393,7 +484,8 @@ impl Daemon {
     fn start_instance(&self, mut spec: ShimSpec) -> Result<(), String> {
         let project = spec.instance.project.clone();
         let name = spec.instance.name.clone();
-        let dir = self.paths.instance_dir(&project, &name);
+        let key = spec.instance.key();
+        let dir = self.paths.instance_dir(&project, &key);
         fs::create_dir_all(&dir).map_err(|e| format!("create `{}`: {e}", dir.display()))?;
         if let Some(orphan) = InstanceStatus::load(&dir).and_then(|s| s.app) {
             proc::terminate_group(orphan, spec.instance.grace);
@@ -403,19 +495,31 @@ impl Daemon {
         let bytes = serde_json::to_vec_pretty(&spec).unwrap_or_default();
         crate::fs::durable::write_atomic(&dir.join("spec.json"), &bytes, 0o600)
             .map_err(|e| e.to_string())?;
-        let mut child = Command::new(&self.exe)
+        let socket = self.socket_for(&spec)?;
+        let mut command = Command::new(&self.exe);
+        command
             .arg("--root")
             .arg(&self.paths.root)
             .arg("supervise-instance")
             .arg(&project)
-            .arg(name.to_string())
+            .arg(&key)
             .arg(&spec.nonce)
             .env_clear()
             .env("PATH", std::env::var_os("PATH").unwrap_or_default())
             .current_dir(&dir)
             .stdin(Stdio::null())
             // Its own group: a signal meant for the daemon's group is not for it.
-            .process_group(0)
+            .process_group(0);
+        if let Some(socket) = socket {
+            // Only this child gets it (every socket the daemon holds is close-on-exec).
+            command
+                .fd_mappings(vec![FdMapping {
+                    parent_fd: socket,
+                    child_fd: LISTEN_FD,
+                }])
+                .map_err(|e| format!("pass the socket of {project} {name}: {e}"))?;
+        }
+        let mut child = command
             .spawn()
             .map_err(|e| format!("start the supervisor of {project} {name}: {e}"))?;
         if let Some(id) = ProcessId::of(child.id() as i32) {
@@ -496,6 +600,16 @@ impl Daemon {
             shim.signal(Signal::SIGTERM);
         }
     }
+}
+
+/// A listening socket on 127.0.0.1:`port` (close-on-exec, like every socket2 socket).
+fn listen(port: u16) -> std::io::Result<Socket> {
+    let socket = Socket::new(Domain::IPV4, Type::STREAM, None)?;
+    // A port whose previous socket left connections in TIME_WAIT can be bound again.
+    socket.set_reuse_address(true)?;
+    socket.bind(&std::net::SocketAddr::from(([127, 0, 0, 1], port)).into())?;
+    socket.listen(BACKLOG)?;
+    Ok(socket)
 }
 
 /// Whether an instance supervisor holds this instance's lock (it does for as long as it

@@ -6,11 +6,18 @@
 //! it: SIGTERM to the app, then to what is left of its group, SIGKILL to the whole group after
 //! the grace.
 //!
+//! A socket-activated web instance gets its listening socket from the daemon as fd 3; this
+//! process keeps it (close-on-exec) and passes it to each start of the app as fd 3, so that
+//! connections wait in its queue across the app's restarts.
+//!
 //! The app writes to a pipe this process reads; this process outlives the app, so the app
 //! never writes into a closed pipe, and it does not depend on the daemon, which may come and
 //! go.
 
 use std::fs::OpenOptions;
+use std::os::fd::OwnedFd;
+
+use command_fds::{CommandFdExt, FdMapping};
 use std::io::Read;
 use std::os::unix::process::ExitStatusExt;
 use std::path::Path;
@@ -27,7 +34,8 @@ use crate::error::Error;
 use crate::exec::redact::Redactor;
 use crate::notify::alert::{self, Report};
 use crate::runtime::applog::{AppLog, Source};
-use crate::runtime::formation::{InstanceName, InstanceSpec, PROCESS_SCRIPT};
+use crate::runtime::formation::{InstanceSpec, PROCESS_SCRIPT, SOCKET_SCRIPT, Slot, exec_form};
+use crate::runtime::supervisor::daemon::LISTEN_FD;
 use crate::runtime::supervisor::proc::{self, ProcessId};
 use crate::runtime::supervisor::state::{
     InstanceStatus, RunState, ShimSpec, SupervisorError, SupervisorPaths,
@@ -46,12 +54,12 @@ type SharedLog = Arc<Mutex<AppLog>>;
 
 pub fn run(root: &Path, project: &str, instance: &str, nonce: &str) -> Result<(), Error> {
     let paths = SupervisorPaths::new(root);
-    let name = InstanceName::parse(instance).ok_or_else(|| {
-        Error::Usage(format!(
+    if Slot::parse_key(instance).is_none() {
+        return Err(Error::Usage(format!(
             "`{instance}` is not an instance name such as `web.1`"
-        ))
-    })?;
-    let dir = paths.instance_dir(project, &name);
+        )));
+    }
+    let dir = paths.instance_dir(project, instance);
     let lock_path = dir.join("lock");
     let lock = OpenOptions::new()
         .create(true)
@@ -73,6 +81,11 @@ pub fn run(root: &Path, project: &str, instance: &str, nonce: &str) -> Result<()
         // Started by a daemon that died before this got the lock; another start replaced it.
         return Ok(());
     }
+    let socket = if spec.instance.socket_activation {
+        Some(inherited_socket().map_err(|e| SupervisorError::io("take the socket of", &dir, e))?)
+    } else {
+        None
+    };
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -81,7 +94,7 @@ pub fn run(root: &Path, project: &str, instance: &str, nonce: &str) -> Result<()
         root: root.to_path_buf(),
         project: project.to_string(),
     };
-    runtime.block_on(supervise(&dir, &spec, &alerts));
+    runtime.block_on(supervise(&dir, &spec, &alerts, socket.as_ref()));
     drop(lock);
     Ok(())
 }
@@ -153,7 +166,31 @@ enum Seen {
     Running(chrono::DateTime<Utc>),
 }
 
-async fn supervise(dir: &Path, spec: &ShimSpec, alerts: &Alerts) {
+/// The listening socket the daemon passed as fd 3, made close-on-exec so that nothing this
+/// process starts but the app (which gets it mapped explicitly) keeps it open.
+#[allow(unsafe_code)]
+fn inherited_socket() -> std::io::Result<OwnedFd> {
+    use std::os::unix::fs::FileTypeExt;
+    let fd = format!("/proc/self/fd/{LISTEN_FD}");
+    let is_socket = std::fs::metadata(&fd).is_ok_and(|m| m.file_type().is_socket());
+    if !is_socket {
+        return Err(std::io::Error::other(format!(
+            "fd {LISTEN_FD} is not the listening socket the supervisor passes"
+        )));
+    }
+    // SAFETY: the daemon maps the instance's listening socket to fd 3 of this process when it
+    // starts it (`daemon::start_instance`), checked just above; nothing else in this process
+    // opened, owns or closes fd 3.
+    let owned = unsafe { <OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(LISTEN_FD) };
+    nix::fcntl::fcntl(
+        &owned,
+        nix::fcntl::FcntlArg::F_SETFD(nix::fcntl::FdFlag::FD_CLOEXEC),
+    )
+    .map_err(std::io::Error::from)?;
+    Ok(owned)
+}
+
+async fn supervise(dir: &Path, spec: &ShimSpec, alerts: &Alerts, socket: Option<&OwnedFd>) {
     let instance = &spec.instance;
     let me = std::process::id() as i32;
     let log: SharedLog = Arc::new(Mutex::new(AppLog::open(
@@ -186,7 +223,7 @@ async fn supervise(dir: &Path, spec: &ShimSpec, alerts: &Alerts) {
     let stable = alerts.stable();
     loop {
         let started = Instant::now();
-        let ended = match spawn_app(instance) {
+        let ended = match spawn_app(instance, socket) {
             Err(e) => format!("could not be started ({e})"),
             Ok((mut child, app, output)) => {
                 status.app = Some(app);
@@ -320,16 +357,36 @@ async fn dir_gone(dir: &Path) {
 
 /// Runs the app: `sh -c PROCESS_SCRIPT kiln-web.1 COMMAND` in its own process group, its
 /// stdout and stderr on one pipe (so their lines keep their order), whose reading end is
-/// returned for [`pump`].
+/// returned for [`pump`]. A socket-activated one gets `socket` as fd 3, and runs its command
+/// so that it keeps the shell's pid ([`SOCKET_SCRIPT`], [`exec_form`]).
 fn spawn_app(
     instance: &InstanceSpec,
+    socket: Option<&OwnedFd>,
 ) -> std::io::Result<(tokio::process::Child, ProcessId, std::io::PipeReader)> {
     let (reader, writer) = std::io::pipe()?;
-    let child = tokio::process::Command::new("/bin/sh")
-        .arg("-c")
-        .arg(PROCESS_SCRIPT)
-        .arg(format!("kiln-{}", instance.name))
-        .arg(&instance.command)
+    let mut command = tokio::process::Command::new("/bin/sh");
+    command.arg("-c");
+    match socket {
+        Some(socket) => {
+            command
+                .arg(SOCKET_SCRIPT)
+                .arg(format!("kiln-{}", instance.name))
+                .arg(exec_form(&instance.command));
+            command
+                .fd_mappings(vec![FdMapping {
+                    parent_fd: socket.try_clone()?,
+                    child_fd: LISTEN_FD,
+                }])
+                .map_err(std::io::Error::other)?;
+        }
+        None => {
+            command
+                .arg(PROCESS_SCRIPT)
+                .arg(format!("kiln-{}", instance.name))
+                .arg(&instance.command);
+        }
+    }
+    let child = command
         .env_clear()
         .envs(&instance.env)
         .current_dir(&instance.cwd)

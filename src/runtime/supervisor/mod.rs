@@ -44,6 +44,18 @@ use crate::config::processes::SupervisorConfig;
 use crate::error::Error;
 use crate::runtime::formation::{Formation, InstanceName, InstanceSpec};
 use crate::runtime::supervisor::control::Request;
+use crate::runtime::supervisor::ports::Assign;
+
+/// What a stop does with the listening sockets the supervisor holds for socket-activated web
+/// instances.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Sockets {
+    /// Keep them: the next start (a deploy's, an undo's) takes them over, and connections
+    /// wait in their queues meanwhile.
+    Hold,
+    /// Close them: nothing will listen there (connections are refused at once).
+    Close,
+}
 
 /// The one interface the deploy and the commands use, whichever backend runs the processes.
 #[derive(Debug, Clone)]
@@ -82,14 +94,22 @@ impl Supervisor {
     pub fn start(&self, mut formation: Formation) -> Result<Formation, Error> {
         self.refuse_if_held()?;
         {
-            let _ports = crate::runtime::supervisor::ports::assign(
+            let _ports = ports::assign(
                 &self.paths,
                 &self.config.ports,
                 &mut formation,
+                Assign::Keep,
             )?;
+            // The instances keep their directories (an earlier overlap may have left the
+            // project in the other slot).
+            if let Some(state) = self.state(&formation.project)? {
+                formation.slot = state.formation.slot;
+            }
             ProjectState {
                 running: true,
                 formation: formation.clone(),
+                draining: None,
+                hold_sockets: false,
             }
             .save(&self.paths)?;
         }
@@ -100,17 +120,100 @@ impl Supervisor {
         Ok(formation)
     }
 
-    /// Stops every process of `project` (each with SIGTERM, then SIGKILL after its grace).
-    /// Returns false when nothing was running. The formation file stays, marked stopped.
-    pub fn stop(&self, project: &str) -> Result<bool, Error> {
+    /// An overlap cutover's first half: runs `formation` beside the formation `project` runs
+    /// now, in the other slot and on ports the project does not hold, so both serve until
+    /// [`Supervisor::finish_overlap`] stops the old one (or [`Supervisor::cancel_overlap`] the
+    /// new one). Returns the new formation with its ports.
+    pub fn start_beside(&self, mut formation: Formation) -> Result<Formation, Error> {
+        if self.backend != Backend::Kiln {
+            return Err(SupervisorError::NeedsKiln {
+                what: "`cutover: overlap`",
+            }
+            .into());
+        }
+        let project = formation.project.clone();
+        let Some(live) = self.running(&project)? else {
+            return self.start(formation);
+        };
+        {
+            let _ports = ports::assign(
+                &self.paths,
+                &self.config.ports,
+                &mut formation,
+                Assign::Fresh,
+            )?;
+            formation.slot = live.slot.other();
+            ProjectState {
+                running: true,
+                formation: formation.clone(),
+                draining: Some(live),
+                hold_sockets: false,
+            }
+            .save(&self.paths)?;
+        }
+        self.sync(&project, formation.grace)?;
+        Ok(formation)
+    }
+
+    /// The formation an overlap cutover is leaving, if one is under way.
+    pub fn draining(&self, project: &str) -> Result<Option<Formation>, Error> {
+        Ok(self.state(project)?.and_then(|s| s.draining))
+    }
+
+    /// An overlap cutover's end: the old formation's instances are stopped (each with its
+    /// grace: they finish what they serve), and their sockets closed.
+    pub fn finish_overlap(&self, project: &str) -> Result<Option<Formation>, Error> {
+        let Some(mut state) = self.state(project)? else {
+            return Ok(None);
+        };
+        let Some(old) = state.draining.take() else {
+            return Ok(None);
+        };
+        state.save(&self.paths)?;
+        self.sync(project, old.grace)?;
+        Ok(Some(old))
+    }
+
+    /// Undoes an overlap cutover's first half: the old formation is the project's again, and
+    /// the new one's instances are stopped. Returns false when none was under way.
+    pub fn cancel_overlap(&self, project: &str) -> Result<bool, Error> {
         let Some(state) = self.state(project)? else {
             return Ok(false);
         };
-        let was_running = state.running;
-        if was_running {
+        let Some(old) = state.draining else {
+            return Ok(false);
+        };
+        let grace = state.formation.grace;
+        ProjectState {
+            running: true,
+            formation: old,
+            draining: None,
+            hold_sockets: false,
+        }
+        .save(&self.paths)?;
+        self.sync(project, grace)?;
+        Ok(true)
+    }
+
+    /// Stops every process of `project` (each with SIGTERM, then SIGKILL after its grace).
+    /// Returns false when nothing was running. The formation file stays, marked stopped.
+    /// `sockets`: whether the web instances' listening sockets (socket activation) stay open
+    /// for the start that follows (a deploy's switch), or close.
+    pub fn stop(&self, project: &str, sockets: Sockets) -> Result<bool, Error> {
+        let Some(state) = self.state(project)? else {
+            return Ok(false);
+        };
+        let was_running = state.running || state.draining.is_some();
+        let hold_sockets = sockets == Sockets::Hold;
+        // An overlap interrupted by a crash leaves two formations: the current one is what a
+        // start after this would replace.
+        let changed = was_running || state.hold_sockets != hold_sockets;
+        if changed {
             ProjectState {
                 running: false,
                 formation: state.formation.clone(),
+                draining: None,
+                hold_sockets,
             }
             .save(&self.paths)?;
         }
@@ -120,7 +223,7 @@ impl Supervisor {
             return Ok(was_running);
         }
         // Also when the file says stopped: a stop interrupted by a crash may have left some.
-        if was_running || self.any_instance_left(project) {
+        if changed || self.any_instance_left(project) {
             self.sync(project, state.formation.grace)?;
         }
         Ok(was_running)
@@ -132,6 +235,8 @@ impl Supervisor {
         ProjectState {
             running: false,
             formation,
+            draining: None,
+            hold_sockets: false,
         }
         .save(&self.paths)
     }
@@ -188,7 +293,7 @@ impl Supervisor {
         Ok(specs
             .into_iter()
             .map(|(name, spec)| {
-                let status = InstanceStatus::load(&self.paths.instance_dir(project, &name))
+                let status = InstanceStatus::load(&self.paths.instance_dir(project, &spec.key()))
                     .filter(|s| s.release == spec.release);
                 let (state_text, pid, uptime, restarts, last_exit) = match &status {
                     _ if !state.running || held => ("stopped".to_string(), None, None, 0, None),

@@ -16,14 +16,25 @@ pub struct PortLock {
     _file: File,
 }
 
-/// Gives every web instance of `formation` a port: the one it had (in the project's formation
-/// file) if still in the range, else the lowest port of the range that no other project's
-/// formation holds and that nothing on 127.0.0.1 listens on. Ports of instances that are gone
-/// (a scale down) are given up.
+/// Which ports a formation may get.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Assign {
+    /// Each web instance keeps the port it had (a restart, a scale, a stop-and-start deploy).
+    Keep,
+    /// Ports the project does not hold now: an overlap cutover starts the new instances beside
+    /// the running ones.
+    Fresh,
+}
+
+/// Gives every web instance of `formation` a port: with [`Assign::Keep`] the one it had (in
+/// the project's formation file) if still in the range, else the lowest port of the range that
+/// no project's formation holds and that nothing on 127.0.0.1 listens on. Ports of instances
+/// that are gone (a scale down) are given up.
 pub fn assign(
     paths: &SupervisorPaths,
     range: &PortRange,
     formation: &mut Formation,
+    how: Assign,
 ) -> Result<PortLock, Error> {
     paths.ensure()?;
     let lock_path = paths.ports_lock();
@@ -39,12 +50,18 @@ pub fn assign(
     let mut taken: BTreeSet<u16> = BTreeSet::new();
     for other in paths.projects().into_iter().filter(|p| *p != project) {
         if let Ok(Some(state)) = ProjectState::load(paths, &other) {
-            taken.extend(state.formation.ports.values());
+            taken.extend(state.ports());
         }
     }
-    let previous = ProjectState::load(paths, &project)?
-        .map(|s| s.formation.ports)
-        .unwrap_or_default();
+    let own = ProjectState::load(paths, &project)?;
+    let previous = match (&own, how) {
+        (Some(state), Assign::Keep) => state.formation.ports.clone(),
+        (Some(state), Assign::Fresh) => {
+            taken.extend(state.ports());
+            std::collections::BTreeMap::new()
+        }
+        (None, _) => std::collections::BTreeMap::new(),
+    };
     let mut ports = std::collections::BTreeMap::new();
     for name in formation.web_instances() {
         let key = name.to_string();
@@ -106,6 +123,8 @@ mod tests {
             log_dir: PathBuf::from("/x"),
             ports: BTreeMap::new(),
             check_command: None,
+            socket_activation: false,
+            slot: Default::default(),
         }
     }
 
@@ -113,6 +132,8 @@ mod tests {
         ProjectState {
             running: true,
             formation: formation.clone(),
+            draining: None,
+            hold_sockets: false,
         }
         .save(paths)
         .unwrap();
@@ -134,17 +155,17 @@ mod tests {
             last: first + 20,
         };
         let mut a = formation("a", 2);
-        drop(assign(&paths, &range, &mut a).unwrap());
+        drop(assign(&paths, &range, &mut a, Assign::Keep).unwrap());
         save(&paths, &a);
         assert_eq!(a.ports.len(), 2, "only web instances get a port");
         let mut b = formation("b", 1);
-        drop(assign(&paths, &range, &mut b).unwrap());
+        drop(assign(&paths, &range, &mut b, Assign::Keep).unwrap());
         save(&paths, &b);
         let all: BTreeSet<u16> = a.ports.values().chain(b.ports.values()).copied().collect();
         assert_eq!(all.len(), 3, "{a:?} {b:?}");
         // Scaled to 3 and back: web.1 and web.2 keep theirs.
         let mut a3 = formation("a", 3);
-        drop(assign(&paths, &range, &mut a3).unwrap());
+        drop(assign(&paths, &range, &mut a3, Assign::Keep).unwrap());
         assert_eq!(a3.ports["web.1"], a.ports["web.1"]);
         assert_eq!(a3.ports["web.2"], a.ports["web.2"]);
         assert!(!b.ports.values().any(|p| *p == a3.ports["web.3"]));
@@ -154,7 +175,17 @@ mod tests {
             last: b.ports["web.1"],
         };
         let mut c = formation("c", 1);
-        let error = assign(&paths, &tiny, &mut c).err().unwrap().to_string();
+        let error = assign(&paths, &tiny, &mut c, Assign::Keep)
+            .err()
+            .unwrap()
+            .to_string();
         assert!(error.contains("widen the range"), "{error}");
+        // Fresh ports for an overlap: none that `a` holds, nor `b`'s.
+        let mut fresh = formation("a", 2);
+        drop(assign(&paths, &range, &mut fresh, Assign::Fresh).unwrap());
+        for port in fresh.ports.values() {
+            assert!(!a.ports.values().any(|p| p == port), "{fresh:?} {a:?}");
+            assert!(!b.ports.values().any(|p| p == port), "{fresh:?} {b:?}");
+        }
     }
 }

@@ -13,7 +13,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::config::processes::BackendChoice;
 use crate::error::Error;
-use crate::runtime::formation::{Formation, InstanceName, InstanceSpec};
+use crate::runtime::formation::{Formation, InstanceSpec};
 use crate::runtime::supervisor::proc::ProcessId;
 
 /// Where the node-wide supervisor state lives.
@@ -59,8 +59,9 @@ impl SupervisorPaths {
     pub fn instances_dir(&self, project: &str) -> PathBuf {
         self.dir.join("instances").join(project)
     }
-    pub fn instance_dir(&self, project: &str, name: &InstanceName) -> PathBuf {
-        self.instances_dir(project).join(name.to_string())
+    /// `key`: the instance's directory name, [`InstanceSpec::key`] (`web.1`, `web.1.b`).
+    pub fn instance_dir(&self, project: &str, key: &str) -> PathBuf {
+        self.instances_dir(project).join(key)
     }
 
     /// Creates the private directories.
@@ -105,6 +106,54 @@ impl SupervisorPaths {
 pub struct ProjectState {
     pub running: bool,
     pub formation: Formation,
+    /// An overlap cutover is under way: the formation that was live, still running beside
+    /// `formation` (in the other slot) until the front door has left it.
+    #[serde(default)]
+    pub draining: Option<Formation>,
+    /// Stopped for a switch: the supervisor keeps the web instances' listening sockets
+    /// (socket activation), so connections wait in their queues until the next start.
+    #[serde(default)]
+    pub hold_sockets: bool,
+}
+
+impl ProjectState {
+    /// Every instance that should run for this project now: the formation's (when running)
+    /// and the draining one's.
+    pub fn wanted(&self) -> Vec<InstanceSpec> {
+        let mut all = if self.running {
+            self.formation.instances()
+        } else {
+            Vec::new()
+        };
+        if let Some(draining) = &self.draining {
+            all.extend(draining.instances());
+        }
+        all
+    }
+
+    /// The ports whose listening sockets the supervisor must hold: the socket-activated web
+    /// instances that run, or that wait for the next start.
+    pub fn held_ports(&self) -> Vec<u16> {
+        let mut ports: Vec<u16> = Vec::new();
+        let running = self.running || self.hold_sockets;
+        for formation in std::iter::once(&self.formation)
+            .filter(|_| running)
+            .chain(self.draining.as_ref())
+            .filter(|f| f.socket_activation)
+        {
+            ports.extend(formation.ports.values());
+        }
+        ports
+    }
+
+    /// Every port this project holds (its formation's and a draining one's).
+    pub fn ports(&self) -> Vec<u16> {
+        let mut ports: Vec<u16> = self.formation.ports.values().copied().collect();
+        if let Some(draining) = &self.draining {
+            ports.extend(draining.ports.values());
+        }
+        ports
+    }
 }
 
 impl ProjectState {
@@ -328,6 +377,19 @@ pub enum SupervisorError {
         "with the systemd backend, systemd runs the processes: stop them with `systemctl stop 'kiln-*'` (or one project with `kiln stop <name>`)"
     )]
     HoldSystemd,
+    #[error(
+        "{what} needs kiln's own process supervisor, and this node runs its processes with systemd: set node.yml `supervisor.backend: kiln`, or drop {what} from kiln.yml"
+    )]
+    NeedsKiln { what: &'static str },
+    #[error(
+        "cannot listen on 127.0.0.1:{port} for `{instance}` of `{project}` (socket activation): {reason}"
+    )]
+    Listen {
+        port: u16,
+        instance: String,
+        project: String,
+        reason: String,
+    },
     #[error("`{kind}` is not a process type of `{project}` (it has {types})")]
     UnknownType {
         project: String,
@@ -349,5 +411,59 @@ impl SupervisorError {
 impl From<SupervisorError> for Error {
     fn from(e: SupervisorError) -> Self {
         Error::Runtime(Box::new(e))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::runtime::formation::{ProcessType, Slot};
+    use std::collections::BTreeMap;
+    use std::time::Duration;
+
+    fn formation(release: &str, port: u16, socket_activation: bool) -> Formation {
+        Formation {
+            project: "shop".into(),
+            release: release.into(),
+            cwd: PathBuf::from("/x"),
+            env: BTreeMap::new(),
+            secrets: Vec::new(),
+            types: BTreeMap::from([(
+                "web".to_string(),
+                ProcessType {
+                    command: "serve".into(),
+                    count: 1,
+                },
+            )]),
+            grace: Duration::from_secs(1),
+            limits: Default::default(),
+            log_dir: PathBuf::from("/x"),
+            ports: BTreeMap::from([("web.1".to_string(), port)]),
+            check_command: None,
+            socket_activation,
+            slot: Slot::A,
+        }
+    }
+
+    #[test]
+    fn sockets_are_held_while_running_stopped_for_a_switch_or_draining() {
+        let state = |running, hold_sockets, draining| ProjectState {
+            running,
+            formation: formation("new", 20001, true),
+            draining,
+            hold_sockets,
+        };
+        assert_eq!(state(true, false, None).held_ports(), [20001]);
+        assert_eq!(state(false, true, None).held_ports(), [20001]);
+        assert!(state(false, false, None).held_ports().is_empty());
+        let mut old = formation("old", 20002, true);
+        old.slot = Slot::B;
+        let overlap = state(true, false, Some(old.clone()));
+        assert_eq!(overlap.held_ports(), [20001, 20002]);
+        assert_eq!(overlap.ports(), [20001, 20002]);
+        let keys: Vec<String> = overlap.wanted().iter().map(InstanceSpec::key).collect();
+        assert_eq!(keys, ["web.1", "web.1.b"]);
+        old.socket_activation = false;
+        assert_eq!(state(true, false, Some(old)).held_ports(), [20001]);
     }
 }

@@ -348,6 +348,8 @@ mod tests {
                 .map(|p| BTreeMap::from([("web.1".to_string(), p)]))
                 .unwrap_or_default(),
             check_command: command.map(str::to_string),
+            socket_activation: false,
+            slot: Default::default(),
         }
     }
 

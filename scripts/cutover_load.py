@@ -1,0 +1,109 @@
+#!/usr/bin/env python3
+"""Requests through the front door while a command runs (a deploy, a rollback, a restart).
+
+Runs COMMAND while CLIENTS threads send `GET /` with `Host: HOST` to 127.0.0.1:PORT, each on a
+connection of its own, one after the other with a short pause, from a moment before the
+command starts until a moment after it ends. Prints one JSON object: how many requests were
+sent while the command ran, how many of them failed (no HTTP answer, or a 5xx), the longest
+latency and the p50/p99 latencies of those requests, the answers' first lines (the app's
+version) with their counts, and how long the command took and its exit status.
+
+    scripts/cutover_load.py --port 8080 --host shop.bench -- git push kiln master
+"""
+import argparse
+import json
+import socket
+import subprocess
+import sys
+import threading
+import time
+
+
+def get(port, host):
+    """One request: (status, first line of the body), or (None, the error)."""
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=5) as conn:
+            conn.settimeout(120)
+            conn.sendall(f"GET / HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n".encode())
+            chunks = []
+            while True:
+                chunk = conn.recv(65536)
+                if not chunk:
+                    break
+                chunks.append(chunk)
+        raw = b"".join(chunks).decode("latin-1")
+        status = int(raw.split(" ", 2)[1])
+        body = raw.split("\r\n\r\n", 1)[1] if "\r\n\r\n" in raw else ""
+        return status, (body.splitlines() or [""])[0]
+    except (OSError, ValueError, IndexError) as e:
+        return None, type(e).__name__
+
+
+def client(port, host, pause, stop, samples):
+    while not stop.is_set():
+        sent = time.monotonic()
+        status, body = get(port, host)
+        samples.append((sent, time.monotonic(), status, body))
+        time.sleep(pause)
+
+
+def percentile(sorted_values, fraction):
+    if not sorted_values:
+        return 0.0
+    index = min(len(sorted_values) - 1, int(round(fraction * (len(sorted_values) - 1))))
+    return sorted_values[index]
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--port", type=int, required=True)
+    parser.add_argument("--host", required=True)
+    parser.add_argument("--clients", type=int, default=4)
+    parser.add_argument("--pause", type=float, default=0.002, help="seconds between requests")
+    parser.add_argument("--margin", type=float, default=0.3, help="seconds of load before and after")
+    parser.add_argument("command", nargs=argparse.REMAINDER)
+    args = parser.parse_args()
+    command = args.command[1:] if args.command[:1] == ["--"] else args.command
+    if not command:
+        parser.error("give the command to run under load after --")
+    stop = threading.Event()
+    per_client = [[] for _ in range(args.clients)]
+    threads = [
+        threading.Thread(target=client, args=(args.port, args.host, args.pause, stop, samples))
+        for samples in per_client
+    ]
+    for thread in threads:
+        thread.start()
+    time.sleep(args.margin)
+    started = time.monotonic()
+    done = subprocess.run(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    ended = time.monotonic()
+    time.sleep(args.margin)
+    stop.set()
+    for thread in threads:
+        thread.join()
+    samples = sorted(s for per in per_client for s in per)
+    during = [s for s in samples if started <= s[0] <= ended]
+    latencies = sorted((done_at - sent) * 1000 for sent, done_at, _, _ in during)
+    failed = [s for s in during if s[2] is None or s[2] >= 500]
+    answers = {}
+    for _, _, status, body in samples:
+        key = body if status is not None and status < 500 else f"failed: {status or body}"
+        answers[key] = answers.get(key, 0) + 1
+    print(json.dumps({
+        "requests": len(during),
+        "failed": len(failed),
+        "failed_outside": sum(1 for s in samples if (s[2] is None or s[2] >= 500)) - len(failed),
+        "max_ms": round(latencies[-1], 1) if latencies else 0.0,
+        "p50_ms": round(percentile(latencies, 0.50), 1),
+        "p99_ms": round(percentile(latencies, 0.99), 1),
+        "answers": answers,
+        "last": samples[-1][3] if samples else None,
+        "command_seconds": round(ended - started, 2),
+        "command_status": done.returncode,
+    }))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
