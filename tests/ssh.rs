@@ -133,14 +133,18 @@ impl Setup {
         Some(setup)
     }
 
+    /// node.yml with the test's authorized_keys, and web ports of this node's own (regression:
+    /// with the default range, the static sites of two SSH tests running at once were both
+    /// given port 20000, and the second failed its deploy with `Address already in use`).
     fn write_node_yml(&self, extra: &str) {
         let root = self.node.root.clone();
         fs::create_dir_all(&root).unwrap();
         std::os::unix::fs::chown(&root, Some(self.uid), Some(self.gid)).unwrap();
+        let (first, last) = self.node.port_range();
         fs::write(
             root.join("node.yml"),
             format!(
-                "ssh:\n  authorized_keys: {}\n{extra}",
+                "ssh:\n  authorized_keys: {}\nsupervisor:\n  ports: {first}-{last}\n{extra}",
                 self.authorized_keys.display()
             ),
         )

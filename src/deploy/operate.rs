@@ -128,7 +128,12 @@ pub fn scale(
         .filter(|name| !before.contains(name))
         .collect();
     if !added.is_empty() {
-        wait_up(&supervisor, &formation, Some(&added))?;
+        wait_up(
+            &supervisor,
+            &formation,
+            &live_recipe(project)?,
+            Some(&added),
+        )?;
     }
     // The front door's upstreams are the web instances: a scale of `web` changes them.
     let mut said = format!("scaled `{}` to {listed}", paths.name);
@@ -167,16 +172,23 @@ fn update_front_door(
 }
 
 /// Waits (holding the project's lock, so that the web check waits too) until the instances a
-/// command started are up: still running after their first seconds, web ports accepting and,
-/// without a kiln.yml `check.command`, GET / answering below 500.
+/// command started are up, as a deploy waits: still running after their first seconds, web
+/// ports accepting and, without a kiln.yml `check.command`, GET / answering below 500, within
+/// the live kiln.yml's `check.timeout`.
 fn wait_up(
     supervisor: &Supervisor,
     formation: &Formation,
+    recipe: &Recipe,
     only: Option<&[InstanceName]>,
 ) -> Result<(), Error> {
     let readiness = Readiness {
         formation,
-        timeout: readiness::OPERATE_TIMEOUT,
+        timeout: recipe
+            .check
+            .as_ref()
+            .map_or(crate::deploy::pipeline::DEFAULT_CHECK_TIMEOUT, |c| {
+                c.timeout
+            }),
         http_check: formation.check_command.is_none(),
         startup: readiness::STARTUP,
         only,
@@ -229,7 +241,7 @@ pub fn restart(
                 .filter(|name| name.kind == kind)
                 .collect()
         });
-        wait_up(&supervisor, &formation, restarted.as_deref())?;
+        wait_up(&supervisor, &formation, &recipe, restarted.as_deref())?;
         return Ok(match kind {
             Some(kind) => format!("restarted the `{kind}` processes of `{name}`"),
             None => format!("restarted the processes of `{name}`"),
@@ -494,7 +506,7 @@ pub fn start(node: &Node, project: &Project, out: &mut Reporter) -> Result<Strin
         let formation = supervisor.start(formation)?;
         Stopped::clear(&paths.state)?;
         started = formation.instance_names();
-        wait_up(&supervisor, &formation, None)?;
+        wait_up(&supervisor, &formation, &live.recipe, None)?;
     }
     Stopped::clear(&paths.state)?;
     let listed: Vec<String> = started.iter().map(ToString::to_string).collect();

@@ -78,10 +78,6 @@ pub struct Readiness<'a> {
     pub only: Option<&'a [InstanceName]>,
 }
 
-/// How long `kiln restart`, `ps scale` and `start` wait for the processes they started
-/// (a deploy waits for its kiln.yml `check.timeout`).
-pub const OPERATE_TIMEOUT: Duration = Duration::from_secs(30);
-
 /// Waits until the formation's processes are up, or says why they are not; returns how long
 /// the web instances took to accept connections. `tail` receives the last log lines of an
 /// instance that failed, for the pusher.
