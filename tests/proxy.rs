@@ -914,3 +914,41 @@ fn an_app_that_binds_its_port_itself_fails_no_request_with_an_overlap_cutover() 
     report.assert_never_back("v2", "v5", std::time::Duration::ZERO, "a stop deploy");
     assert_eq!(report.last_body(), Some("v5"));
 }
+
+#[test]
+fn the_systemd_backend_refuses_socket_activation_and_overlap_before_anything_stops() {
+    let node = Node::new();
+    let units = node.dir.path().join("units");
+    fs::create_dir_all(&units).expect("units dir");
+    node.write_node_yml(&format!(
+        "supervisor:\n  backend: systemd\n  unit_dir: {}\n",
+        units.display()
+    ));
+    let shop = node.init("shop", "cooking");
+    let app = node.app("shop");
+    app.write("Procfile", "web: python3 -m http.server $PORT\n");
+    for (kiln_yml, what) in [
+        ("socket_activation: true\n", "`socket_activation`"),
+        ("cutover: overlap\n", "`cutover: overlap`"),
+    ] {
+        let run = fingerprint(&shop.run());
+        let data = fingerprint(&shop.data());
+        app.write("kiln.yml", kiln_yml);
+        app.commit(kiln_yml);
+        let (_, pushed) = app.push(&shop);
+        assert!(
+            pushed.contains(&format!(
+                "{what} needs kiln's own process supervisor, and this node runs its processes with systemd: set node.yml `supervisor.backend: kiln`"
+            )) && last_remote_line(&pushed).contains("deploy FAILED at deploy"),
+            "{pushed}"
+        );
+        assert_same(&run, &fingerprint(&shop.run()), "run/");
+        assert_same(&data, &fingerprint(&shop.data()), "data/");
+        assert_eq!(
+            fs::read_dir(&units).expect("units").count(),
+            0,
+            "no unit written"
+        );
+        assert_eq!(shop.current(), None);
+    }
+}
