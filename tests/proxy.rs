@@ -849,7 +849,30 @@ fn an_app_that_binds_its_port_itself_fails_no_request_with_an_overlap_cutover() 
             "{point}: {status}"
         );
     }
+    // Killed after the cutover (the old processes stopped), recovery stops the new release
+    // and starts the old one again, as an undo of `cutover: stop` does.
+    let out = door.node.kiln_env(
+        &["deploy", "shop", "--rev", "next"],
+        &[("FAILPOINTS", "before-commit=return")],
+    );
+    assert_eq!(out.status.code(), None, "expected SIGKILL: {}", text(&out));
+    let recovered = door.node.kiln(&["recover", "shop"]);
+    assert_success(&recovered, "recover");
+    assert!(
+        text(&recovered).contains("started the processes of"),
+        "{}",
+        text(&recovered)
+    );
+    assert_eq!(shop.current().as_deref(), Some(good.as_str()));
+    assert_eq!(door.version(host, "/"), "v2");
+    let web = common::processes::apps(&door.node.root, "web.1");
+    assert_eq!(web.len(), 1, "{web:?}");
+    assert_eq!(web[0].1, good);
+    let status = door.node.ok(&["status", "shop"]);
+    assert!(status.contains("front door:  current\n"), "{status}");
     assert_same(&run, &fingerprint(&shop.run()), "run/ after the kills");
+    assert_same(&data, &fingerprint(&shop.data()), "data/ after the kills");
+    let port = common::processes::web_port(&shop);
 
     // `kiln restart`: new instances beside the old, then the old ones go.
     let (out, report, from, to) = under_load(&door, host, || door.node.kiln(&["restart", "shop"]));
