@@ -879,6 +879,7 @@ fn an_app_that_binds_its_port_itself_fails_no_request_with_an_overlap_cutover() 
     assert_success(&out, "kiln restart");
     assert_load_covered(&report, from, to, "kiln restart");
     report.assert_all_answered_by(&["v2"], "kiln restart");
+    assert_ne!(common::processes::web_port(&shop), port, "fresh ports");
     let port = common::processes::web_port(&shop);
     let conf = fingerprint(&door.conf_dir());
 
