@@ -13,8 +13,10 @@
 #
 # scripts/cutover_load.py sends the requests (4 clients, a connection each, a 2 ms pause).
 # Prints a Markdown table per operation and way: requests sent while it ran, how many failed
-# (no answer or a 5xx), the longest latency, p50 and p99, how long it took; over N runs the
-# requests and failures are summed, the longest is the longest, p50 and p99 the medians.
+# (no answer or a 5xx) and for how long (first failed request sent to last one answered), how
+# many took over 100 ms, the longest latency, p50 and p99, how long the operation took; over N
+# runs requests, failures and slow ones are summed, the longest is the longest, the rest are
+# medians.
 #
 #   scripts/bench-cutover.sh [--runs N] [--work DIR]      (default 3 runs)
 #
@@ -186,14 +188,15 @@ runs = sys.argv[2]
 ways = ["socket", "overlap", "port", "overlap-port", "plain"]
 for op in ["deploy", "failed", "rollback", "restart"]:
     print(f"\n{op} ({runs} runs)\n")
-    print("| way | requests | failed | longest ms | p50 ms | p99 ms | operation s |")
-    print("|---|---:|---:|---:|---:|---:|---:|")
+    print("| way | requests | failed | failing for s | over 100 ms | longest ms | p50 ms | p99 ms | operation s |")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|")
     for way in ways:
         rs = [r["result"] for r in rows if r["way"] == way and r["operation"] == op]
         if not rs:
             continue
-        print("| %s | %d | %d | %.0f | %.1f | %.1f | %.1f |" % (
+        print("| %s | %d | %d | %.2f | %d | %.0f | %.1f | %.1f | %.1f |" % (
             way, sum(r["requests"] for r in rs), sum(r["failed"] for r in rs),
+            statistics.median(r["failing_seconds"] for r in rs), sum(r["slow"] for r in rs),
             max(r["max_ms"] for r in rs), statistics.median(r["p50_ms"] for r in rs),
             statistics.median(r["p99_ms"] for r in rs),
             statistics.median(r["command_seconds"] for r in rs)))

@@ -4,8 +4,9 @@
 Runs COMMAND while CLIENTS threads send `GET /` with `Host: HOST` to 127.0.0.1:PORT, each on a
 connection of its own, one after the other with a short pause, from a moment before the
 command starts until a moment after it ends. Prints one JSON object: how many requests were
-sent while the command ran, how many of them failed (no HTTP answer, or a 5xx), the longest
-latency and the p50/p99 latencies of those requests, the answers' first lines (the app's
+sent while the command ran, how many of them failed (no HTTP answer, or a 5xx) and over how
+long a stretch, how many took over 100 ms, the longest latency and the p50/p99 latencies of
+those requests, the answers' first lines (the app's
 version) with their counts, and how long the command took and its exit status.
 
     scripts/cutover_load.py --port 8080 --host shop.bench -- git push kiln master
@@ -86,6 +87,8 @@ def main():
     during = [s for s in samples if started <= s[0] <= ended]
     latencies = sorted((done_at - sent) * 1000 for sent, done_at, _, _ in during)
     failed = [s for s in during if s[2] is None or s[2] >= 500]
+    # From the first failed request sent to the last one answered: how long requests failed.
+    failing = (max(s[1] for s in failed) - min(s[0] for s in failed)) if failed else 0.0
     answers = {}
     for _, _, status, body in samples:
         key = body if status is not None and status < 500 else f"failed: {status or body}"
@@ -93,6 +96,8 @@ def main():
     print(json.dumps({
         "requests": len(during),
         "failed": len(failed),
+        "failing_seconds": round(failing, 2),
+        "slow": sum(1 for latency in latencies if latency > 100),
         "failed_outside": sum(1 for s in samples if (s[2] is None or s[2] >= 500)) - len(failed),
         "max_ms": round(latencies[-1], 1) if latencies else 0.0,
         "p50_ms": round(percentile(latencies, 0.50), 1),

@@ -849,13 +849,37 @@ fn an_app_that_binds_its_port_itself_fails_no_request_with_an_overlap_cutover() 
             "{point}: {status}"
         );
     }
+    // Killed after the cutover (the old processes stopped), recovery stops the new release
+    // and starts the old one again, as an undo of `cutover: stop` does.
+    let out = door.node.kiln_env(
+        &["deploy", "shop", "--rev", "next"],
+        &[("FAILPOINTS", "before-commit=return")],
+    );
+    assert_eq!(out.status.code(), None, "expected SIGKILL: {}", text(&out));
+    let recovered = door.node.kiln(&["recover", "shop"]);
+    assert_success(&recovered, "recover");
+    assert!(
+        text(&recovered).contains("started the processes of"),
+        "{}",
+        text(&recovered)
+    );
+    assert_eq!(shop.current().as_deref(), Some(good.as_str()));
+    assert_eq!(door.version(host, "/"), "v2");
+    let web = common::processes::apps(&door.node.root, "web.1");
+    assert_eq!(web.len(), 1, "{web:?}");
+    assert_eq!(web[0].1, good);
+    let status = door.node.ok(&["status", "shop"]);
+    assert!(status.contains("front door:  current\n"), "{status}");
     assert_same(&run, &fingerprint(&shop.run()), "run/ after the kills");
+    assert_same(&data, &fingerprint(&shop.data()), "data/ after the kills");
+    let port = common::processes::web_port(&shop);
 
     // `kiln restart`: new instances beside the old, then the old ones go.
     let (out, report, from, to) = under_load(&door, host, || door.node.kiln(&["restart", "shop"]));
     assert_success(&out, "kiln restart");
     assert_load_covered(&report, from, to, "kiln restart");
     report.assert_all_answered_by(&["v2"], "kiln restart");
+    assert_ne!(common::processes::web_port(&shop), port, "fresh ports");
     let port = common::processes::web_port(&shop);
     let conf = fingerprint(&door.conf_dir());
 
@@ -913,4 +937,42 @@ fn an_app_that_binds_its_port_itself_fails_no_request_with_an_overlap_cutover() 
     );
     report.assert_never_back("v2", "v5", std::time::Duration::ZERO, "a stop deploy");
     assert_eq!(report.last_body(), Some("v5"));
+}
+
+#[test]
+fn the_systemd_backend_refuses_socket_activation_and_overlap_before_anything_stops() {
+    let node = Node::new();
+    let units = node.dir.path().join("units");
+    fs::create_dir_all(&units).expect("units dir");
+    node.write_node_yml(&format!(
+        "supervisor:\n  backend: systemd\n  unit_dir: {}\n",
+        units.display()
+    ));
+    let shop = node.init("shop", "cooking");
+    let app = node.app("shop");
+    app.write("Procfile", "web: python3 -m http.server $PORT\n");
+    for (kiln_yml, what) in [
+        ("socket_activation: true\n", "`socket_activation`"),
+        ("cutover: overlap\n", "`cutover: overlap`"),
+    ] {
+        let run = fingerprint(&shop.run());
+        let data = fingerprint(&shop.data());
+        app.write("kiln.yml", kiln_yml);
+        app.commit(kiln_yml);
+        let (_, pushed) = app.push(&shop);
+        assert!(
+            pushed.contains(&format!(
+                "{what} needs kiln's own process supervisor, and this node runs its processes with systemd: set node.yml `supervisor.backend: kiln`"
+            )) && last_remote_line(&pushed).contains("deploy FAILED at deploy"),
+            "{pushed}"
+        );
+        assert_same(&run, &fingerprint(&shop.run()), "run/");
+        assert_same(&data, &fingerprint(&shop.data()), "data/");
+        assert_eq!(
+            fs::read_dir(&units).expect("units").count(),
+            0,
+            "no unit written"
+        );
+        assert_eq!(shop.current(), None);
+    }
 }
