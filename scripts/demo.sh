@@ -58,6 +58,8 @@ with sqlite3.connect(os.path.join(os.environ["KILN_DATA_DIR"], "shop.db")) as db
 print("migrated")
 PY
 echo "gunicorn==23.0.0" > requirements.txt
+# What Python writes beside the code as it runs: not a manual edit of run/ for kiln to keep.
+echo "__pycache__/" > .gitignore
 cat > Procfile <<'PROCFILE'
 web: gunicorn app:app --bind 127.0.0.1:$PORT --workers 2
 release: python migrate.py
