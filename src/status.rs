@@ -397,6 +397,8 @@ struct FrontDoorView {
     domains: Vec<String>,
     https: Vec<String>,
     upstreams: Vec<String>,
+    /// The supervisor's waiting room, nginx's backup server.
+    waiting_room: Option<String>,
     /// None: node.yml has no `proxy`.
     config: Option<ConfigState>,
 }
@@ -407,6 +409,7 @@ impl FrontDoorView {
             "domains": self.domains,
             "https": self.https,
             "upstreams": self.upstreams,
+            "waiting_room": self.waiting_room,
             "config": self.config.map(|c| c.as_str()),
         })
     }
@@ -429,6 +432,11 @@ impl FrontDoorView {
         };
         println!("domains:     {}", none(&domains));
         println!("upstreams:   {}", none(&self.upstreams));
+        if let Some(room) = &self.waiting_room {
+            println!(
+                "backup:      {room} (kiln's waiting room: requests wait there while the web processes restart)"
+            );
+        }
         println!(
             "front door:  {}",
             match self.config {
@@ -458,6 +466,7 @@ fn front_door(node: &Node, project: &Project) -> Result<Option<FrontDoorView>, E
             .collect(),
         domains: site.domains,
         upstreams: site.upstreams.iter().map(ToString::to_string).collect(),
+        waiting_room: site.waiting_room.map(|room| room.to_string()),
         config,
     }))
 }

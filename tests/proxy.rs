@@ -36,8 +36,10 @@ http.server.ThreadingHTTPServer(("127.0.0.1", int(sys.argv[1])), Handler).serve_
 "#;
 
 /// A node whose node.yml runs a node-private nginx on two free loopback ports. The guards
-/// come first: they stop nginx and the apps before the temp dir goes.
+/// come first: they stop nginx, the supervised processes and the apps before the temp dir
+/// goes.
 struct FrontDoorNode {
+    _processes: common::processes::ProcessGuard,
     _nginx: NginxGuard,
     _apps: PidsGuard,
     node: Node,
@@ -55,6 +57,7 @@ impl FrontDoorNode {
         ));
         let pids = node.dir.path().join("pids");
         FrontDoorNode {
+            _processes: common::processes::ProcessGuard::new(&node),
             _nginx: NginxGuard {
                 root: node.root.clone(),
             },
@@ -921,22 +924,221 @@ fn an_app_that_binds_its_port_itself_fails_no_request_with_an_overlap_cutover() 
             && status.contains("front door:  current\n"),
         "{status}"
     );
+}
 
-    // With `cutover: stop`, such an app is down between its stop and its start: nginx answers
-    // those requests with 502 at once (what socket activation or an overlap avoid).
-    app.write("version.txt", "v5\n").write("kiln.yml", "");
-    app.commit("v5, cutover: stop");
-    let (pushed, report, _, _) = under_load(&door, host, || app.deploy(&shop));
-    assert!(pushed.contains("services were stopped for"), "{pushed}");
-    let failures = report.failures();
+/// The node app above, also leaving a line in data/requests.log for every request it answers
+/// (its version, the method and the body), so that a test can tell which release served what
+/// and what each data snapshot holds.
+const NODE_APP_WRITING: &str = r#"const http = require("http");
+const fs = require("fs");
+const data = process.env.KILN_DATA_DIR;
+const version = fs.readFileSync("version.txt", "utf8").trim();
+const server = http.createServer((req, res) => {
+  let body = "";
+  req.on("data", (chunk) => { body += chunk; });
+  req.on("end", () => {
+    fs.appendFileSync(data + "/requests.log", `${version} ${req.method} ${body}\n`);
+    res.setHeader("Content-Type", "text/plain");
+    res.end(version + "\n");
+  });
+});
+server.listen(Number(process.env.PORT), "127.0.0.1");
+process.on("SIGTERM", () => server.close(() => process.exit(0)));
+"#;
+
+/// The lines of data/requests.log (or of a snapshot's copy) as (version, method, body).
+fn request_log(data: &Path) -> Vec<(String, String, String)> {
+    fs::read_to_string(data.join("requests.log"))
+        .unwrap_or_default()
+        .lines()
+        .map(|line| {
+            let mut words = line.splitn(3, ' ');
+            let mut next = || words.next().unwrap_or("").to_owned();
+            (next(), next(), next())
+        })
+        .collect()
+}
+
+/// Sends a POST through the front door as soon as the app's own port refuses connections (its
+/// release is stopped for the switch). Returns the answer.
+fn post_once_stopped(front: u16, web: u16, host: String, body: String) -> Result<Response, String> {
+    let started = std::time::Instant::now();
+    while std::net::TcpStream::connect(("127.0.0.1", web)).is_ok() {
+        if started.elapsed() > std::time::Duration::from_secs(120) {
+            return Err(format!("127.0.0.1:{web} never refused a connection"));
+        }
+        std::thread::sleep(std::time::Duration::from_millis(2));
+    }
+    http::request(front, "POST", &host, "/", &[], body.as_bytes())
+}
+
+#[test]
+fn an_app_that_binds_its_port_itself_fails_no_request_in_the_default_mode() {
+    let door = FrontDoorNode::new();
+    let host = "plain.test";
+    let shop = door.node.init("shop", "cooking");
+    door.node.ok(&["domains", "add", "shop", host]);
+    door.start();
+    let app = door.node.app("shop");
+    // No `socket_activation`, no `cutover`: the defaults. A 1 s migration keeps the app
+    // stopped long enough for requests to arrive while nothing listens on its port.
+    let kiln_yml = "stages:\n  deploy: ['sleep 1']\n";
+    app.write("server.js", NODE_APP_WRITING)
+        .write("Procfile", "web: node server.js\n")
+        .write("version.txt", "v1\n")
+        .write("kiln.yml", kiln_yml);
+    app.commit("v1");
+    app.deploy(&shop);
+    assert_eq!(door.version(host, "/"), "v1");
+    let port = common::processes::web_port(&shop);
+    // nginx's backup for the app's port is the supervisor's waiting room.
+    let status = door.node.ok(&["status", "shop"]);
+    let room = status
+        .lines()
+        .find_map(|line| line.strip_prefix("backup:      "))
+        .and_then(|rest| rest.split_whitespace().next())
+        .unwrap_or_else(|| panic!("no waiting room in {status}"))
+        .to_owned();
+    let conf = fs::read_to_string(door.conf_dir().join("kiln.shop.conf")).expect("the site");
     assert!(
-        failures.iter().all(|s| matches!(s.outcome, Ok((502, _)))
-            && s.latency() < std::time::Duration::from_secs(1)),
-        "{:?}",
-        &failures[..failures.len().min(5)]
+        conf.contains(&format!(
+            "    server 127.0.0.1:{port} max_fails=0;\n    server {room} max_fails=0 backup;\n"
+        )) && conf.contains("proxy_next_upstream error;")
+            && status.contains(&format!("upstreams:   127.0.0.1:{port}\n"))
+            && status.contains("front door:  current\n"),
+        "{status}\n{conf}"
     );
-    report.assert_never_back("v2", "v5", std::time::Duration::ZERO, "a stop deploy");
-    assert_eq!(report.last_body(), Some("v5"));
+
+    // A good deploy; a POST sent while the old release is stopped reaches the new one, once.
+    app.write("version.txt", "v2\n");
+    app.commit("v2");
+    let (front, post_body) = (door.http, "order 42".to_owned());
+    let ((pushed, posted), report, from, to) = under_load(&door, host, || {
+        let body = post_body.clone();
+        let poster =
+            std::thread::spawn(move || post_once_stopped(front, port, host.to_owned(), body));
+        let pushed = app.deploy(&shop);
+        (pushed, poster.join().expect("the POST thread"))
+    });
+    assert!(pushed.contains("services were stopped for"), "{pushed}");
+    assert_load_covered(&report, from, to, "a good deploy");
+    report.assert_all_answered_by(&["v1", "v2"], "a good deploy");
+    report.assert_never_back("v1", "v2", std::time::Duration::ZERO, "a good deploy");
+    assert_eq!(report.last_body(), Some("v2"), "{pushed}");
+    // Requests did arrive while the app was stopped: they waited, through the migration.
+    let waited = report
+        .samples
+        .iter()
+        .filter(|s| s.latency() >= std::time::Duration::from_millis(500))
+        .count();
+    assert!(waited > 0, "no request waited: {:?}", report.longest());
+    let posted = posted.expect("the POST got an answer");
+    assert_eq!((posted.status, posted.body.as_str()), (200, "v2\n"));
+    let live = shop.current().expect("a live release");
+    let log = request_log(&shop.data());
+    let posts: Vec<&(String, String, String)> = log
+        .iter()
+        .filter(|(_, _, body)| *body == post_body)
+        .collect();
+    assert_eq!(posts.len(), 1, "the POST was served {} times", posts.len());
+    assert_eq!(posts[0].0, "v2");
+    // The snapshot was taken with the app stopped: it holds every write of v1 (those after the
+    // snapshot caught up once v1 stopped) and none of v2, whose first requests were those
+    // that waited for it; data/ went on from it.
+    let snapshot = request_log(&shop.path(&format!("archives/{live}/data")));
+    assert!(
+        !snapshot.is_empty() && snapshot.iter().all(|(version, _, _)| version == "v1"),
+        "{snapshot:?}"
+    );
+    assert_eq!(log[..snapshot.len()], snapshot[..]);
+    assert!(
+        log[snapshot.len()..]
+            .iter()
+            .all(|(version, _, _)| version == "v2"),
+        "{:?}",
+        &log[snapshot.len()..]
+    );
+    assert!(
+        report.count("v1") <= snapshot.len(),
+        "{} v1 answers, {} in the snapshot",
+        report.count("v1"),
+        snapshot.len()
+    );
+    assert_eq!(
+        common::processes::web_port(&shop),
+        port,
+        "a stop keeps the port"
+    );
+
+    // A deploy that fails its check: the requests that waited are answered by v3 until it
+    // fails, then by v2 again; run/ is back, and data/ is the snapshot plus what v2 wrote
+    // since: nothing v3 wrote is left.
+    let run = fingerprint(&shop.run());
+    app.write("version.txt", "v3\n").write(
+        "kiln.yml",
+        &format!("{kiln_yml}check:\n  command: 'false'\n  timeout: 1s\n"),
+    );
+    app.commit("v3 fails its check");
+    let ((_, pushed), report, from, to) = under_load(&door, host, || app.push(&shop));
+    assert!(
+        last_remote_line(&pushed).contains(&format!(
+            "deploy FAILED at deploy (false: exit 1); rolled back to {live}"
+        )),
+        "{pushed}"
+    );
+    assert_load_covered(&report, from, to, "a failed deploy");
+    report.assert_all_answered_by(&["v2", "v3"], "a failed deploy");
+    assert_eq!(report.last_body(), Some("v2"), "{pushed}");
+    assert_same(
+        &run,
+        &fingerprint(&shop.run()),
+        "run/ after the failed deploy",
+    );
+    let failed = shop
+        .releases()
+        .last()
+        .expect("the failed release")
+        .0
+        .clone();
+    let snapshot = request_log(&shop.path(&format!("archives/{failed}/data")));
+    let log = request_log(&shop.data());
+    assert!(report.count("v3") > 0, "v3 answered nothing");
+    assert_eq!(log[..snapshot.len()], snapshot[..]);
+    assert!(
+        log.iter().all(|(version, _, _)| version != "v3"),
+        "v3's writes are still in data/"
+    );
+    assert_eq!(shop.current(), Some(live.clone()));
+    assert_eq!(common::processes::web_port(&shop), port);
+
+    // `kiln rollback` to v1.
+    let (out, report, from, to) = under_load(&door, host, || door.node.kiln(&["rollback", "shop"]));
+    assert_success(&out, "kiln rollback");
+    assert_load_covered(&report, from, to, "kiln rollback");
+    report.assert_all_answered_by(&["v2", "v1"], "kiln rollback");
+    report.assert_never_back("v2", "v1", std::time::Duration::ZERO, "kiln rollback");
+    assert_eq!(report.last_body(), Some("v1"), "{}", text(&out));
+
+    // `kiln restart`.
+    let (out, report, from, to) = under_load(&door, host, || door.node.kiln(&["restart", "shop"]));
+    assert_success(&out, "kiln restart");
+    assert_load_covered(&report, from, to, "kiln restart");
+    report.assert_all_answered_by(&["v1"], "kiln restart");
+    assert_eq!(common::processes::web_port(&shop), port);
+
+    // A project stopped on purpose is not waited for: nginx answers 502 at once (not after
+    // its 60 s `proxy.read_timeout`), and `kiln start` brings it back.
+    door.node.ok(&["stop", "shop"]);
+    let asked = std::time::Instant::now();
+    let stopped = door.get(host, "/");
+    assert_eq!(stopped.status, 502, "{stopped:?}");
+    assert!(
+        asked.elapsed() < std::time::Duration::from_secs(30),
+        "{:?}",
+        asked.elapsed()
+    );
+    door.node.ok(&["start", "shop"]);
+    assert_eq!(door.version(host, "/"), "v1");
 }
 
 #[test]

@@ -1369,19 +1369,21 @@ impl Run<'_> {
     }
 
     /// The front door's site of this run's release: project.yml's domains and upstreams,
-    /// this release's `static:` (or its static buildpack's site).
+    /// this release's `static:` (or its static buildpack's site), the supervisor's waiting room.
     fn site(&self) -> Site {
         let config = &self.project.config;
         let tree = match self.mode {
             Mode::Editable => self.paths().project.clone(),
             _ => self.paths().release_dir(&self.release),
         };
+        let web_ports = self.web_ports();
         Site::new(
             self.paths(),
             config,
-            site::upstreams(&self.web_ports(), config),
+            site::upstreams(&web_ports, config),
             &site::static_paths(&self.recipe.static_paths, &tree),
         )
+        .with_waiting_room(self.supervisor.waiting_room(&self.paths().name), &web_ports)
     }
 
     /// The ports of this release's web instances, for the front door's upstreams: given when

@@ -368,7 +368,7 @@ fn point_front_door_at(node: &Node, project: &Project, formation: &Formation, ou
     let Some(front) = crate::proxy::front_door::FrontDoor::of(node) else {
         return;
     };
-    let pointed = crate::proxy::front_door::live_site_with(project, &formation.web_ports())
+    let pointed = crate::proxy::front_door::live_site_with(node, project, &formation.web_ports())
         .and_then(|site| front.install(&site));
     match pointed {
         Ok(crate::proxy::front_door::Applied::Reloaded) => out.note(&format!(

@@ -683,15 +683,21 @@ impl<'a> FrontDoor<'a> {
 /// instances the supervisor runs for it (also while they are stopped for a switch).
 pub fn live_site(node: &Node, project: &Project) -> Result<Site, Error> {
     let supervisor = Supervisor::new(&node.root, &node.config.supervisor);
-    let ports = match supervisor.state(&project.paths.name)? {
-        Some(state) if state.running || state.hold_sockets => state.formation.web_ports(),
-        _ => Vec::new(),
-    };
-    live_site_with(project, &ports)
+    let ports = supervisor
+        .state(&project.paths.name)?
+        .and_then(|state| state.serving_ports())
+        .unwrap_or_default();
+    live_site_with(node, project, &ports)
 }
 
-/// [`live_site`] with the web instances listening on `instance_ports`.
-pub fn live_site_with(project: &Project, instance_ports: &[u16]) -> Result<Site, Error> {
+/// [`live_site`] with the web instances listening on `instance_ports`, and the project's waiting room.
+pub fn live_site_with(
+    node: &Node,
+    project: &Project,
+    instance_ports: &[u16],
+) -> Result<Site, Error> {
+    let waiting_room =
+        Supervisor::new(&node.root, &node.config.supervisor).waiting_room(&project.paths.name);
     let paths = &project.paths;
     let log = ReleaseLog::load(&paths.release_log())?;
     let live_commit = log
@@ -711,7 +717,8 @@ pub fn live_site_with(project: &Project, instance_ports: &[u16]) -> Result<Site,
         &project.config,
         site::upstreams(instance_ports, &project.config),
         &site::static_paths(&static_paths, &paths.run),
-    ))
+    )
+    .with_waiting_room(waiting_room, instance_ports))
 }
 
 /// Every project of the node, by name (directories with a valid name and a project.yml).

@@ -40,7 +40,19 @@ pub fn project_conf(site: &Site, nginx: &Nginx) -> String {
             // its one address refuses for a moment, and it must be tried again at once.
             let _ = writeln!(out, "    server {address} max_fails=0;");
         }
-        let _ = writeln!(out, "    keepalive 16;\n}}");
+        match site.waiting_room {
+            Some(room) => {
+                // Tried only once every address above refused: kiln's supervisor holds the
+                // request there until a web instance accepts again, instead of nginx
+                // answering 502. No connection is kept open for the next request: one kept to
+                // an app that stops (or to the waiting room, which relays to one app) could
+                // fail a request half sent, with no address left to try.
+                let _ = writeln!(out, "    server {room} max_fails=0 backup;\n}}");
+            }
+            None => {
+                let _ = writeln!(out, "    keepalive 16;\n}}");
+            }
+        }
     }
     let plain = site.plain_domains();
     if !plain.is_empty() {
@@ -136,9 +148,17 @@ fn serve(out: &mut String, site: &Site) {
         return;
     }
     let limits = &site.limits;
+    // With a waiting room, a request goes on to the next address only when the connection failed
+    // (refused: nothing was sent, so a POST may go on too), never after a timeout, which
+    // would send it a second time.
+    let next_upstream = if site.waiting_room.is_some() {
+        "        proxy_next_upstream error;\n"
+    } else {
+        ""
+    };
     let _ = writeln!(
         out,
-        "    location / {{\n        proxy_pass http://{};\n        proxy_http_version 1.1;\n        proxy_set_header Connection \"\";\n        proxy_set_header Host $host;\n        proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for;\n        proxy_set_header X-Forwarded-Proto $scheme;\n        proxy_set_header X-Request-Id $kiln_request_id;\n        proxy_connect_timeout {}ms;\n        proxy_read_timeout {}ms;\n        proxy_send_timeout {}ms;\n    }}",
+        "    location / {{\n        proxy_pass http://{};\n        proxy_http_version 1.1;\n        proxy_set_header Connection \"\";\n        proxy_set_header Host $host;\n        proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for;\n        proxy_set_header X-Forwarded-Proto $scheme;\n        proxy_set_header X-Request-Id $kiln_request_id;\n        proxy_connect_timeout {}ms;\n        proxy_read_timeout {}ms;\n        proxy_send_timeout {}ms;\n{next_upstream}    }}",
         upstream_name(&site.project),
         limits.connect_timeout.as_millis(),
         limits.read_timeout.as_millis(),
@@ -271,6 +291,30 @@ server {
             .collect();
         assert_eq!(body, expected);
         assert!(conf.starts_with(HEADER), "{conf}");
+    }
+
+    #[test]
+    fn the_waiting_room_is_the_backup_server_and_only_refused_connections_go_on_to_it() {
+        let conf = project_conf(
+            &site(|_| {}).with_waiting_room(Some(8999), &[8001]),
+            &nginx(),
+        );
+        assert!(
+            conf.contains("upstream kiln.shop {\n    server 127.0.0.1:8001 max_fails=0;\n    server 127.0.0.1:8999 max_fails=0 backup;\n}"),
+            "{conf}"
+        );
+        assert!(
+            conf.contains(
+                "        proxy_send_timeout 60000ms;\n        proxy_next_upstream error;\n    }"
+            ),
+            "{conf}"
+        );
+        // No web instance kiln runs (only project.yml's upstreams): nothing to wait for.
+        let conf = project_conf(&site(|_| {}).with_waiting_room(Some(8999), &[]), &nginx());
+        assert!(
+            !conf.contains("backup") && !conf.contains("proxy_next_upstream"),
+            "{conf}"
+        );
     }
 
     #[test]

@@ -20,6 +20,10 @@ pub struct Site {
     /// Body size and timeouts (its `upstreams` are already in [`Site::upstreams`]).
     pub limits: ProjectProxy,
     pub upstreams: Vec<SocketAddr>,
+    /// The supervisor's waiting room for the web instances kiln runs
+    /// ([`crate::runtime::supervisor::waiting_room`]): nginx's backup server, where a request
+    /// that every upstream refused waits for one to accept again.
+    pub waiting_room: Option<SocketAddr>,
     /// URL prefix -> the directory (or file) under run/ that nginx serves for it.
     pub static_dirs: BTreeMap<String, PathBuf>,
 }
@@ -49,8 +53,18 @@ impl Site {
             tls: config.tls.clone(),
             limits: config.proxy.clone(),
             upstreams,
+            waiting_room: None,
             static_dirs,
         }
+    }
+
+    /// The site with its waiting room on 127.0.0.1:`port` (`instance_ports`: the web instances kiln
+    /// runs; without any, there is nothing for a request to wait for).
+    pub fn with_waiting_room(mut self, port: Option<u16>, instance_ports: &[u16]) -> Site {
+        self.waiting_room = port
+            .filter(|_| !instance_ports.is_empty())
+            .map(|port| SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), port));
+        self
     }
 
     /// The domains served over plain HTTP (those without a certificate).

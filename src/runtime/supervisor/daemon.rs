@@ -14,6 +14,10 @@
 //! socket's queue instead of being refused while the app restarts. A daemon that was
 //! restarted has no copy of the sockets its adopted instances hold: it binds each again when
 //! the instance next starts.
+//!
+//! It serves each project's waiting room ([`crate::runtime::supervisor::waiting_room`]): the
+//! front door's backup, where requests that no web instance accepted wait for one (an app that
+//! binds `$PORT` itself refuses connections while it restarts).
 
 use std::collections::HashMap;
 use std::fs::{self, File, OpenOptions};
@@ -28,15 +32,17 @@ use std::time::{Duration, Instant};
 
 use command_fds::{CommandFdExt, FdMapping};
 use nix::sys::signal::Signal;
-use socket2::{Domain, Socket, Type};
+use socket2::Socket;
 
 use crate::config::processes::SupervisorConfig;
 use crate::error::Error;
 use crate::runtime::supervisor::control::{Request, Response};
+use crate::runtime::supervisor::ports;
 use crate::runtime::supervisor::proc::{self, ProcessId};
 use crate::runtime::supervisor::state::{
     Backend, InstanceStatus, ProjectState, ShimSpec, SupervisorError, SupervisorPaths,
 };
+use crate::runtime::supervisor::waiting_room::WaitingRooms;
 use crate::runtime::supervisor::watch::{self, Commands};
 
 /// How often the daemon checks that what should run runs.
@@ -47,10 +53,6 @@ const STOP_MARGIN: Duration = Duration::from_secs(5);
 
 /// How long a started instance supervisor may take to take its lock.
 const SHIM_START: Duration = Duration::from_secs(10);
-
-/// The queue of a held listening socket: connections that wait while the app restarts (the
-/// kernel caps it at `net.core.somaxconn`).
-const BACKLOG: i32 = 4096;
 
 /// The fd a socket-activated app gets its listening socket on (systemd's `SD_LISTEN_FDS_START`).
 pub const LISTEN_FD: i32 = 3;
@@ -68,6 +70,8 @@ struct Daemon {
     check_only: bool,
     /// The listening sockets of socket-activated web instances, by port, with their project.
     sockets: Mutex<HashMap<u16, (String, Socket)>>,
+    /// Where the front door's requests wait while a project's web instances restart.
+    waiting_rooms: Arc<WaitingRooms>,
 }
 
 /// Runs the daemon until it is killed or its node root disappears. `detach`: started on
@@ -118,6 +122,7 @@ pub fn run(
     let exe =
         std::env::current_exe().map_err(|e| SupervisorError::io("find", Path::new("kiln"), e))?;
     let check_only = Backend::choose(config.backend) == Backend::Systemd;
+    let waiting_rooms = WaitingRooms::new(&paths, config.ports, say);
     let daemon = Arc::new(Daemon {
         paths,
         config: config.clone(),
@@ -126,6 +131,7 @@ pub fn run(
         started: Mutex::new(HashMap::new()),
         check_only,
         sockets: Mutex::new(HashMap::new()),
+        waiting_rooms,
     });
     say(&format!(
         "started (pid {}) for {}{}",
@@ -328,7 +334,7 @@ impl Daemon {
         }
         for port in held {
             if !sockets.contains_key(port) {
-                match listen(*port) {
+                match ports::listen(*port) {
                     Ok(socket) => {
                         sockets.insert(*port, (project.to_string(), socket));
                     }
@@ -349,7 +355,7 @@ impl Daemon {
         let (_, socket) = match sockets.entry(port) {
             std::collections::hash_map::Entry::Occupied(held) => held.into_mut(),
             std::collections::hash_map::Entry::Vacant(free) => {
-                let socket = listen(port).map_err(|e| {
+                let socket = ports::listen(port).map_err(|e| {
                     SupervisorError::Listen {
                         port,
                         instance: instance.name.to_string(),
@@ -381,6 +387,7 @@ impl Daemon {
             }
         };
         let (wanted, held) = self.wanted(project)?;
+        let waiting_room = self.ensure_waiting_room(project);
         let dir = self.paths.instances_dir(project);
         let existing: Vec<String> = fs::read_dir(&dir)
             .into_iter()
@@ -435,11 +442,25 @@ impl Daemon {
                 errors.push(e);
             }
         }
+        // The instances run either way; the front door only lacks its waiting room.
+        if let Err(e) = waiting_room {
+            say(&format!("{project}: {e}"));
+        }
         if errors.is_empty() {
             Ok(())
         } else {
             Err(errors.join("; "))
         }
+    }
+
+    /// Makes the waiting room of a project with web instances listen (the port it had, else a new
+    /// one of the range), so that the front door's configuration can name it.
+    fn ensure_waiting_room(&self, project: &str) -> Result<(), String> {
+        let state = ProjectState::load(&self.paths, project).map_err(|e| e.to_string())?;
+        if state.is_none_or(|s| s.ports().is_empty()) {
+            return Ok(());
+        }
+        self.waiting_rooms.ensure(project).map(drop)
     }
 
     fn restart(&self, project: &str, kind: Option<&str>) -> Result<(), String> {
@@ -600,16 +621,6 @@ impl Daemon {
             shim.signal(Signal::SIGTERM);
         }
     }
-}
-
-/// A listening socket on 127.0.0.1:`port` (close-on-exec, like every socket2 socket).
-fn listen(port: u16) -> std::io::Result<Socket> {
-    let socket = Socket::new(Domain::IPV4, Type::STREAM, None)?;
-    // A port whose previous socket left connections in TIME_WAIT can be bound again.
-    socket.set_reuse_address(true)?;
-    socket.bind(&std::net::SocketAddr::from(([127, 0, 0, 1], port)).into())?;
-    socket.listen(BACKLOG)?;
-    Ok(socket)
 }
 
 /// Whether an instance supervisor holds this instance's lock (it does for as long as it

@@ -13,12 +13,15 @@
 //!   supervise` then only checks (below): systemd runs the processes.
 //!
 //! The daemon also runs the periodic web check of every running project ([`watch`]), which
-//! turns a check that starts failing into one alert and one "recovered".
+//! turns a check that starts failing into one alert and one "recovered", and each project's
+//! waiting room ([`waiting_room`]), where the front door's requests wait while its web
+//! instances restart.
 //!
 //! Node-wide state lives in `<root>/.kiln/supervisor/` (mode 0700: environments hold
 //! secrets): `projects/<project>.json` (the formation each project runs, written by the kiln
 //! command that changes it, under the project's lock), `instances/<project>/<instance>/` (lock,
-//! spec, status), the daemon's lock, pid, control socket and log.
+//! spec, status), `waiting-rooms/<project>.json` (its waiting room's port), the daemon's lock, pid, control
+//! socket and log.
 
 pub mod control;
 pub mod daemon;
@@ -26,6 +29,7 @@ pub mod instance;
 pub mod ports;
 pub mod proc;
 pub mod state;
+pub mod waiting_room;
 pub mod watch;
 
 pub use state::{
@@ -153,6 +157,16 @@ impl Supervisor {
         }
         self.sync(&project, formation.grace)?;
         Ok(formation)
+    }
+
+    /// The port of `project`'s waiting room ([`waiting_room`]), where the front door sends the
+    /// requests that find no web instance accepting. None with the systemd backend (no daemon of kiln's
+    /// runs the processes) and before the daemon first ran the project's web processes.
+    pub fn waiting_room(&self, project: &str) -> Option<u16> {
+        match self.backend {
+            Backend::Kiln => waiting_room::port(&self.paths, project),
+            Backend::Systemd => None,
+        }
     }
 
     /// The formation an overlap cutover is leaving, if one is under way.

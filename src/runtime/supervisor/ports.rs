@@ -1,15 +1,20 @@
 //! The `PORT` of each web instance: given from node.yml's `supervisor.ports` range, node-wide
 //! under one lock so that two projects never get the same port, and kept: a web instance keeps
-//! its port across restarts, scales and deploys (the front proxy's upstreams stay put).
+//! its port across restarts, scales and deploys (the front proxy's upstreams stay put). Each
+//! project's waiting room ([`crate::runtime::supervisor::waiting_room`]) gets its port from the
+//! same range, under the same lock, and keeps it.
 
 use std::collections::BTreeSet;
 use std::fs::{File, OpenOptions};
 use std::net::TcpListener;
 
+use socket2::{Domain, Socket, Type};
+
 use crate::config::processes::PortRange;
 use crate::error::Error;
 use crate::runtime::formation::Formation;
 use crate::runtime::supervisor::state::{ProjectState, SupervisorError, SupervisorPaths};
+use crate::runtime::supervisor::waiting_room;
 
 /// Holds the node's port lock; the caller writes the formation file before dropping it.
 pub struct PortLock {
@@ -36,23 +41,11 @@ pub fn assign(
     formation: &mut Formation,
     how: Assign,
 ) -> Result<PortLock, Error> {
-    paths.ensure()?;
-    let lock_path = paths.ports_lock();
-    let file = OpenOptions::new()
-        .create(true)
-        .truncate(false)
-        .write(true)
-        .open(&lock_path)
-        .map_err(|e| SupervisorError::io("open", &lock_path, e))?;
-    file.lock()
-        .map_err(|e| SupervisorError::io("lock", &lock_path, e))?;
+    let file = lock(paths)?;
     let project = formation.project.clone();
-    let mut taken: BTreeSet<u16> = BTreeSet::new();
-    for other in paths.projects().into_iter().filter(|p| *p != project) {
-        if let Ok(Some(state)) = ProjectState::load(paths, &other) {
-            taken.extend(state.ports());
-        }
-    }
+    let mut taken = formation_ports(paths, Some(&project));
+    // Every project's waiting room, this one's too: nginx sends requests there.
+    taken.extend(waiting_room::all(paths).into_iter().map(|(_, port)| port));
     let own = ProjectState::load(paths, &project)?;
     let previous = match (&own, how) {
         (Some(state), Assign::Keep) => state.formation.ports.clone(),
@@ -85,6 +78,84 @@ pub fn assign(
     }
     formation.ports = ports;
     Ok(PortLock { _file: file })
+}
+
+/// The port of `project`'s waiting room: the one it has if still in the range, else the
+/// lowest port of the range that no formation and no other waiting room has and that nothing
+/// on 127.0.0.1 listens on, written to its file before the lock is given up.
+pub fn assign_waiting_room(
+    paths: &SupervisorPaths,
+    range: &PortRange,
+    project: &str,
+) -> Result<u16, Error> {
+    let _lock = lock(paths)?;
+    let mut taken = formation_ports(paths, None);
+    let mut own = None;
+    for (name, port) in waiting_room::all(paths) {
+        if name == project {
+            own = Some(port);
+        } else {
+            taken.insert(port);
+        }
+    }
+    if let Some(port) = own.filter(|p| range.contains(*p) && !taken.contains(p)) {
+        return Ok(port);
+    }
+    let port = (range.first..=range.last)
+        .filter(|p| !taken.contains(p))
+        .find(|p| TcpListener::bind(("127.0.0.1", *p)).is_ok())
+        .ok_or_else(|| SupervisorError::NoPort {
+            range: range.to_string(),
+            instance: "the waiting room".into(),
+            project: project.to_string(),
+        })?;
+    waiting_room::save(paths, project, port)?;
+    Ok(port)
+}
+
+/// The queue of a listening socket the supervisor holds: connections that wait while the app
+/// restarts (the kernel caps it at `net.core.somaxconn`).
+const BACKLOG: i32 = 4096;
+
+/// A listening socket on 127.0.0.1:`port` (close-on-exec, like every socket2 socket): a
+/// socket-activated instance's, or a waiting room's.
+pub fn listen(port: u16) -> std::io::Result<Socket> {
+    let socket = Socket::new(Domain::IPV4, Type::STREAM, None)?;
+    // A port whose previous socket left connections in TIME_WAIT can be bound again.
+    socket.set_reuse_address(true)?;
+    socket.bind(&std::net::SocketAddr::from(([127, 0, 0, 1], port)).into())?;
+    socket.listen(BACKLOG)?;
+    Ok(socket)
+}
+
+/// The node's port lock, held until the returned file is dropped.
+fn lock(paths: &SupervisorPaths) -> Result<File, Error> {
+    paths.ensure()?;
+    let lock_path = paths.ports_lock();
+    let file = OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&lock_path)
+        .map_err(|e| SupervisorError::io("open", &lock_path, e))?;
+    file.lock()
+        .map_err(|e| SupervisorError::io("lock", &lock_path, e))?;
+    Ok(file)
+}
+
+/// The ports the formations of every project but `except` hold.
+fn formation_ports(paths: &SupervisorPaths, except: Option<&str>) -> BTreeSet<u16> {
+    let mut taken = BTreeSet::new();
+    for other in paths
+        .projects()
+        .into_iter()
+        .filter(|p| Some(p.as_str()) != except)
+    {
+        if let Ok(Some(state)) = ProjectState::load(paths, &other) {
+            taken.extend(state.ports());
+        }
+    }
+    taken
 }
 
 #[cfg(test)]

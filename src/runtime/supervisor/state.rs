@@ -50,6 +50,13 @@ impl SupervisorPaths {
     pub fn ports_lock(&self) -> PathBuf {
         self.dir.join("ports.lock")
     }
+    /// The waiting rooms' ports, one file per project ([`crate::runtime::supervisor::waiting_room`]).
+    pub fn waiting_rooms_dir(&self) -> PathBuf {
+        self.dir.join("waiting-rooms")
+    }
+    pub fn waiting_room_file(&self, project: &str) -> PathBuf {
+        self.waiting_rooms_dir().join(format!("{project}.json"))
+    }
     pub fn projects_dir(&self) -> PathBuf {
         self.dir.join("projects")
     }
@@ -110,8 +117,9 @@ pub struct ProjectState {
     /// `formation` (in the other slot) until the front door has left it.
     #[serde(default)]
     pub draining: Option<Formation>,
-    /// Stopped for a switch: the supervisor keeps the web instances' listening sockets
-    /// (socket activation), so connections wait in their queues until the next start.
+    /// Stopped for a switch (a deploy, an undo): something starts next. The supervisor keeps
+    /// the web instances' listening sockets (socket activation), so connections wait in their
+    /// queues until the next start, and its waiting room holds the front door's requests.
     #[serde(default)]
     pub hold_sockets: bool,
 }
@@ -144,6 +152,26 @@ impl ProjectState {
             ports.extend(formation.ports.values());
         }
         ports
+    }
+
+    /// Where the front door's requests go now: the web ports of the formation that runs or is
+    /// stopped for a switch (the one that starts next keeps them, or the waiting room finds the
+    /// new ones here). None: the project is stopped on purpose, or runs no web process.
+    pub fn serving_ports(&self) -> Option<Vec<u16>> {
+        let ports = self.formation.web_ports();
+        ((self.running || self.hold_sockets) && !ports.is_empty()).then_some(ports)
+    }
+
+    /// The web instances of [`ProjectState::serving_ports`]: (instance directory key, port).
+    pub fn serving_instances(&self) -> Option<Vec<(String, u16)>> {
+        self.serving_ports()?;
+        Some(
+            self.formation
+                .instances()
+                .into_iter()
+                .filter_map(|spec| Some((spec.key(), spec.port?)))
+                .collect(),
+        )
     }
 
     /// Every port this project holds (its formation's and a draining one's).
