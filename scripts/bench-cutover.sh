@@ -14,9 +14,10 @@
 # scripts/cutover_load.py sends the requests (4 clients, a connection each, a 2 ms pause).
 # Prints a Markdown table per operation and way: requests sent while it ran, how many failed
 # (no answer or a 5xx) and for how long (first failed request sent to last one answered), how
-# many took over 100 ms, the longest latency, p50 and p99, how long the operation took; over N
-# runs requests, failures and slow ones are summed, the longest is the longest, the rest are
-# medians.
+# many took over 100 ms, the longest latency, p50 and p99, then the same for the requests sent
+# during the switch (from the old start's last answered request to the new start's first
+# answer: scripts/cutover_load.py), how long the operation took; over N runs requests,
+# failures and slow ones are summed, the longest is the longest, the rest are medians.
 #
 #   scripts/bench-cutover.sh [--runs N] [--work DIR]      (default 3 runs)
 #
@@ -31,7 +32,7 @@ while [ $# -gt 0 ]; do
   case "$1" in
     --runs) runs=$2; shift 2 ;;
     --work) work=$2; shift 2 ;;
-    -h | --help) sed -n '2,25p' "$0"; exit 0 ;;
+    -h | --help) sed -n '2,26p' "$0"; exit 0 ;;
     *) echo "error: unknown option \`$1\` (see --help)" >&2; exit 2 ;;
   esac
 done
@@ -76,10 +77,13 @@ results="$work/results.jsonl"
 write_app() { # dir version binds_port(yes|no) cutover
   local dir=$1
   mkdir -p "$dir"
+  # The second line tells one start of the app from the next (gunicorn's master: the workers'
+  # parent), for the switch figures.
   cat > "$dir/app.py" <<'PY'
+import os
 VERSION = open("version.txt").read().strip()
 def app(environ, start_response):
-    body = (VERSION + "\n").encode()
+    body = ("%s\n%d\n" % (VERSION, os.getppid())).encode()
     start_response("200 OK", [("Content-Type", "text/plain"), ("Content-Length", str(len(body)))])
     return [body]
 PY
@@ -188,16 +192,21 @@ runs = sys.argv[2]
 ways = ["socket", "overlap", "port", "overlap-port", "plain"]
 for op in ["deploy", "failed", "rollback", "restart"]:
     print(f"\n{op} ({runs} runs)\n")
-    print("| way | requests | failed | failing for s | over 100 ms | longest ms | p50 ms | p99 ms | operation s |")
-    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|")
+    print("| way | requests | failed | failing for s | over 100 ms | longest ms | p50 ms | p99 ms | in the switch | failed there | switch p50 ms | switch p99 ms | operation s |")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     for way in ways:
         rs = [r["result"] for r in rows if r["way"] == way and r["operation"] == op]
         if not rs:
             continue
-        print("| %s | %d | %d | %.2f | %d | %.0f | %.1f | %.1f | %.1f |" % (
+        # Runs with a switch only: an overlap has none (no request waits for a stop).
+        sw = [r for r in rs if r["switch_requests"]]
+        median = lambda key: "%.1f" % statistics.median(r[key] for r in sw) if sw else "-"
+        print("| %s | %d | %d | %.2f | %d | %.0f | %.1f | %.1f | %d | %d | %s | %s | %.1f |" % (
             way, sum(r["requests"] for r in rs), sum(r["failed"] for r in rs),
             statistics.median(r["failing_seconds"] for r in rs), sum(r["slow"] for r in rs),
             max(r["max_ms"] for r in rs), statistics.median(r["p50_ms"] for r in rs),
             statistics.median(r["p99_ms"] for r in rs),
+            sum(r["switch_requests"] for r in rs), sum(r["switch_failed"] for r in rs),
+            median("switch_p50_ms"), median("switch_p99_ms"),
             statistics.median(r["command_seconds"] for r in rs)))
 PY

@@ -9,6 +9,13 @@ long a stretch, how many took over 100 ms, the longest latency and the p50/p99 l
 those requests, the answers' first lines (the app's
 version) with their counts, and how long the command took and its exit status.
 
+The switch: the app answers its version on the first line of the body and, on the second, what
+tells one start of it from the next (its server's pid). A switch is the stretch from the
+sending of the last request one start answered to the first answer of the next start: the
+requests sent then found the old one stopped and had to wait for the new one (or failed).
+Their count, failures and p50/p99 latencies are reported apart (`switch_*`); an overlap, where
+the new start answers before the old one's last answer, has none.
+
     scripts/cutover_load.py --port 8080 --host shop.bench -- git push kiln master
 """
 import argparse
@@ -21,7 +28,7 @@ import time
 
 
 def get(port, host):
-    """One request: (status, first line of the body), or (None, the error)."""
+    """One request: (status, first line of the body, second line), or (None, the error, None)."""
     try:
         with socket.create_connection(("127.0.0.1", port), timeout=5) as conn:
             conn.settimeout(120)
@@ -35,16 +42,17 @@ def get(port, host):
         raw = b"".join(chunks).decode("latin-1")
         status = int(raw.split(" ", 2)[1])
         body = raw.split("\r\n\r\n", 1)[1] if "\r\n\r\n" in raw else ""
-        return status, (body.splitlines() or [""])[0]
+        lines = body.splitlines() + ["", ""]
+        return status, lines[0], lines[1]
     except (OSError, ValueError, IndexError) as e:
-        return None, type(e).__name__
+        return None, type(e).__name__, None
 
 
 def client(port, host, pause, stop, samples):
     while not stop.is_set():
         sent = time.monotonic()
-        status, body = get(port, host)
-        samples.append((sent, time.monotonic(), status, body))
+        status, body, start = get(port, host)
+        samples.append((sent, time.monotonic(), status, body, start))
         time.sleep(pause)
 
 
@@ -53,6 +61,20 @@ def percentile(sorted_values, fraction):
         return 0.0
     index = min(len(sorted_values) - 1, int(round(fraction * (len(sorted_values) - 1))))
     return sorted_values[index]
+
+
+def switches(samples):
+    """The switches: (from, to) for each start of the app after the first, from the sending of
+    the last request the start before answered to the first answer of this one."""
+    first, last = {}, {}
+    for sent, done, status, body, start in samples:
+        if status is None or status >= 500 or not start:
+            continue
+        key = (body, start)
+        first[key] = min(first.get(key, done), done)
+        last[key] = max(last.get(key, sent), sent)
+    order = sorted(first, key=first.get)
+    return [(last[a], first[b]) for a, b in zip(order, order[1:]) if first[b] > last[a]]
 
 
 def main():
@@ -85,12 +107,15 @@ def main():
         thread.join()
     samples = sorted(s for per in per_client for s in per)
     during = [s for s in samples if started <= s[0] <= ended]
-    latencies = sorted((done_at - sent) * 1000 for sent, done_at, _, _ in during)
+    latencies = sorted((s[1] - s[0]) * 1000 for s in during)
+    windows = switches(samples)
+    in_switch = [s for s in samples if any(a < s[0] <= b for a, b in windows)]
+    switch_latencies = sorted((s[1] - s[0]) * 1000 for s in in_switch)
     failed = [s for s in during if s[2] is None or s[2] >= 500]
     # From the first failed request sent to the last one answered: how long requests failed.
     failing = (max(s[1] for s in failed) - min(s[0] for s in failed)) if failed else 0.0
     answers = {}
-    for _, _, status, body in samples:
+    for _, _, status, body, _ in samples:
         key = body if status is not None and status < 500 else f"failed: {status or body}"
         answers[key] = answers.get(key, 0) + 1
     print(json.dumps({
@@ -102,6 +127,12 @@ def main():
         "max_ms": round(latencies[-1], 1) if latencies else 0.0,
         "p50_ms": round(percentile(latencies, 0.50), 1),
         "p99_ms": round(percentile(latencies, 0.99), 1),
+        "switches": len(windows),
+        "switch_ms": round(sum(b - a for a, b in windows) * 1000, 1),
+        "switch_requests": len(in_switch),
+        "switch_failed": sum(1 for s in in_switch if s[2] is None or s[2] >= 500),
+        "switch_p50_ms": round(percentile(switch_latencies, 0.50), 1),
+        "switch_p99_ms": round(percentile(switch_latencies, 0.99), 1),
         "answers": answers,
         "last": samples[-1][3] if samples else None,
         "command_seconds": round(ended - started, 2),

@@ -164,7 +164,7 @@ impl Supervisor {
     /// runs the processes) and before the daemon first ran the project's web processes.
     pub fn waiting_room(&self, project: &str) -> Option<u16> {
         match self.backend {
-            Backend::Kiln => waiting_room::port(&self.paths, project),
+            Backend::Kiln => ports::waiting_room(&self.paths, project),
             Backend::Systemd => None,
         }
     }

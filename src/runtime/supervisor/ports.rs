@@ -5,16 +5,16 @@
 //! same range, under the same lock, and keeps it.
 
 use std::collections::BTreeSet;
-use std::fs::{File, OpenOptions};
+use std::fs::{self, File, OpenOptions};
 use std::net::TcpListener;
 
+use serde::{Deserialize, Serialize};
 use socket2::{Domain, Socket, Type};
 
 use crate::config::processes::PortRange;
 use crate::error::Error;
 use crate::runtime::formation::Formation;
 use crate::runtime::supervisor::state::{ProjectState, SupervisorError, SupervisorPaths};
-use crate::runtime::supervisor::waiting_room;
 
 /// Holds the node's port lock; the caller writes the formation file before dropping it.
 pub struct PortLock {
@@ -45,7 +45,7 @@ pub fn assign(
     let project = formation.project.clone();
     let mut taken = formation_ports(paths, Some(&project));
     // Every project's waiting room, this one's too: nginx sends requests there.
-    taken.extend(waiting_room::all(paths).into_iter().map(|(_, port)| port));
+    taken.extend(waiting_rooms(paths).into_iter().map(|(_, port)| port));
     let own = ProjectState::load(paths, &project)?;
     let previous = match (&own, how) {
         (Some(state), Assign::Keep) => state.formation.ports.clone(),
@@ -91,7 +91,7 @@ pub fn assign_waiting_room(
     let _lock = lock(paths)?;
     let mut taken = formation_ports(paths, None);
     let mut own = None;
-    for (name, port) in waiting_room::all(paths) {
+    for (name, port) in waiting_rooms(paths) {
         if name == project {
             own = Some(port);
         } else {
@@ -109,8 +109,47 @@ pub fn assign_waiting_room(
             instance: "the waiting room".into(),
             project: project.to_string(),
         })?;
-    waiting_room::save(paths, project, port)?;
+    save_waiting_room(paths, project, port)?;
     Ok(port)
+}
+
+/// `waiting-rooms/<project>.json`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+struct WaitingRoomFile {
+    port: u16,
+}
+
+/// The port of `project`'s waiting room, if it has one.
+pub fn waiting_room(paths: &SupervisorPaths, project: &str) -> Option<u16> {
+    let bytes = fs::read(paths.waiting_room_file(project)).ok()?;
+    serde_json::from_slice::<WaitingRoomFile>(&bytes)
+        .ok()
+        .map(|file| file.port)
+}
+
+/// Every project's waiting room port.
+pub fn waiting_rooms(paths: &SupervisorPaths) -> Vec<(String, u16)> {
+    let mut rooms: Vec<(String, u16)> = fs::read_dir(paths.waiting_rooms_dir())
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|entry| {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            let project = name.strip_suffix(".json")?.to_string();
+            let port = waiting_room(paths, &project)?;
+            Some((project, port))
+        })
+        .collect();
+    rooms.sort();
+    rooms
+}
+
+/// Records `port` as `project`'s waiting room (under the port lock: [`assign_waiting_room`]).
+fn save_waiting_room(paths: &SupervisorPaths, project: &str, port: u16) -> Result<(), Error> {
+    let dir = paths.waiting_rooms_dir();
+    fs::create_dir_all(&dir).map_err(|e| SupervisorError::io("create", &dir, e))?;
+    let bytes = serde_json::to_vec(&WaitingRoomFile { port }).unwrap_or_default();
+    crate::fs::durable::write_atomic(&paths.waiting_room_file(project), &bytes, 0o600)
 }
 
 /// The queue of a listening socket the supervisor holds: connections that wait while the app

@@ -22,12 +22,12 @@
 //! and nginx answers 502 at once, as before.
 //!
 //! Each project's waiting room has a port of node.yml's `supervisor.ports`
-//! ([`crate::runtime::supervisor::ports::assign_waiting_room`]) and is kept in `waiting-rooms/<project>.json`,
+//! ([`crate::runtime::supervisor::ports::assign_waiting_room`]), kept in
+//! `waiting-rooms/<project>.json`,
 //! so that it, and the front door's configuration that names it, stay the same across
 //! restarts of the daemon.
 
 use std::collections::HashMap;
-use std::fs;
 use std::io::{self, Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
 use std::os::fd::AsFd;
@@ -37,14 +37,10 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
-use serde::{Deserialize, Serialize};
 
 use crate::config::processes::PortRange;
-use crate::error::Error;
 use crate::runtime::supervisor::ports;
-use crate::runtime::supervisor::state::{
-    InstanceStatus, ProjectState, RunState, SupervisorError, SupervisorPaths,
-};
+use crate::runtime::supervisor::state::{InstanceStatus, ProjectState, RunState, SupervisorPaths};
 
 /// The longest a request waits in the waiting room, whatever nginx's timeout: a connection that never
 /// hangs up (not nginx's) must not keep a thread for good.
@@ -61,45 +57,6 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
 
 /// The largest request kept to send it again to another instance (see [`Request`]).
 const REPLAY_LIMIT: usize = 1 << 20;
-
-/// `waiting-rooms/<project>.json`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-struct HoldFile {
-    port: u16,
-}
-
-/// The port of `project`'s waiting room, if it has one.
-pub fn port(paths: &SupervisorPaths, project: &str) -> Option<u16> {
-    let bytes = fs::read(paths.waiting_room_file(project)).ok()?;
-    serde_json::from_slice::<HoldFile>(&bytes)
-        .ok()
-        .map(|file| file.port)
-}
-
-/// Every project's waiting room port.
-pub fn all(paths: &SupervisorPaths) -> Vec<(String, u16)> {
-    let mut rooms: Vec<(String, u16)> = fs::read_dir(paths.waiting_rooms_dir())
-        .into_iter()
-        .flatten()
-        .flatten()
-        .filter_map(|entry| {
-            let name = entry.file_name().to_string_lossy().into_owned();
-            let project = name.strip_suffix(".json")?.to_string();
-            let port = port(paths, &project)?;
-            Some((project, port))
-        })
-        .collect();
-    rooms.sort();
-    rooms
-}
-
-/// Records `port` as `project`'s waiting room (under the port lock: [`ports::assign_waiting_room`]).
-pub(crate) fn save(paths: &SupervisorPaths, project: &str, port: u16) -> Result<(), Error> {
-    let dir = paths.waiting_rooms_dir();
-    fs::create_dir_all(&dir).map_err(|e| SupervisorError::io("create", &dir, e))?;
-    let bytes = serde_json::to_vec(&HoldFile { port }).unwrap_or_default();
-    crate::fs::durable::write_atomic(&paths.waiting_room_file(project), &bytes, 0o600)
-}
 
 /// The waiting rooms `kiln supervise` serves, one listening socket per project.
 pub struct WaitingRooms {
@@ -155,7 +112,7 @@ impl WaitingRooms {
         let mut open = locked(&self.open);
         // Listening already on the port its file names: the common case, every second.
         if let Some(&listening) = open.get(project)
-            && port(&self.paths, project) == Some(listening)
+            && ports::waiting_room(&self.paths, project) == Some(listening)
         {
             return Ok(listening);
         }
@@ -492,7 +449,7 @@ mod tests {
     /// What the instance supervisor of web.1 says of its app.
     fn save_status(paths: &SupervisorPaths, state: RunState) {
         let dir = paths.instance_dir("shop", "web.1");
-        fs::create_dir_all(&dir).expect("the instance dir");
+        std::fs::create_dir_all(&dir).expect("the instance dir");
         let me = crate::runtime::supervisor::proc::ProcessId {
             pid: std::process::id() as i32,
             start: 0,
@@ -541,7 +498,7 @@ mod tests {
         let rooms = WaitingRooms::new(&paths, range, |_| {});
         let room = rooms.ensure("shop").expect("the waiting room listens");
         assert!(range.contains(room), "{room}");
-        assert_eq!(port(&paths, "shop"), Some(room));
+        assert_eq!(ports::waiting_room(&paths, "shop"), Some(room));
         assert_eq!(rooms.ensure("shop"), Ok(room), "kept");
 
         let mut client = client(room, b"ping");
@@ -651,7 +608,7 @@ mod tests {
         let web = web.ports["web.1"];
         assert!(web != shop && web != blog, "{web} {shop} {blog}");
         assert_eq!(
-            all(&paths),
+            ports::waiting_rooms(&paths),
             [("blog".to_string(), blog), ("shop".to_string(), shop)]
         );
     }
