@@ -690,7 +690,8 @@ pub fn live_site(node: &Node, project: &Project) -> Result<Site, Error> {
     live_site_with(node, project, &ports)
 }
 
-/// [`live_site`] with the web instances listening on `instance_ports`, and the project's waiting room.
+/// [`live_site`] with the web instances listening on `instance_ports`, and the project's
+/// waiting room.
 pub fn live_site_with(
     node: &Node,
     project: &Project,

@@ -20,8 +20,8 @@
 //! Node-wide state lives in `<root>/.kiln/supervisor/` (mode 0700: environments hold
 //! secrets): `projects/<project>.json` (the formation each project runs, written by the kiln
 //! command that changes it, under the project's lock), `instances/<project>/<instance>/` (lock,
-//! spec, status), `waiting-rooms/<project>.json` (its waiting room's port), the daemon's lock, pid, control
-//! socket and log.
+//! spec, status), `waiting-rooms/<project>.json` (its waiting room's port), the daemon's
+//! lock, pid, control socket and log.
 
 pub mod control;
 pub mod daemon;
@@ -159,9 +159,10 @@ impl Supervisor {
         Ok(formation)
     }
 
-    /// The port of `project`'s waiting room ([`waiting_room`]), where the front door sends the
-    /// requests that find no web instance accepting. None with the systemd backend (no daemon of kiln's
-    /// runs the processes) and before the daemon first ran the project's web processes.
+    /// The port of `project`'s waiting room ([`waiting_room`]), where the front door sends
+    /// the requests that find no web instance accepting. None with the systemd backend (no
+    /// daemon of kiln's runs the processes) and before the daemon first ran the project's web
+    /// processes.
     pub fn waiting_room(&self, project: &str) -> Option<u16> {
         match self.backend {
             Backend::Kiln => ports::waiting_room(&self.paths, project),

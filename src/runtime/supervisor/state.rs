@@ -50,7 +50,8 @@ impl SupervisorPaths {
     pub fn ports_lock(&self) -> PathBuf {
         self.dir.join("ports.lock")
     }
-    /// The waiting rooms' ports, one file per project ([`crate::runtime::supervisor::waiting_room`]).
+    /// The waiting rooms' ports, one file per project
+    /// ([`crate::runtime::supervisor::waiting_room`]).
     pub fn waiting_rooms_dir(&self) -> PathBuf {
         self.dir.join("waiting-rooms")
     }

@@ -1,31 +1,32 @@
-//! The waiting room: where the front door sends a request that found none of its project's web
-//! instances accepting, so that it waits instead of failing. That happens while kiln stops one
-//! release and starts the next with the default `cutover: stop` (a deploy, the undo of a
+//! The waiting room: where the front door sends a request that found none of its project's
+//! web instances accepting, so that it waits instead of failing. That happens while kiln stops
+//! one release and starts the next with the default `cutover: stop` (a deploy, the undo of a
 //! failed one, `kiln rollback`, `kiln restart`) and while a crashed instance is restarted: an
 //! app that binds `$PORT` itself refuses connections then, and nginx would answer 502.
 //!
 //! nginx lists the project's waiting room as the `backup` server of its upstream and passes a
 //! request on to it only when every instance refused the connection (`proxy_next_upstream
 //! error`): nothing of the request reached an app, so even a POST may go on, once.
-//! `kiln supervise` listens there. For each connection it waits until one of the web
-//! instances of the project's formation file accepts again, then relays the bytes both ways.
-//! It connects only to the ports of the formation that runs or is about to start, and a
-//! stopped release accepts nothing, so a waiting request is answered by the release that runs
-//! once it is up: with `cutover: stop` always the new one (or, after a failed deploy, the old
-//! one started again), never the one stopped before the switch.
+//! `kiln supervise` listens there. For each connection it waits until a web instance of the
+//! project's formation file runs (its instance supervisor says so) and accepts, then relays
+//! the bytes both ways. A release stopped for a switch runs no instance of the formation that
+//! starts next, so a waiting request is answered by the release that runs once it is up: with
+//! `cutover: stop` the new one (or, after a failed deploy, the old one started again), never
+//! the one stopped before the switch. An instance that closes the connection before its first
+//! byte of answer (it stopped right then) gets the request again on the next one, unless the
+//! request is a POST, PATCH or LOCK: nginx's own rule.
 //!
 //! A request waits as long as nginx waits for an answer (project.yml `proxy.read_timeout`:
-//! nginx then closes the connection and answers 504, which the waiting room sees as a hangup), and at
-//! most [`LIMIT`]. For a project stopped on purpose (`kiln stop`, a failed first deploy) or
-//! without web processes the waiting room closes the connection at once: nginx answers 502, as it
-//! would without one. When the daemon itself is down nothing listens on the waiting room's port either,
-//! and nginx answers 502 at once, as before.
+//! nginx then closes the connection and answers 504, which the waiting room sees as a
+//! hangup), and at most [`LIMIT`]. For a project stopped on purpose (`kiln stop`, a failed
+//! first deploy) or without web processes the waiting room closes the connection at once:
+//! nginx answers 502, as it would without one. When the daemon itself is down nothing listens
+//! on the waiting room's port either, and nginx answers 502 at once, as before.
 //!
 //! Each project's waiting room has a port of node.yml's `supervisor.ports`
 //! ([`crate::runtime::supervisor::ports::assign_waiting_room`]), kept in
-//! `waiting-rooms/<project>.json`,
-//! so that it, and the front door's configuration that names it, stay the same across
-//! restarts of the daemon.
+//! `waiting-rooms/<project>.json` so that it, and the front door's configuration that names
+//! it, stay the same across restarts of the daemon.
 
 use std::collections::HashMap;
 use std::io::{self, Read, Write};
@@ -42,9 +43,9 @@ use crate::config::processes::PortRange;
 use crate::runtime::supervisor::ports;
 use crate::runtime::supervisor::state::{InstanceStatus, ProjectState, RunState, SupervisorPaths};
 
-/// The longest a request waits in the waiting room, whatever nginx's timeout: a connection that never
-/// hangs up (not nginx's) must not keep a thread for good.
-pub const LIMIT: Duration = Duration::from_secs(600);
+/// The longest a request waits in the waiting room, whatever nginx's timeout: a connection
+/// that never hangs up (not nginx's) must not keep a thread for good.
+const LIMIT: Duration = Duration::from_secs(600);
 
 /// How often a waiting request's project is probed (one connection attempt per project per
 /// tick, whatever the number of requests waiting): what a request may wait beyond the moment
@@ -57,6 +58,10 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
 
 /// The largest request kept to send it again to another instance (see [`Request`]).
 const REPLAY_LIMIT: usize = 1 << 20;
+
+/// How many times one request goes to an instance that drops it unanswered before the
+/// waiting room gives up on it (an app that closes every connection must not get it forever).
+const MAX_SENDS: u32 = 5;
 
 /// The waiting rooms `kiln supervise` serves, one listening socket per project.
 pub struct WaitingRooms {
@@ -107,7 +112,8 @@ impl WaitingRooms {
         })
     }
 
-    /// Makes `project`'s waiting room listen (its port given first if it has none). Returns the port.
+    /// Makes `project`'s waiting room listen (its port given first if it has none). Returns
+    /// the port.
     pub fn ensure(self: &Arc<Self>, project: &str) -> Result<u16, String> {
         let mut open = locked(&self.open);
         // Listening already on the port its file names: the common case, every second.
@@ -267,6 +273,8 @@ struct Request {
     bytes: Vec<u8>,
     /// More than [`REPLAY_LIMIT`] came: it cannot be sent again.
     overflow: bool,
+    /// How many instances it went to.
+    sends: u32,
 }
 
 impl Request {
@@ -284,7 +292,7 @@ impl Request {
     /// acted on it).
     fn may_send_again(&self) -> bool {
         let method = self.bytes.split(|b| *b == b' ').next().unwrap_or_default();
-        !self.overflow && !matches!(method, b"POST" | b"LOCK" | b"PATCH")
+        !self.overflow && self.sends < MAX_SENDS && !matches!(method, b"POST" | b"LOCK" | b"PATCH")
     }
 }
 
@@ -308,6 +316,7 @@ enum Answer {
 /// first bytes come back and go to nginx. If the app closes or resets the connection before
 /// that, the request goes to another instance when that is safe ([`Request::may_send_again`]).
 fn first_answer(client: &TcpStream, mut app: TcpStream, request: &mut Request) -> Answer {
+    request.sends += 1;
     if app.write_all(&request.bytes).is_err() {
         return lost(request);
     }
@@ -367,31 +376,35 @@ fn hung_up(client: &TcpStream, wait: Duration) -> bool {
     }
 }
 
-/// Copies both ways until both sides are done: each end of file is passed on as a shutdown of
-/// the other side's writing, an error ends both.
+/// Copies both ways until both sides are done. The app's end of file is passed on to nginx as
+/// the end of the answer; nginx's end of file (it closes, never half-closes: it gave up or has
+/// the whole answer) or an error on either side ends both, so that an app that hangs keeps no
+/// thread here.
 fn relay(client: TcpStream, app: TcpStream) {
     let _ = client.set_nodelay(true);
     let _ = app.set_nodelay(true);
-    let (Ok(from_client), Ok(to_app)) = (client.try_clone(), app.try_clone()) else {
+    let (Ok(mut from_client), Ok(mut to_app)) = (client.try_clone(), app.try_clone()) else {
         return;
     };
-    let Ok(upstream) = thread::Builder::new().spawn(move || pipe(from_client, to_app)) else {
+    let upstream = thread::Builder::new().spawn(move || {
+        let _ = io::copy(&mut from_client, &mut to_app);
+        let _ = from_client.shutdown(Shutdown::Both);
+        let _ = to_app.shutdown(Shutdown::Both);
+    });
+    let Ok(upstream) = upstream else {
         return;
     };
-    pipe(app, client);
-    let _ = upstream.join();
-}
-
-fn pipe(mut from: TcpStream, mut to: TcpStream) {
-    match io::copy(&mut from, &mut to) {
+    let (mut from_app, mut to_client) = (app, client);
+    match io::copy(&mut from_app, &mut to_client) {
         Ok(_) => {
-            let _ = to.shutdown(Shutdown::Write);
+            let _ = to_client.shutdown(Shutdown::Write);
         }
         Err(_) => {
-            let _ = from.shutdown(Shutdown::Both);
-            let _ = to.shutdown(Shutdown::Both);
+            let _ = from_app.shutdown(Shutdown::Both);
+            let _ = to_client.shutdown(Shutdown::Both);
         }
     }
+    let _ = upstream.join();
 }
 
 #[cfg(test)]
