@@ -612,11 +612,10 @@ fn a_python_app_builds_reuses_the_cache_and_runs_where_it_is_moved() {
     // The venv's python is Debian's, below /usr: promotable.
     let python = fs::read_link(run.join(".venv/bin/python3")).unwrap();
     assert!(python.starts_with("/usr/"), "{}", python.display());
-    // The default check visited once.
-    assert_eq!(
-        answer(&project).as_deref(),
-        Some("hello from python, six 1.16.0, visit 2")
-    );
+    // The default check visited first (and the supervisor's web check may have since).
+    let (said, first) = visits(answer(&project));
+    assert_eq!(said, "hello from python, six 1.16.0");
+    assert!(first >= 2, "visit {first}");
     assert!(project.data().join("visits.db").is_file());
 
     let cached: Vec<PathBuf> = fs::read_dir(project.path("cache/python/venvs"))
@@ -642,11 +641,10 @@ fn a_python_app_builds_reuses_the_cache_and_runs_where_it_is_moved() {
         assert!(!output.contains(installing), "{installing}:\n{output}");
     }
     assert_same(&cached_tree, &fingerprint(&cached[0]), "the cached venv");
-    // The same data/: the visits go on.
-    assert_eq!(
-        answer(&project).as_deref(),
-        Some("hello again, six 1.16.0, visit 4")
-    );
+    // The same data/: the visits go on (the deploy's check, then this one).
+    let (said, second) = visits(answer(&project));
+    assert_eq!(said, "hello again, six 1.16.0");
+    assert!(second >= first + 2, "visit {second} after {first}");
     assert_eq!(ps(&project)["instances"][0]["state"], "up");
     // Nothing writes to the tree after the buildpack (no build commands): the release's venv
     // is hard links to the cache entry, never written again, instead of a copy.
@@ -671,10 +669,24 @@ fn a_python_app_builds_reuses_the_cache_and_runs_where_it_is_moved() {
         !prod.node.root.join(".kiln/buildpacks").exists(),
         "production never even writes a buildpack out"
     );
-    assert_eq!(
-        answer(&prod).as_deref(),
-        Some("hello again, six 1.16.0, visit 2")
+    let (said, visit) = visits(answer(&prod));
+    assert_eq!(said, "hello again, six 1.16.0");
+    assert!(visit >= 2, "visit {visit} on production");
+    assert!(
+        prod.data().join("visits.db").is_file(),
+        "production's own data/"
     );
+}
+
+/// [`WSGI_APP`]'s answer split into its text and its visit number. The deploy's default
+/// check visits `/`, and so does the supervisor's periodic web check (node.yml
+/// `notify.alerts.check_every`) on a slow machine: counts are compared, not fixed.
+fn visits(answer: Option<String>) -> (String, u32) {
+    let answer = answer.expect("an answer");
+    let (said, visit) = answer
+        .rsplit_once(", visit ")
+        .unwrap_or_else(|| panic!("{answer}"));
+    (said.to_string(), visit.parse().unwrap())
 }
 
 /// An app without requirements.txt declares its dependencies in pyproject.toml: it is
