@@ -1889,8 +1889,11 @@ impl Run<'_> {
         let stages = self.stage_times();
         if let Some(record) = self.log.get_mut(&self.release) {
             record.status = Status::Good;
-            record.finished = Some(now);
-            // A rollback's record is the target's own deploy: its stages stay.
+            // A rollback's record is the target's own deploy: its end and stages stay, so
+            // that `kiln releases` still shows how long that deploy took.
+            if !is_rollback || record.finished.is_none() {
+                record.finished = Some(now);
+            }
             if !is_rollback {
                 record.stages = stages;
             }
