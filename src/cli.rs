@@ -136,7 +136,14 @@ enum Command {
     /// kiln's.
     Run {
         name: String,
-        #[arg(last = true, required = true, value_name = "COMMAND")]
+        /// The command and its arguments, as they are (`--` before them is optional, as
+        /// `heroku run` and `dokku run` take them).
+        #[arg(
+            trailing_var_arg = true,
+            allow_hyphen_values = true,
+            required = true,
+            value_name = "COMMAND"
+        )]
         command: Vec<String>,
     },
     /// Stop every supervised process of the project and run its `services.stop`; it stays

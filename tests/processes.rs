@@ -360,6 +360,46 @@ fn kiln_run_passes_exit_status_stdin_and_the_release_environment() {
     assert_eq!(out.status.code(), Some(127), "{}", text(&out));
 }
 
+/// Regression: `kiln run shop python -V`, as `heroku run` and `dokku run` are typed, was a
+/// usage error (`unexpected argument 'python' found`): kiln wanted `--` before the command.
+#[test]
+fn regression_kiln_run_takes_the_command_without_dashdash() {
+    let node = Node::new();
+    let project = node.init("shop", "cooking");
+    let app = node.app("shop");
+    app.write("app.txt", "v1\n");
+    app.commit("v1");
+    app.deploy(&project);
+    let out = node.kiln(&[
+        "run",
+        "shop",
+        "sh",
+        "-c",
+        "echo \"$KILN_PROCESS $1\"; exit 5",
+        "-",
+        "-x",
+    ]);
+    assert_eq!(out.status.code(), Some(5), "{}", text(&out));
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "run -x\n");
+    // `--` still works, and what follows the command is its own, `--` included.
+    let out = node.kiln(&["run", "shop", "--", "echo", "--", "--help"]);
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        "-- --help\n",
+        "{}",
+        text(&out)
+    );
+    let out = node.kiln(&["run", "shop", "cat", "app.txt"]);
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        "v1\n",
+        "{}",
+        text(&out)
+    );
+    // No command at all is still bad usage.
+    assert_eq!(node.kiln(&["run", "shop"]).status.code(), Some(2));
+}
+
 #[test]
 fn app_logs_hold_what_the_app_printed_with_timestamp_and_prefix() {
     let (node, _guard) = supervised_node();
