@@ -1195,6 +1195,26 @@ fn regression_a_rollback_keeps_how_long_its_targets_deploy_took() {
     assert!(line.contains(&took(&before)), "{table}");
 }
 
+/// Regression: a first deploy said `services were stopped for 1.1s`, though nothing was live
+/// to stop.
+#[test]
+fn regression_a_first_deploy_does_not_say_services_were_stopped() {
+    let node = Node::new();
+    let project = node.init("shop", "cooking");
+    let app = node.app("shop");
+    app.write("kiln.yml", &recipe(&node, "", ""))
+        .write("app.txt", "v1\n");
+    app.commit("v1");
+    let first = app.deploy(&project);
+    assert!(!first.contains("services were stopped"), "{first}");
+    assert!(first.contains("the first release serves, "), "{first}");
+    app.write("app.txt", "v2\n");
+    app.commit("v2");
+    let second = app.deploy(&project);
+    assert!(second.contains("services were stopped for "), "{second}");
+    assert!(!second.contains("the first release serves"), "{second}");
+}
+
 /// Regression: `--with-data` put back the snapshot taken when the release was first replaced,
 /// not data/ as it was when it was last live.
 #[test]

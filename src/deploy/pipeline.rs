@@ -1733,8 +1733,14 @@ impl Run<'_> {
         // and its web processes (if any) accept connections.
         let stopped = starting + accepted;
         self.install_front_door()?;
-        self.out
-            .note(&format!("services were stopped for {}", seconds(stopped)));
+        self.out.note(&match self.live {
+            Some(_) => format!("services were stopped for {}", seconds(stopped)),
+            // Nothing was stopped: say how long the first release took to serve.
+            None => format!(
+                "the first release serves, {} after the switch",
+                seconds(stopped)
+            ),
+        });
         // duration_ms: how long no release's services (or web processes) ran.
         self.out
             .event(json!({"event": "switched", "stage": Stage::Deploy.as_str(),
