@@ -827,6 +827,14 @@ pub fn ps(node: &Node, project: &Project, as_json: bool) -> Result<(), Error> {
                 .unwrap_or_default()
         );
     }
+    for i in instances.iter().filter(|i| i.state == "up") {
+        let exposed = i.port.map(crate::runtime::listeners::exposed);
+        if let Some(warning) =
+            crate::runtime::listeners::warning(&i.name, &exposed.unwrap_or_default())
+        {
+            println!("warning: {warning}");
+        }
+    }
     Ok(())
 }
 

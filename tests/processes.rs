@@ -48,6 +48,9 @@ fn an_app_with_a_procfile_runs_answers_and_a_second_push_answers_the_new_text() 
         "{output}"
     );
     assert!(output.contains("(GET / answered below 500)"), "{output}");
+    // It listens on 127.0.0.1 only: no warning that it listens beyond (runtime/listeners.rs).
+    assert!(!output.contains("listens on"), "{output}");
+    assert!(!node.ok(&["ps", "shop"]).contains("warning"));
     let first = project.current().unwrap();
     let port = web_port(&project);
     assert_eq!(answer(&project).as_deref(), Some("hello v1"));

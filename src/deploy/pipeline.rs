@@ -1532,6 +1532,12 @@ impl Run<'_> {
                 ""
             }
         ));
+        for (instance, port) in &formation.ports {
+            let exposed = crate::runtime::listeners::exposed(*port);
+            if let Some(warning) = crate::runtime::listeners::warning(instance, &exposed) {
+                self.out.note(&format!("warning: {warning}"));
+            }
+        }
         Ok(accepted)
     }
 
