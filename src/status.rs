@@ -399,6 +399,8 @@ struct FrontDoorView {
     upstreams: Vec<String>,
     /// The supervisor's waiting room, nginx's backup server.
     waiting_room: Option<String>,
+    /// What nginx serves from run/ itself: `/static from run/public/static`.
+    statics: Vec<String>,
     /// None: node.yml has no `proxy`.
     config: Option<ConfigState>,
 }
@@ -410,6 +412,7 @@ impl FrontDoorView {
             "https": self.https,
             "upstreams": self.upstreams,
             "waiting_room": self.waiting_room,
+            "static": self.statics,
             "config": self.config.map(|c| c.as_str()),
         })
     }
@@ -436,6 +439,9 @@ impl FrontDoorView {
             println!(
                 "backup:      {room} (kiln's waiting room: requests wait there while the web processes restart)"
             );
+        }
+        if !self.statics.is_empty() {
+            println!("static:      {}", self.statics.join(", "));
         }
         println!(
             "front door:  {}",
@@ -467,6 +473,14 @@ fn front_door(node: &Node, project: &Project) -> Result<Option<FrontDoorView>, E
         domains: site.domains,
         upstreams: site.upstreams.iter().map(ToString::to_string).collect(),
         waiting_room: site.waiting_room.map(|room| room.to_string()),
+        statics: site
+            .static_dirs
+            .iter()
+            .map(|(prefix, dir)| {
+                let shown = dir.strip_prefix(&project.paths.base).unwrap_or(dir);
+                format!("{prefix} from {}", shown.display())
+            })
+            .collect(),
         config,
     }))
 }
@@ -530,10 +544,18 @@ pub fn proxy_status(node: &Node, front: &FrontDoor, as_json: bool) -> Result<(),
     }
     for (name, view) in projects {
         let state = view.config.map(|c| c.as_str()).unwrap_or("-");
-        let upstreams = if view.upstreams.is_empty() {
+        // A site nginx serves from run/ (the static buildpack's, kiln.yml `static:`) needs
+        // no upstream: say what it serves instead.
+        let served: Vec<String> = view
+            .upstreams
+            .iter()
+            .cloned()
+            .chain(view.statics.iter().map(|s| format!("static {s}")))
+            .collect();
+        let upstreams = if served.is_empty() {
             "no upstream".to_owned()
         } else {
-            view.upstreams.join(", ")
+            served.join(", ")
         };
         let domains = if view.domains.is_empty() {
             "no domains".to_owned()
@@ -835,6 +857,14 @@ pub fn ps(node: &Node, project: &Project, as_json: bool) -> Result<(), Error> {
                 .map(|e| format!("  (last: {e})"))
                 .unwrap_or_default()
         );
+    }
+    for i in instances.iter().filter(|i| i.state == "up") {
+        let exposed = i.port.map(crate::runtime::listeners::exposed);
+        if let Some(warning) =
+            crate::runtime::listeners::warning(&i.name, &exposed.unwrap_or_default())
+        {
+            println!("warning: {warning}");
+        }
     }
     Ok(())
 }
