@@ -13,7 +13,7 @@ mod moto;
 use std::fs;
 use std::path::Path;
 
-use common::{App, Node, Project, Tree, assert_same, fingerprint, last_remote_line, text};
+use common::{App, Before, Node, Project, assert_same, last_remote_line, text};
 use moto::Moto;
 
 const PROJECT: &str = "shop";
@@ -101,38 +101,27 @@ impl Setup {
     }
 }
 
-/// run/, data/ and releases/ of production, and its release log.
-struct Before {
-    run: Tree,
-    data: Tree,
+/// run/, data/ and releases/ of production, and its live release.
+struct Untouched {
+    trees: Before,
     releases: Vec<String>,
-    log: serde_json::Value,
+    live: serde_json::Value,
 }
 
-impl Before {
-    fn take(project: &Project) -> Before {
-        Before {
-            run: fingerprint(&project.run()),
-            data: fingerprint(&project.data()),
+impl Untouched {
+    fn take(project: &Project) -> Untouched {
+        Untouched {
+            trees: Before::take(project),
             releases: project.release_files(),
-            log: project.release_log()["current"].clone(),
+            live: project.release_log()["current"].clone(),
         }
     }
 
     fn assert_unchanged(&self, project: &Project, what: &str) {
-        assert_same(
-            &self.run,
-            &fingerprint(&project.run()),
-            &format!("{what}: run/"),
-        );
-        assert_same(
-            &self.data,
-            &fingerprint(&project.data()),
-            &format!("{what}: data/"),
-        );
+        self.trees.assert_unchanged(project, what);
         assert_eq!(self.releases, project.release_files(), "{what}: releases/");
         assert_eq!(
-            self.log,
+            self.live,
             project.release_log()["current"],
             "{what}: live release"
         );
@@ -211,7 +200,7 @@ fn tampered_objects_in_the_store_are_refused_and_change_nothing() {
     setup.app.deploy(&setup.staging);
     let release = setup.staging.current().unwrap();
     setup.app.push_next(&setup.production);
-    let before = Before::take(&setup.production);
+    let before = Untouched::take(&setup.production);
 
     let tarball = format!("{release}.tar.zst");
     let manifest = format!("{release}.json");
@@ -287,7 +276,7 @@ fn a_release_missing_from_the_store_is_a_clear_error_and_changes_nothing() {
     // A commit staging never baked.
     setup.app.write("index.html", "never on staging\n");
     let commit = setup.app.commit("not on staging");
-    let before = Before::take(&setup.production);
+    let before = Untouched::take(&setup.production);
     let (_, output) = setup.push_production();
     assert!(
         last_remote_line(&output).contains(&format!(

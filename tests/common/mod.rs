@@ -101,6 +101,18 @@ impl Node {
     }
 
     /// Runs kiln, insists that it succeeds and returns its stdout.
+    /// Runs `kiln <args>` with the failpoint `point` armed (the `failpoints` feature) and
+    /// asserts that kiln was killed there with SIGKILL, as a crash would kill it.
+    pub fn killed_at(&self, point: &str, args: &[&str]) {
+        let out = self.kiln_env(args, &[("FAILPOINTS", &format!("{point}=return"))]);
+        assert_eq!(
+            out.status.code(),
+            None,
+            "{point}: expected SIGKILL: {}",
+            text(&out)
+        );
+    }
+
     pub fn ok(&self, args: &[&str]) -> String {
         let out = self.kiln(args);
         assert_success(&out, &format!("kiln {args:?}"));
@@ -189,6 +201,14 @@ impl Project {
             Ok(bytes) => serde_json::from_slice(&bytes).unwrap(),
             Err(_) => serde_json::json!({"current": null, "records": []}),
         }
+    }
+    /// The events of logs/<log>.jsonl (`log`: a release, or a rollback's log name).
+    pub fn events(&self, log: &str) -> Vec<serde_json::Value> {
+        fs::read_to_string(self.path(&format!("logs/{log}.jsonl")))
+            .unwrap()
+            .lines()
+            .map(|line| serde_json::from_str(line).unwrap())
+            .collect()
     }
     pub fn current(&self) -> Option<String> {
         self.release_log()["current"].as_str().map(str::to_string)
@@ -463,6 +483,43 @@ pub fn assert_same(before: &Tree, after: &Tree, what: &str) {
         }
     }
     panic!("{what}: trees differ:\n{}", diffs.join("\n"));
+}
+
+/// The `stage` names of `value["stages"]`, in order: the stages of `kiln deploy --json`, of a
+/// release log record, or of a notification.
+pub fn stage_names(value: &serde_json::Value) -> Vec<String> {
+    value["stages"]
+        .as_array()
+        .unwrap_or_else(|| panic!("no stages in {value}"))
+        .iter()
+        .map(|s| s["stage"].as_str().unwrap().to_string())
+        .collect()
+}
+
+/// run/ and data/ of a project as they are, to hold a failed, killed or refused command to
+/// "byte for byte as before" (the failure rows of ARCHITECTURE.md and docs/guarantees.md).
+pub struct Before {
+    pub run: Tree,
+    pub data: Tree,
+}
+
+impl Before {
+    pub fn take(project: &Project) -> Before {
+        Before {
+            run: fingerprint(&project.run()),
+            data: fingerprint(&project.data()),
+        }
+    }
+
+    /// Panics naming `what` (the case, may be empty) and the tree that changed.
+    pub fn assert_unchanged(&self, project: &Project, what: &str) {
+        let said = |tree: &str| match what {
+            "" => tree.to_string(),
+            what => format!("{what}: {tree}"),
+        };
+        assert_same(&self.run, &fingerprint(&project.run()), &said("run/"));
+        assert_same(&self.data, &fingerprint(&project.data()), &said("data/"));
+    }
 }
 
 /// A static file server on 127.0.0.1 serving `dir`, as any web server would publish
