@@ -11,34 +11,62 @@ fn readme_demo_deploys_then_rolls_back_a_failing_push() {
     let out = Command::new(concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/demo.sh"))
         .arg(dir.path().join("demo"))
         .env("KILN", common::KILN)
+        // gunicorn from PyPI, downloaded once for every run of the suite.
+        .env(
+            "PIP_CACHE_DIR",
+            concat!(env!("CARGO_MANIFEST_DIR"), "/target/test-cache/pip"),
+        )
         .output()
         .unwrap();
     let text = common::text(&out);
     common::assert_success(&out, "scripts/demo.sh");
-    assert!(text.contains("remote: -----> deployed"), "{text}");
+    // kiln's python buildpack built it and its supervisor runs gunicorn.
     assert!(
-        text.contains("remote: -----> deploy FAILED at deploy (echo \"migration failed\" >&2; exit 3: exit 3); rolled back to"),
+        text.contains("remote: -----> Python app detected"),
         "{text}"
     );
-    assert!(text.contains("==> demo done"), "{text}");
-    // The app served before and after the failed push, and `kiln ps` showed it.
-    let served: Vec<&str> = text
-        .lines()
-        .filter(|l| l.starts_with("<h1>shop "))
-        .collect();
-    assert_eq!(
-        served.len(),
-        3,
-        "curl, curl after the failure, run/'s file: {text}"
-    );
-    assert!(served.iter().all(|l| !l.contains("v2")), "{text}");
+    assert!(text.contains("remote: -----> deployed"), "{text}");
     assert!(
         text.lines().any(|l| l.starts_with("web.1 ")
             && l.contains(" up ")
-            && l.contains("python3 -m http.server")),
+            && l.contains("gunicorn app:app")),
         "{text}"
     );
+    // The migration of the second push failed; kiln rolled back run/ and data/.
+    assert!(
+        text.contains(
+            "remote: -----> deploy FAILED at deploy (python migrate.py: exit 3); rolled back to"
+        ),
+        "{text}"
+    );
+    assert!(
+        text.contains("remote:        data/ restored from the snapshot"),
+        "{text}"
+    );
+    // curl twice before, once after: always v1, and the counter kept in data/ goes on from
+    // where it was (the failed migration dropped its table; the snapshot brought it back).
+    let visits: Vec<u64> = text
+        .lines()
+        .filter_map(|l| l.strip_prefix("shop v1: visit "))
+        .map(|n| n.parse().unwrap())
+        .collect();
+    assert_eq!(
+        visits.len(),
+        3,
+        "curl, curl, curl after the failure: {text}"
+    );
+    assert!(visits[0] < visits[1] && visits[1] < visits[2], "{text}");
+    assert!(!text.contains("shop v2"), "{text}");
+    // The load loop that ran during the failed push saw no failed request.
+    let load = text
+        .lines()
+        .find_map(|l| l.strip_prefix("load loop during the push: "))
+        .unwrap_or_else(|| panic!("no load loop line: {text}"));
+    let (requests, failed) = load.split_once(" requests, ").unwrap();
+    assert!(requests.parse::<u64>().unwrap() > 0, "{text}");
+    assert_eq!(failed, "0 failed", "{text}");
     assert!(text.contains("app[web.1]: "), "{text}");
+    assert!(text.contains("==> demo done"), "{text}");
 }
 
 #[test]

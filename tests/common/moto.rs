@@ -36,7 +36,9 @@ fn moto_server() -> PathBuf {
     fs::create_dir_all(&cache).unwrap();
     let venv = cache.join("moto");
     let stamp = venv.join("kiln-installed");
-    let wanted = PACKAGES.join("\n");
+    // The venv's scripts start with its absolute path: a target/ moved elsewhere (another
+    // checkout) needs a new venv, so the stamp names the path too.
+    let wanted = format!("{}\n{}", venv.display(), PACKAGES.join("\n"));
     let lock = fs::File::create(cache.join("moto.lock")).unwrap();
     lock.lock().unwrap();
     if fs::read_to_string(&stamp).ok().as_deref() != Some(wanted.as_str()) {
