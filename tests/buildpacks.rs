@@ -592,6 +592,9 @@ def app(environ, start_response):
 #[test]
 fn a_python_app_builds_reuses_the_cache_and_runs_where_it_is_moved() {
     let (node, _guard) = supervised_node();
+    // The visits are counted exactly: the daemon's web check (GET / every 15 s by default)
+    // must not add one (regression: on a loaded machine it did, between two deploys).
+    node.write_node_yml(NO_WEB_CHECK);
     let project = node.init("pyapp", "cooking");
     let app = node.app("pyapp");
     app.write("requirements.txt", "gunicorn==23.0.0\nsix==1.16.0\n")
@@ -664,7 +667,8 @@ fn a_python_app_builds_reuses_the_cache_and_runs_where_it_is_moved() {
         "run/ holds copies"
     );
 
-    let (_prod_node, _prod_guard) = supervised_sibling(&node, "production");
+    let (prod_node, _prod_guard) = supervised_sibling(&node, "production");
+    prod_node.write_node_yml(NO_WEB_CHECK);
     let (prod, pulled) = production(&project, &app);
     assert!(pulled.contains("final mode never builds"), "{pulled}");
     assert!(!pulled.contains("app detected"), "{pulled}");
@@ -678,6 +682,9 @@ fn a_python_app_builds_reuses_the_cache_and_runs_where_it_is_moved() {
         Some("hello again, six 1.16.0, visit 2")
     );
 }
+
+/// node.yml of a supervised node whose daemon checks the web processes only once an hour.
+const NO_WEB_CHECK: &str = "supervisor:\n  backend: kiln\nnotify:\n  alerts: {check_every: 1h}\n";
 
 /// An app without requirements.txt declares its dependencies in pyproject.toml: it is
 /// installed with `pip install .`; a code change reinstalls only the app, on top of the cached

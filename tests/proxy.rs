@@ -674,7 +674,9 @@ fn four_operations_fail_no_request(cutover: &str) {
     app.write(
         "kiln.yml",
         &format!(
-            "{}check:\n  command: 'false'\n  timeout: 1s\n  interval: 100ms\n",
+            // One attempt, with time to spare on a loaded machine (regression: an attempt
+            // started late was cut by the deadline and reported as a timeout).
+            "{}check:\n  command: 'false'\n  timeout: 2s\n  interval: 2s\n",
             fs::read_to_string(app.dir.join("kiln.yml")).expect("kiln.yml")
         ),
     );
