@@ -249,7 +249,7 @@ fn starttls_with_a_self_signed_certificate_is_trusted_only_through_ca_file() {
         SmtpOptions {
             tls: Some((cert.clone(), key)),
             auth: Some(("kiln".into(), "mail-pass-4711".into())),
-            port: 0,
+            ..SmtpOptions::default()
         },
     );
     let tls = "    security: starttls\n    username: kiln\n    password: mail-pass-4711\n";
@@ -793,4 +793,145 @@ fn regression_a_failed_stage_is_timed_without_its_rollback_in_the_notification()
         total_ms >= deploy_ms + 1000,
         "the undo's second is in the deploy's duration, not the stage's: {document}"
     );
+}
+
+/// `kiln rollback` tells the project's recipients in one mail, outcome rolled back, naming the
+/// release it went back to and who ran it; node.yml `on: [rollback]` leaves the deploys out.
+#[test]
+fn a_rollback_sends_one_mail_with_outcome_rolled_back() {
+    let node = Node::new();
+    let sink = SmtpSink::start(&node.dir.path().join("mail"), SmtpOptions::default());
+    node.write_node_yml(&smtp_yml(sink.port, "", "  on: [rollback]\n"));
+    let project = node.init("shop", "cooking");
+    project.add_setting("notify: [ops@example.com]");
+    let app = node.app("shop");
+    app.write("kiln.yml", "stages:\n  build: ['echo one']\n");
+    let first_commit = app.commit("the good one");
+    app.deploy(&project);
+    let first = project.current().unwrap();
+    app.write("kiln.yml", "stages:\n  build: ['echo two']\n");
+    app.commit("the regrettable one");
+    app.deploy(&project);
+    assert!(wait_until_delivery_settles(&node).is_empty());
+    assert!(
+        sink.mails().is_empty(),
+        "`on: [rollback]` leaves deploys out"
+    );
+
+    let out = node.kiln_env(&["rollback", "shop"], &[("USER", "olga-operator")]);
+    assert_success(&out, "kiln rollback");
+    assert_eq!(project.current().as_deref(), Some(first.as_str()));
+    let mails = sink.wait_for(1, PATIENCE);
+    assert_eq!(mails.len(), 1, "{mails:?}");
+    let mail = &mails[0];
+    assert_eq!(mail.rcpt_tos, ["ops@example.com"]);
+    assert_eq!(
+        mail.subject,
+        format!(
+            "[kiln] shop (staging): rolled back to {first} ({})",
+            &first_commit[..7]
+        )
+    );
+    assert_eq!(
+        mail.body.lines().next().map(str::trim_end),
+        Some(format!("rolled back to {first}").as_str()),
+        "the headline first"
+    );
+    for expected in [
+        "outcome:     rolled_back".to_string(),
+        format!("release:     {first}"),
+        format!("commit:      {first_commit} the good one"),
+        "pushed by:   olga-operator".to_string(),
+        format!("-----> rolled back to {first}"),
+    ] {
+        assert!(
+            mail.body.contains(&expected),
+            "{expected:?} not in:\n{}",
+            mail.body
+        );
+    }
+    assert!(wait_until_delivery_settles(&node).is_empty());
+    assert_eq!(sink.mails().len(), 1, "one mail, nothing more");
+}
+
+/// project.yml `notify: {to: [...], author: true}` mails the deployed commit's author as well;
+/// the body's "pushed by" names who pushed (a local push: the Unix user, `USER`), not the
+/// commit's author.
+#[test]
+fn the_commit_author_is_mailed_too_and_pushed_by_names_the_pusher() {
+    let node = Node::new();
+    let sink = SmtpSink::start(&node.dir.path().join("mail"), SmtpOptions::default());
+    node.write_node_yml(&smtp_yml(sink.port, "", ""));
+    let project = node.init("shop", "cooking");
+    project.add_setting("notify: {to: [ops@example.com], author: true}");
+    let app = node.app("shop");
+    app.write("kiln.yml", "stages:\n  build: [true]\n");
+    assert_success(&app.git(&["add", "-A"]), "git add");
+    assert_success(
+        &app.git(&[
+            "commit",
+            "-q",
+            "--author",
+            "Ann Author <ann@example.com>",
+            "-m",
+            "written by ann",
+        ]),
+        "git commit",
+    );
+    let (ok, output) = app.push_env(
+        &project,
+        "HEAD:master",
+        &[("USER", std::path::Path::new("pat-pusher"))],
+    );
+    assert!(ok && output.contains("-----> deployed"), "{output}");
+    let mails = sink.wait_for(2, PATIENCE);
+    let mut to: Vec<String> = mails.iter().flat_map(|m| m.rcpt_tos.clone()).collect();
+    to.sort();
+    assert_eq!(to, ["ann@example.com", "ops@example.com"], "{mails:?}");
+    for mail in &mails {
+        assert!(
+            mail.body
+                .lines()
+                .any(|line| line.trim_end() == "pushed by:   pat-pusher"),
+            "{}",
+            mail.body
+        );
+        assert!(mail.subject.contains(": deployed "), "{}", mail.subject);
+    }
+    assert!(wait_until_delivery_settles(&node).is_empty());
+    assert_eq!(sink.mails().len(), 2);
+}
+
+/// `security: tls` speaks TLS from the first byte (SMTPS) to a server that speaks nothing
+/// else, its self-signed certificate trusted through `ca_file`.
+#[test]
+fn implicit_tls_delivers_to_a_server_that_speaks_tls_from_the_first_byte() {
+    let node = Node::new();
+    let (cert, key) = self_signed_certificate(node.dir.path());
+    let sink = SmtpSink::start(
+        &node.dir.path().join("mail"),
+        SmtpOptions {
+            tls: Some((cert.clone(), key)),
+            implicit_tls: true,
+            ..SmtpOptions::default()
+        },
+    );
+    node.write_node_yml(&smtp_yml(
+        sink.port,
+        &format!("    security: tls\n    ca_file: {}\n", cert.display()),
+        TWO_ATTEMPTS,
+    ));
+    let project = node.init("shop", "cooking");
+    project.add_setting("notify: [ops@example.com]");
+    let app = node.app("shop");
+    app.write("kiln.yml", "stages:\n  build: [true]\n");
+    app.commit("app");
+    app.deploy(&project);
+    let release = project.current().unwrap();
+    let left = wait_until_delivery_settles(&node);
+    assert!(left.is_empty(), "{left:#?}");
+    let mails = sink.mails();
+    assert_eq!(mails.len(), 1, "{mails:?}");
+    assert!(mails[0].tls, "the mail came in clear text");
+    assert!(mails[0].subject.contains(&release), "{}", mails[0].subject);
 }

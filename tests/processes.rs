@@ -930,3 +930,267 @@ fn regression_the_release_phase_ends_its_command_event() {
         assert!(event["command"].is_null(), "{event}");
     }
 }
+
+/// The pid of each instance `kiln ps --json` lists, by name.
+fn pids(project: &Project) -> std::collections::BTreeMap<String, i64> {
+    ps(project)["instances"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|i| {
+            (
+                i["name"].as_str().unwrap().to_string(),
+                i["pid"].as_i64().unwrap_or(0),
+            )
+        })
+        .collect()
+}
+
+/// `kiln restart <name> TYPE` restarts the instances of that type only: the others keep their
+/// pids; an unknown type is refused (exit 2) and restarts nothing; without a type, all restart.
+#[test]
+fn kiln_restart_with_a_type_restarts_only_that_type() {
+    let (node, _guard) = supervised_node();
+    let (project, app) = web_app(
+        &node,
+        "web: python3 app.py\nworker: exec sleep 1000\nclock: exec sleep 1000\n",
+        "restart me\n",
+    );
+    app.write("kiln.yml", "processes:\n  web: 2\n");
+    app.commit("two webs");
+    deployed(&app, &project);
+    let before = pids(&project);
+    assert_eq!(
+        before.keys().collect::<Vec<_>>(),
+        ["clock.1", "web.1", "web.2", "worker.1"]
+    );
+
+    let out = node.ok(&["restart", "shop", "web"]);
+    assert!(
+        out.contains("restarted the `web` processes of `shop`"),
+        "{out}"
+    );
+    let after = pids(&project);
+    for name in ["web.1", "web.2"] {
+        assert_ne!(after[name], before[name], "{name} restarted");
+        assert_eq!(apps(&node.root, name).len(), 1, "one {name}");
+    }
+    for name in ["worker.1", "clock.1"] {
+        assert_eq!(after[name], before[name], "{name} untouched");
+    }
+    assert_eq!(answer(&project).as_deref(), Some("restart me"));
+
+    let out = node.kiln(&["restart", "shop", "wrok"]);
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    assert!(text(&out).contains("`wrok`"), "{}", text(&out));
+    assert_eq!(pids(&project), after, "nothing restarted");
+
+    node.ok(&["restart", "shop"]);
+    let all = pids(&project);
+    for (name, pid) in &after {
+        assert_ne!(all[name], *pid, "{name} restarted with the rest");
+    }
+}
+
+/// `kiln logs <name> --app -f` as a child whose lines arrive on a channel; killed when
+/// dropped, also when the test panics.
+struct Follower {
+    child: std::process::Child,
+    lines: std::sync::mpsc::Receiver<String>,
+}
+
+impl Follower {
+    fn start(node: &Node, args: &[&str]) -> Follower {
+        let mut child = node
+            .command(args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .unwrap();
+        let stdout = child.stdout.take().unwrap();
+        let (send, lines) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            use std::io::BufRead;
+            for line in std::io::BufReader::new(stdout).lines() {
+                let Ok(line) = line else { break };
+                if send.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        Follower { child, lines }
+    }
+
+    /// The first line from now on that contains `needle`, within `timeout`.
+    fn line_with(&self, needle: &str, timeout: Duration) -> Option<String> {
+        let until = std::time::Instant::now() + timeout;
+        loop {
+            let left = until.checked_duration_since(std::time::Instant::now())?;
+            match self.lines.recv_timeout(left) {
+                Ok(line) if line.contains(needle) => return Some(line),
+                Ok(_) => {}
+                Err(_) => return None,
+            }
+        }
+    }
+}
+
+impl Drop for Follower {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// `kiln logs --app -f` follows: it prints the tail, then each line an app prints after the
+/// command started, also from an instance that a scale up starts meanwhile; it runs until it is
+/// stopped.
+#[test]
+fn kiln_logs_app_follow_prints_lines_written_after_it_started() {
+    let (node, _guard) = supervised_node();
+    let (project, app) = web_app(&node, WEB, "followed\n");
+    deployed(&app, &project);
+    let port = web_port(&project);
+    let follower = Follower::start(&node, &["logs", "shop", "--app", "-f", "-n", "50"]);
+    follower
+        .line_with(
+            &format!("app[web.1]: listening on {port}"),
+            Duration::from_secs(15),
+        )
+        .expect("the tail first");
+
+    http_get(port, "/asked-after-follow-started").unwrap();
+    let line = follower
+        .line_with("/asked-after-follow-started", Duration::from_secs(15))
+        .expect("a line printed after `-f` started");
+    assert!(
+        line.ends_with("app[web.1]: served /asked-after-follow-started"),
+        "{line}"
+    );
+
+    node.ok(&["ps", "scale", "shop", "web=2"]);
+    let port2 = instance(&project, "web.2")["port"].as_u64().unwrap();
+    follower
+        .line_with(
+            &format!("app[web.2]: listening on {port2}"),
+            Duration::from_secs(15),
+        )
+        .expect("a new instance's lines are followed too");
+
+    let mut follower = follower;
+    assert!(
+        follower.child.try_wait().unwrap().is_none(),
+        "it keeps following"
+    );
+    follower.child.kill().unwrap();
+    let status = follower.child.wait().unwrap();
+    assert!(!status.success(), "stopped by the test: {status:?}");
+}
+
+/// node.yml `supervisor.app_log_size` bounds each app log file: a chatty process's log is
+/// rotated to `.1` and `.2` past it, the oldest lines are dropped, nothing is kept beyond
+/// `.2`, and `kiln logs --app` still ends with the newest lines in order.
+#[test]
+fn app_logs_are_rotated_past_app_log_size_keeping_two_old_files() {
+    let (node, _guard) = supervised_node();
+    node.write_node_yml("supervisor:\n  backend: kiln\n  app_log_size: 4K\n");
+    let (project, app) = web_app(
+        &node,
+        "web: python3 app.py\nchatty: python3 -c 'for i in range(3000): print(\"chatty line %04d\" % i, flush=True)'; exec sleep 1000\n",
+        "quiet\n",
+    );
+    deployed(&app, &project);
+    let dir = project.path("logs/app");
+    let current = dir.join("chatty.1.log");
+    wait_for(Duration::from_secs(30), || {
+        fs::read_to_string(&current)
+            .ok()?
+            .contains("chatty line 2999")
+            .then_some(())
+    })
+    .expect("the last line in the current file");
+
+    let mut kept = Vec::new();
+    for name in ["chatty.1.log.2", "chatty.1.log.1", "chatty.1.log"] {
+        let text = fs::read_to_string(dir.join(name)).unwrap();
+        assert!(
+            text.len() <= 4096,
+            "{name} is {} bytes, above app_log_size",
+            text.len()
+        );
+        kept.extend(
+            text.lines()
+                .filter_map(|l| l.split_once("app[chatty.1]: chatty line "))
+                .map(|(_, n)| n.parse::<u32>().unwrap()),
+        );
+    }
+    assert!(!dir.join("chatty.1.log.3").exists(), "two old files only");
+    // The kept lines are the newest, in order, none missing between the oldest kept and the last.
+    let first = kept[0];
+    assert!(first > 0, "the oldest lines were dropped");
+    assert_eq!(kept, (first..3000).collect::<Vec<u32>>());
+    assert!(kept.len() > 100, "three files' worth: {} lines", kept.len());
+
+    let out = node.ok(&["logs", "shop", "--app", "--type", "chatty", "-n", "3"]);
+    let last: Vec<&str> = out
+        .lines()
+        .map(|l| l.split_once("]: ").unwrap().1)
+        .collect();
+    assert_eq!(
+        last,
+        ["chatty line 2997", "chatty line 2998", "chatty line 2999"]
+    );
+    // The web instance's log has its own size, far below the limit.
+    assert!(!dir.join("web.1.log.1").exists());
+}
+
+/// kiln.yml `processes:` sets how many instances of each type a push runs; a type it does not
+/// name runs once; `kiln ps scale` (node-side) wins over it for the types it set.
+#[test]
+fn kiln_yml_processes_sets_the_counts_a_push_runs() {
+    let (node, _guard) = supervised_node();
+    let (project, app) = web_app(
+        &node,
+        "web: python3 app.py\nworker: exec sleep 1000\nclock: exec sleep 1000\n",
+        "counted\n",
+    );
+    app.write(
+        "kiln.yml",
+        "processes:\n  web: 2\n  worker: 1\n  clock: 0\n",
+    );
+    app.commit("counts");
+    let output = deployed(&app, &project);
+    assert!(
+        output.contains("processes: clock=0 web=2 worker=1 (backend: kiln)"),
+        "{output}"
+    );
+    assert_eq!(
+        pids(&project).keys().collect::<Vec<_>>(),
+        ["web.1", "web.2", "worker.1"]
+    );
+    let port = |name: &str| instance(&project, name)["port"].as_u64().unwrap() as u16;
+    assert_ne!(port("web.1"), port("web.2"));
+    for name in ["web.1", "web.2"] {
+        assert_eq!(
+            http_get(port(name), "/").map(|(_, body)| body),
+            Some("counted\n".to_string()),
+            "{name} answers"
+        );
+    }
+    assert_eq!(apps(&node.root, "web.2").len(), 1);
+    assert_eq!(apps(&node.root, "worker.1").len(), 1);
+    assert!(apps(&node.root, "clock.1").is_empty());
+
+    // `kiln ps scale` wins for what it sets; kiln.yml still decides the rest.
+    node.ok(&["ps", "scale", "shop", "worker=2"]);
+    app.write("kiln.yml", "processes:\n  web: 1\n  worker: 1\n");
+    app.commit("fewer");
+    deployed(&app, &project);
+    assert_eq!(
+        pids(&project).keys().collect::<Vec<_>>(),
+        ["clock.1", "web.1", "worker.1", "worker.2"]
+    );
+    assert!(apps(&node.root, "web.2").is_empty(), "web.2 stopped");
+    assert_eq!(apps(&node.root, "worker.2").len(), 1);
+}

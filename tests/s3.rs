@@ -38,6 +38,11 @@ struct Setup {
 
 impl Setup {
     fn new() -> Setup {
+        Setup::with(Some(STORE), STORE)
+    }
+
+    /// Staging with `publish` in its project.yml (or none), production pulling from `source`.
+    fn with(publish: Option<&str>, source: &str) -> Setup {
         let node = Node::new();
         let moto = Moto::start(node.dir.path());
         moto.create_bucket(BUCKET);
@@ -50,11 +55,13 @@ impl Setup {
             secret.display()
         ));
         let staging = node.init(PROJECT, "cooking");
-        staging.add_setting(&format!("publish: {STORE}"));
+        if let Some(publish) = publish {
+            staging.add_setting(&format!("publish: {publish}"));
+        }
         let key = node.ok(&["key", "generate"]).trim().to_string();
         let production = node
             .sibling("production")
-            .init_with(PROJECT, &["--mode", "final", "--source", STORE]);
+            .init_with(PROJECT, &["--mode", "final", "--source", source]);
         production.add_setting(&format!("trusted_key: {key}"));
         let app = node.app(PROJECT);
         app.write("kiln.yml", RECIPE).write("index.html", "one\n");
@@ -364,5 +371,88 @@ fn a_failed_publish_is_a_warning_and_status_shows_it_until_publish_works() {
             "error: could not reach the S3 store for GET `s3://later/shop/index.json`: "
         ) && said.lines().count() == 1,
         "{said}"
+    );
+}
+
+/// `kiln release publish <name> s3://bucket/prefix` with the store on the command line, for a
+/// staging node whose project.yml has no `publish:`: nothing is uploaded by the deploy, the
+/// command uploads the good releases there, and a production node whose `source:` is that
+/// prefix pulls and deploys it.
+#[test]
+fn release_publish_to_an_explicit_url_serves_a_production_node_pulling_from_it() {
+    const BY_HAND: &str = "s3://releases/by-hand/shop";
+    let setup = Setup::with(None, BY_HAND);
+    let commit = setup.app.commit("one");
+    let output = setup.app.deploy(&setup.staging);
+    let release = setup.staging.current().unwrap();
+    assert!(!output.contains("published"), "{output}");
+    assert_eq!(setup.moto.get(BUCKET, "by-hand/shop/index.json"), None);
+
+    // Without a URL and without `publish:`, the command says where it needs one: exit 2.
+    let out = setup.staging.node.kiln(&["release", "publish", PROJECT]);
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    assert!(
+        text(&out).contains("`kiln release publish shop s3://<bucket>/<prefix>`"),
+        "{}",
+        text(&out)
+    );
+
+    let out = setup
+        .staging
+        .node
+        .ok(&["release", "publish", PROJECT, BY_HAND]);
+    assert_eq!(out.trim(), format!("{release}: uploaded to {BY_HAND}"));
+    for name in [
+        format!("{release}.tar.zst"),
+        format!("{release}.json"),
+        format!("{release}.json.sig"),
+    ] {
+        assert_eq!(
+            setup
+                .moto
+                .get(BUCKET, &format!("by-hand/shop/{name}"))
+                .unwrap_or_else(|| panic!("{name} in the store")),
+            fs::read(setup.staging.releases_dir().join(&name)).unwrap(),
+            "{name}"
+        );
+    }
+    assert_eq!(
+        setup.object("index.json"),
+        None,
+        "nothing went to the other prefix"
+    );
+
+    let (ok, output) = setup.push_production();
+    assert!(ok && output.contains("-----> deployed"), "{output}");
+    assert!(
+        output.contains(&format!("pulling release {release} from {BY_HAND}"))
+            && output.contains("signature verified"),
+        "{output}"
+    );
+    assert_eq!(
+        fs::read(
+            setup
+                .production
+                .releases_dir()
+                .join(format!("{release}.tar.zst"))
+        )
+        .unwrap(),
+        fs::read(
+            setup
+                .staging
+                .releases_dir()
+                .join(format!("{release}.tar.zst"))
+        )
+        .unwrap(),
+        "staging's tarball, through the store"
+    );
+    assert_same(
+        &common::tree_fingerprint(&setup.staging.run()),
+        &common::tree_fingerprint(&setup.production.run()),
+        "run/ of staging and production",
+    );
+    assert_eq!(
+        fs::read_to_string(setup.production.run().join("built.txt")).unwrap(),
+        format!("built from {commit}\n")
     );
 }

@@ -279,6 +279,23 @@ fn shop() -> Option<(Setup, common::App)> {
 #[test]
 fn deploy_over_ssh_records_who_pushed_with_which_key() {
     let Some((setup, app)) = shop() else { return };
+    // The deploy's mail says who pushed: the node.yml user and their key, not the Unix user
+    // the node runs as.
+    let sink = common::notify::SmtpSink::start(
+        &setup.node.dir.path().join("mail"),
+        common::notify::SmtpOptions::default(),
+    );
+    let node_yml = setup.node.root.join("node.yml");
+    let mut yml = fs::read_to_string(&node_yml).unwrap();
+    yml.push_str(&format!(
+        "notify:\n  smtp:\n    host: 127.0.0.1\n    port: {}\n    from: kiln@node.example\n",
+        sink.port
+    ));
+    fs::write(&node_yml, yml).unwrap();
+    setup
+        .node
+        .project("shop")
+        .add_setting("notify: [ops@example.com]");
     let out = setup.git("bob", &app, &["push", &setup.url("shop"), "HEAD:master"]);
     let all = text(&out);
     assert!(out.status.success(), "{all}");
@@ -301,6 +318,17 @@ fn deploy_over_ssh_records_who_pushed_with_which_key() {
     assert!(
         status.contains(&format!("by bob ({})", setup.fingerprint("bob"))),
         "{status}"
+    );
+    let mails = sink.wait_for(1, Duration::from_secs(60));
+    assert_eq!(mails.len(), 1, "{mails:?}");
+    let pushed_by = format!("pushed by:   bob ({})", setup.fingerprint("bob"));
+    assert!(
+        mails[0]
+            .body
+            .lines()
+            .any(|line| line.trim_end() == pushed_by),
+        "{}",
+        mails[0].body
     );
 
     // The other allowed commands work as locally, and the short forms too.

@@ -100,6 +100,14 @@ impl Node {
         cmd.output().expect("run kiln")
     }
 
+    /// `kiln --root <root> <args>` not yet started, for a child the test drives itself (a
+    /// follower, stdin of its own).
+    pub fn command(&self, args: &[&str]) -> Command {
+        let mut cmd = clean(Command::new(KILN));
+        cmd.arg("--root").arg(&self.root).args(args);
+        cmd
+    }
+
     /// Runs kiln, insists that it succeeds and returns its stdout.
     /// Runs `kiln <args>` with the failpoint `point` armed (the `failpoints` feature) and
     /// asserts that kiln was killed there with SIGKILL, as a crash would kill it.

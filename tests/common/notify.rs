@@ -20,7 +20,7 @@ const PYTHON: &str = "/usr/bin/python3";
 pub struct Mail {
     pub mail_from: String,
     pub rcpt_tos: Vec<String>,
-    /// It came after STARTTLS.
+    /// It came over TLS (after STARTTLS, or on an implicit-TLS connection).
     pub tls: bool,
     /// Who logged in (AUTH), if anyone.
     pub auth_user: Option<String>,
@@ -35,6 +35,8 @@ pub struct Mail {
 pub struct SmtpOptions {
     /// (certificate, key) PEM files: STARTTLS offered and required.
     pub tls: Option<(PathBuf, PathBuf)>,
+    /// With `tls`: TLS from the first byte (SMTPS, `security: tls`) instead of STARTTLS.
+    pub implicit_tls: bool,
     /// (user, password): AUTH required.
     pub auth: Option<(String, String)>,
     /// A port chosen beforehand (to bring a server up where kiln already sends); 0: any.
@@ -62,6 +64,9 @@ impl SmtpSink {
             .stderr(Stdio::inherit());
         if let Some((cert, key)) = &options.tls {
             command.arg("--cert").arg(cert).arg("--key").arg(key);
+            if options.implicit_tls {
+                command.arg("--implicit-tls");
+            }
         }
         if let Some((user, password)) = &options.auth {
             command.args(["--user", user, "--password", password]);

@@ -3,9 +3,12 @@ writes every message it accepts to DIR as one JSON file (envelope, whether it ca
 who logged in, the decoded subject and body, and the raw message). Prints `ready <port>` once
 it accepts connections.
 
-    /usr/bin/python3 smtp_sink.py DIR [--cert CERT --key KEY] [--user USER --password PASSWORD]
+    /usr/bin/python3 smtp_sink.py DIR [--cert CERT --key KEY [--implicit-tls]]
+                                      [--user USER --password PASSWORD]
 
-With a certificate, STARTTLS is offered and required; with a user, AUTH is required (over TLS).
+With a certificate, STARTTLS is offered and required, or with --implicit-tls the server speaks
+TLS from the first byte (SMTPS, what `security: tls` expects); with a user, AUTH is required
+(after STARTTLS).
 """
 
 import argparse
@@ -38,7 +41,10 @@ class Sink:
         record = {
             "mail_from": envelope.mail_from,
             "rcpt_tos": envelope.rcpt_tos,
-            "tls": session.ssl is not None,
+            # After STARTTLS aiosmtpd records the TLS session; an implicit-TLS connection is
+            # an SSL transport from the start.
+            "tls": session.ssl is not None
+            or server.transport.get_extra_info("ssl_object") is not None,
             "auth_user": session.auth_data.login.decode() if isinstance(session.auth_data, LoginPassword) else None,
             "subject": str(message["subject"]),
             "body": body.get_content() if body is not None else "",
@@ -61,6 +67,7 @@ def main():
     parser.add_argument("--port", type=int, default=0)
     parser.add_argument("--cert")
     parser.add_argument("--key")
+    parser.add_argument("--implicit-tls", action="store_true")
     parser.add_argument("--user")
     parser.add_argument("--password")
     args = parser.parse_args()
@@ -76,7 +83,10 @@ def main():
     if args.cert:
         context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
         context.load_cert_chain(args.cert, args.key)
-        options.update(tls_context=context, require_starttls=True)
+        if args.implicit_tls:
+            options.update(ssl_context=context)
+        else:
+            options.update(tls_context=context, require_starttls=True)
     if args.user:
         def authenticate(server, session, envelope, mechanism, auth_data):
             ok = (isinstance(auth_data, LoginPassword)
