@@ -911,6 +911,23 @@ fn in_app(app: &App, program: &Path, args: &[&str], path: &str) {
     );
 }
 
+/// pnpm-lock.yaml for the app, made by the suite's pnpm with `path` (the store in the suite's
+/// cache).
+fn pnpm_lockfile(app: &App, path: &str) {
+    let store = test_cache("pnpm");
+    in_app(
+        app,
+        &test_cache("js-tools/node_modules/.bin/pnpm"),
+        &[
+            "install",
+            "--lockfile-only",
+            "--store-dir",
+            store.to_str().unwrap(),
+        ],
+        path,
+    );
+}
+
 fn assert_said(output: &str, lines: &[&str]) {
     for line in lines {
         assert!(output.contains(line), "{line:?} not in:\n{output}");
@@ -1015,18 +1032,7 @@ fn regression_pnpm_prune_used_another_store_and_left_the_dev_dependencies() {
     let project = node.init("pnpmapp", "cooking");
     share_download_caches(&project);
     let app = built_app(&node, "pnpmapp");
-    let store = test_cache("pnpm");
-    in_app(
-        &app,
-        &test_cache("js-tools/node_modules/.bin/pnpm"),
-        &[
-            "install",
-            "--lockfile-only",
-            "--store-dir",
-            store.to_str().unwrap(),
-        ],
-        &path,
-    );
+    pnpm_lockfile(&app, &path);
     app.commit("built with pnpm");
     let output = app.deploy_env(&project, &[("PATH", Path::new(&path))]);
     assert_said(
@@ -1068,18 +1074,7 @@ fn a_pnpm_lockfile_on_a_node_without_pnpm_installs_with_npm_saying_so() {
     share_download_caches(&project);
     let app = built_app(&node, "nopnpm");
     let tools = path_with(&js_tools());
-    let store = test_cache("pnpm");
-    in_app(
-        &app,
-        &test_cache("js-tools/node_modules/.bin/pnpm"),
-        &[
-            "install",
-            "--lockfile-only",
-            "--store-dir",
-            store.to_str().unwrap(),
-        ],
-        &tools,
-    );
+    pnpm_lockfile(&app, &tools);
     app.commit("a pnpm lockfile");
     let output = app.deploy(&project);
     assert_said(

@@ -88,6 +88,19 @@ impl Setup {
         self.app.push_env(&self.production, "HEAD:master", &env)
     }
 
+    /// Production's run/ is staging's, entry for entry: the build of `commit`, never rebuilt.
+    fn assert_production_runs_what_staging_built(&self, commit: &str) {
+        assert_same(
+            &common::tree_fingerprint(&self.staging.run()),
+            &common::tree_fingerprint(&self.production.run()),
+            "run/ of staging and production",
+        );
+        assert_eq!(
+            fs::read_to_string(self.production.run().join("built.txt")).unwrap(),
+            format!("built from {commit}\n")
+        );
+    }
+
     fn kiln_production(&self, args: &[&str]) -> std::process::Output {
         let env = self.env();
         let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
@@ -177,15 +190,7 @@ fn staging_publishes_each_good_release_and_production_pulls_it_from_the_store() 
             && output.contains("signature verified"),
         "{output}"
     );
-    assert_same(
-        &common::tree_fingerprint(&setup.staging.run()),
-        &common::tree_fingerprint(&setup.production.run()),
-        "run/ of staging and production",
-    );
-    assert_eq!(
-        fs::read_to_string(setup.production.run().join("built.txt")).unwrap(),
-        format!("built from {commit}\n")
-    );
+    setup.assert_production_runs_what_staging_built(&commit);
 
     // A second release joins the index; the first stays listed.
     setup.app.write("index.html", "two\n");
@@ -446,13 +451,5 @@ fn release_publish_to_an_explicit_url_serves_a_production_node_pulling_from_it()
         .unwrap(),
         "staging's tarball, through the store"
     );
-    assert_same(
-        &common::tree_fingerprint(&setup.staging.run()),
-        &common::tree_fingerprint(&setup.production.run()),
-        "run/ of staging and production",
-    );
-    assert_eq!(
-        fs::read_to_string(setup.production.run().join("built.txt")).unwrap(),
-        format!("built from {commit}\n")
-    );
+    setup.assert_production_runs_what_staging_built(&commit);
 }

@@ -59,30 +59,65 @@ impl Drop for NodeDir {
 pub struct Node {
     pub dir: Rc<NodeDir>,
     pub root: PathBuf,
+    ports: Rc<PortSlot>,
+}
+
+/// The web ports a node hands out, held while the node lives: one slot of [`SLOT_PORTS`] in
+/// 21000-30999, claimed with an flock in the machine's temp dir. So the nodes alive at once
+/// never share a port: those of this test binary, of the others, and of another checkout's
+/// suite on the same machine (regression: two nodes whose roots hashed to the same slot gave
+/// the same port to two apps, and one failed with "Address already in use").
+struct PortSlot {
+    first: u32,
+    _lock: fs::File,
+}
+
+const SLOT_PORTS: u32 = 25;
+const SLOTS: u32 = 400;
+
+impl PortSlot {
+    /// The first free slot from the one `root` hashes to.
+    fn claim(root: &Path) -> PortSlot {
+        use std::hash::{Hash, Hasher};
+        let dir = std::env::temp_dir().join("kiln-test-port-slots");
+        fs::create_dir_all(&dir).unwrap();
+        let mut hasher = std::collections::hash_map::DefaultHasher::new();
+        root.hash(&mut hasher);
+        let start = (hasher.finish() % u64::from(SLOTS)) as u32;
+        for slot in (0..SLOTS).map(|i| (start + i) % SLOTS) {
+            let lock = fs::File::create(dir.join(format!("{slot}.lock"))).unwrap();
+            if lock.try_lock().is_ok() {
+                return PortSlot {
+                    first: 21_000 + slot * SLOT_PORTS,
+                    _lock: lock,
+                };
+            }
+        }
+        panic!("all {SLOTS} port slots in {} are held", dir.display());
+    }
 }
 
 impl Node {
     pub fn new() -> Node {
         let dir = Rc::new(NodeDir(tempfile::tempdir().expect("temp dir")));
         let root = dir.path().join("node");
-        Node { dir, root }
+        let ports = Rc::new(PortSlot::claim(&root));
+        Node { dir, root, ports }
     }
 
-    /// The web ports of this node's apps: a range of its own, so that the nodes of tests
-    /// running at once never hand out the same port.
+    /// The web ports of this node's apps: a range no other node alive has (see [`PortSlot`]).
     pub fn port_range(&self) -> (u32, u32) {
-        use std::hash::{Hash, Hasher};
-        let mut hasher = std::collections::hash_map::DefaultHasher::new();
-        self.root.hash(&mut hasher);
-        let first = 21_000 + (hasher.finish() % 400) as u32 * 25;
-        (first, first + 24)
+        let first = self.ports.first;
+        (first, first + SLOT_PORTS - 1)
     }
 
-    /// Another node in the same temp dir, rooted at `<dir>/<name>`.
+    /// Another node in the same temp dir, rooted at `<dir>/<name>`, with ports of its own.
     pub fn sibling(&self, name: &str) -> Node {
+        let root = self.dir.path().join(name);
         Node {
             dir: Rc::clone(&self.dir),
-            root: self.dir.path().join(name),
+            ports: Rc::new(PortSlot::claim(&root)),
+            root,
         }
     }
 
