@@ -317,6 +317,10 @@ pub async fn run_check_async(
 ) -> Result<u32, StageError> {
     let deadline = deadline_after(Instant::now(), spec.timeout);
     let mut attempts = 0;
+    // What the command itself last said (an exit status, a signal). An attempt the deadline
+    // cuts short (one that started late on a loaded machine, say) says nothing new: the
+    // check failed with that, not with a timeout.
+    let mut last_verdict: Option<StageError> = None;
     loop {
         attempts += 1;
         let attempt = CommandSpec {
@@ -331,15 +335,21 @@ pub async fn run_check_async(
             Ok(_) => return Ok(attempts),
             // Retrying cannot make a command runnable.
             Err(err @ StageError::Spawn { .. }) => return Err(err),
-            Err(StageError::Timeout { stage, command, .. }) => StageError::Timeout {
-                stage,
-                command,
-                timeout: spec.timeout,
+            Err(StageError::Timeout { stage, command, .. }) => match last_verdict.take() {
+                Some(verdict) => return Err(verdict),
+                None => StageError::Timeout {
+                    stage,
+                    command,
+                    timeout: spec.timeout,
+                },
             },
             Err(err) => err,
         };
         if Instant::now() + spec.interval >= deadline {
             return Err(err);
+        }
+        if !matches!(err, StageError::Timeout { .. }) {
+            last_verdict = Some(err);
         }
         tokio::time::sleep(spec.interval).await;
     }
@@ -1226,6 +1236,22 @@ mod tests {
             took >= Duration::from_millis(500) && took < Duration::from_secs(3),
             "{took:?}"
         );
+    }
+
+    /// Regression: under load, the last attempt of a check that kept exiting 1 started with
+    /// little time left and was cut by the deadline; the deploy then failed with `false:
+    /// timeout after 1s` instead of `false: exit 1` (a flaky tests/proxy.rs). An attempt cut
+    /// short keeps the verdict the command gave before.
+    #[test]
+    fn regression_a_check_cut_short_by_its_deadline_fails_with_what_the_command_said() {
+        let dir = tempfile::tempdir().unwrap();
+        // Exits 3 first; the next attempt does not finish before the deadline.
+        let command = "echo x >> tries; [ $(wc -l < tries) -ge 2 ] && sleep 1000; exit 3";
+        let (result, _) = check(command, dir.path(), Duration::from_millis(700));
+        let err = result.unwrap_err();
+        assert!(matches!(&err, StageError::Exit { code: 3, .. }), "{err:?}");
+        let tries = std::fs::read_to_string(dir.path().join("tries")).unwrap();
+        assert_eq!(tries.lines().count(), 2, "the second attempt ran");
     }
 
     #[test]
