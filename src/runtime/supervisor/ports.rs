@@ -5,7 +5,7 @@
 //! same range, under the same lock, and keeps it.
 
 use std::collections::BTreeSet;
-use std::fs::{self, File, OpenOptions};
+use std::fs::{self, File};
 use std::net::TcpListener;
 
 use serde::{Deserialize, Serialize};
@@ -14,7 +14,9 @@ use socket2::{Domain, Socket, Type};
 use crate::config::processes::PortRange;
 use crate::error::Error;
 use crate::runtime::formation::Formation;
-use crate::runtime::supervisor::state::{ProjectState, SupervisorError, SupervisorPaths};
+use crate::runtime::supervisor::state::{
+    ProjectState, SupervisorError, SupervisorPaths, open_lock,
+};
 
 /// Holds the node's port lock; the caller writes the formation file before dropping it.
 pub struct PortLock {
@@ -171,12 +173,7 @@ pub fn listen(port: u16) -> std::io::Result<Socket> {
 fn lock(paths: &SupervisorPaths) -> Result<File, Error> {
     paths.ensure()?;
     let lock_path = paths.ports_lock();
-    let file = OpenOptions::new()
-        .create(true)
-        .truncate(false)
-        .write(true)
-        .open(&lock_path)
-        .map_err(|e| SupervisorError::io("open", &lock_path, e))?;
+    let file = open_lock(&lock_path)?;
     file.lock()
         .map_err(|e| SupervisorError::io("lock", &lock_path, e))?;
     Ok(file)
