@@ -524,6 +524,18 @@ fn dispatch(cli: Cli) -> Result<(), Error> {
             }
             println!("push to it with:");
             println!("  git remote add kiln {}", report.project_repo.display());
+            if !node.config.users.is_empty() {
+                // The SSH entry serves `<name>` (README, "SSH access"); this user and host
+                // name are a guess at what reaches this node from elsewhere.
+                let user = nix::unistd::User::from_uid(nix::unistd::getuid())
+                    .ok()
+                    .flatten()
+                    .map_or_else(|| "kiln".to_string(), |user| user.name);
+                let host = crate::notify::message::host_name();
+                println!(
+                    "  (from another machine, over SSH: git remote add kiln ssh://{user}@{host}/{name})"
+                );
+            }
             println!("  git push kiln master");
             println!(
                 "pillar (private settings): {}",
