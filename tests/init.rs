@@ -173,3 +173,26 @@ fn regression_init_on_a_node_with_ssh_users_also_prints_the_ssh_remote() {
         "{stdout}"
     );
 }
+
+/// Regression (the suite's helper, tests/common): two nodes alive at once whose roots hashed
+/// to the same slot gave two apps the same web port; now each node holds its range.
+#[test]
+fn regression_nodes_alive_at_once_never_share_web_ports() {
+    let nodes: Vec<Node> = (0..60)
+        .flat_map(|_| {
+            let node = Node::new();
+            let sibling = node.sibling("production");
+            [node, sibling]
+        })
+        .collect();
+    let mut ranges: Vec<(u32, u32)> = nodes.iter().map(Node::port_range).collect();
+    ranges.sort();
+    for pair in ranges.windows(2) {
+        assert!(pair[0].1 < pair[1].0, "overlapping ranges: {pair:?}");
+    }
+    assert!(
+        ranges
+            .iter()
+            .all(|(first, last)| *first >= 21_000 && *last <= 30_999)
+    );
+}
