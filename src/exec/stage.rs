@@ -317,6 +317,8 @@ pub async fn run_check_async(
 ) -> Result<u32, StageError> {
     let deadline = deadline_after(Instant::now(), spec.timeout);
     let mut attempts = 0;
+    // The last attempt that ran to its end and failed.
+    let mut failed: Option<StageError> = None;
     loop {
         attempts += 1;
         let attempt = CommandSpec {
@@ -331,16 +333,22 @@ pub async fn run_check_async(
             Ok(_) => return Ok(attempts),
             // Retrying cannot make a command runnable.
             Err(err @ StageError::Spawn { .. }) => return Err(err),
-            Err(StageError::Timeout { stage, command, .. }) => StageError::Timeout {
-                stage,
-                command,
-                timeout: spec.timeout,
-            },
+            // Cut by the check's deadline. An earlier attempt that ended says why the check
+            // fails (on a loaded machine the deadline cut `false` and the deploy said
+            // "timeout"); with none, the check timed out.
+            Err(StageError::Timeout { stage, command, .. }) => {
+                return Err(failed.unwrap_or(StageError::Timeout {
+                    stage,
+                    command,
+                    timeout: spec.timeout,
+                }));
+            }
             Err(err) => err,
         };
         if Instant::now() + spec.interval >= deadline {
             return Err(err);
         }
+        failed = Some(err);
         tokio::time::sleep(spec.interval).await;
     }
 }
@@ -1218,14 +1226,29 @@ mod tests {
         let attempts = i32::try_from(tries.lines().count()).unwrap();
         assert!(attempts >= 3, "{attempts} attempts");
         let err = result.unwrap_err();
+        // The last attempt may be cut by the timeout after it counted itself: then the one
+        // before it, the last that ended, is reported.
         assert!(
-            matches!(&err, StageError::Exit { stage, code, .. } if stage == "deploy" && *code == attempts),
+            matches!(&err, StageError::Exit { stage, code, .. } if stage == "deploy" && (*code == attempts || *code == attempts - 1)),
             "{err:?} after {attempts} attempts"
         );
         assert!(
             took >= Duration::from_millis(500) && took < Duration::from_secs(3),
             "{took:?}"
         );
+    }
+
+    /// Found by tests/proxy.rs on a loaded machine: a check of `false` with a 1s timeout
+    /// failed the deploy with "timeout after 1s" when the deadline cut its last attempt; the
+    /// last attempt that ended (exit 1) says why it fails.
+    #[test]
+    fn regression_a_check_cut_by_its_timeout_reports_the_last_attempt_that_ended() {
+        let dir = tempfile::tempdir().unwrap();
+        // Fails with 3 once, then hangs until the deadline cuts it.
+        let command = "if [ -e tried ]; then exec sleep 100; fi; touch tried; exit 3";
+        let (result, _) = check(command, dir.path(), Duration::from_secs(3));
+        let err = result.unwrap_err();
+        assert!(matches!(err, StageError::Exit { code: 3, .. }), "{err:?}");
     }
 
     #[test]
