@@ -136,7 +136,14 @@ enum Command {
     /// kiln's.
     Run {
         name: String,
-        #[arg(last = true, required = true, value_name = "COMMAND")]
+        /// The command and its arguments, as they are (`--` before them is optional, as
+        /// `heroku run` and `dokku run` take them).
+        #[arg(
+            trailing_var_arg = true,
+            allow_hyphen_values = true,
+            required = true,
+            value_name = "COMMAND"
+        )]
         command: Vec<String>,
     },
     /// Stop every supervised process of the project and run its `services.stop`; it stays
@@ -481,6 +488,9 @@ fn parse_mode(value: &str) -> Result<Mode, Error> {
 }
 
 fn dispatch(cli: Cli) -> Result<(), Error> {
+    if only_prints(&cli.command) {
+        die_quietly_when_the_reader_goes();
+    }
     let node = Node::open(cli.root)?;
     wake_supervisor(&node, &cli.command);
     match cli.command {
@@ -1073,6 +1083,45 @@ fn release(node: &Node, command: ReleaseCommand) -> Result<(), Error> {
 /// "The next kiln command brings the apps back": a command about a project starts the node's
 /// supervisor daemon if a formation should run and it does not (say, it was killed). A failure
 /// here is only a warning: the command itself may not need it.
+/// The commands that only show something: a reader that stops reading them (`kiln releases
+/// shop | head`) is no error.
+fn only_prints(command: &Command) -> bool {
+    matches!(
+        command,
+        Command::Status { .. }
+            | Command::Releases { .. }
+            | Command::Logs { .. }
+            | Command::Ps { command: None, .. }
+            | Command::Config { .. }
+            | Command::Key {
+                command: KeyCommand::Show
+            }
+            | Command::Release {
+                command: ReleaseCommand::List { .. } | ReleaseCommand::Export { .. }
+            }
+            | Command::Access {
+                command: AccessCommand::List { .. }
+            }
+            | Command::Proxy {
+                command: ProxyCommand::Status { .. }
+            }
+            | Command::Domains {
+                command: DomainsCommand::List { .. }
+            }
+    )
+}
+
+/// Rust ignores SIGPIPE, so `println!` to a closed pipe panics (`failed printing to stdout:
+/// Broken pipe`, with a backtrace). A view ends quietly instead, killed by SIGPIPE as `git log |
+/// head` is. Only views: a deploy keeps ignoring it, since a pusher who hangs up must not stop
+/// a deploy halfway.
+#[allow(unsafe_code)]
+fn die_quietly_when_the_reader_goes() {
+    use nix::sys::signal::{SigHandler, Signal, signal};
+    // SAFETY: SIG_DFL installs no handler of ours; it runs before any thread is started.
+    let _ = unsafe { signal(Signal::SIGPIPE, SigHandler::SigDfl) };
+}
+
 fn wake_supervisor(node: &Node, command: &Command) {
     let about_a_project = !matches!(
         command,

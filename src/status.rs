@@ -397,6 +397,8 @@ struct FrontDoorView {
     domains: Vec<String>,
     https: Vec<String>,
     upstreams: Vec<String>,
+    /// What nginx serves from run/ itself: `/static from run/public/static`.
+    statics: Vec<String>,
     /// None: node.yml has no `proxy`.
     config: Option<ConfigState>,
 }
@@ -407,6 +409,7 @@ impl FrontDoorView {
             "domains": self.domains,
             "https": self.https,
             "upstreams": self.upstreams,
+            "static": self.statics,
             "config": self.config.map(|c| c.as_str()),
         })
     }
@@ -429,6 +432,9 @@ impl FrontDoorView {
         };
         println!("domains:     {}", none(&domains));
         println!("upstreams:   {}", none(&self.upstreams));
+        if !self.statics.is_empty() {
+            println!("static:      {}", self.statics.join(", "));
+        }
         println!(
             "front door:  {}",
             match self.config {
@@ -458,6 +464,14 @@ fn front_door(node: &Node, project: &Project) -> Result<Option<FrontDoorView>, E
             .collect(),
         domains: site.domains,
         upstreams: site.upstreams.iter().map(ToString::to_string).collect(),
+        statics: site
+            .static_dirs
+            .iter()
+            .map(|(prefix, dir)| {
+                let shown = dir.strip_prefix(&project.paths.base).unwrap_or(dir);
+                format!("{prefix} from {}", shown.display())
+            })
+            .collect(),
         config,
     }))
 }
@@ -521,10 +535,18 @@ pub fn proxy_status(node: &Node, front: &FrontDoor, as_json: bool) -> Result<(),
     }
     for (name, view) in projects {
         let state = view.config.map(|c| c.as_str()).unwrap_or("-");
-        let upstreams = if view.upstreams.is_empty() {
+        // A site nginx serves from run/ (the static buildpack's, kiln.yml `static:`) needs
+        // no upstream: say what it serves instead.
+        let served: Vec<String> = view
+            .upstreams
+            .iter()
+            .cloned()
+            .chain(view.statics.iter().map(|s| format!("static {s}")))
+            .collect();
+        let upstreams = if served.is_empty() {
             "no upstream".to_owned()
         } else {
-            view.upstreams.join(", ")
+            served.join(", ")
         };
         let domains = if view.domains.is_empty() {
             "no domains".to_owned()
@@ -826,6 +848,14 @@ pub fn ps(node: &Node, project: &Project, as_json: bool) -> Result<(), Error> {
                 .map(|e| format!("  (last: {e})"))
                 .unwrap_or_default()
         );
+    }
+    for i in instances.iter().filter(|i| i.state == "up") {
+        let exposed = i.port.map(crate::runtime::listeners::exposed);
+        if let Some(warning) =
+            crate::runtime::listeners::warning(&i.name, &exposed.unwrap_or_default())
+        {
+            println!("warning: {warning}");
+        }
     }
     Ok(())
 }

@@ -15,7 +15,9 @@ use std::time::{Duration, Instant};
 
 use sha2::Digest;
 
-use common::{App, HttpServer, KILN, Node, Project, assert_same, fingerprint, text};
+use common::{
+    App, HttpServer, KILN, Node, Project, assert_same, fingerprint, last_remote_line, text,
+};
 
 const PROJECT: &str = "shop";
 
@@ -158,6 +160,48 @@ fn http_source_with_a_trusted_key_pulls_the_newest_release_of_the_commit() {
             .releases_dir()
             .join(format!("{newest}.json.sig"))
             .is_file()
+    );
+}
+
+/// Regression: a commit whose release staging had rolled back from was refused with `push it
+/// to staging first`, though it had been pushed there: the line now says which releases
+/// staging offers, and taken live again on staging the release is offered again.
+#[test]
+fn regression_a_release_staging_rolled_back_is_not_offered_and_the_refusal_says_why() {
+    let (staging, _) = staging(false);
+    let app = app(&staging.node);
+    app.commit("one");
+    app.deploy(&staging);
+    app.write("index.html", "two\n");
+    let second = app.commit("two");
+    app.deploy(&staging);
+    let rolled_back = staging.offered_release(&second);
+    staging.node.ok(&["rollback", PROJECT]);
+
+    let production = production(&staging, "production", path_str(&staging.base), None);
+    let (ok, output) = app.push(&production);
+    assert!(!ok || !output.contains("-----> deployed"), "{output}");
+    assert!(
+        last_remote_line(&output).contains(&format!(
+            "no release of {second} at {}; push it to staging first (staging offers its good releases, not those that failed or that it rolled back)",
+            staging.base.display()
+        )),
+        "{output}"
+    );
+    assert_eq!(production.current(), None);
+
+    staging.node.ok(&["rollback", PROJECT, &rolled_back]);
+    staging.node.ok(&["deploy", PROJECT]);
+    let out = production.node.ok(&["deploy", PROJECT]);
+    assert!(
+        out.contains(&format!("release {rolled_back} of {}", &second[..7])),
+        "{out}"
+    );
+    assert!(out.contains("-----> deployed"), "{out}");
+    assert_same(
+        &common::tree_fingerprint(&staging.run()),
+        &common::tree_fingerprint(&production.run()),
+        "run/ of staging and production",
     );
 }
 

@@ -626,6 +626,14 @@ fn alerts_send_one_mail_per_crash_loop_and_one_when_it_recovers() {
             "[kiln] shop (staging): recovered: `web` is running again",
         ]
     );
+    // How long it has been up, as people say it (regression: `2m3ms`).
+    assert!(
+        mails[1]
+            .body
+            .contains("the process `web` has been up for 2m without a restart"),
+        "{}",
+        mails[1].body
+    );
     let release = project.current().unwrap();
     assert!(
         mails[0].body.contains(&format!("release:     {release}")),

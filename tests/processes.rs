@@ -48,6 +48,9 @@ fn an_app_with_a_procfile_runs_answers_and_a_second_push_answers_the_new_text() 
         "{output}"
     );
     assert!(output.contains("(GET / answered below 500)"), "{output}");
+    // It listens on 127.0.0.1 only: no warning that it listens beyond (runtime/listeners.rs).
+    assert!(!output.contains("listens on"), "{output}");
+    assert!(!node.ok(&["ps", "shop"]).contains("warning"));
     let first = project.current().unwrap();
     let port = web_port(&project);
     assert_eq!(answer(&project).as_deref(), Some("hello v1"));
@@ -358,6 +361,46 @@ fn kiln_run_passes_exit_status_stdin_and_the_release_environment() {
     assert_eq!(String::from_utf8_lossy(&out.stdout), "$HOME; exit 3\n");
     let out = node.kiln(&["run", "shop", "--", "/no/such/program"]);
     assert_eq!(out.status.code(), Some(127), "{}", text(&out));
+}
+
+/// Regression: `kiln run shop python -V`, as `heroku run` and `dokku run` are typed, was a
+/// usage error (`unexpected argument 'python' found`): kiln wanted `--` before the command.
+#[test]
+fn regression_kiln_run_takes_the_command_without_dashdash() {
+    let node = Node::new();
+    let project = node.init("shop", "cooking");
+    let app = node.app("shop");
+    app.write("app.txt", "v1\n");
+    app.commit("v1");
+    app.deploy(&project);
+    let out = node.kiln(&[
+        "run",
+        "shop",
+        "sh",
+        "-c",
+        "echo \"$KILN_PROCESS $1\"; exit 5",
+        "-",
+        "-x",
+    ]);
+    assert_eq!(out.status.code(), Some(5), "{}", text(&out));
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "run -x\n");
+    // `--` still works, and what follows the command is its own, `--` included.
+    let out = node.kiln(&["run", "shop", "--", "echo", "--", "--help"]);
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        "-- --help\n",
+        "{}",
+        text(&out)
+    );
+    let out = node.kiln(&["run", "shop", "cat", "app.txt"]);
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        "v1\n",
+        "{}",
+        text(&out)
+    );
+    // No command at all is still bad usage.
+    assert_eq!(node.kiln(&["run", "shop"]).status.code(), Some(2));
 }
 
 #[test]
@@ -829,6 +872,86 @@ http.server.HTTPServer(('127.0.0.1', int(os.environ['PORT'])), Handler).serve_fo
 /// and one "recovered" mail once it answers 200 again. kiln's own restarts (a deploy, `kiln
 /// restart`) are not checked while they run, even for an app that answers 500 while it warms
 /// up: they send nothing.
+/// Regression: after kiln was upgraded (its file replaced) while apps ran, their instance
+/// supervisors, still running the old binary, tried to start `<path> (deleted) notify
+/// deliver` for each alert: `could not report to the alerts: ... No such file or directory`,
+/// and a crash loop's alert was never sent.
+#[test]
+fn regression_an_alert_is_delivered_after_kiln_was_upgraded_under_running_apps() {
+    use common::notify::{SmtpOptions, SmtpSink};
+    let (node, _guard) = supervised_node();
+    let sink = SmtpSink::start(&node.dir.path().join("mail"), SmtpOptions::default());
+    node.write_node_yml(&format!(
+        "supervisor:\n  backend: kiln\nnotify:\n  smtp:\n    host: 127.0.0.1\n    port: {}\n    from: kiln@node.example\n  backoff: 1s\n  alerts: {{restarts: 1, within: 5m, stable: 2s}}\n  on: [alert]\n",
+        sink.port
+    ));
+    // The node runs its own copy of kiln, as an installed one: the hooks and the supervisor
+    // start it from there.
+    let installed = node.dir.path().join("bin/kiln");
+    fs::create_dir_all(installed.parent().unwrap()).unwrap();
+    fs::copy(KILN, &installed).unwrap();
+    let out = Command::new(&installed)
+        .arg("--root")
+        .arg(&node.root)
+        .args(["init", "shop", "--mode", "cooking"])
+        .output()
+        .unwrap();
+    assert_success(&out, "kiln init with the installed copy");
+    let project = node.project("shop");
+    project.add_setting("notify: [ops@example.com]");
+    let app = node.app("shop");
+    app.write("app.py", PY_APP)
+        .write(
+            "Procfile",
+            "web: if [ -e \"$KILN_DATA_DIR/crash\" ]; then echo crashing on purpose; exit 5; fi; exec python3 app.py\n",
+        )
+        .write("message.txt", "steady\n");
+    app.commit("v1");
+    deployed(&app, &project);
+    let supervisors = || -> Vec<String> {
+        processes_of(&node.root)
+            .into_iter()
+            .filter_map(|pid| fs::read_link(format!("/proc/{pid}/exe")).ok())
+            .map(|exe| exe.display().to_string())
+            .collect()
+    };
+    assert!(
+        supervisors()
+            .iter()
+            .any(|exe| *exe == installed.display().to_string()),
+        "{:?}",
+        supervisors()
+    );
+
+    // The upgrade: a new file takes the installed one's place, as a package manager does.
+    let new = node.dir.path().join("bin/kiln.new");
+    fs::copy(KILN, &new).unwrap();
+    fs::rename(&new, &installed).unwrap();
+    assert!(
+        supervisors().iter().any(|exe| exe.ends_with(" (deleted)")),
+        "the apps' supervisors still run the replaced binary: {:?}",
+        supervisors()
+    );
+
+    fs::write(project.data().join("crash"), "").unwrap();
+    let pid = instance(&project, "web.1")["pid"].as_i64().unwrap() as i32;
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(pid),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .unwrap();
+    let mails = sink.wait_for(1, Duration::from_secs(30));
+    assert_eq!(
+        mails.first().map(|m| m.subject.as_str()),
+        Some("[kiln] shop (staging): ALERT: `web` is crash-looping (2 restarts within 5m)"),
+        "{}",
+        fs::read_to_string(project.path("logs/app/web.1.log")).unwrap_or_default()
+    );
+    let log = fs::read_to_string(project.path("logs/app/web.1.log")).unwrap();
+    assert!(!log.contains("could not report to the alerts"), "{log}");
+    fs::remove_file(project.data().join("crash")).unwrap();
+}
+
 #[test]
 fn a_web_check_that_starts_failing_sends_one_alert_and_one_recovered_mail() {
     use common::notify::{SmtpOptions, SmtpSink};

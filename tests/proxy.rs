@@ -540,6 +540,38 @@ fn a_site_built_by_the_static_buildpack_is_served_by_nginx_without_a_process() {
     assert_eq!(door.get("site.test", "/.kiln/buildpacks.json").status, 404);
 }
 
+/// Regression: for a site nginx serves from run/, `kiln status` said `upstreams: none` and
+/// `kiln proxy status` `site.test -> no upstream`, as if it were not served at all.
+#[test]
+fn regression_status_says_what_nginx_serves_from_run_for_a_static_site() {
+    let door = FrontDoorNode::new();
+    let site = door.node.init("site", "cooking");
+    door.node.ok(&["domains", "add", "site", "site.test"]);
+    door.start();
+    let app = door.node.app("site");
+    app.write("public/index.html", "<h1>hello</h1>\n");
+    app.commit("a static site");
+    app.deploy(&site);
+    assert_eq!(door.get("site.test", "/").status, 200);
+    let status = door.node.ok(&["status", "site"]);
+    assert!(
+        status.contains("upstreams:   none\nstatic:      / from run/public\n"),
+        "{status}"
+    );
+    let proxy = door.node.ok(&["proxy", "status"]);
+    assert!(
+        proxy.contains("site: site.test -> static / from run/public [current]"),
+        "{proxy}"
+    );
+    let json: serde_json::Value =
+        serde_json::from_str(&door.node.ok(&["status", "site", "--json"])).unwrap();
+    assert_eq!(
+        json["front_door"]["static"],
+        serde_json::json!(["/ from run/public"]),
+        "{json}"
+    );
+}
+
 /// Where the suite keeps what pip downloads, so repeated runs are fast.
 fn pip_cache() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("target/test-cache/pip")

@@ -622,6 +622,48 @@ fn releases_status_and_logs_commands() {
     assert!(text(&out).contains("error: unknown release `20200101T000000Z-00000000`"));
 }
 
+/// Regression: `kiln releases shop | head -1` panicked (`failed printing to stdout: Broken
+/// pipe`, and a backtrace) once the reader had gone. A view whose reader goes ends quietly, as
+/// `git log | head` does.
+#[test]
+fn regression_a_view_whose_reader_goes_away_ends_quietly() {
+    use std::os::unix::process::ExitStatusExt;
+    use std::process::{Command, Stdio};
+    let node = Node::new();
+    let project = node.init("shop", "cooking");
+    let app = node.app("shop");
+    app.write("kiln.yml", "stages:\n  build: [echo built]\n");
+    app.commit("one");
+    assert!(app.push(&project).0);
+    for view in [
+        &["releases", "shop"][..],
+        &["releases", "shop", "--json"],
+        &["status", "shop"],
+        &["logs", "shop"],
+        &["logs", "shop", "--json"],
+        &["config", "shop"],
+    ] {
+        let mut child = Command::new(KILN)
+            .arg("--root")
+            .arg(&node.root)
+            .args(view)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        // The reader goes before kiln prints anything.
+        drop(child.stdout.take());
+        let out = child.wait_with_output().unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(stderr.is_empty(), "kiln {view:?}: {stderr}");
+        assert!(
+            out.status.success() || out.status.signal() == Some(libc::SIGPIPE),
+            "kiln {view:?}: {:?}",
+            out.status
+        );
+    }
+}
+
 /// Regression: a file the previous build rewrote in place (same size) passed for the pristine
 /// blob once unchanged files kept their mtime across releases, and a later switch kept the
 /// build output. The next release must get the content from git.

@@ -298,7 +298,7 @@ fn a_release_missing_from_the_store_is_a_clear_error_and_changes_nothing() {
     let (_, output) = setup.push_production();
     assert!(
         last_remote_line(&output).contains(&format!(
-            "deploy FAILED at configure (no release of {commit} at {STORE}; push it to staging first)"
+            "deploy FAILED at configure (no release of {commit} at {STORE}; push it to staging first ("
         )),
         "{output}"
     );

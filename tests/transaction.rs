@@ -1160,6 +1160,61 @@ fn regression_plain_rollback_goes_back_to_the_release_live_before() {
     assert_eq!(project.current(), Some(b));
 }
 
+/// Regression: a rollback overwrote its target's `finished` time, so `kiln releases` said the
+/// target's deploy "took" from its push until the rollback (93.4s for a 16.6s deploy).
+#[test]
+fn regression_a_rollback_keeps_how_long_its_targets_deploy_took() {
+    let node = Node::new();
+    let (project, app, a) = live_project(&node, "");
+    let record = |id: &str| -> serde_json::Value {
+        let out = node.ok(&["releases", "shop", "--json"]);
+        let all: serde_json::Value = serde_json::from_str(&out).unwrap();
+        let found = all
+            .get("releases")
+            .and_then(|records| records.as_array())
+            .and_then(|records| records.iter().find(|r| r["id"] == id).cloned());
+        found.unwrap_or_else(|| panic!("no record of {id} in {out}"))
+    };
+    let before = record(&a);
+    assert!(before["duration_ms"].is_i64(), "{before}");
+    std::thread::sleep(Duration::from_millis(1100));
+    app.write("app.txt", "b\n");
+    app.commit("b");
+    app.deploy(&project);
+    node.ok(&["rollback", "shop"]);
+    assert_eq!(project.current(), Some(a.clone()));
+    let after = record(&a);
+    assert_eq!(after["status"], "good", "{after}");
+    assert_eq!(after["finished"], before["finished"], "{after}");
+    assert_eq!(after["duration_ms"], before["duration_ms"], "{after}");
+    let table = node.ok(&["releases", "shop"]);
+    let took = |record: &serde_json::Value| {
+        format!("{:.1}s", record["duration_ms"].as_f64().unwrap() / 1000.0)
+    };
+    let line = table.lines().find(|l| l.contains(&a)).unwrap();
+    assert!(line.contains(&took(&before)), "{table}");
+}
+
+/// Regression: a first deploy said `services were stopped for 1.1s`, though nothing was live
+/// to stop.
+#[test]
+fn regression_a_first_deploy_does_not_say_services_were_stopped() {
+    let node = Node::new();
+    let project = node.init("shop", "cooking");
+    let app = node.app("shop");
+    app.write("kiln.yml", &recipe(&node, "", ""))
+        .write("app.txt", "v1\n");
+    app.commit("v1");
+    let first = app.deploy(&project);
+    assert!(!first.contains("services were stopped"), "{first}");
+    assert!(first.contains("the first release serves, "), "{first}");
+    app.write("app.txt", "v2\n");
+    app.commit("v2");
+    let second = app.deploy(&project);
+    assert!(second.contains("services were stopped for "), "{second}");
+    assert!(!second.contains("the first release serves"), "{second}");
+}
+
 /// Regression: `--with-data` put back the snapshot taken when the release was first replaced,
 /// not data/ as it was when it was last live.
 #[test]

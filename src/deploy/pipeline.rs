@@ -1532,6 +1532,12 @@ impl Run<'_> {
                 ""
             }
         ));
+        for (instance, port) in &formation.ports {
+            let exposed = crate::runtime::listeners::exposed(*port);
+            if let Some(warning) = crate::runtime::listeners::warning(instance, &exposed) {
+                self.out.note(&format!("warning: {warning}"));
+            }
+        }
         Ok(accepted)
     }
 
@@ -1733,8 +1739,14 @@ impl Run<'_> {
         // and its web processes (if any) accept connections.
         let stopped = starting + accepted;
         self.install_front_door()?;
-        self.out
-            .note(&format!("services were stopped for {}", seconds(stopped)));
+        self.out.note(&match self.live {
+            Some(_) => format!("services were stopped for {}", seconds(stopped)),
+            // Nothing was stopped: say how long the first release took to serve.
+            None => format!(
+                "the first release serves, {} after the switch",
+                seconds(stopped)
+            ),
+        });
         // duration_ms: how long no release's services (or web processes) ran.
         self.out
             .event(json!({"event": "switched", "stage": Stage::Deploy.as_str(),
@@ -1889,8 +1901,11 @@ impl Run<'_> {
         let stages = self.stage_times();
         if let Some(record) = self.log.get_mut(&self.release) {
             record.status = Status::Good;
-            record.finished = Some(now);
-            // A rollback's record is the target's own deploy: its stages stay.
+            // A rollback's record is the target's own deploy: its end and stages stay, so
+            // that `kiln releases` still shows how long that deploy took.
+            if !is_rollback || record.finished.is_none() {
+                record.finished = Some(now);
+            }
             if !is_rollback {
                 record.stages = stages;
             }

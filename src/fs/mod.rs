@@ -1,7 +1,8 @@
 //! File trees and repositories on disk: walking and digesting trees, syncing one onto another,
-//! durable small writes, and git's bare repos and checkouts.
+//! durable small writes, git's bare repos and checkouts, and the kiln binary to start again.
 
 pub mod durable;
+pub mod exe;
 pub mod git;
 pub mod sync;
 pub mod tree;

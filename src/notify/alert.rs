@@ -9,6 +9,7 @@
 use std::collections::BTreeMap;
 use std::fs::{self, File, OpenOptions};
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
@@ -120,7 +121,7 @@ impl State {
                     summary: format!("recovered: `{process}` is running again"),
                     headline: format!(
                         "the process `{process}` has been up for {} without a restart",
-                        HumanDuration((now - since).to_std().unwrap_or_default())
+                        HumanDuration(whole_seconds((now - since).to_std().unwrap_or_default()))
                     ),
                 })
             }
@@ -277,6 +278,15 @@ fn lock(path: &Path) -> Result<File, NotifyError> {
     Ok(file)
 }
 
+/// A measured time as people say it: `1m`, not `1m11ms` (below a second, as it is).
+fn whole_seconds(took: Duration) -> Duration {
+    if took < Duration::from_secs(1) {
+        took
+    } else {
+        Duration::from_secs(took.as_secs())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -351,6 +361,35 @@ mod tests {
             .filter_map(|i| state.apply(web, &alerts(), at(1000 + i)))
             .collect();
         assert_eq!(again.len(), 1);
+    }
+
+    /// Regression: a recovery said `has been up for 1m11ms without a restart`.
+    #[test]
+    fn regression_a_recovery_says_how_long_in_whole_seconds() {
+        let mut state = State::default();
+        for i in 0..4 {
+            state.apply(Report::Restarted { process: "web" }, &alerts(), at(i));
+        }
+        let since = at(10);
+        let now = at(70) + chrono::Duration::milliseconds(11);
+        let recovered = state
+            .apply(
+                Report::Running {
+                    process: "web",
+                    since,
+                },
+                &alerts(),
+                now,
+            )
+            .expect("recovered");
+        assert_eq!(
+            recovered.headline,
+            "the process `web` has been up for 1m without a restart"
+        );
+        assert_eq!(
+            whole_seconds(Duration::from_millis(300)),
+            Duration::from_millis(300)
+        );
     }
 
     #[test]

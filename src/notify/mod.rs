@@ -111,7 +111,7 @@ pub fn send(
 /// child), so neither the pusher hanging up nor our exit stops it. A thread reaps it if this
 /// process outlives it (the supervisor daemon).
 pub fn spawn_deliverer(node: &Node) -> Result<(), NotifyError> {
-    let program = std::env::current_exe().map_err(|source| NotifyError::Spawn {
+    let program = crate::fs::exe::kiln().map_err(|source| NotifyError::Spawn {
         program: PathBuf::from("kiln"),
         source,
     })?;

@@ -36,7 +36,9 @@ const BUFFER: usize = 256 * 1024;
 
 #[derive(Debug, thiserror::Error)]
 pub enum FetchError {
-    #[error("no release of {commit} at {at}; push it to staging first")]
+    #[error(
+        "no release of {commit} at {at}; push it to staging first (staging offers its good releases, not those that failed or that it rolled back)"
+    )]
     NoRelease { commit: String, at: String },
     #[error(
         "no release of {commit} in `{}` and project.yml has no `source`: import it with `kiln release import {name} FILE`, or set a source with `kiln init {name} --source URL`",

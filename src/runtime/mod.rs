@@ -3,7 +3,7 @@
 //! by [`builtin`]) with a build cache per project ([`cache`]); the process types a release
 //! defines (its Procfile over what the buildpacks recorded), the formation of a project's
 //! processes, their supervision by kiln's own supervisor or systemd, their logs in logs/app/,
-//! whether a deploy's processes came up, and `kiln stop`'s mark on a project ([`stopped`]).
+//! whether a deploy's processes came up and where they listen ([`listeners`]), and `kiln stop`'s mark on a project ([`stopped`]).
 //!
 //! Below `deploy/`, which calls it from the build and deploy stages, and below `transaction/`,
 //! whose journal keeps the formation an undo starts again; above `exec/`, whose command runner,
@@ -14,6 +14,7 @@ pub mod buildpack;
 pub mod builtin;
 pub mod cache;
 pub mod formation;
+pub mod listeners;
 pub mod procfile;
 pub mod readiness;
 pub mod stopped;

@@ -52,10 +52,19 @@ impl Procfile {
             };
             let name = name.trim_end();
             if !valid_type_name(name) {
+                // `web gunicorn --bind 127.0.0.1:$PORT app:app`: the colon kiln split at is
+                // the command's; the line's own is missing.
+                let hint = name
+                    .split_once(char::is_whitespace)
+                    .filter(|(first, _)| valid_type_name(first))
+                    .map(|(first, _)| {
+                        format!(" (a line is `name: command`: is the `:` after `{first}` missing?)")
+                    })
+                    .unwrap_or_default();
                 return Err(error(
                     column,
                     format!(
-                        "invalid process type `{name}`: use 1 to 63 letters, digits, `_` or `-`"
+                        "invalid process type `{name}`: use 1 to 63 letters, digits, `_` or `-`{hint}"
                     ),
                 ));
             }
@@ -232,6 +241,22 @@ mod tests {
         }
         let error = Procfile::parse_bytes(b"web: \xff\n", Path::new("Procfile")).unwrap_err();
         assert_eq!(error.to_string(), "Procfile: not valid UTF-8");
+    }
+
+    /// Regression: a missing `:` after the type was reported as an invalid type cut at the
+    /// command's own colon, with no word of what was wrong.
+    #[test]
+    fn regression_a_missing_colon_after_the_type_says_so() {
+        assert_eq!(
+            parse("web gunicorn --bind 127.0.0.1:$PORT app:app\n").unwrap_err(),
+            "Procfile:1:1: invalid process type `web gunicorn --bind 127.0.0.1`: use 1 to 63 letters, digits, `_` or `-` (a line is `name: command`: is the `:` after `web` missing?)"
+        );
+        // A type with a space in it gets the same guess: its first word is a type.
+        let error = parse("we b: x\n").unwrap_err();
+        assert!(
+            error.ends_with("(a line is `name: command`: is the `:` after `we` missing?)"),
+            "{error}"
+        );
     }
 
     #[test]

@@ -266,10 +266,15 @@ pub fn sync(
         .filter_map(|e| InstanceName::parse(e.file_name().to_str()?.strip_suffix(".env")?))
         .collect();
     let user = node_user();
-    let kiln = std::env::current_exe().map_err(|e| SupervisorError::Command {
-        command: "find the kiln binary (for the units' ExecStopPost=)".to_string(),
-        detail: e.to_string(),
-    })?;
+    // The units outlive this process: they name the kiln installed where this one runs
+    // from (after an upgrade too), never this process's own `/proc/self/exe`.
+    let kiln = crate::fs::exe::kiln()
+        .ok()
+        .filter(|path| path.is_absolute() && !path.starts_with("/proc"))
+        .ok_or_else(|| SupervisorError::Command {
+            command: "find the kiln binary (for the units' ExecStopPost=)".to_string(),
+            detail: "the file this kiln runs from is gone: install kiln again".to_string(),
+        })?;
     let systemd_version = systemd_version();
     let mut changed = Vec::new();
     for spec in &wanted {

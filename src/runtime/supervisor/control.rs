@@ -102,7 +102,7 @@ pub fn ensure_daemon(paths: &SupervisorPaths) -> Result<(), Error> {
 }
 
 fn spawn_daemon(paths: &SupervisorPaths) -> Result<(), Error> {
-    let exe = std::env::current_exe()
+    let exe = crate::fs::exe::kiln()
         .map_err(|e| SupervisorError::io("find", std::path::Path::new("kiln"), e))?;
     let log_path = paths.daemon_log();
     let log = OpenOptions::new()

@@ -116,7 +116,7 @@ pub fn run(
     fs::set_permissions(&socket, fs::Permissions::from_mode(0o600))
         .map_err(|e| SupervisorError::io("protect", &socket, e))?;
     let exe =
-        std::env::current_exe().map_err(|e| SupervisorError::io("find", Path::new("kiln"), e))?;
+        crate::fs::exe::kiln().map_err(|e| SupervisorError::io("find", Path::new("kiln"), e))?;
     let check_only = Backend::choose(config.backend) == Backend::Systemd;
     let daemon = Arc::new(Daemon {
         paths,
