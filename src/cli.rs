@@ -6,12 +6,12 @@ use std::path::PathBuf;
 
 use clap::{Parser, Subcommand};
 
-use crate::config::project::Node;
+use crate::config::project::{Node, Project};
 use crate::config::recipe::Mode;
 use crate::deploy::outcome::Outcome;
 use crate::deploy::pipeline::{self as deploy, DeployRequest, RollbackRequest, RollbackTarget};
 use crate::error::{EXIT_BAD_INPUT, EXIT_OK, Error};
-use crate::exec::report::Reporter;
+use crate::exec::report::{Reporter, Timeline};
 use crate::push::hook::{self, Repo};
 use crate::push::init::{self, InitRequest};
 use crate::release::signing::SignWhich;
@@ -455,6 +455,41 @@ pub fn main() -> i32 {
     }
 }
 
+/// `kiln deploy` and `kiln rollback` of project `name`: the progress on stdout or, with
+/// `--json`, on stderr, and then the one JSON result on stdout whatever happened (`outcome`
+/// makes it; src/deploy/outcome.rs).
+fn with_outcome<T>(
+    node: &Node,
+    name: &str,
+    action: &'static str,
+    json: bool,
+    run: impl FnOnce(&Project, &mut Reporter) -> Result<T, Error>,
+    outcome: impl FnOnce(&Project, &Result<T, Error>, Timeline, f64) -> Outcome,
+) -> Result<(), Error> {
+    let started = std::time::Instant::now();
+    let mut out = if json {
+        Reporter::to_stderr()
+    } else {
+        Reporter::to_stdout()
+    };
+    let project = match node.project(name) {
+        Ok(project) => project,
+        Err(error) => {
+            if json {
+                print_outcome(&Outcome::of_error(name, action, &error, 0.0));
+            }
+            return Err(error);
+        }
+    };
+    let result = run(&project, &mut out);
+    if json {
+        let timeline = out.timeline();
+        let seconds = started.elapsed().as_secs_f64();
+        print_outcome(&outcome(&project, &result, timeline, seconds));
+    }
+    result.map(|_| ())
+}
+
 /// The one JSON result of `--json` (a reader that went away is not an error).
 fn print_outcome(outcome: &Outcome) {
     let _ = writeln!(std::io::stdout(), "{}", outcome.to_json());
@@ -537,43 +572,31 @@ fn dispatch(cli: Cli) -> Result<(), Error> {
             force,
             json,
         } => {
-            let started = std::time::Instant::now();
-            let mut out = if json {
-                Reporter::to_stderr()
-            } else {
-                Reporter::to_stdout()
-            };
-            let project = match node.project(&name) {
-                Ok(project) => project,
-                Err(error) => {
-                    if json {
-                        print_outcome(&Outcome::of_error(&name, "deploy", &error, 0.0));
-                    }
-                    return Err(error);
-                }
-            };
-            hook::keep_going_without_pusher();
-            let result = deploy::deploy(
+            with_outcome(
                 &node,
-                &project,
-                &DeployRequest {
-                    rev,
-                    who: hook::pusher(),
-                    who_key: hook::pusher_key(),
-                    settings_only: false,
-                    // Whoever typed the command knows how to run it again.
-                    retry: None,
-                    receive_pack: None,
-                    force,
+                &name,
+                "deploy",
+                json,
+                |project, out| {
+                    hook::keep_going_without_pusher();
+                    deploy::deploy(
+                        &node,
+                        project,
+                        &DeployRequest {
+                            rev,
+                            who: hook::pusher(),
+                            who_key: hook::pusher_key(),
+                            settings_only: false,
+                            // Whoever typed the command knows how to run it again.
+                            retry: None,
+                            receive_pack: None,
+                            force,
+                        },
+                        out,
+                    )
                 },
-                &mut out,
-            );
-            if json {
-                let timeline = out.timeline();
-                let seconds = started.elapsed().as_secs_f64();
-                print_outcome(&Outcome::of_deploy(&project, &result, timeline, seconds));
-            }
-            result.map(|_| ())
+                Outcome::of_deploy,
+            )
         }
         Command::Status { name, json } => {
             let project = node.project(&name)?;
@@ -677,43 +700,31 @@ fn dispatch(cli: Cli) -> Result<(), Error> {
             with_data,
             json,
         } => {
-            let started = std::time::Instant::now();
-            let mut out = if json {
-                Reporter::to_stderr()
-            } else {
-                Reporter::to_stdout()
-            };
-            let project = match node.project(&name) {
-                Ok(project) => project,
-                Err(error) => {
-                    if json {
-                        print_outcome(&Outcome::of_error(&name, "rollback", &error, 0.0));
-                    }
-                    return Err(error);
-                }
-            };
             let target = match (&release, &to_before) {
                 (_, Some(id)) => RollbackTarget::Before(id),
                 (Some(id), None) => RollbackTarget::Named(id),
                 (None, None) => RollbackTarget::Previous,
             };
-            let result = deploy::rollback_to(
+            with_outcome(
                 &node,
-                &project,
-                &RollbackRequest {
-                    target,
-                    with_data,
-                    who: hook::pusher(),
-                    who_key: hook::pusher_key(),
+                &name,
+                "rollback",
+                json,
+                |project, out| {
+                    deploy::rollback_to(
+                        &node,
+                        project,
+                        &RollbackRequest {
+                            target,
+                            with_data,
+                            who: hook::pusher(),
+                            who_key: hook::pusher_key(),
+                        },
+                        out,
+                    )
                 },
-                &mut out,
-            );
-            if json {
-                let timeline = out.timeline();
-                let seconds = started.elapsed().as_secs_f64();
-                print_outcome(&Outcome::of_rollback(&project, &result, timeline, seconds));
-            }
-            result.map(|_| ())
+                Outcome::of_rollback,
+            )
         }
         Command::Config { name, reveal, json } => {
             let project = node.project(&name)?;

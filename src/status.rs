@@ -61,7 +61,11 @@ fn duration_ms(record: &Record) -> Option<i64> {
 /// `4.2s`, or `-` while it runs.
 fn took(record: &Record) -> String {
     duration_ms(record)
-        .map(|ms| crate::notify::message::seconds(u64::try_from(ms).unwrap_or(0)))
+        .map(|ms| {
+            crate::exec::report::seconds(std::time::Duration::from_millis(
+                u64::try_from(ms).unwrap_or(0),
+            ))
+        })
         .unwrap_or_else(|| "-".into())
 }
 
@@ -278,13 +282,7 @@ pub fn status(node: &Node, project: &Project, as_json: bool) -> Result<(), Error
             let stages: Vec<String> = last
                 .stages
                 .iter()
-                .map(|s| {
-                    format!(
-                        "{} {}",
-                        s.stage,
-                        crate::notify::message::seconds(s.duration_ms)
-                    )
-                })
+                .map(|s| format!("{} {}", s.stage, crate::exec::report::seconds(s.took())))
                 .collect();
             println!("stages:      {}", stages.join(", "));
         }

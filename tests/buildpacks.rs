@@ -17,7 +17,7 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use common::processes::{answer, instance, ps, supervised_node, supervised_sibling};
-use common::{App, Node, Project, Tree, assert_same, fingerprint, last_remote_line};
+use common::{App, Before, Node, Project, assert_same, fingerprint, last_remote_line};
 
 /// Where the suite keeps what pip and npm download, so repeated runs are fast.
 fn test_cache(tool: &str) -> PathBuf {
@@ -55,34 +55,6 @@ fn buildpack(dir: &Path, scripts: &[(&str, &str)]) -> PathBuf {
         fs::set_permissions(&path, fs::Permissions::from_mode(0o755)).unwrap();
     }
     dir.to_path_buf()
-}
-
-/// run/ and data/ as they are, to prove a failed deploy left them exactly so.
-struct Before {
-    run: Tree,
-    data: Tree,
-}
-
-impl Before {
-    fn take(project: &Project) -> Before {
-        Before {
-            run: fingerprint(&project.run()),
-            data: fingerprint(&project.data()),
-        }
-    }
-
-    fn assert_unchanged(&self, project: &Project, what: &str) {
-        assert_same(
-            &self.run,
-            &fingerprint(&project.run()),
-            &format!("{what} run/"),
-        );
-        assert_same(
-            &self.data,
-            &fingerprint(&project.data()),
-            &format!("{what} data/"),
-        );
-    }
 }
 
 fn buildpacks_json(tree: &Path) -> serde_json::Value {
@@ -258,12 +230,42 @@ echo 'export FROM_FIRST="first was here"' > "$(dirname "$0")/../export"
     )
     .unwrap();
     assert_eq!(manifest["buildpacks"], json["buildpacks"]);
-    let events = fs::read_to_string(project.path("logs").join(format!("{release}.jsonl"))).unwrap();
+    let events = project.events(&release);
     let event = events
-        .lines()
-        .map(|line| serde_json::from_str::<serde_json::Value>(line).unwrap())
+        .iter()
         .find(|event| event["event"] == "buildpacks")
         .expect("a buildpacks event");
+    // Each program a buildpack ran is a command of the build stage, named by its label, and
+    // its output lines name it (docs/events.md).
+    let commands: Vec<&str> = events
+        .iter()
+        .filter(|event| event["event"] == "command_end")
+        .map(|event| {
+            assert_eq!(event["stage"], "build", "{event}");
+            assert_eq!(event["outcome"], "ok", "{event}");
+            assert_eq!(event["exit_code"], 0, "{event}");
+            event["command"].as_str().unwrap()
+        })
+        .collect();
+    assert_eq!(
+        commands,
+        [
+            "bp-first bin/detect",
+            "second bin/detect",
+            "bp-first bin/compile",
+            "bp-first export",
+            "bp-first bin/release",
+            "second bin/compile",
+            "second bin/release",
+            "echo \"$FROM_FIRST\" > build-command.txt",
+        ]
+    );
+    let line = events
+        .iter()
+        .find(|event| event["event"] == "output" && event["line"] == "plain line from first")
+        .expect("the compile's output line");
+    assert_eq!(line["command"], "bp-first bin/compile", "{line}");
+    assert_eq!(event["command"], serde_json::Value::Null, "{event}");
     assert_eq!(event["outcome"], "ok");
     assert_eq!(event["buildpacks"], json["buildpacks"]);
     assert_eq!(
@@ -431,7 +433,22 @@ fn a_failing_buildpack_fails_the_build_and_rolls_back() {
         )
     );
     before.assert_unchanged(&project, "a failed buildpack");
-    assert_eq!(project.current(), Some(live));
+    assert_eq!(project.current(), Some(live.clone()));
+    // The failure names the buildpack's program and its exit status, as a command's would.
+    let failed = project.releases().last().unwrap().0.clone();
+    let events = project.events(&failed);
+    let failure = events
+        .iter()
+        .find(|event| event["event"] == "failure")
+        .expect("a failure event");
+    assert_eq!(failure["command"], "flaky bin/compile", "{failure}");
+    assert_eq!(failure["exit_code"], 3, "{failure}");
+    let end = events
+        .iter()
+        .find(|event| event["event"] == "command_end" && event["command"] == "flaky bin/compile")
+        .expect("the compile's command_end");
+    assert_eq!(end["outcome"], "exit", "{end}");
+    assert_eq!(end["exit_code"], 3, "{end}");
 
     // Named in kiln.yml but not for this app: the build fails saying so.
     app.write(
@@ -894,6 +911,23 @@ fn in_app(app: &App, program: &Path, args: &[&str], path: &str) {
     );
 }
 
+/// pnpm-lock.yaml for the app, made by the suite's pnpm with `path` (the store in the suite's
+/// cache).
+fn pnpm_lockfile(app: &App, path: &str) {
+    let store = test_cache("pnpm");
+    in_app(
+        app,
+        &test_cache("js-tools/node_modules/.bin/pnpm"),
+        &[
+            "install",
+            "--lockfile-only",
+            "--store-dir",
+            store.to_str().unwrap(),
+        ],
+        path,
+    );
+}
+
 fn assert_said(output: &str, lines: &[&str]) {
     for line in lines {
         assert!(output.contains(line), "{line:?} not in:\n{output}");
@@ -998,18 +1032,7 @@ fn regression_pnpm_prune_used_another_store_and_left_the_dev_dependencies() {
     let project = node.init("pnpmapp", "cooking");
     share_download_caches(&project);
     let app = built_app(&node, "pnpmapp");
-    let store = test_cache("pnpm");
-    in_app(
-        &app,
-        &test_cache("js-tools/node_modules/.bin/pnpm"),
-        &[
-            "install",
-            "--lockfile-only",
-            "--store-dir",
-            store.to_str().unwrap(),
-        ],
-        &path,
-    );
+    pnpm_lockfile(&app, &path);
     app.commit("built with pnpm");
     let output = app.deploy_env(&project, &[("PATH", Path::new(&path))]);
     assert_said(
@@ -1051,18 +1074,7 @@ fn a_pnpm_lockfile_on_a_node_without_pnpm_installs_with_npm_saying_so() {
     share_download_caches(&project);
     let app = built_app(&node, "nopnpm");
     let tools = path_with(&js_tools());
-    let store = test_cache("pnpm");
-    in_app(
-        &app,
-        &test_cache("js-tools/node_modules/.bin/pnpm"),
-        &[
-            "install",
-            "--lockfile-only",
-            "--store-dir",
-            store.to_str().unwrap(),
-        ],
-        &tools,
-    );
+    pnpm_lockfile(&app, &tools);
     app.commit("a pnpm lockfile");
     let output = app.deploy(&project);
     assert_said(

@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 use sha2::Digest;
 
 use common::{
-    App, HttpServer, KILN, Node, Project, assert_same, fingerprint, last_remote_line, text,
+    App, Before, HttpServer, KILN, Node, Project, assert_same, fingerprint, last_remote_line, text,
 };
 
 const PROJECT: &str = "shop";
@@ -267,8 +267,7 @@ fn regression_a_manifest_from_a_newer_kiln_is_refused_naming_the_field_and_the_u
 /// What a refused deploy must leave as it was: run/, data/, the release log's records,
 /// releases/ (no refused or half-pulled files) and deploy/ (no refused tree).
 struct Untouched {
-    run: common::Tree,
-    data: common::Tree,
+    trees: Before,
     records: Vec<serde_json::Value>,
     releases: Vec<String>,
     deploy: Vec<String>,
@@ -277,8 +276,7 @@ struct Untouched {
 impl Untouched {
     fn take(project: &Project) -> Untouched {
         Untouched {
-            run: fingerprint(&project.run()),
-            data: fingerprint(&project.data()),
+            trees: Before::take(project),
             records: records(project),
             releases: project.release_files(),
             deploy: project.names_in("deploy"),
@@ -287,16 +285,7 @@ impl Untouched {
 
     /// Checks `project` against this snapshot after one failed deploy of `commit`.
     fn check(&self, project: &Project, commit: &str, what: &str) {
-        assert_same(
-            &self.run,
-            &fingerprint(&project.run()),
-            &format!("{what}: run/"),
-        );
-        assert_same(
-            &self.data,
-            &fingerprint(&project.data()),
-            &format!("{what}: data/"),
-        );
+        self.trees.assert_unchanged(project, what);
         assert_eq!(project.release_files(), self.releases, "{what}: releases/");
         assert_eq!(project.names_in("deploy"), self.deploy, "{what}: deploy/");
         let after = records(project);

@@ -15,7 +15,7 @@ use std::process::Command;
 
 use serde_json::Value;
 
-use common::{App, Node, Project, Tree, assert_same, fingerprint, text};
+use common::{App, Before, Node, Project, stage_names, text};
 use moto::Moto;
 
 const PROJECT: &str = "shop";
@@ -37,34 +37,6 @@ fn app(node: &Node) -> App {
     app
 }
 
-/// run/ and data/ of a project, to compare after a command that must change nothing.
-struct Before {
-    run: Tree,
-    data: Tree,
-}
-
-impl Before {
-    fn take(project: &Project) -> Before {
-        Before {
-            run: fingerprint(&project.run()),
-            data: fingerprint(&project.data()),
-        }
-    }
-
-    fn assert_unchanged(&self, project: &Project, what: &str) {
-        assert_same(
-            &self.run,
-            &fingerprint(&project.run()),
-            &format!("{what}: run/"),
-        );
-        assert_same(
-            &self.data,
-            &fingerprint(&project.data()),
-            &format!("{what}: data/"),
-        );
-    }
-}
-
 /// Runs `kiln <args>` with `--json`; returns the exit status and the one JSON result, which
 /// must be all of stdout.
 fn json(node: &Node, args: &[&str]) -> (i32, Value) {
@@ -79,15 +51,6 @@ fn json(node: &Node, args: &[&str]) -> (i32, Value) {
         )
     });
     (out.status.code().unwrap_or(-1), value)
-}
-
-fn stage_names(result: &Value) -> Vec<String> {
-    result["stages"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|s| s["stage"].as_str().unwrap().to_string())
-        .collect()
 }
 
 /// A cooking node with `app` deployed once; returns the project and that release.

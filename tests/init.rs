@@ -151,3 +151,26 @@ fn bad_input_is_one_error_line_and_exit_2() {
         "a refused init created something"
     );
 }
+
+/// Regression (the suite's helper, tests/common): two nodes alive at once whose roots hashed
+/// to the same slot gave two apps the same web port; now each node holds its range.
+#[test]
+fn regression_nodes_alive_at_once_never_share_web_ports() {
+    let nodes: Vec<Node> = (0..60)
+        .flat_map(|_| {
+            let node = Node::new();
+            let sibling = node.sibling("production");
+            [node, sibling]
+        })
+        .collect();
+    let mut ranges: Vec<(u32, u32)> = nodes.iter().map(Node::port_range).collect();
+    ranges.sort();
+    for pair in ranges.windows(2) {
+        assert!(pair[0].1 < pair[1].0, "overlapping ranges: {pair:?}");
+    }
+    assert!(
+        ranges
+            .iter()
+            .all(|(first, last)| *first >= 21_000 && *last <= 30_999)
+    );
+}

@@ -77,14 +77,6 @@ fn wait_until_delivery_settles(node: &Node) -> Vec<Value> {
     }
 }
 
-fn events(project: &Project, log: &str) -> Vec<Value> {
-    fs::read_to_string(project.path(&format!("logs/{log}.jsonl")))
-        .unwrap()
-        .lines()
-        .map(|line| serde_json::from_str(line).unwrap())
-        .collect()
-}
-
 fn push_pillar(node: &Node, project: &Project, yaml: &str) {
     let pillar = node.app("pillar");
     pillar.write("pillar.yml", yaml);
@@ -228,12 +220,7 @@ fn a_good_and_a_failed_deploy_each_mail_once_with_subject_body_and_no_secret() {
     }
     let failed = &releases["releases"][1];
     assert_eq!(failed["status"], "failed");
-    let stages: Vec<&str> = failed["stages"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|s| s["stage"].as_str().unwrap())
-        .collect();
+    let stages = stage_names(failed);
     assert_eq!(stages, ["gather", "pre_install", "configure", "build"]);
     let table = node.ok(&["releases", "shop"]);
     assert!(table.contains("1/1 sent"), "{table}");
@@ -244,7 +231,8 @@ fn a_good_and_a_failed_deploy_each_mail_once_with_subject_body_and_no_secret() {
     );
     assert!(status.contains("stages:      gather "), "{status}");
     // The delivery is in the deploy's structured log too.
-    let delivered = events(&project, &bad)
+    let delivered = project
+        .events(&bad)
         .into_iter()
         .find(|e| e["event"] == "notification" && e["outcome"] == "delivered")
         .expect("a notification event");
@@ -317,7 +305,8 @@ fn starttls_with_a_self_signed_certificate_is_trusted_only_through_ca_file() {
 
 /// The gap between the deploy's end (its `deploy_end` event) and `then`.
 fn gap_after_deploy_end(project: &Project, release: &str, then: SystemTime) -> Duration {
-    let end = events(project, release)
+    let end = project
+        .events(release)
         .into_iter()
         .find(|e| e["event"] == "deploy_end")
         .expect("a deploy_end event");
@@ -402,7 +391,8 @@ fn undeliverable_notifications_change_neither_outcome_nor_exit_status_nor_the_la
         "each of 3 notifications tried twice"
     );
     // Each recipient's failure is logged (a later deploy's flush may log another attempt).
-    let logged: std::collections::BTreeSet<String> = events(&project, &failed.0)
+    let logged: std::collections::BTreeSet<String> = project
+        .events(&failed.0)
         .into_iter()
         .filter(|e| e["event"] == "notification" && e["outcome"] == "failed")
         .map(|e| e["notification"]["to"].as_str().unwrap().to_string())
@@ -470,12 +460,7 @@ fn a_webhook_receiver_gets_the_documented_json_with_a_valid_signature() {
     assert_eq!(json["commit"], commit.as_str());
     assert_eq!(json["short_commit"], &commit[..7]);
     assert!(json["pusher"]["who"].is_string());
-    let stages: Vec<&str> = json["stages"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|s| s["stage"].as_str().unwrap())
-        .collect();
+    let stages = stage_names(&json);
     assert_eq!(
         stages,
         [
@@ -710,7 +695,7 @@ fn every_event_carries_the_documented_fields_and_logs_go_with_their_releases() {
     app.commit("two");
     app.push(&project);
     let failed = project.releases().last().unwrap().0.clone();
-    let events = events(&project, &failed);
+    let events = project.events(&failed);
     let failure = events.iter().find(|e| e["event"] == "failure").unwrap();
     assert_eq!(
         (
@@ -767,6 +752,55 @@ fn the_background_delivery_exits_when_nothing_is_left() {
         .unwrap();
     assert!(status.success());
     assert!(started.elapsed() < Duration::from_secs(10));
+}
+
+/// Regression: the notification timed the failing stage until it was written, so the undo
+/// after the failure counted as part of the stage (the release log timed it until it failed).
+/// Both now read the run's one timeline.
+#[test]
+fn regression_a_failed_stage_is_timed_without_its_rollback_in_the_notification() {
+    let node = Node::new();
+    let receiver = WebhookReceiver::start(Answer::Ok);
+    let project = node.init("shop", "cooking");
+    project.add_setting(&format!("notify: ['{}']", receiver.url("/hook")));
+    let app = node.app("shop");
+    // The undo starts the first release again, which takes a second.
+    app.write("kiln.yml", "services:\n  start: sleep 1\n");
+    app.commit("one");
+    app.deploy(&project);
+    app.write(
+        "kiln.yml",
+        "services:\n  start: sleep 1\nstages:\n  deploy: ['exit 3']\n",
+    );
+    app.commit("two fails");
+    let (_, output) = app.push(&project);
+    assert!(
+        last_remote_line(&output).contains("deploy FAILED at deploy (exit 3: exit 3)"),
+        "{output}"
+    );
+    let failed = project.releases().last().unwrap().0.clone();
+    let requests = receiver.wait_for(2, PATIENCE);
+    let document = requests
+        .iter()
+        .map(|r| serde_json::from_slice::<Value>(&r.body).unwrap())
+        .find(|doc| doc["release"] == failed.as_str())
+        .expect("the failed deploy's notification");
+    let releases = releases_json(&node, "shop");
+    let record = releases["releases"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["id"] == failed.as_str())
+        .unwrap();
+    assert_eq!(stage_names(&document), stage_names(record));
+    assert_eq!(stage_names(&document).last().unwrap(), "deploy");
+    assert_eq!(document["stages"], record["stages"]);
+    let deploy_ms = document["stages"][5]["duration_ms"].as_u64().unwrap();
+    let total_ms = document["duration_ms"].as_u64().unwrap();
+    assert!(
+        total_ms >= deploy_ms + 1000,
+        "the undo's second is in the deploy's duration, not the stage's: {document}"
+    );
 }
 
 /// `kiln rollback` tells the project's recipients in one mail, outcome rolled back, naming the

@@ -137,8 +137,7 @@ fn a_process_that_always_crashes_fails_its_deploy_and_the_old_release_answers() 
     deployed(&app, &project);
     let good = project.current().unwrap();
     fs::write(project.data().join("db.txt"), "rows: 1\n").unwrap();
-    let run_before = fingerprint(&project.run());
-    let data_before = fingerprint(&project.data());
+    let before = Before::take(&project);
 
     app.write(
         "Procfile",
@@ -156,8 +155,7 @@ fn a_process_that_always_crashes_fails_its_deploy_and_the_old_release_answers() 
         output.contains("app[web.1]: boom"),
         "the log tail: {output}"
     );
-    assert_same(&run_before, &fingerprint(&project.run()), "run/");
-    assert_same(&data_before, &fingerprint(&project.data()), "data/");
+    before.assert_unchanged(&project, "");
     assert_eq!(project.current().as_deref(), Some(good.as_str()));
     assert_eq!(answer(&project).as_deref(), Some("good"));
     let running = apps(&node.root, "web.1");
@@ -177,8 +175,7 @@ fn a_failing_release_phase_rolls_back_run_and_data_byte_for_byte() {
     let good = project.current().unwrap();
     fs::write(project.data().join("db.txt"), "rows: 1\n").unwrap();
     fs::create_dir_all(project.data().join("uploads")).unwrap();
-    let run_before = fingerprint(&project.run());
-    let data_before = fingerprint(&project.data());
+    let before = Before::take(&project);
     let pid_before = instance(&project, "web.1")["pid"].clone();
 
     app.write(
@@ -201,8 +198,7 @@ fn a_failing_release_phase_rolls_back_run_and_data_byte_for_byte() {
         last.contains("deploy FAILED at deploy (") && last.contains(": exit 4); rolled back to"),
         "{output}"
     );
-    assert_same(&run_before, &fingerprint(&project.run()), "run/");
-    assert_same(&data_before, &fingerprint(&project.data()), "data/");
+    before.assert_unchanged(&project, "");
     assert_eq!(project.current().as_deref(), Some(good.as_str()));
     assert_eq!(answer(&project).as_deref(), Some("v1"));
     assert_ne!(
@@ -522,16 +518,7 @@ fn kill_9_at_each_failpoint_is_recovered_to_the_old_releases_processes() {
         "after-deploy-commands",
         "before-commit",
     ] {
-        let out = node.kiln_env(
-            &["deploy", "shop", "--rev", "next"],
-            &[("FAILPOINTS", &format!("{point}=return"))],
-        );
-        assert_eq!(
-            out.status.code(),
-            None,
-            "{point}: expected SIGKILL: {}",
-            text(&out)
-        );
+        node.killed_at(point, &["deploy", "shop", "--rev", "next"]);
         assert_success(&node.kiln(&["recover", "shop"]), "recover");
         assert_eq!(project.current().as_deref(), Some(good.as_str()), "{point}");
         let ps = ps(&project);
@@ -547,11 +534,7 @@ fn kill_9_at_each_failpoint_is_recovered_to_the_old_releases_processes() {
         );
     }
     // Killed after the commit point, the new release is live and runs.
-    let out = node.kiln_env(
-        &["deploy", "shop", "--rev", "next"],
-        &[("FAILPOINTS", "after-commit=return")],
-    );
-    assert_eq!(out.status.code(), None, "{}", text(&out));
+    node.killed_at("after-commit", &["deploy", "shop", "--rev", "next"]);
     assert_success(&node.kiln(&["recover", "shop"]), "recover");
     assert_ne!(project.current().as_deref(), Some(good.as_str()));
     assert_eq!(answer(&project).as_deref(), Some("new"));
@@ -1044,6 +1027,31 @@ fn a_web_check_that_starts_failing_sends_one_alert_and_one_recovered_mail() {
         2,
         "one alert, one recovered, nothing more"
     );
+}
+
+/// Regression: the release phase (the Procfile's `release:`) wrote its `command` event but
+/// never its `command_end`, so every later event of the deploy named the release command.
+#[test]
+fn regression_the_release_phase_ends_its_command_event() {
+    let node = Node::new();
+    let project = node.init("shop", "cooking");
+    let app = node.app("shop");
+    app.write("Procfile", "release: echo migrated\n");
+    app.commit("release phase only");
+    let output = app.deploy(&project);
+    assert!(output.contains("migrated"), "{output}");
+    let events = project.events(&project.current().unwrap());
+    let end = events
+        .iter()
+        .position(|e| e["event"] == "command_end" && e["command"] == "echo migrated")
+        .unwrap_or_else(|| panic!("no command_end of the release phase: {events:#?}"));
+    assert_eq!(events[end]["outcome"], "ok");
+    assert_eq!(events[end]["exit_code"], 0);
+    let after = &events[end + 1..];
+    assert!(after.iter().any(|e| e["event"] == "deploy_end"));
+    for event in after {
+        assert!(event["command"].is_null(), "{event}");
+    }
 }
 
 /// The pid of each instance `kiln ps --json` lists, by name.

@@ -318,8 +318,7 @@ fn a_missing_certificate_fails_the_deploy_before_the_switch_and_the_live_config_
     shop.add_setting(
         "tls:\n  shop.test: {certificate: /nonexistent/shop.pem, key: /nonexistent/shop.key}",
     );
-    let run = fingerprint(&shop.run());
-    let data = fingerprint(&shop.data());
+    let before = Before::take(&shop);
     let conf = fingerprint(&door.conf_dir());
 
     app.write("version.txt", "shop v2\n");
@@ -338,8 +337,7 @@ fn a_missing_certificate_fails_the_deploy_before_the_switch_and_the_live_config_
     );
     // Before anything stopped: run/, data/ and nginx's files are exactly as they were, the
     // same app process still answers through the same configuration.
-    assert_same(&run, &fingerprint(&shop.run()), "run/");
-    assert_same(&data, &fingerprint(&shop.data()), "data/");
+    before.assert_unchanged(&shop, "");
     assert_same(&conf, &fingerprint(&door.conf_dir()), "the proxy's conf.d/");
     assert_eq!(http::read_pid(&door.pids.join("shop.pid")), Some(pid));
     assert_eq!(door.version("shop.test", "/"), "shop v1");
@@ -703,8 +701,7 @@ fn four_operations_fail_no_request(cutover: &str) {
     );
 
     // A deploy that fails its check: rolled back, run/ and data/ as they were.
-    let run = fingerprint(&shop.run());
-    let data = fingerprint(&shop.data());
+    let before = Before::take(&shop);
     app.write("version.txt", "v3\n");
     app.write(
         "kiln.yml",
@@ -722,16 +719,7 @@ fn four_operations_fail_no_request(cutover: &str) {
     assert_load_covered(&report, from, to, "a failed deploy");
     report.assert_all_answered_by(&["v2", "v3"], "a failed deploy");
     assert_eq!(report.last_body(), Some("v2"), "{pushed}");
-    assert_same(
-        &run,
-        &fingerprint(&shop.run()),
-        "run/ after the failed deploy",
-    );
-    assert_same(
-        &data,
-        &fingerprint(&shop.data()),
-        "data/ after the failed deploy",
-    );
+    before.assert_unchanged(&shop, "after the failed deploy");
     assert_eq!(shop.current(), Some(live.clone()));
     assert_eq!(common::processes::web_port(&shop), second_port);
 
@@ -823,8 +811,7 @@ fn an_app_that_binds_its_port_itself_fails_no_request_with_an_overlap_cutover() 
 
     // A migration that writes data/, then a failed check: the old release never stopped, the
     // new one is gone, nginx is back on the old port, run/ and data/ as they were.
-    let run = fingerprint(&shop.run());
-    let data = fingerprint(&shop.data());
+    let before = Before::take(&shop);
     app.write("version.txt", "v3\n").write(
         "kiln.yml",
         "cutover: overlap\nstages:\n  deploy: ['echo v3 > \"$KILN_DATA_DIR/schema.txt\"']\ncheck:\n  command: 'false'\n  timeout: 1s\n",
@@ -840,8 +827,7 @@ fn an_app_that_binds_its_port_itself_fails_no_request_with_an_overlap_cutover() 
     assert_load_covered(&report, from, to, "a failed deploy");
     report.assert_all_answered_by(&["v2", "v3"], "a failed deploy");
     assert_eq!(report.last_body(), Some("v2"));
-    assert_same(&run, &fingerprint(&shop.run()), "run/");
-    assert_same(&data, &fingerprint(&shop.data()), "data/");
+    before.assert_unchanged(&shop, "");
     assert_eq!(common::processes::web_port(&shop), port);
     let web = common::processes::apps(&door.node.root, "web.1");
     assert_eq!(web.len(), 1, "{web:?}");
@@ -855,16 +841,8 @@ fn an_app_that_binds_its_port_itself_fails_no_request_with_an_overlap_cutover() 
     app.push_next(&shop);
     for point in ["after-switch", "after-deploy-commands", "before-drain"] {
         let ((), report, from, to) = under_load(&door, host, || {
-            let out = door.node.kiln_env(
-                &["deploy", "shop", "--rev", "next"],
-                &[("FAILPOINTS", &format!("{point}=return"))],
-            );
-            assert_eq!(
-                out.status.code(),
-                None,
-                "{point}: expected SIGKILL: {}",
-                text(&out)
-            );
+            door.node
+                .killed_at(point, &["deploy", "shop", "--rev", "next"]);
             assert_success(&door.node.kiln(&["recover", "shop"]), "recover");
         });
         assert_load_covered(&report, from, to, point);
@@ -883,11 +861,8 @@ fn an_app_that_binds_its_port_itself_fails_no_request_with_an_overlap_cutover() 
     }
     // Killed after the cutover (the old processes stopped), recovery stops the new release
     // and starts the old one again, as an undo of `cutover: stop` does.
-    let out = door.node.kiln_env(
-        &["deploy", "shop", "--rev", "next"],
-        &[("FAILPOINTS", "before-commit=return")],
-    );
-    assert_eq!(out.status.code(), None, "expected SIGKILL: {}", text(&out));
+    door.node
+        .killed_at("before-commit", &["deploy", "shop", "--rev", "next"]);
     let recovered = door.node.kiln(&["recover", "shop"]);
     assert_success(&recovered, "recover");
     assert!(
@@ -902,8 +877,7 @@ fn an_app_that_binds_its_port_itself_fails_no_request_with_an_overlap_cutover() 
     assert_eq!(web[0].1, good);
     let status = door.node.ok(&["status", "shop"]);
     assert!(status.contains("front door:  current\n"), "{status}");
-    assert_same(&run, &fingerprint(&shop.run()), "run/ after the kills");
-    assert_same(&data, &fingerprint(&shop.data()), "data/ after the kills");
+    before.assert_unchanged(&shop, "after the kills");
     let port = common::processes::web_port(&shop);
 
     // `kiln restart`: new instances beside the old, then the old ones go.
@@ -987,8 +961,7 @@ fn the_systemd_backend_refuses_socket_activation_and_overlap_before_anything_sto
         ("socket_activation: true\n", "`socket_activation`"),
         ("cutover: overlap\n", "`cutover: overlap`"),
     ] {
-        let run = fingerprint(&shop.run());
-        let data = fingerprint(&shop.data());
+        let before = Before::take(&shop);
         app.write("kiln.yml", kiln_yml);
         app.commit(kiln_yml);
         let (_, pushed) = app.push(&shop);
@@ -998,8 +971,7 @@ fn the_systemd_backend_refuses_socket_activation_and_overlap_before_anything_sto
             )) && last_remote_line(&pushed).contains("deploy FAILED at deploy"),
             "{pushed}"
         );
-        assert_same(&run, &fingerprint(&shop.run()), "run/");
-        assert_same(&data, &fingerprint(&shop.data()), "data/");
+        before.assert_unchanged(&shop, what);
         assert_eq!(
             fs::read_dir(&units).expect("units").count(),
             0,

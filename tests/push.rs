@@ -945,13 +945,12 @@ fn regression_a_long_failing_command_is_kept_whole_in_the_release_log() {
     let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(json["releases"][0]["failure"], reason.as_str());
     let release = record["id"].as_str().unwrap();
-    let events = fs::read_to_string(project.path(&format!("logs/{release}.jsonl"))).unwrap();
-    let failure: serde_json::Value = events
-        .lines()
-        .map(|line| serde_json::from_str::<serde_json::Value>(line).unwrap())
+    let events = project.events(release);
+    let failure = events
+        .iter()
         .find(|event| event["event"] == "failure")
         .expect("a failure event");
-    assert_eq!(failure["reason"], reason.as_str(), "{events}");
+    assert_eq!(failure["reason"], reason.as_str(), "{events:?}");
 
     // The last line is shorter, and cut between two words.
     let last = last_remote_line(&output);

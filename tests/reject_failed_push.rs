@@ -79,8 +79,7 @@ fn a_failed_deploy_refuses_the_push_and_the_branch_does_not_move() {
         "deployed once, not again by post-receive"
     );
     let live = project.current().unwrap();
-    let run_before = fingerprint(&project.run());
-    let data_before = fingerprint(&project.data());
+    let before = Before::take(&project);
 
     migrations_work(&node, false);
     app.write("app.txt", "v2\n");
@@ -97,8 +96,7 @@ fn a_failed_deploy_refuses_the_push_and_the_branch_does_not_move() {
     );
     assert!(output.contains("pre-receive hook declined"), "{output}");
     assert_eq!(project.branch_tip("master").as_deref(), Some(good.as_str()));
-    assert_same(&run_before, &fingerprint(&project.run()), "run/");
-    assert_same(&data_before, &fingerprint(&project.data()), "data/");
+    before.assert_unchanged(&project, "");
     assert_eq!(statuses(&project), ["good", "failed"]);
     let failed = &project.release_log()["records"][1];
     assert_eq!(failed["commit"], refused.as_str());
@@ -383,8 +381,7 @@ fn a_vanished_pusher_keeps_the_deploy_but_a_dead_receive_pack_rolls_it_back() {
         project.branch_tip("master").as_deref(),
         Some(first.as_str())
     );
-    let run_before = fingerprint(&project.run());
-    let data_before = fingerprint(&project.data());
+    let before = Before::take(&project);
 
     // A hangup of the whole push: git receive-pack dies with it.
     fs::remove_file(&started).unwrap();
@@ -412,8 +409,7 @@ fn a_vanished_pusher_keeps_the_deploy_but_a_dead_receive_pack_rolls_it_back() {
         Some(first.as_str())
     );
     assert!(!git_has_object(&project, &second));
-    assert_same(&run_before, &fingerprint(&project.run()), "run/");
-    assert_same(&data_before, &fingerprint(&project.data()), "data/");
+    before.assert_unchanged(&project, "");
 }
 
 /// Issue 9 with `reject_failed_push`: when recovering the previous deploy fails (here its

@@ -13,7 +13,7 @@ mod moto;
 use std::fs;
 use std::path::Path;
 
-use common::{App, Node, Project, Tree, assert_same, fingerprint, last_remote_line, text};
+use common::{App, Before, Node, Project, assert_same, last_remote_line, text};
 use moto::Moto;
 
 const PROJECT: &str = "shop";
@@ -88,6 +88,19 @@ impl Setup {
         self.app.push_env(&self.production, "HEAD:master", &env)
     }
 
+    /// Production's run/ is staging's, entry for entry: the build of `commit`, never rebuilt.
+    fn assert_production_runs_what_staging_built(&self, commit: &str) {
+        assert_same(
+            &common::tree_fingerprint(&self.staging.run()),
+            &common::tree_fingerprint(&self.production.run()),
+            "run/ of staging and production",
+        );
+        assert_eq!(
+            fs::read_to_string(self.production.run().join("built.txt")).unwrap(),
+            format!("built from {commit}\n")
+        );
+    }
+
     fn kiln_production(&self, args: &[&str]) -> std::process::Output {
         let env = self.env();
         let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
@@ -108,38 +121,27 @@ impl Setup {
     }
 }
 
-/// run/, data/ and releases/ of production, and its release log.
-struct Before {
-    run: Tree,
-    data: Tree,
+/// run/, data/ and releases/ of production, and its live release.
+struct Untouched {
+    trees: Before,
     releases: Vec<String>,
-    log: serde_json::Value,
+    live: serde_json::Value,
 }
 
-impl Before {
-    fn take(project: &Project) -> Before {
-        Before {
-            run: fingerprint(&project.run()),
-            data: fingerprint(&project.data()),
+impl Untouched {
+    fn take(project: &Project) -> Untouched {
+        Untouched {
+            trees: Before::take(project),
             releases: project.release_files(),
-            log: project.release_log()["current"].clone(),
+            live: project.release_log()["current"].clone(),
         }
     }
 
     fn assert_unchanged(&self, project: &Project, what: &str) {
-        assert_same(
-            &self.run,
-            &fingerprint(&project.run()),
-            &format!("{what}: run/"),
-        );
-        assert_same(
-            &self.data,
-            &fingerprint(&project.data()),
-            &format!("{what}: data/"),
-        );
+        self.trees.assert_unchanged(project, what);
         assert_eq!(self.releases, project.release_files(), "{what}: releases/");
         assert_eq!(
-            self.log,
+            self.live,
             project.release_log()["current"],
             "{what}: live release"
         );
@@ -188,15 +190,7 @@ fn staging_publishes_each_good_release_and_production_pulls_it_from_the_store() 
             && output.contains("signature verified"),
         "{output}"
     );
-    assert_same(
-        &common::tree_fingerprint(&setup.staging.run()),
-        &common::tree_fingerprint(&setup.production.run()),
-        "run/ of staging and production",
-    );
-    assert_eq!(
-        fs::read_to_string(setup.production.run().join("built.txt")).unwrap(),
-        format!("built from {commit}\n")
-    );
+    setup.assert_production_runs_what_staging_built(&commit);
 
     // A second release joins the index; the first stays listed.
     setup.app.write("index.html", "two\n");
@@ -218,7 +212,7 @@ fn tampered_objects_in_the_store_are_refused_and_change_nothing() {
     setup.app.deploy(&setup.staging);
     let release = setup.staging.current().unwrap();
     setup.app.push_next(&setup.production);
-    let before = Before::take(&setup.production);
+    let before = Untouched::take(&setup.production);
 
     let tarball = format!("{release}.tar.zst");
     let manifest = format!("{release}.json");
@@ -294,7 +288,7 @@ fn a_release_missing_from_the_store_is_a_clear_error_and_changes_nothing() {
     // A commit staging never baked.
     setup.app.write("index.html", "never on staging\n");
     let commit = setup.app.commit("not on staging");
-    let before = Before::take(&setup.production);
+    let before = Untouched::take(&setup.production);
     let (_, output) = setup.push_production();
     assert!(
         last_remote_line(&output).contains(&format!(
@@ -457,13 +451,5 @@ fn release_publish_to_an_explicit_url_serves_a_production_node_pulling_from_it()
         .unwrap(),
         "staging's tarball, through the store"
     );
-    assert_same(
-        &common::tree_fingerprint(&setup.staging.run()),
-        &common::tree_fingerprint(&setup.production.run()),
-        "run/ of staging and production",
-    );
-    assert_eq!(
-        fs::read_to_string(setup.production.run().join("built.txt")).unwrap(),
-        format!("built from {commit}\n")
-    );
+    setup.assert_production_runs_what_staging_built(&commit);
 }

@@ -64,34 +64,6 @@ fn services_log(node: &Node) -> String {
     fs::read_to_string(node.dir.path().join("services.log")).unwrap_or_default()
 }
 
-/// run/ and data/ as they were before a deploy, to hold them to "byte-for-byte as before".
-struct Before {
-    run: Tree,
-    data: Tree,
-}
-
-impl Before {
-    fn take(project: &Project) -> Before {
-        Before {
-            run: fingerprint(&project.run()),
-            data: fingerprint(&project.data()),
-        }
-    }
-
-    fn assert_unchanged(&self, project: &Project, what: &str) {
-        assert_same(
-            &self.run,
-            &fingerprint(&project.run()),
-            &format!("{what} run/"),
-        );
-        assert_same(
-            &self.data,
-            &fingerprint(&project.data()),
-            &format!("{what} data/"),
-        );
-    }
-}
-
 /// Deploy commands that change data/ in every way: modify, create, delete, chmod, and write
 /// into the live tree too.
 const MESS_UP: &str = "    - echo rows-2 > \"$KILN_DATA_DIR/db.txt\"\n    - touch \"$KILN_DATA_DIR/new.txt\" && mkdir \"$KILN_DATA_DIR/newdir\"\n    - rm \"$KILN_DATA_DIR/uploads/a.png\" && chmod 600 \"$KILN_DATA_DIR/db.txt\"\n    - echo cache > \"$KILN_RUN_DIR/cache.txt\"\n";
@@ -278,16 +250,7 @@ fn kill_9_at_each_point_of_the_switch_ends_before_or_after_never_between() {
         .write("app.txt", "v2\n");
         app.commit("next");
         app.push_next(&project);
-        let out = node.kiln_env(
-            &["deploy", "shop", "--rev", "next"],
-            &[("FAILPOINTS", &format!("{point}=return"))],
-        );
-        assert_eq!(
-            out.status.code(),
-            None,
-            "{point}: expected SIGKILL: {}",
-            text(&out)
-        );
+        node.killed_at(point, &["deploy", "shop", "--rev", "next"]);
 
         // Any next command on the project recovers first; `kiln deploy` would too.
         let out = node.kiln(&["recover", "shop"]);
@@ -330,11 +293,10 @@ fn kill_9_during_the_rollback_itself_is_finished_by_recovery() {
     );
     app.commit("fails");
     app.push_next(&project);
-    let out = node.kiln_env(
+    node.killed_at(
+        "rollback-after-exchange",
         &["deploy", "shop", "--rev", "next"],
-        &[("FAILPOINTS", "rollback-after-exchange=return")],
     );
-    assert_eq!(out.status.code(), None, "{}", text(&out));
     let out = node.kiln(&["recover", "shop"]);
     assert_success(&out, "recover");
     before.assert_unchanged(&project, "");
@@ -777,11 +739,7 @@ fn regression_an_interrupted_manual_rollback_is_undone_not_taken_for_done() {
     assert!(app.push(&project).0);
     let second = project.current().unwrap();
     let before = Before::take(&project);
-    let out = node.kiln_env(
-        &["rollback", "shop", &first],
-        &[("FAILPOINTS", "after-switch=return")],
-    );
-    assert_eq!(out.status.code(), None, "{}", text(&out));
+    node.killed_at("after-switch", &["rollback", "shop", &first]);
     let out = node.kiln(&["recover", "shop"]);
     assert_success(&out, "recover");
     assert_eq!(project.current(), Some(second));

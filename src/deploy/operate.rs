@@ -361,7 +361,6 @@ impl Live {
         env.insert("KILN_STAGE".into(), Stage::Deploy.as_str().into());
         let label = format!("services.{which}");
         out.set_redactor(Redactor::new(self.settings.secrets()));
-        out.command(&label, command);
         let spec = CommandSpec {
             stage: &label,
             command,
@@ -373,7 +372,7 @@ impl Live {
             profile: false,
         };
         let redactor = Redactor::new(self.settings.secrets());
-        crate::exec::stage::run_command(&spec, &redactor, out)
+        out.run(&spec, &redactor)
             .map(drop)
             .map_err(|e| Error::Services {
                 project: project.paths.name.clone(),
@@ -445,14 +444,9 @@ pub fn stop(
     supervisor.stop(&paths.name, Sockets::Close)?;
     live.service(node, project, "stop", out)?;
     let processes = formation
-        .map(|f| {
-            f.instance_names()
-                .iter()
-                .map(ToString::to_string)
-                .collect::<Vec<_>>()
-        })
+        .map(|f| f.instance_list())
         .filter(|names| !names.is_empty())
-        .map(|names| format!(": {}", names.join(", ")))
+        .map(|names| format!(": {names}"))
         .unwrap_or_default();
     Ok(match already {
         Some(mark) => format!(
@@ -581,12 +575,7 @@ pub fn boot(node: &Node, out: &mut Reporter) -> Result<Vec<String>, Error> {
             lines.push(format!(
                 "{name}: {} ({})",
                 formation.release,
-                formation
-                    .instance_names()
-                    .iter()
-                    .map(ToString::to_string)
-                    .collect::<Vec<_>>()
-                    .join(", ")
+                formation.instance_list()
             ));
         }
     }

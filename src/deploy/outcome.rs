@@ -9,7 +9,7 @@ use serde::Serialize;
 use crate::config::project::Project;
 use crate::deploy::pipeline::{Deployed, RolledBack};
 use crate::error::{EXIT_OK, Error};
-use crate::exec::report::{StageTime, Timeline};
+use crate::exec::report::Timeline;
 use crate::transaction::release_log::ReleaseLog;
 
 /// What a deploy or a rollback ended as.
@@ -61,6 +61,15 @@ pub struct Outcome {
     /// Each stage in order with its duration; a failed deploy's last stages are the one that
     /// failed (`"failed": true`) and `rollback`.
     pub stages: Vec<StageTime>,
+}
+
+/// One step of the run as `--json` shows it: its name and seconds, and whether it failed.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct StageTime {
+    pub stage: String,
+    pub seconds: f64,
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub failed: bool,
 }
 
 impl Outcome {
@@ -131,16 +140,24 @@ impl Outcome {
             action,
             outcome: Kind::Error,
             exit: EXIT_OK,
-            release: timeline.release,
+            release: timeline.release.clone(),
             commit: None,
             source_release: None,
-            previous: timeline.previous,
+            previous: timeline.previous.clone(),
             live: None,
             rolled_back_to: None,
             stage: None,
             error: None,
             seconds,
-            stages: timeline.stages,
+            stages: timeline
+                .steps()
+                .iter()
+                .map(|step| StageTime {
+                    stage: step.name.clone(),
+                    seconds: step.took.as_secs_f64(),
+                    failed: step.failed,
+                })
+                .collect(),
         }
     }
 

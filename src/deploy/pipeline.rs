@@ -22,7 +22,7 @@ use crate::config::settings;
 use crate::deploy::rollback;
 use crate::error::{Error, io_error};
 use crate::exec::redact::Redactor;
-use crate::exec::report::{Reporter, StageDuration, millis, seconds};
+use crate::exec::report::{Reporter, millis, seconds};
 use crate::exec::stage::{self, CheckSpec, CommandSpec};
 use crate::fs::git;
 use crate::fs::sync::{self, SyncOptions};
@@ -32,6 +32,7 @@ use crate::proxy::front_door::{Applied, FrontDoor};
 use crate::proxy::site::{self, Site};
 use crate::release::bake;
 use crate::release::manifest::{self as release, Manifest};
+use crate::runtime::buildpack::BuildpackError;
 use crate::runtime::formation::{Formation, FormationSetup, Scale};
 use crate::runtime::procfile::ProcessTypes;
 use crate::runtime::readiness::Readiness;
@@ -117,12 +118,27 @@ impl Failure {
                 (text.clone(), text)
             }
         };
+        // A buildpack's program is named by its label (`python bin/compile`).
+        let buildpack = match &error {
+            Error::Buildpack(e) => match e.downcast_ref::<BuildpackError>() {
+                Some(BuildpackError::Step {
+                    command, exit_code, ..
+                }) => Some((command.clone(), *exit_code)),
+                _ => None,
+            },
+            _ => None,
+        };
+        let (command, exit_code) = match (failed, buildpack) {
+            (Some(e), _) => (Some(e.kept_command()), e.exit_code()),
+            (None, Some((command, exit_code))) => (Some(command), exit_code),
+            (None, None) => (None, None),
+        };
         Failure {
             stage,
             reason,
             brief,
-            command: failed.map(stage::StageError::kept_command),
-            exit_code: failed.and_then(stage::StageError::exit_code),
+            command,
+            exit_code,
         }
     }
 }
@@ -328,11 +344,7 @@ pub fn deploy_locked(
                 seconds(started.elapsed())
             );
             run.out.headline(&headline);
-            run.out.event(
-                json!({"event": "deploy_end", "outcome": Outcome::Deployed.as_str(),
-                "duration_ms": millis(started.elapsed())}),
-            );
-            run.notify(Ended {
+            run.finish(Ended {
                 event: NotifyEvent::Success,
                 outcome: Outcome::Deployed,
                 summary: format!("deployed {release} ({short})"),
@@ -342,7 +354,6 @@ pub fn deploy_locked(
                 duration: started.elapsed(),
                 failure: None,
             });
-            run.out.close_logs();
             Ok(Deployed {
                 release,
                 commit,
@@ -365,10 +376,7 @@ pub fn deploy_locked(
                     ),
                 ),
             };
-            run.out
-                .event(json!({"event": "deploy_end", "outcome": outcome.as_str(),
-                "stage": info.stage, "duration_ms": millis(started.elapsed())}));
-            run.notify(Ended {
+            run.finish(Ended {
                 event: NotifyEvent::Failure,
                 outcome,
                 summary,
@@ -378,7 +386,6 @@ pub fn deploy_locked(
                 duration: started.elapsed(),
                 failure: Some(info),
             });
-            run.out.close_logs();
             Err(result)
         }
     }
@@ -585,9 +592,6 @@ struct Run<'a> {
     formation: Option<Formation>,
     /// This release's release-phase command (its Procfile's `release:`).
     release_command: Option<String>,
-    /// How long each stage took, and the one running since when.
-    stages: Vec<StageDuration>,
-    stage_started: Option<(Stage, Instant)>,
     /// This run installed its release's front door configuration: an undo puts the live
     /// release's back.
     front_door_installed: bool,
@@ -717,8 +721,6 @@ impl<'a> Run<'a> {
             baking: None,
             archive: setup.archive,
             log_name: setup.log_name,
-            stages: Vec::new(),
-            stage_started: None,
             front_door_installed: false,
             out,
         }
@@ -737,35 +739,31 @@ impl Run<'_> {
         }
         for stage in Stage::ALL {
             self.push_still_open(stage)?;
-            let started = Instant::now();
-            self.stage_started = Some((stage, started));
             self.out.stage_start(stage.as_str());
             self.stage(stage)?;
-            self.out.stage_end(stage.as_str(), started.elapsed());
-            self.stages.push(StageDuration {
-                stage: stage.as_str().to_string(),
-                duration_ms: millis(started.elapsed()),
-            });
-            self.stage_started = None;
+            self.out.stage_end();
         }
         Ok(())
     }
 
-    /// The stages so far, the one running (or that failed) with its time until now.
-    fn stage_times(&self) -> Vec<StageDuration> {
-        let mut times = self.stages.clone();
-        if let Some((stage, started)) = self.stage_started {
-            times.push(StageDuration {
-                stage: stage.as_str().to_string(),
-                duration_ms: millis(started.elapsed()),
-            });
-        }
-        times
+    /// Ends a deploy or rollback after its last line: its `deploy_end` (or `rollback_end`)
+    /// event, the notification spooled and its delivery started in the background, the logs
+    /// closed. Nothing here may change the outcome, and the pusher's last line is already
+    /// written: a problem goes to the log file and the events only.
+    fn finish(&mut self, end: Ended) {
+        let is_rollback = self.log_name != self.release;
+        self.out.event(json!({
+            "event": if is_rollback { "rollback_end" } else { "deploy_end" },
+            "outcome": end.outcome.as_str(),
+            "stage": end.failure.as_ref().map(|f| f.stage.clone()),
+            "duration_ms": millis(end.duration),
+        }));
+        self.notify(end);
+        self.out.close_logs();
     }
 
     /// Spools the notification of how this run ended and starts its delivery in the
-    /// background. Nothing here may change the outcome, and the pusher's last line is already
-    /// written: a problem goes to the log file and the events only.
+    /// background.
     fn notify(&mut self, end: Ended) {
         let is_rollback = self.log_name != self.release;
         let result = crate::notify::finished(
@@ -783,7 +781,7 @@ impl Run<'_> {
                 stages: if is_rollback {
                     Vec::new()
                 } else {
-                    self.stage_times()
+                    self.out.stage_durations()
                 },
                 duration: Some(end.duration),
                 failure: end.failure,
@@ -1069,7 +1067,6 @@ impl Run<'_> {
         cwd: &Path,
         env: &BTreeMap<String, String>,
     ) -> Result<(), Failure> {
-        self.out.command(stage.as_str(), command);
         let spec = CommandSpec {
             stage: stage.as_str(),
             command,
@@ -1078,20 +1075,10 @@ impl Run<'_> {
             timeout: self.timeout(stage),
             profile: false,
         };
-        let started = Instant::now();
-        let result = stage::run_command(&spec, &self.redactor, self.out);
-        match &result {
-            Ok(_) => self
-                .out
-                .command_end(stage.as_str(), Some(0), "ok", started.elapsed()),
-            Err(e) => self.out.command_end(
-                stage.as_str(),
-                e.exit_code(),
-                e.outcome(),
-                started.elapsed(),
-            ),
-        }
-        result.map(|_| ()).map_err(|e| Failure::new(stage, e))
+        self.out
+            .run(&spec, &self.redactor)
+            .map(|_| ())
+            .map_err(|e| Failure::new(stage, e))
     }
 
     fn record(&mut self, phase: Phase) -> Result<(), Error> {
@@ -1454,7 +1441,6 @@ impl Run<'_> {
             return Ok(());
         };
         self.out.note("release phase (the Procfile's `release:`)");
-        self.out.command(Stage::Deploy.as_str(), &command);
         let env = self.env_for(Stage::Deploy);
         let spec = CommandSpec {
             stage: Stage::Deploy.as_str(),
@@ -1464,7 +1450,8 @@ impl Run<'_> {
             timeout: self.timeout(Stage::Deploy),
             profile: true,
         };
-        stage::run_command(&spec, &self.redactor, self.out)
+        self.out
+            .run(&spec, &self.redactor)
             .map(|_| ())
             .map_err(|e| Failure::new(Stage::Deploy, e))
     }
@@ -1898,7 +1885,7 @@ impl Run<'_> {
         let previous = self.log.current.clone();
         let now = Utc::now();
         let is_rollback = self.journal.as_ref().map(|j| j.action.as_str()) == Some("rollback");
-        let stages = self.stage_times();
+        let stages = self.out.stage_durations();
         if let Some(record) = self.log.get_mut(&self.release) {
             record.status = Status::Good;
             // A rollback's record is the target's own deploy: its end and stages stay, so
@@ -2038,7 +2025,7 @@ impl Run<'_> {
         // records there (a rollback's record is the target's own deploy: left alone).
         // Read from disk, not self.log: that may hold a commit point that was never written.
         if self.log_name == self.release {
-            let stages = self.stage_times();
+            let stages = self.out.stage_durations();
             let saved = ReleaseLog::load(&paths.release_log()).and_then(|mut log| {
                 if let Some(record) = log.get_mut(&self.release) {
                     record.stages = stages;
@@ -2390,11 +2377,7 @@ pub fn rollback_to(
         Ok(()) => {
             let headline = format!("rolled back to {}", target.id);
             run.out.headline(&headline);
-            run.out.event(
-                json!({"event": "rollback_end", "outcome": Outcome::RolledBack.as_str(),
-                "duration_ms": millis(started.elapsed())}),
-            );
-            run.notify(Ended {
+            run.finish(Ended {
                 event: NotifyEvent::Rollback,
                 outcome: Outcome::RolledBack,
                 summary: format!("rolled back to {} ({short})", target.id),
@@ -2404,7 +2387,6 @@ pub fn rollback_to(
                 duration: started.elapsed(),
                 failure: None,
             });
-            run.out.close_logs();
             Ok(RolledBack::To(target.id))
         }
         Err(failure) => {
@@ -2414,10 +2396,7 @@ pub fn rollback_to(
                 Error::DeployFailed { .. } => Outcome::Failed,
                 _ => Outcome::RollbackFailed,
             };
-            run.out
-                .event(json!({"event": "rollback_end", "outcome": outcome.as_str(),
-                "stage": info.stage, "duration_ms": millis(started.elapsed())}));
-            run.notify(Ended {
+            run.finish(Ended {
                 event: NotifyEvent::Rollback,
                 outcome,
                 summary: format!(
@@ -2436,7 +2415,6 @@ pub fn rollback_to(
                 duration: started.elapsed(),
                 failure: Some(info),
             });
-            run.out.close_logs();
             if let Some(Ok(oid)) = pillar_before.as_deref().map(Oid::from_str) {
                 crate::config::pillar::checkout(paths, oid)?;
             }

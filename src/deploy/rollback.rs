@@ -15,7 +15,7 @@ use crate::config::recipe::Cutover;
 use crate::error::{Error, io_error};
 use crate::exec::redact::Redactor;
 use crate::exec::report::Reporter;
-use crate::exec::stage::{self, CommandSpec};
+use crate::exec::stage::CommandSpec;
 use crate::fs::sync::{self, SyncOptions};
 use crate::runtime::formation::Formation;
 use crate::runtime::readiness::Readiness;
@@ -76,7 +76,6 @@ pub fn undo(
                     env: &std::collections::BTreeMap<String, String>,
                     out: &mut Reporter|
      -> Result<(), Error> {
-        out.command(label, command);
         let spec = CommandSpec {
             stage: label,
             command,
@@ -85,13 +84,7 @@ pub fn undo(
             timeout: journal.undo.timeout,
             profile: false,
         };
-        let started = std::time::Instant::now();
-        let result = stage::run_command(&spec, &redactor, out);
-        match &result {
-            Ok(_) => out.command_end(label, Some(0), "ok", started.elapsed()),
-            Err(e) => out.command_end(label, e.exit_code(), e.outcome(), started.elapsed()),
-        }
-        result?;
+        out.run(&spec, &redactor)?;
         Ok(())
     };
     let run = |label: &str, command: &str, out: &mut Reporter| {
@@ -224,12 +217,7 @@ pub fn undo(
             out.note(&format!(
                 "started the processes of {} again ({})",
                 formation.release,
-                formation
-                    .instance_names()
-                    .iter()
-                    .map(ToString::to_string)
-                    .collect::<Vec<_>>()
-                    .join(", ")
+                formation.instance_list()
             ));
             // The pusher reads "rolled back" as "serving again": wait for the web ports. The
             // old release ran before, so a slow start is its own business, not a failed undo.

@@ -12,7 +12,7 @@ use serde_json::json;
 
 use crate::error::{Error, io_error};
 use crate::exec::redact::Redactor;
-use crate::exec::stage::{OutputSink, Stream};
+use crate::exec::stage::{CommandSpec, OutputSink, StageError, Stream};
 
 pub const INDENT: &str = "       ";
 
@@ -31,26 +31,71 @@ pub struct Reporter {
     timeline: Timeline,
 }
 
-/// The release a run worked on and how long each of its stages took, for the one JSON result
-/// of `kiln deploy --json` (src/deploy/outcome.rs): a failed deploy returns only its error, so
-/// the stages it went through are kept here, with the audience.
+/// The release a run worked on and how long each of its stages took: the one record of stage
+/// times, kept with the audience because a failed deploy returns only its error. Everything
+/// that shows stage times reads it: the `stage_end` events, `kiln deploy --json`
+/// (src/deploy/outcome.rs, with the failed stage and the rollback) and, through
+/// [`Timeline::stage_durations`], the release log (`kiln status`, `kiln releases`) and the
+/// notifications.
 #[derive(Debug, Clone, Default)]
 pub struct Timeline {
     /// The release id the run picked (a deploy) or took live (a rollback).
     pub release: Option<String>,
     /// The release live when the run started.
     pub previous: Option<String>,
-    /// Finished stages in order; a stage that failed is last, with `failed` set.
-    pub stages: Vec<StageTime>,
+    /// Finished steps in order; a stage that failed is the last stage, with `failed` set.
+    steps: Vec<TimedStep>,
     open: Option<(String, Instant)>,
 }
 
-#[derive(Debug, Clone, PartialEq, serde::Serialize)]
-pub struct StageTime {
-    pub stage: String,
-    pub seconds: f64,
-    #[serde(skip_serializing_if = "std::ops::Not::not")]
+/// One finished step of a run: a stage, or the undo after a failure.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TimedStep {
+    pub name: String,
+    pub took: Duration,
     pub failed: bool,
+    /// A pipeline stage (`gather` ... `post_deploy`), not the undo (`rollback`).
+    pub is_stage: bool,
+}
+
+impl Timeline {
+    /// Every finished step in order, the stages and then the undo of a failed run.
+    pub fn steps(&self) -> &[TimedStep] {
+        &self.steps
+    }
+
+    /// The stages so far, as the release log and notifications keep them: the finished ones
+    /// (the failed one last), then the one still running with its time until now.
+    pub fn stage_durations(&self) -> Vec<StageDuration> {
+        let finished = self
+            .steps
+            .iter()
+            .filter(|step| step.is_stage)
+            .map(|step| (step.name.clone(), step.took));
+        let running = self
+            .open
+            .as_ref()
+            .map(|(stage, started)| (stage.clone(), started.elapsed()));
+        finished
+            .chain(running)
+            .map(|(stage, took)| StageDuration {
+                stage,
+                duration_ms: millis(took),
+            })
+            .collect()
+    }
+
+    fn close(&mut self, failed: bool) -> Option<TimedStep> {
+        let (name, started) = self.open.take()?;
+        let step = TimedStep {
+            name,
+            took: started.elapsed(),
+            failed,
+            is_stage: true,
+        };
+        self.steps.push(step.clone());
+        Some(step)
+    }
 }
 
 /// The fields every event carries (docs/events.md), null where they do not apply; an event
@@ -68,11 +113,18 @@ pub const EVENT_FIELDS: [&str; 10] = [
     "notification",
 ];
 
-/// How long one stage of a deploy took, as the release log and notifications keep it.
+/// How long one stage of a deploy took, as the release log and notifications keep it (a
+/// view of the run's [`Timeline`]).
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct StageDuration {
     pub stage: String,
     pub duration_ms: u64,
+}
+
+impl StageDuration {
+    pub fn took(&self) -> Duration {
+        Duration::from_millis(self.duration_ms)
+    }
 }
 
 /// Where an event happens: filled into every event that does not say otherwise.
@@ -236,23 +288,33 @@ impl Reporter {
         self.event(json!({"event": "stage_start"}));
     }
 
-    pub fn stage_end(&mut self, stage: &str, took: Duration) {
-        self.timeline.open = None;
-        self.timed(stage, took);
-        self.note(&format!("{stage} done in {}", seconds(took)));
+    /// The stage started last ended well: its time goes to the timeline, the pusher and the
+    /// `stage_end` event.
+    pub fn stage_end(&mut self) {
+        let Some(step) = self.timeline.close(false) else {
+            return;
+        };
+        self.note(&format!("{} done in {}", step.name, seconds(step.took)));
         self.event(
-            json!({"event": "stage_end", "stage": stage, "outcome": "ok",
-            "duration_ms": millis(took)}),
+            json!({"event": "stage_end", "stage": step.name, "outcome": "ok",
+            "duration_ms": millis(step.took)}),
         );
         self.context.stage = None;
     }
 
-    /// Records how long a step took for the JSON result, without printing anything.
+    /// The stage started and not ended failed: it ends now (before the rollback starts).
+    pub fn stage_failed(&mut self) {
+        self.timeline.close(true);
+    }
+
+    /// Records how long a step that is not a stage took (the undo of a failed run), for the
+    /// JSON result, without printing anything.
     pub fn timed(&mut self, step: &str, took: Duration) {
-        self.timeline.stages.push(StageTime {
-            stage: step.to_string(),
-            seconds: took.as_secs_f64(),
+        self.timeline.steps.push(TimedStep {
+            name: step.to_string(),
+            took,
             failed: false,
+            is_stage: false,
         });
     }
 
@@ -261,18 +323,12 @@ impl Reporter {
         &mut self.timeline
     }
 
-    /// The stage started and not ended failed: it ends now (before the rollback starts).
-    pub fn stage_failed(&mut self) {
-        if let Some((stage, started)) = self.timeline.open.take() {
-            self.timeline.stages.push(StageTime {
-                stage,
-                seconds: started.elapsed().as_secs_f64(),
-                failed: true,
-            });
-        }
+    /// The stages so far (see [`Timeline::stage_durations`]).
+    pub fn stage_durations(&self) -> Vec<StageDuration> {
+        self.timeline.stage_durations()
     }
 
-    /// The timeline so far.
+    /// The timeline so far, a stage still open counted as failed.
     pub fn timeline(&mut self) -> Timeline {
         self.stage_failed();
         self.timeline.clone()
@@ -282,24 +338,41 @@ impl Reporter {
     /// `stage` is the stage, or `rollback`/`restore` for an undo.
     pub fn command(&mut self, stage: &str, command: &str) {
         self.note(&format!("$ {command}"));
-        self.context.command = Some(command.to_string());
+        self.program_start(stage, command);
+    }
+
+    /// A program kiln runs for the stage itself (a buildpack's `bin/compile`, named by its
+    /// label) starts: its `command` event, and the events of its output name it. No `$` line:
+    /// what it prints says what it does.
+    pub fn program_start(&mut self, stage: &str, label: &str) {
+        self.context.command = Some(label.to_string());
         self.event(json!({"event": "command", "stage": stage}));
     }
 
-    /// The command announced by [`Reporter::command`] ended: `exit_code` (None when it was
-    /// killed or did not run) and `outcome` (`ok`, `exit`, `signal`, `timeout`, `not_run`).
-    pub fn command_end(
-        &mut self,
-        stage: &str,
-        exit_code: Option<i32>,
-        outcome: &str,
-        took: Duration,
-    ) {
+    /// The command announced by [`Reporter::command`] or [`Reporter::program_start`] ended:
+    /// well (`failed` None) or as `failed` says, its `command_end` event with `exit_code`
+    /// (None when it was killed or did not run) and `outcome` (`ok`, `exit`, `signal`,
+    /// `timeout`, `not_run`).
+    pub fn command_end(&mut self, stage: &str, failed: Option<&StageError>, took: Duration) {
+        let (exit_code, outcome) = match failed {
+            None => (Some(0), "ok"),
+            Some(e) => (e.exit_code(), e.outcome()),
+        };
         self.event(
             json!({"event": "command_end", "stage": stage, "exit_code": exit_code,
             "outcome": outcome, "duration_ms": millis(took)}),
         );
         self.context.command = None;
+    }
+
+    /// Runs a project command as the pusher and the events see it: its `$` line, its output,
+    /// its `command` and `command_end` events.
+    pub fn run(&mut self, spec: &CommandSpec, redactor: &Redactor) -> Result<Duration, StageError> {
+        self.command(spec.stage, spec.command);
+        let started = Instant::now();
+        let result = crate::exec::stage::run_command(spec, redactor, self);
+        self.command_end(spec.stage, result.as_ref().err(), started.elapsed());
+        result
     }
 }
 
@@ -377,4 +450,59 @@ pub fn seconds(d: Duration) -> String {
 
 pub fn now() -> String {
     chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn names(durations: &[StageDuration]) -> Vec<&str> {
+        durations.iter().map(|d| d.stage.as_str()).collect()
+    }
+
+    /// One record serves both views: `--json` sees every step (the failed stage marked, the
+    /// rollback after it), the release log and notifications only the stages.
+    #[test]
+    fn the_timeline_gives_the_json_steps_and_the_stage_durations() {
+        let mut out = Reporter::silent();
+        out.stage_start("gather");
+        out.stage_end();
+        out.stage_start("build");
+        assert_eq!(
+            names(&out.stage_durations()),
+            ["gather", "build"],
+            "running"
+        );
+        out.stage_failed();
+        out.timed("rollback", Duration::from_millis(1500));
+        assert_eq!(names(&out.stage_durations()), ["gather", "build"]);
+        let timeline = out.timeline();
+        let steps: Vec<(&str, bool, bool)> = timeline
+            .steps()
+            .iter()
+            .map(|s| (s.name.as_str(), s.failed, s.is_stage))
+            .collect();
+        assert_eq!(
+            steps,
+            [
+                ("gather", false, true),
+                ("build", true, true),
+                ("rollback", false, false)
+            ]
+        );
+        assert_eq!(timeline.steps()[2].took, Duration::from_millis(1500));
+        // A stage ended is not ended again, and nothing is open any more.
+        out.stage_end();
+        assert_eq!(out.timeline().steps().len(), 3);
+    }
+
+    #[test]
+    fn seconds_are_shown_with_one_decimal() {
+        assert_eq!(seconds(Duration::from_millis(4249)), "4.2s");
+        let kept = StageDuration {
+            stage: "build".into(),
+            duration_ms: 50,
+        };
+        assert_eq!(seconds(kept.took()), "0.1s");
+    }
 }

@@ -546,7 +546,7 @@ async fn terminate_group(
 /// Whether any process of group `pgid` is still running (zombies do not count: they are dead,
 /// waiting for a parent that may never reap them). Reads /proc; without it, asks the kernel,
 /// which counts zombies too.
-fn group_alive(pgid: Pid) -> bool {
+pub fn group_alive(pgid: Pid) -> bool {
     let Ok(entries) = std::fs::read_dir("/proc") else {
         return killpg(pgid, None).is_ok();
     };

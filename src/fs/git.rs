@@ -339,31 +339,24 @@ impl Checkout {
         if self.head().is_none() {
             return Ok(Vec::new());
         }
-        let mut opts = StatusOptions::new();
-        opts.include_untracked(true)
-            .recurse_untracked_dirs(true)
-            .include_ignored(false);
-        let statuses = self
-            .repo
-            .statuses(Some(&mut opts))
-            .map_err(git_error(format!(
-                "read the status of `{}`",
-                self.dir.display()
-            )))?;
-        let mut files: Vec<String> = statuses
-            .iter()
-            .filter(|s| s.status() != git2::Status::CURRENT)
-            .map(|s| String::from_utf8_lossy(s.path_bytes()).into_owned())
-            .collect();
-        files.sort();
-        Ok(files)
+        self.status_paths(true, |status| status != git2::Status::CURRENT)
     }
 
     /// The untracked paths git does not ignore (a directory as `dir/`, not its content).
     pub fn untracked(&self) -> Result<Vec<String>, Error> {
+        self.status_paths(false, |status| status.contains(git2::Status::WT_NEW))
+    }
+
+    /// The sorted paths of `git status` (untracked included, ignored not) whose status
+    /// `keep` accepts; `recurse`: untracked directories listed file by file.
+    fn status_paths(
+        &self,
+        recurse: bool,
+        keep: impl Fn(git2::Status) -> bool,
+    ) -> Result<Vec<String>, Error> {
         let mut opts = StatusOptions::new();
         opts.include_untracked(true)
-            .recurse_untracked_dirs(false)
+            .recurse_untracked_dirs(recurse)
             .include_ignored(false);
         let statuses = self
             .repo
@@ -374,7 +367,7 @@ impl Checkout {
             )))?;
         let mut paths: Vec<String> = statuses
             .iter()
-            .filter(|s| s.status().contains(git2::Status::WT_NEW))
+            .filter(|s| keep(s.status()))
             .map(|s| String::from_utf8_lossy(s.path_bytes()).into_owned())
             .collect();
         paths.sort();

@@ -5,6 +5,7 @@
 
 use std::fmt::Write as _;
 use std::path::PathBuf;
+use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
@@ -13,6 +14,7 @@ use serde_json::{Value, json};
 use crate::config::notify_config::NotifyEvent;
 use crate::exec::redact::Redactor;
 pub use crate::exec::report::StageDuration;
+use crate::exec::report::seconds;
 
 /// How many lines of the deploy log a mail carries.
 pub const LOG_TAIL_LINES: usize = 50;
@@ -135,7 +137,7 @@ impl Message {
             let _ = write!(text, " by {}", pusher.who);
         }
         if let Some(ms) = self.duration_ms {
-            let _ = write!(text, " in {}", seconds(ms));
+            let _ = write!(text, " in {}", seconds(Duration::from_millis(ms)));
         }
         if let Some(failure) = &self.failure {
             let _ = write!(text, "\n{}: {}", failure.stage, failure.reason);
@@ -182,7 +184,7 @@ impl Message {
             field("reason", &failure.reason);
         }
         if let Some(ms) = self.duration_ms {
-            field("took", &seconds(ms));
+            field("took", &seconds(Duration::from_millis(ms)));
         }
         if let Some(log) = &self.log {
             let how = self
@@ -197,7 +199,7 @@ impl Message {
         if !self.stages.is_empty() {
             body.push_str("\nstages:\n");
             for stage in &self.stages {
-                let _ = writeln!(body, "  {:<13}{}", stage.stage, seconds(stage.duration_ms));
+                let _ = writeln!(body, "  {:<13}{}", stage.stage, seconds(stage.took()));
             }
         }
         if !self.log_tail.is_empty() {
@@ -229,11 +231,6 @@ pub fn tail(text: &str, n: usize) -> Vec<String> {
         .iter()
         .map(|line| line.to_string())
         .collect()
-}
-
-/// `4.2s`, as the push output says it.
-pub fn seconds(ms: u64) -> String {
-    format!("{:.1}s", ms as f64 / 1000.0)
 }
 
 /// This machine's name, for the reader of a mail from one of many nodes.

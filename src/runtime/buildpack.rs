@@ -69,6 +69,10 @@ pub enum BuildpackError {
         failure: String,
         /// The last line the step wrote to stderr: a buildpack's own explanation.
         last: Option<String>,
+        /// The step as the events name it: `python bin/compile`.
+        command: String,
+        /// Its exit status, if it exited non-zero.
+        exit_code: Option<i32>,
     },
     #[error(
         "could not fetch buildpack `{url}` at {commit} ({failure}): check the URL and that the commit is on one of its branches or tags"
@@ -338,33 +342,95 @@ fn detect(
     out: &mut Reporter,
 ) -> Result<Result<String, Option<i32>>, BuildpackError> {
     let program = executable(buildpack, "detect")?;
-    let mut printed = Vec::new();
-    let args = [req.build_dir.as_os_str()];
-    let label = format!("{} bin/detect", buildpack.name);
-    let spec = ProgramSpec {
-        stage: STAGE,
-        label: &label,
+    let step = Step {
+        label: format!("{} bin/detect", buildpack.name),
         program: &program,
-        args: &args,
+        args: &[req.build_dir.as_os_str()],
         cwd: req.build_dir,
         env,
-        timeout: req.timeout,
     };
-    let mut sink = |stream: Stream, line: &[u8]| match stream {
-        Stream::Stdout => printed.push(String::from_utf8_lossy(line).trim().to_string()),
-        Stream::Stderr => out.buildpack_line(stream, line),
-    };
-    match stage::run_program(&spec, req.redactor, &mut sink) {
+    let (result, printed) = run_step(req, &step, Stdout::Keep, out);
+    match result {
         Ok(_) => {
             let name = printed
-                .into_iter()
+                .stdout
+                .iter()
+                .map(|line| line.trim())
                 .find(|line| !line.is_empty())
-                .unwrap_or_else(|| buildpack.name.clone());
+                .map_or_else(|| buildpack.name.clone(), str::to_string);
             Ok(Ok(name))
         }
         Err(StageError::Exit { code, .. }) => Ok(Err(Some(code))),
         Err(e) => Err(step_error(buildpack, e, None)),
     }
+}
+
+/// A program a buildpack step runs without a shell: one of its `bin/` programs, the shell
+/// reading its `export` file, or the git clone of a pinned buildpack.
+struct Step<'a> {
+    /// How the output, the events and errors name it: `python bin/compile`.
+    label: String,
+    program: &'a Path,
+    args: &'a [&'a OsStr],
+    cwd: &'a Path,
+    env: &'a BTreeMap<String, String>,
+}
+
+/// Whether a step's stdout is its answer (bin/detect's name, bin/release's YAML), kept and not
+/// shown, or output shown to the pusher.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Stdout {
+    Keep,
+    Show,
+}
+
+/// What kiln keeps of a step's output.
+#[derive(Default)]
+struct Printed {
+    /// Its stdout lines, with [`Stdout::Keep`].
+    stdout: Vec<String>,
+    /// The last line it wrote to stderr: where buildpacks explain a failure.
+    last_stderr: Option<String>,
+}
+
+/// Runs a step in the build stage as Heroku shows it (stderr, and stdout unless kept, through
+/// [`Reporter::buildpack_line`]), with its `command` and `command_end` events: the events of
+/// its output name it by its label.
+fn run_step(
+    req: &BuildRequest,
+    step: &Step,
+    stdout: Stdout,
+    out: &mut Reporter,
+) -> (Result<Duration, StageError>, Printed) {
+    let spec = ProgramSpec {
+        stage: STAGE,
+        label: &step.label,
+        program: step.program,
+        args: step.args,
+        cwd: step.cwd,
+        env: step.env,
+        timeout: req.timeout,
+    };
+    let mut printed = Printed::default();
+    out.program_start(STAGE, &step.label);
+    let started = std::time::Instant::now();
+    let mut sink = |stream: Stream, line: &[u8]| {
+        if stream == Stream::Stdout && stdout == Stdout::Keep {
+            printed
+                .stdout
+                .push(String::from_utf8_lossy(line).into_owned());
+            return;
+        }
+        out.buildpack_line(stream, line);
+        let text = String::from_utf8_lossy(line);
+        let text = text.trim().trim_start_matches("!").trim();
+        if stream == Stream::Stderr && !text.is_empty() {
+            printed.last_stderr = Some(text.to_string());
+        }
+    };
+    let result = stage::run_program(&spec, req.redactor, &mut sink);
+    out.command_end(STAGE, result.as_ref().err(), started.elapsed());
+    (result, printed)
 }
 
 fn executable(buildpack: &Resolved, name: &'static str) -> Result<PathBuf, BuildpackError> {
@@ -393,6 +459,8 @@ fn step_error(buildpack: &Resolved, e: StageError, last: Option<String>) -> Buil
         buildpack: buildpack.name.clone(),
         failure,
         last,
+        command: e.command().to_string(),
+        exit_code: e.exit_code(),
     }
 }
 
@@ -409,34 +477,21 @@ fn compile(
     let program = executable(buildpack, "compile")?;
     let cache = req.cache.join(&buildpack.name);
     fs::create_dir_all(&cache).map_err(io_err("create", &cache))?;
-    let args = [
-        req.build_dir.as_os_str(),
-        cache.as_os_str(),
-        env_dir.as_os_str(),
-    ];
-    let label = format!("{} bin/compile", buildpack.name);
-    let spec = ProgramSpec {
-        stage: STAGE,
-        label: &label,
+    let step = Step {
+        label: format!("{} bin/compile", buildpack.name),
         program: &program,
-        args: &args,
+        args: &[
+            req.build_dir.as_os_str(),
+            cache.as_os_str(),
+            env_dir.as_os_str(),
+        ],
         cwd: req.build_dir,
         env,
-        timeout: req.timeout,
     };
-    let mut last = None;
-    let mut sink = |stream: Stream, line: &[u8]| {
-        out.buildpack_line(stream, line);
-        let text = String::from_utf8_lossy(line);
-        let text = text.trim().trim_start_matches("!").trim();
-        if stream == Stream::Stderr && !text.is_empty() {
-            last = Some(text.to_string());
-        }
-    };
-    match stage::run_program(&spec, req.redactor, &mut sink) {
-        Ok(_) => Ok(()),
-        Err(e) => Err(step_error(buildpack, e, last)),
-    }
+    let (result, printed) = run_step(req, &step, Stdout::Show, out);
+    result
+        .map(drop)
+        .map_err(|e| step_error(buildpack, e, printed.last_stderr))
 }
 
 /// `bin/release BUILD_DIR`: YAML whose `default_process_types` kiln keeps (Heroku's
@@ -451,27 +506,20 @@ fn release(
         return Ok(BTreeMap::new());
     }
     let program = executable(buildpack, "release")?;
-    let label = format!("{} bin/release", buildpack.name);
-    let args = [req.build_dir.as_os_str()];
-    let spec = ProgramSpec {
-        stage: STAGE,
-        label: &label,
+    let step = Step {
+        label: format!("{} bin/release", buildpack.name),
         program: &program,
-        args: &args,
+        args: &[req.build_dir.as_os_str()],
         cwd: req.build_dir,
         env,
-        timeout: req.timeout,
     };
-    let mut yaml = String::new();
-    let mut sink = |stream: Stream, line: &[u8]| match stream {
-        Stream::Stdout => {
-            yaml.push_str(&String::from_utf8_lossy(line));
-            yaml.push('\n');
-        }
-        Stream::Stderr => out.buildpack_line(stream, line),
-    };
-    stage::run_program(&spec, req.redactor, &mut sink)
-        .map_err(|e| step_error(buildpack, e, None))?;
+    let (result, printed) = run_step(req, &step, Stdout::Keep, out);
+    result.map_err(|e| step_error(buildpack, e, printed.last_stderr))?;
+    let yaml: String = printed
+        .stdout
+        .iter()
+        .flat_map(|line| [line.as_str(), "\n"])
+        .collect();
     parse_release(&yaml).map_err(|problem| BuildpackError::Release {
         buildpack: buildpack.name.clone(),
         problem,
@@ -519,26 +567,21 @@ fn apply_export(
 ) -> Result<BTreeMap<String, String>, BuildpackError> {
     let export = buildpack.dir.join("export");
     let script = r#". "$1" >&2 && exec env -0 > "$2""#;
-    let args = [
-        OsStr::new("-c"),
-        OsStr::new(script),
-        OsStr::new("sh"),
-        export.as_os_str(),
-        result.as_os_str(),
-    ];
-    let label = format!("{} export", buildpack.name);
-    let spec = ProgramSpec {
-        stage: STAGE,
-        label: &label,
+    let step = Step {
+        label: format!("{} export", buildpack.name),
         program: Path::new("/bin/sh"),
-        args: &args,
+        args: &[
+            OsStr::new("-c"),
+            OsStr::new(script),
+            OsStr::new("sh"),
+            export.as_os_str(),
+            result.as_os_str(),
+        ],
         cwd: req.build_dir,
         env,
-        timeout: req.timeout,
     };
-    let mut sink = |stream: Stream, line: &[u8]| out.buildpack_line(stream, line);
-    stage::run_program(&spec, req.redactor, &mut sink)
-        .map_err(|e| step_error(buildpack, e, None))?;
+    let (ran, printed) = run_step(req, &step, Stdout::Show, out);
+    ran.map_err(|e| step_error(buildpack, e, printed.last_stderr))?;
     let bytes = fs::read(result).map_err(io_err("read", result))?;
     // What the shell sets by itself is not the buildpack's.
     let shells_own = ["PWD", "OLDPWD", "SHLVL", "_"];
@@ -616,37 +659,42 @@ fn clone(
     // Never wait for a password nobody will type.
     env.insert("GIT_TERMINAL_PROMPT".into(), "0".into());
     let checkout = tmp.path().join("bp");
-    let steps: [&[&OsStr]; 2] = [
-        &[
-            OsStr::new("clone"),
-            OsStr::new("--quiet"),
-            OsStr::new("--no-checkout"),
-            OsStr::new("--"),
-            OsStr::new(url),
-            checkout.as_os_str(),
-        ],
-        &[
-            OsStr::new("-C"),
-            checkout.as_os_str(),
-            OsStr::new("-c"),
-            OsStr::new("advice.detachedHead=false"),
-            OsStr::new("checkout"),
-            OsStr::new("--quiet"),
-            OsStr::new("--detach"),
-            OsStr::new(commit),
-        ],
+    let steps: [(&str, &[&OsStr]); 2] = [
+        (
+            "clone",
+            &[
+                OsStr::new("clone"),
+                OsStr::new("--quiet"),
+                OsStr::new("--no-checkout"),
+                OsStr::new("--"),
+                OsStr::new(url),
+                checkout.as_os_str(),
+            ],
+        ),
+        (
+            "checkout",
+            &[
+                OsStr::new("-C"),
+                checkout.as_os_str(),
+                OsStr::new("-c"),
+                OsStr::new("advice.detachedHead=false"),
+                OsStr::new("checkout"),
+                OsStr::new("--quiet"),
+                OsStr::new("--detach"),
+                OsStr::new(commit),
+            ],
+        ),
     ];
-    for args in steps {
-        let spec = ProgramSpec {
-            stage: STAGE,
-            label: "git",
+    for (what, args) in steps {
+        let step = Step {
+            label: format!("git {what}"),
             program: Path::new("git"),
             args,
             cwd: tmp.path(),
             env: &env,
-            timeout: req.timeout,
         };
-        stage::run_program(&spec, req.redactor, out).map_err(|e| BuildpackError::Clone {
+        let (result, _) = run_step(req, &step, Stdout::Show, out);
+        result.map_err(|e| BuildpackError::Clone {
             url: url.to_string(),
             commit: commit.to_string(),
             failure: e.summary(stage::HEADLINE_COMMAND_CHARS),

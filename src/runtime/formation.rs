@@ -319,6 +319,15 @@ impl Formation {
             .collect()
     }
 
+    /// The instances as the operator reads them: `web.1, web.2, worker.1`.
+    pub fn instance_list(&self) -> String {
+        self.instance_names()
+            .iter()
+            .map(ToString::to_string)
+            .collect::<Vec<_>>()
+            .join(", ")
+    }
+
     /// No instance to run (no process types, or all scaled to 0).
     pub fn is_idle(&self) -> bool {
         self.types.values().all(|p| p.count == 0)

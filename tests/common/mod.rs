@@ -59,30 +59,65 @@ impl Drop for NodeDir {
 pub struct Node {
     pub dir: Rc<NodeDir>,
     pub root: PathBuf,
+    ports: Rc<PortSlot>,
+}
+
+/// The web ports a node hands out, held while the node lives: one slot of [`SLOT_PORTS`] in
+/// 21000-30999, claimed with an flock in the machine's temp dir. So the nodes alive at once
+/// never share a port: those of this test binary, of the others, and of another checkout's
+/// suite on the same machine (regression: two nodes whose roots hashed to the same slot gave
+/// the same port to two apps, and one failed with "Address already in use").
+struct PortSlot {
+    first: u32,
+    _lock: fs::File,
+}
+
+const SLOT_PORTS: u32 = 25;
+const SLOTS: u32 = 400;
+
+impl PortSlot {
+    /// The first free slot from the one `root` hashes to.
+    fn claim(root: &Path) -> PortSlot {
+        use std::hash::{Hash, Hasher};
+        let dir = std::env::temp_dir().join("kiln-test-port-slots");
+        fs::create_dir_all(&dir).unwrap();
+        let mut hasher = std::collections::hash_map::DefaultHasher::new();
+        root.hash(&mut hasher);
+        let start = (hasher.finish() % u64::from(SLOTS)) as u32;
+        for slot in (0..SLOTS).map(|i| (start + i) % SLOTS) {
+            let lock = fs::File::create(dir.join(format!("{slot}.lock"))).unwrap();
+            if lock.try_lock().is_ok() {
+                return PortSlot {
+                    first: 21_000 + slot * SLOT_PORTS,
+                    _lock: lock,
+                };
+            }
+        }
+        panic!("all {SLOTS} port slots in {} are held", dir.display());
+    }
 }
 
 impl Node {
     pub fn new() -> Node {
         let dir = Rc::new(NodeDir(tempfile::tempdir().expect("temp dir")));
         let root = dir.path().join("node");
-        Node { dir, root }
+        let ports = Rc::new(PortSlot::claim(&root));
+        Node { dir, root, ports }
     }
 
-    /// The web ports of this node's apps: a range of its own, so that the nodes of tests
-    /// running at once never hand out the same port.
+    /// The web ports of this node's apps: a range no other node alive has (see [`PortSlot`]).
     pub fn port_range(&self) -> (u32, u32) {
-        use std::hash::{Hash, Hasher};
-        let mut hasher = std::collections::hash_map::DefaultHasher::new();
-        self.root.hash(&mut hasher);
-        let first = 21_000 + (hasher.finish() % 400) as u32 * 25;
-        (first, first + 24)
+        let first = self.ports.first;
+        (first, first + SLOT_PORTS - 1)
     }
 
-    /// Another node in the same temp dir, rooted at `<dir>/<name>`.
+    /// Another node in the same temp dir, rooted at `<dir>/<name>`, with ports of its own.
     pub fn sibling(&self, name: &str) -> Node {
+        let root = self.dir.path().join(name);
         Node {
             dir: Rc::clone(&self.dir),
-            root: self.dir.path().join(name),
+            ports: Rc::new(PortSlot::claim(&root)),
+            root,
         }
     }
 
@@ -109,6 +144,18 @@ impl Node {
     }
 
     /// Runs kiln, insists that it succeeds and returns its stdout.
+    /// Runs `kiln <args>` with the failpoint `point` armed (the `failpoints` feature) and
+    /// asserts that kiln was killed there with SIGKILL, as a crash would kill it.
+    pub fn killed_at(&self, point: &str, args: &[&str]) {
+        let out = self.kiln_env(args, &[("FAILPOINTS", &format!("{point}=return"))]);
+        assert_eq!(
+            out.status.code(),
+            None,
+            "{point}: expected SIGKILL: {}",
+            text(&out)
+        );
+    }
+
     pub fn ok(&self, args: &[&str]) -> String {
         let out = self.kiln(args);
         assert_success(&out, &format!("kiln {args:?}"));
@@ -197,6 +244,14 @@ impl Project {
             Ok(bytes) => serde_json::from_slice(&bytes).unwrap(),
             Err(_) => serde_json::json!({"current": null, "records": []}),
         }
+    }
+    /// The events of logs/<log>.jsonl (`log`: a release, or a rollback's log name).
+    pub fn events(&self, log: &str) -> Vec<serde_json::Value> {
+        fs::read_to_string(self.path(&format!("logs/{log}.jsonl")))
+            .unwrap()
+            .lines()
+            .map(|line| serde_json::from_str(line).unwrap())
+            .collect()
     }
     pub fn current(&self) -> Option<String> {
         self.release_log()["current"].as_str().map(str::to_string)
@@ -471,6 +526,43 @@ pub fn assert_same(before: &Tree, after: &Tree, what: &str) {
         }
     }
     panic!("{what}: trees differ:\n{}", diffs.join("\n"));
+}
+
+/// The `stage` names of `value["stages"]`, in order: the stages of `kiln deploy --json`, of a
+/// release log record, or of a notification.
+pub fn stage_names(value: &serde_json::Value) -> Vec<String> {
+    value["stages"]
+        .as_array()
+        .unwrap_or_else(|| panic!("no stages in {value}"))
+        .iter()
+        .map(|s| s["stage"].as_str().unwrap().to_string())
+        .collect()
+}
+
+/// run/ and data/ of a project as they are, to hold a failed, killed or refused command to
+/// "byte for byte as before" (the failure rows of ARCHITECTURE.md and docs/guarantees.md).
+pub struct Before {
+    pub run: Tree,
+    pub data: Tree,
+}
+
+impl Before {
+    pub fn take(project: &Project) -> Before {
+        Before {
+            run: fingerprint(&project.run()),
+            data: fingerprint(&project.data()),
+        }
+    }
+
+    /// Panics naming `what` (the case, may be empty) and the tree that changed.
+    pub fn assert_unchanged(&self, project: &Project, what: &str) {
+        let said = |tree: &str| match what {
+            "" => tree.to_string(),
+            what => format!("{what}: {tree}"),
+        };
+        assert_same(&self.run, &fingerprint(&project.run()), &said("run/"));
+        assert_same(&self.data, &fingerprint(&project.data()), &said("data/"));
+    }
 }
 
 /// A static file server on 127.0.0.1 serving `dir`, as any web server would publish

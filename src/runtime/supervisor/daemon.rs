@@ -16,7 +16,7 @@
 //! the instance next starts.
 
 use std::collections::HashMap;
-use std::fs::{self, File, OpenOptions};
+use std::fs::{self, File};
 use std::io::{BufRead, BufReader, Write};
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::net::{UnixListener, UnixStream};
@@ -35,7 +35,7 @@ use crate::error::Error;
 use crate::runtime::supervisor::control::{Request, Response};
 use crate::runtime::supervisor::proc::{self, ProcessId};
 use crate::runtime::supervisor::state::{
-    Backend, InstanceStatus, ProjectState, ShimSpec, SupervisorError, SupervisorPaths,
+    Backend, InstanceStatus, ProjectState, ShimSpec, SupervisorError, SupervisorPaths, open_lock,
 };
 use crate::runtime::supervisor::watch::{self, Commands};
 
@@ -89,12 +89,7 @@ pub fn run(
     let paths = SupervisorPaths::new(root);
     paths.ensure()?;
     let lock_path = paths.daemon_lock();
-    let lock = OpenOptions::new()
-        .create(true)
-        .truncate(false)
-        .write(true)
-        .open(&lock_path)
-        .map_err(|e| SupervisorError::io("open", &lock_path, e))?;
+    let lock = open_lock(&lock_path)?;
     if lock.try_lock().is_err() {
         let pid = fs::read_to_string(paths.daemon_pid()).unwrap_or_default();
         println!(

@@ -14,7 +14,6 @@
 //! never writes into a closed pipe, and it does not depend on the daemon, which may come and
 //! go.
 
-use std::fs::OpenOptions;
 use std::os::fd::OwnedFd;
 
 use command_fds::{CommandFdExt, FdMapping};
@@ -38,7 +37,7 @@ use crate::runtime::formation::{InstanceSpec, PROCESS_SCRIPT, SOCKET_SCRIPT, Slo
 use crate::runtime::supervisor::daemon::LISTEN_FD;
 use crate::runtime::supervisor::proc::{self, ProcessId};
 use crate::runtime::supervisor::state::{
-    InstanceStatus, RunState, ShimSpec, SupervisorError, SupervisorPaths,
+    InstanceStatus, RunState, ShimSpec, SupervisorError, SupervisorPaths, open_lock,
 };
 
 /// The first pause before restarting a crashed app, and the longest.
@@ -61,12 +60,7 @@ pub fn run(root: &Path, project: &str, instance: &str, nonce: &str) -> Result<()
     }
     let dir = paths.instance_dir(project, instance);
     let lock_path = dir.join("lock");
-    let lock = OpenOptions::new()
-        .create(true)
-        .truncate(false)
-        .write(true)
-        .open(&lock_path)
-        .map_err(|e| SupervisorError::io("open", &lock_path, e))?;
+    let lock = open_lock(&lock_path)?;
     lock.lock()
         .map_err(|e| SupervisorError::io("lock", &lock_path, e))?;
     let spec_path = dir.join("spec.json");

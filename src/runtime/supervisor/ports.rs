@@ -3,13 +3,15 @@
 //! its port across restarts, scales and deploys (the front proxy's upstreams stay put).
 
 use std::collections::BTreeSet;
-use std::fs::{File, OpenOptions};
+use std::fs::File;
 use std::net::TcpListener;
 
 use crate::config::processes::PortRange;
 use crate::error::Error;
 use crate::runtime::formation::Formation;
-use crate::runtime::supervisor::state::{ProjectState, SupervisorError, SupervisorPaths};
+use crate::runtime::supervisor::state::{
+    ProjectState, SupervisorError, SupervisorPaths, open_lock,
+};
 
 /// Holds the node's port lock; the caller writes the formation file before dropping it.
 pub struct PortLock {
@@ -38,12 +40,7 @@ pub fn assign(
 ) -> Result<PortLock, Error> {
     paths.ensure()?;
     let lock_path = paths.ports_lock();
-    let file = OpenOptions::new()
-        .create(true)
-        .truncate(false)
-        .write(true)
-        .open(&lock_path)
-        .map_err(|e| SupervisorError::io("open", &lock_path, e))?;
+    let file = open_lock(&lock_path)?;
     file.lock()
         .map_err(|e| SupervisorError::io("lock", &lock_path, e))?;
     let project = formation.project.clone();

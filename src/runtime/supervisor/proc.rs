@@ -50,27 +50,10 @@ impl ProcessId {
     }
 }
 
-/// Whether any live (non-zombie) process is in group `pgid`.
+/// Whether any live (non-zombie) process is in group `pgid` (the stage runner asks the same
+/// of a command it timed out).
 pub fn group_alive(pgid: i32) -> bool {
-    let Ok(entries) = std::fs::read_dir("/proc") else {
-        return killpg(Pid::from_raw(pgid), None).is_ok();
-    };
-    entries.flatten().any(|entry| {
-        let name = entry.file_name();
-        if !name.as_encoded_bytes().iter().all(u8::is_ascii_digit) {
-            return false;
-        }
-        let Ok(stat) = std::fs::read_to_string(entry.path().join("stat")) else {
-            return false;
-        };
-        let Some((_, fields)) = stat.rsplit_once(')') else {
-            return false;
-        };
-        let mut fields = fields.split_whitespace();
-        let state = fields.next();
-        let pgrp = fields.nth(1).and_then(|p| p.parse::<i32>().ok());
-        state != Some("Z") && state != Some("X") && pgrp == Some(pgid)
-    })
+    crate::exec::stage::group_alive(Pid::from_raw(pgid))
 }
 
 /// SIGTERM to the group, then SIGKILL once `grace` has passed (or at once when it is zero),

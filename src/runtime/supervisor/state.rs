@@ -408,6 +408,17 @@ impl SupervisorError {
     }
 }
 
+/// Opens (creating it) a file the supervisor holds an flock on: the daemon's, the ports', an
+/// instance's. Never truncated: the daemon's names its holder.
+pub fn open_lock(path: &Path) -> Result<fs::File, SupervisorError> {
+    fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(path)
+        .map_err(|e| SupervisorError::io("open", path, e))
+}
+
 impl From<SupervisorError> for Error {
     fn from(e: SupervisorError) -> Self {
         Error::Runtime(Box::new(e))
