@@ -265,9 +265,9 @@ enum NotifyCommand {
     /// backoff, then exits.
     #[command(hide = true)]
     Deliver,
-    /// Report what a process supervisor saw (kiln's own calls this itself; a systemd unit's
-    /// `OnFailure=` or a runit `finish` script can run it): one alert per crash loop or
-    /// failing check, then one "recovered".
+    /// Report what a process supervisor saw (kiln's own calls this itself, the systemd
+    /// backend's units from `ExecStopPost=`, a runit `finish` script can run it): one alert
+    /// per crash loop or failing check, then one "recovered".
     Report {
         name: String,
         #[command(subcommand)]
