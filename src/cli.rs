@@ -265,9 +265,9 @@ enum NotifyCommand {
     /// backoff, then exits.
     #[command(hide = true)]
     Deliver,
-    /// Report what a process supervisor saw (kiln's own calls this itself; a systemd unit's
-    /// `OnFailure=` or a runit `finish` script can run it): one alert per crash loop or
-    /// failing check, then one "recovered".
+    /// Report what a process supervisor saw (kiln's own calls this itself, the systemd
+    /// backend's units from `ExecStopPost=`, a runit `finish` script can run it): one alert
+    /// per crash loop or failing check, then one "recovered".
     Report {
         name: String,
         #[command(subcommand)]
@@ -559,6 +559,18 @@ fn dispatch(cli: Cli) -> Result<(), Error> {
             }
             println!("push to it with:");
             println!("  git remote add kiln {}", report.project_repo.display());
+            if !node.config.users.is_empty() {
+                // The SSH entry serves `<name>` (README, "SSH access"); this user and host
+                // name are a guess at what reaches this node from elsewhere.
+                let user = nix::unistd::User::from_uid(nix::unistd::getuid())
+                    .ok()
+                    .flatten()
+                    .map_or_else(|| "kiln".to_string(), |user| user.name);
+                let host = crate::notify::message::host_name();
+                println!(
+                    "  (from another machine, over SSH: git remote add kiln ssh://{user}@{host}/{name})"
+                );
+            }
             println!("  git push kiln master");
             println!(
                 "pillar (private settings): {}",

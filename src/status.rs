@@ -885,6 +885,26 @@ pub fn app_logs(
     follow: bool,
 ) -> Result<(), Error> {
     let supervisor = crate::deploy::operate::supervisor(node);
+    let dir = project.paths.logs.join("app");
+    if let Some(kind) = &query.kind {
+        // A mistyped type would print nothing, as if the process had said nothing.
+        let mut known = crate::runtime::applog::kinds(&dir);
+        if let Some(state) = supervisor.state(&project.paths.name)? {
+            known.extend(state.formation.types.into_keys());
+        }
+        if !known.contains(kind) {
+            let known: Vec<String> = known.iter().map(|k| format!("`{k}`")).collect();
+            return Err(Error::Usage(format!(
+                "{} has no process type `{kind}` (its types: {})",
+                project.paths.name,
+                if known.is_empty() {
+                    "none yet".to_string()
+                } else {
+                    known.join(", ")
+                }
+            )));
+        }
+    }
     if supervisor.backend == crate::runtime::supervisor::Backend::Systemd {
         let Some(state) = supervisor.state(&project.paths.name)? else {
             return Ok(());
@@ -907,7 +927,6 @@ pub fn app_logs(
             })
         };
     }
-    let dir = project.paths.logs.join("app");
     let stdout = std::io::stdout();
     let mut out = stdout.lock();
     if follow {

@@ -21,13 +21,15 @@ use moto::Moto;
 const PROJECT: &str = "shop";
 
 /// The check fails on a node whose root holds `fail-check`: a node-side setting, so one
-/// release can pass on some nodes and fail on another.
+/// release can pass on some nodes and fail on another. Its timeout is also how long the web
+/// process (the static buildpack's python3 http.server) may take to listen: 5 s, for a loaded
+/// machine (regression: 300 ms, so the default 2 s, was once not enough for python to start).
 const RECIPE: &str = "stages:
   deploy:
     - echo \"$KILN_RELEASE\" >> \"$KILN_DATA_DIR/deploys.txt\"
 check:
   command: test ! -e \"$KILN_ROOT/fail-check\"
-  timeout: 300ms
+  timeout: 5s
   interval: 100ms
 ";
 

@@ -19,6 +19,8 @@ fn init_creates_the_whole_layout_with_hooks() {
         stdout.contains(&format!("git remote add kiln {}", project.repo().display())),
         "{stdout}"
     );
+    // No one may come in over SSH yet: no SSH remote to suggest.
+    assert!(!stdout.contains("ssh://"), "{stdout}");
     for dir in [
         "git/project.git",
         "git/pillar.git",
@@ -149,6 +151,26 @@ fn bad_input_is_one_error_line_and_exit_2() {
     assert!(
         !node.root.join("shop").exists(),
         "a refused init created something"
+    );
+}
+
+/// Regression: with SSH users in node.yml, `kiln init` still only printed the local path as
+/// the remote, which nobody on another machine can push to.
+#[test]
+fn regression_init_on_a_node_with_ssh_users_also_prints_the_ssh_remote() {
+    let node = Node::new();
+    node.write_node_yml("users:\n  ann:\n    admin: true\n");
+    let stdout = node.ok(&["init", "shop", "--mode", "cooking"]);
+    let user = nix::unistd::User::from_uid(nix::unistd::getuid())
+        .unwrap()
+        .unwrap()
+        .name;
+    let host = nix::unistd::gethostname().unwrap().into_string().unwrap();
+    assert!(
+        stdout.contains(&format!(
+            "(from another machine, over SSH: git remote add kiln ssh://{user}@{host}/shop)"
+        )),
+        "{stdout}"
     );
 }
 

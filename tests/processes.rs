@@ -435,6 +435,13 @@ fn app_logs_hold_what_the_app_printed_with_timestamp_and_prefix() {
     let last = node.ok(&["logs", "shop", "--app", "-n", "1"]);
     assert_eq!(last.lines().count(), 1, "{last}");
     assert!(project.path("logs/app/web.1.log").is_file());
+    // Regression: a mistyped type printed nothing and exited 0, as if the app had been quiet.
+    let out = node.kiln(&["logs", "shop", "--app", "--type", "wroker"]);
+    assert_eq!(out.status.code(), Some(2), "{}", common::text(&out));
+    assert_eq!(
+        String::from_utf8_lossy(&out.stderr).trim(),
+        "error: shop has no process type `wroker` (its types: `web`, `worker`)"
+    );
 }
 
 #[test]

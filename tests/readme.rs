@@ -11,11 +11,6 @@ fn readme_demo_deploys_then_rolls_back_a_failing_push() {
     let out = Command::new(concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/demo.sh"))
         .arg(dir.path().join("demo"))
         .env("KILN", common::KILN)
-        // gunicorn from PyPI, downloaded once for every run of the suite.
-        .env(
-            "PIP_CACHE_DIR",
-            concat!(env!("CARGO_MANIFEST_DIR"), "/target/test-cache/pip"),
-        )
         .output()
         .unwrap();
     let text = common::text(&out);

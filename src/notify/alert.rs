@@ -157,6 +157,21 @@ fn state_path(root: &Path, project: &str) -> PathBuf {
     root.join(ALERTS_DIR).join(format!("{project}.json"))
 }
 
+/// The process types of `project` with an alert out and no "recovered" yet: what a
+/// supervisor that does not see each start itself (the systemd backend's) reports uptimes of.
+pub fn alerted_processes(root: &Path, project: &str) -> Vec<String> {
+    let Ok(bytes) = fs::read(state_path(root, project)) else {
+        return Vec::new();
+    };
+    let state: State = serde_json::from_slice(&bytes).unwrap_or_default();
+    state
+        .subjects
+        .iter()
+        .filter(|(_, subject)| subject.alerted.is_some())
+        .filter_map(|(key, _)| key.strip_prefix("process:").map(str::to_string))
+        .collect()
+}
+
 /// Records `report` for the project and, when it decides so, spools the alert (or recovery)
 /// for the project's recipients and starts the background delivery. `lines`: what the
 /// process printed last (masked with the project's pillar secrets before it is spooled).
@@ -288,6 +303,28 @@ mod tests {
 
     fn at(seconds: i64) -> DateTime<Utc> {
         DateTime::<Utc>::from_timestamp(1_800_000_000 + seconds, 0).unwrap_or_default()
+    }
+
+    /// What the systemd backend's uptime reports wait on: processes alerted and not recovered,
+    /// not the check, not a process that only restarted.
+    #[test]
+    fn alerted_processes_are_those_with_an_alert_out() {
+        let dir = tempfile::tempdir().unwrap();
+        assert!(alerted_processes(dir.path(), "shop").is_empty());
+        let mut state = State::default();
+        for i in 0..4 {
+            state.apply(Report::Restarted { process: "web" }, &alerts(), at(i));
+        }
+        state.apply(Report::Restarted { process: "worker" }, &alerts(), at(5));
+        let check = Report::CheckFailed {
+            check: "web",
+            detail: "500",
+        };
+        state.apply(check, &alerts(), at(6));
+        let path = state_path(dir.path(), "shop");
+        fs::create_dir_all(path.parent().unwrap()).unwrap();
+        fs::write(&path, serde_json::to_vec(&state).unwrap()).unwrap();
+        assert_eq!(alerted_processes(dir.path(), "shop"), ["web"]);
     }
 
     #[test]

@@ -5,7 +5,7 @@
 //! rotated past a size (node.yml `supervisor.app_log_size`) to `.1` and `.2`.
 //! `kiln logs <name> --app` merges the files back into one stream by time.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Read, Seek, SeekFrom, Write};
 use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
@@ -133,6 +133,14 @@ pub struct LogQuery {
     pub kind: Option<String>,
     /// The last this many lines, over all instances.
     pub lines: usize,
+}
+
+/// The process types that have logs in `dir` (also those no longer in the Procfile).
+pub fn kinds(dir: &Path) -> BTreeSet<String> {
+    instance_files(dir, &LogQuery::default())
+        .into_keys()
+        .map(|name| name.kind)
+        .collect()
 }
 
 /// The instance files in `dir` the query selects, current file path by instance.

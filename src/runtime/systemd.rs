@@ -5,6 +5,14 @@
 //! `EnvironmentFile`, output to the journal (`kiln logs --app` reads it with `journalctl`).
 //! systemd restarts the instances and starts them at boot; kiln writes the units and asks
 //! `systemctl` (always with argv, never a shell).
+//!
+//! The units behave as kiln's own supervisor does where systemd can: restarted without end
+//! (no start limit), the delay growing from 1s to 60s where systemd has `RestartSteps=` (254
+//! and later; before, 1s each time), and each crash reported to kiln's alerts by an
+//! `ExecStopPost=` that runs `kiln notify report <name> restarted <type>`, so that a crash loop
+//! sends one alert by node.yml's `notify.alerts`, as with kiln's own. The "recovered" that
+//! follows comes from `kiln supervise` (the web check's daemon, which with this backend only
+//! checks): it reports how long each alerted type's units have been up ([`up_since`]).
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
@@ -12,6 +20,8 @@ use std::fs;
 use std::os::unix::fs::DirBuilderExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
+
+use chrono::{DateTime, Utc};
 
 use crate::config::processes::SupervisorConfig;
 use crate::error::Error;
@@ -87,6 +97,59 @@ pub struct UnitSetup<'a> {
     pub env_file: &'a Path,
     /// The Unix user the node runs as (kiln's own user).
     pub user: Option<&'a str>,
+    /// The kiln binary and the node's root, for the `ExecStopPost=` that reports a crash.
+    pub kiln: &'a Path,
+    pub root: &'a Path,
+    /// systemd's version (`systemctl --version`), if known: what the unit may use.
+    pub systemd_version: Option<u32>,
+}
+
+/// The first systemd with `RestartSteps=` and `RestartMaxDelaySec=`.
+pub const RESTART_STEPS_SINCE: u32 = 254;
+
+/// The restart delays of kiln's own supervisor (`instance.rs`): 1s, doubled up to 60s, which
+/// systemd reaches in 6 steps (1, 2, 4, 8, 15, 30, 60).
+const RESTART_FIRST_SECS: u64 = 1;
+const RESTART_MAX_SECS: u64 = 60;
+const RESTART_STEPS: u32 = 6;
+
+/// Run by `ExecStopPost=` after the app's main process ended: reports a crash to kiln's
+/// alerts (`"$@"` is the `kiln notify report` command line), and nothing when systemd says
+/// the service ended well (`SERVICE_RESULT=success`: a stop, an exit 0).
+pub const REPORT_SCRIPT: &str =
+    r#"case "$SERVICE_RESULT" in success|"") exit 0 ;; esac; exec "$@""#;
+
+/// The `ExecStopPost=` command line after `/bin/sh -c REPORT_SCRIPT`: the name `$0` and the
+/// `kiln notify report` argv.
+pub fn report_argv(setup: &UnitSetup) -> Vec<String> {
+    vec![
+        "kiln-report".to_string(),
+        setup.kiln.display().to_string(),
+        "--root".to_string(),
+        setup.root.display().to_string(),
+        "notify".to_string(),
+        "report".to_string(),
+        setup.formation.project.clone(),
+        "restarted".to_string(),
+        setup.instance.name.kind.clone(),
+    ]
+}
+
+/// `systemd 252 (252.39-1~deb12u2)` -> 252.
+pub fn parse_version(text: &str) -> Option<u32> {
+    text.lines()
+        .next()?
+        .strip_prefix("systemd ")?
+        .split_whitespace()
+        .next()?
+        .parse()
+        .ok()
+}
+
+/// The version of the systemd that `systemctl` talks to, if it says.
+pub fn systemd_version() -> Option<u32> {
+    let out = Command::new("systemctl").arg("--version").output().ok()?;
+    parse_version(&String::from_utf8_lossy(&out.stdout))
 }
 
 /// The unit of one instance.
@@ -105,7 +168,11 @@ pub fn unit(setup: &UnitSetup) -> String {
         "Description=kiln {} {} (release {})",
         f.project, i.name, f.release
     );
-    text.push_str("After=network.target\n\n[Service]\nType=simple\n");
+    text.push_str("After=network.target\n");
+    // Never give up restarting, as kiln's own supervisor does: with systemd's default limit
+    // (5 starts in 10s) an app that crashes at once would stay down after 5 seconds.
+    text.push_str("StartLimitIntervalSec=0\n");
+    text.push_str("\n[Service]\nType=simple\n");
     if let Some(user) = setup.user {
         let _ = writeln!(text, "User={user}");
     }
@@ -118,7 +185,23 @@ pub fn unit(setup: &UnitSetup) -> String {
         quote(&format!("kiln-{}", i.name)),
         quote(&i.command)
     );
-    text.push_str("Restart=on-failure\nRestartSec=1\n");
+    text.push_str("Restart=on-failure\n");
+    let _ = writeln!(text, "RestartSec={RESTART_FIRST_SECS}");
+    if setup
+        .systemd_version
+        .is_some_and(|v| v >= RESTART_STEPS_SINCE)
+    {
+        let _ = writeln!(text, "RestartSteps={RESTART_STEPS}");
+        let _ = writeln!(text, "RestartMaxDelaySec={RESTART_MAX_SECS}");
+    }
+    // `-`: a report that fails (a node.yml kiln cannot read) does not fail the unit.
+    let report: Vec<String> = report_argv(setup).iter().map(|a| quote(a)).collect();
+    let _ = writeln!(
+        text,
+        "ExecStopPost=-/bin/sh -c {} {}",
+        quote(REPORT_SCRIPT),
+        report.join(" ")
+    );
     text.push_str("KillMode=control-group\nKillSignal=SIGTERM\n");
     let _ = writeln!(text, "TimeoutStopSec={}ms", f.grace.as_millis().max(1));
     text.push_str("StandardOutput=journal\nStandardError=journal\n");
@@ -183,6 +266,16 @@ pub fn sync(
         .filter_map(|e| InstanceName::parse(e.file_name().to_str()?.strip_suffix(".env")?))
         .collect();
     let user = node_user();
+    // The units outlive this process: they name the kiln installed where this one runs
+    // from (after an upgrade too), never this process's own `/proc/self/exe`.
+    let kiln = crate::fs::exe::kiln()
+        .ok()
+        .filter(|path| path.is_absolute() && !path.starts_with("/proc"))
+        .ok_or_else(|| SupervisorError::Command {
+            command: "find the kiln binary (for the units' ExecStopPost=)".to_string(),
+            detail: "the file this kiln runs from is gone: install kiln again".to_string(),
+        })?;
+    let systemd_version = systemd_version();
     let mut changed = Vec::new();
     for spec in &wanted {
         let Some(state) = &state else { break };
@@ -192,6 +285,9 @@ pub fn sync(
             instance: spec,
             env_file: &env_path,
             user: user.as_deref(),
+            kiln: &kiln,
+            root: &paths.root,
+            systemd_version,
         });
         let env = env_file(&spec.env)?;
         let unit_path = config.unit_dir.join(unit_name(project, &spec.name));
@@ -236,22 +332,65 @@ pub fn restart(formation: &Formation, kind: Option<&str>) -> Result<(), Error> {
     Ok(())
 }
 
+/// `ActiveEnterTimestamp=@1733565600` (`systemctl show --timestamp=unix`): when the unit
+/// last became active; None before it ever did (`ActiveEnterTimestamp=`).
+fn active_since(props: &BTreeMap<&str, &str>) -> Option<DateTime<Utc>> {
+    let secs: i64 = props
+        .get("ActiveEnterTimestamp")?
+        .strip_prefix('@')?
+        .parse()
+        .ok()?;
+    DateTime::from_timestamp(secs, 0)
+}
+
 /// `systemctl show` of each unit, as `kiln ps` shows instances.
 pub fn instances(state: &ProjectState) -> Result<Vec<Instance>, Error> {
+    Ok(shown(state)
+        .into_iter()
+        .map(|(instance, _)| instance)
+        .collect())
+}
+
+/// For each process type whose instances are all up: since when (the latest of their starts).
+/// What `kiln supervise` reports to the alerts with this backend, for the "recovered".
+pub fn up_since(state: &ProjectState) -> BTreeMap<String, DateTime<Utc>> {
+    latest_starts(shown(state))
+}
+
+/// Per process type: the latest start of its instances if every one of them is up.
+fn latest_starts(shown: Vec<(Instance, Option<DateTime<Utc>>)>) -> BTreeMap<String, DateTime<Utc>> {
+    let mut since: BTreeMap<String, Option<DateTime<Utc>>> = BTreeMap::new();
+    for (instance, active) in shown {
+        let latest = since.entry(instance.kind.clone()).or_insert(active);
+        *latest = match (*latest, active) {
+            (Some(a), Some(b)) if instance.state == "up" => Some(a.max(b)),
+            _ => None,
+        };
+    }
+    since
+        .into_iter()
+        .filter_map(|(kind, at)| Some((kind, at?)))
+        .collect()
+}
+
+/// Each instance as `kiln ps` shows it, with when its unit last became active.
+fn shown(state: &ProjectState) -> Vec<(Instance, Option<DateTime<Utc>>)> {
     let mut all = Vec::new();
     for spec in state.formation.instances() {
         let unit = unit_name(&state.formation.project, &spec.name);
         let shown = systemctl(&[
             "show",
             &unit,
+            "--timestamp=unix",
             "-p",
-            "MainPID,ActiveState,SubState,NRestarts,ActiveEnterTimestampMonotonic,ExecMainStatus",
+            "MainPID,ActiveState,SubState,NRestarts,ActiveEnterTimestamp,ExecMainStatus",
         ])
         .unwrap_or_default();
         let props: BTreeMap<&str, &str> = shown
             .lines()
             .filter_map(|line| line.split_once('='))
             .collect();
+        let active = active_since(&props);
         let pid = props
             .get("MainPID")
             .and_then(|p| p.parse::<i32>().ok())
@@ -266,14 +405,17 @@ pub fn instances(state: &ProjectState) -> Result<Vec<Instance>, Error> {
             ("deactivating", _) => "stopping",
             _ => "stopped",
         };
-        all.push(Instance {
+        let uptime_seconds = active
+            .filter(|_| state_text == "up")
+            .and_then(|since| u64::try_from((Utc::now() - since).num_seconds()).ok());
+        let instance = Instance {
             name: spec.name.to_string(),
             kind: spec.name.kind.clone(),
             index: spec.name.index,
             pid,
             port: spec.port,
             state: state_text.to_string(),
-            uptime_seconds: None,
+            uptime_seconds,
             restarts: props
                 .get("NRestarts")
                 .and_then(|n| n.parse().ok())
@@ -284,9 +426,10 @@ pub fn instances(state: &ProjectState) -> Result<Vec<Instance>, Error> {
                 .get("ExecMainStatus")
                 .filter(|s| **s != "0")
                 .map(|s| format!("exit {s}")),
-        });
+        };
+        all.push((instance, active));
     }
-    Ok(all)
+    all
 }
 
 /// `journalctl` arguments for `kiln logs --app` under systemd.
@@ -368,6 +511,9 @@ mod tests {
             instance,
             env_file: Path::new("/srv/projects/.kiln/supervisor/systemd/shop/web.1.env"),
             user: Some("root"),
+            kiln: Path::new("/usr/local/bin/kiln"),
+            root: Path::new("/srv/projects"),
+            systemd_version: Some(252),
         });
         for line in [
             "Restart=on-failure",
@@ -427,6 +573,9 @@ mod tests {
                 instance,
                 env_file: &env_path,
                 user: node_user().as_deref(),
+                kiln: Path::new("/bin/true"),
+                root: dir.path(),
+                systemd_version: systemd_version(),
             }),
         )
         .unwrap();
@@ -446,5 +595,207 @@ mod tests {
             about_unit.is_empty(),
             "systemd-analyze verify complained:\n{stderr}"
         );
+    }
+
+    /// What `kiln supervise` reports for the "recovered" under systemd: a type is up since
+    /// its latest start once all its instances are up, and not at all while one is not.
+    #[test]
+    fn a_type_is_up_since_its_latest_start_once_every_instance_is_up() {
+        let at = |secs: i64| DateTime::from_timestamp(1_733_565_600 + secs, 0);
+        let instance = |name: &str, state: &str| {
+            let (kind, index) = name.split_once('.').unwrap();
+            Instance {
+                name: name.to_string(),
+                kind: kind.to_string(),
+                index: index.parse().unwrap(),
+                pid: None,
+                port: None,
+                state: state.to_string(),
+                uptime_seconds: None,
+                restarts: 0,
+                command: String::new(),
+                release: String::new(),
+                last_exit: None,
+            }
+        };
+        let up = latest_starts(vec![
+            (instance("web.1", "up"), at(0)),
+            (instance("web.2", "up"), at(30)),
+            (instance("worker.1", "up"), at(5)),
+            (instance("worker.2", "crashed"), at(10)),
+            (instance("clock.1", "up"), None),
+        ]);
+        assert_eq!(up, BTreeMap::from([("web".to_string(), at(30).unwrap())]));
+
+        let props = BTreeMap::from([("ActiveEnterTimestamp", "@1733565600")]);
+        assert_eq!(active_since(&props), at(0));
+        let never = BTreeMap::from([("ActiveEnterTimestamp", "")]);
+        assert_eq!(active_since(&never), None);
+    }
+
+    fn unit_for(formation: &Formation, version: Option<u32>, kiln: &Path) -> String {
+        unit(&UnitSetup {
+            formation,
+            instance: &formation.instances()[0],
+            env_file: Path::new("/srv/projects/.kiln/supervisor/systemd/shop/web.1.env"),
+            user: None,
+            kiln,
+            root: Path::new("/srv/my projects"),
+            systemd_version: version,
+        })
+    }
+
+    /// The lines of one `[section]` of a unit.
+    fn section<'t>(text: &'t str, name: &str) -> Vec<&'t str> {
+        text.lines()
+            .skip_while(|l| *l != format!("[{name}]"))
+            .skip(1)
+            .take_while(|l| !l.starts_with('['))
+            .collect()
+    }
+
+    /// Like kiln's own supervisor: never given up (no start limit), the delay growing to 60s
+    /// where systemd can (254 and later), 1s each time where it cannot (Debian 12's 252).
+    #[test]
+    fn units_restart_without_end_with_the_backoff_systemd_allows() {
+        let formation = formation();
+        let kiln = Path::new("/usr/local/bin/kiln");
+        for (version, steps) in [
+            (Some(252), false),
+            (None, false),
+            (Some(254), true),
+            (Some(257), true),
+        ] {
+            let text = unit_for(&formation, version, kiln);
+            assert!(
+                section(&text, "Unit").contains(&"StartLimitIntervalSec=0"),
+                "{text}"
+            );
+            let service = section(&text, "Service");
+            assert!(service.contains(&"Restart=on-failure"), "{text}");
+            assert!(service.contains(&"RestartSec=1"), "{text}");
+            assert_eq!(
+                service.contains(&"RestartSteps=6"),
+                steps,
+                "{version:?}: {text}"
+            );
+            assert_eq!(
+                service.contains(&"RestartMaxDelaySec=60"),
+                steps,
+                "{version:?}: {text}"
+            );
+        }
+    }
+
+    #[test]
+    fn systemctl_version_is_read_from_its_first_line() {
+        for (text, want) in [
+            ("systemd 252 (252.39-1~deb12u2)\n+PAM +AUDIT\n", Some(252)),
+            ("systemd 257 (257.7-1)\n", Some(257)),
+            ("systemd 254\n", Some(254)),
+            ("", None),
+            ("upstart 1.13\n", None),
+        ] {
+            assert_eq!(parse_version(text), want, "{text:?}");
+        }
+    }
+
+    /// systemd's reading of an `Exec*=` line (systemd.service(5), "Command lines"): an
+    /// optional `-` prefix, words split at spaces, double-quoted words with C escapes, `$$`
+    /// for `$` and `%%` for `%`. Enough for what [`quote`] writes.
+    fn exec_words(line: &str) -> Vec<String> {
+        let mut words = Vec::new();
+        let mut chars = line.trim_start_matches('-').chars().peekable();
+        while let Some(c) = chars.next() {
+            match c {
+                ' ' => {}
+                '"' => {
+                    let mut word = String::new();
+                    while let Some(c) = chars.next() {
+                        match c {
+                            '"' => break,
+                            '\\' => match chars.next() {
+                                Some('n') => word.push('\n'),
+                                Some('t') => word.push('\t'),
+                                Some(other) => word.push(other),
+                                None => {}
+                            },
+                            '$' | '%' if chars.peek() == Some(&c) => {
+                                chars.next();
+                                word.push(c);
+                            }
+                            c => word.push(c),
+                        }
+                    }
+                    words.push(word);
+                }
+                c => {
+                    let mut word = String::from(c);
+                    while let Some(c) = chars.next_if(|c| *c != ' ') {
+                        word.push(c);
+                    }
+                    words.push(word);
+                }
+            }
+        }
+        words
+    }
+
+    /// The `ExecStopPost=` of a unit, run as systemd runs it after the main process ended:
+    /// a crash (`SERVICE_RESULT` other than `success`) runs `kiln notify report <project>
+    /// restarted <type>` with the node's root, a clean end runs nothing.
+    #[test]
+    fn exec_stop_post_reports_a_crash_and_nothing_else() {
+        let dir = tempfile::tempdir().unwrap();
+        // Stands in for the kiln binary: records the arguments it was given.
+        let recorder = dir.path().join("kiln $HOME's");
+        let record = dir.path().join("calls");
+        fs::write(
+            &recorder,
+            format!(
+                "#!/bin/sh\nprintf '%s|' \"$@\" >> '{}'\necho >> '{}'\n",
+                record.display(),
+                record.display()
+            ),
+        )
+        .unwrap();
+        fs::set_permissions(
+            &recorder,
+            std::os::unix::fs::PermissionsExt::from_mode(0o755),
+        )
+        .unwrap();
+        let text = unit_for(&formation(), Some(252), &recorder);
+        let line = text
+            .lines()
+            .find_map(|l| l.strip_prefix("ExecStopPost="))
+            .unwrap_or_else(|| panic!("no ExecStopPost= in\n{text}"));
+        assert!(
+            line.starts_with('-'),
+            "a failed report does not fail the unit: {line}"
+        );
+        let words = exec_words(line);
+        assert_eq!(words[..2], ["/bin/sh", "-c"]);
+        for (result, reported) in [
+            ("exit-code", true),
+            ("signal", true),
+            ("core-dump", true),
+            ("success", false),
+        ] {
+            let _ = fs::remove_file(&record);
+            let out = Command::new(&words[0])
+                .args(&words[1..])
+                .env_clear()
+                .env("SERVICE_RESULT", result)
+                .output()
+                .unwrap();
+            assert!(out.status.success(), "{result}: {out:?}");
+            let calls = fs::read_to_string(&record).unwrap_or_default();
+            let want = if reported {
+                "--root|/srv/my projects|notify|report|shop|restarted|web|\n"
+            } else {
+                ""
+            };
+            assert_eq!(calls, want, "SERVICE_RESULT={result}");
+        }
     }
 }

@@ -31,7 +31,7 @@ use crate::exec::redact::Redactor;
 use crate::exec::stage::{self, CommandSpec};
 use crate::notify::alert::{self, Report};
 use crate::runtime::formation::Formation;
-use crate::runtime::supervisor::state::{ProjectState, SupervisorPaths};
+use crate::runtime::supervisor::state::{Backend, ProjectState, SupervisorPaths};
 
 /// The name alerts give the check (`ALERT: the `web` check is failing`).
 pub const CHECK: &str = "web";
@@ -166,9 +166,16 @@ pub fn run_forever(root: &Path, commands: &Arc<dyn Commands>, say: fn(&str)) {
     let paths = SupervisorPaths::new(root);
     let mut watches: HashMap<String, Watch> = HashMap::new();
     loop {
-        let alerts = Node::open(Some(root.to_path_buf()))
-            .map(|node| node.config.notify.alerts)
+        let node = Node::open(Some(root.to_path_buf())).ok();
+        let alerts = node
+            .as_ref()
+            .map(|node| node.config.notify.alerts.clone())
             .unwrap_or_default();
+        // systemd runs the processes: their crashes reach the alerts from the units, their
+        // recoveries from here (`report_uptimes`).
+        let systemd = node.as_ref().is_some_and(|node| {
+            Backend::choose(node.config.supervisor.backend) == Backend::Systemd
+        });
         std::thread::sleep(alerts.check_every);
         if !paths.dir.is_dir() {
             return;
@@ -182,7 +189,7 @@ pub fn run_forever(root: &Path, commands: &Arc<dyn Commands>, say: fn(&str)) {
         watches.retain(|name, _| projects.contains(name));
         for project in projects {
             let state = ProjectState::load(&paths, &project).ok().flatten();
-            let Some(formation) = state.filter(|s| s.running).map(|s| s.formation) else {
+            let Some(state) = state.filter(|s| s.running) else {
                 watches.remove(&project);
                 continue;
             };
@@ -191,11 +198,14 @@ pub fn run_forever(root: &Path, commands: &Arc<dyn Commands>, say: fn(&str)) {
                 root,
                 paths: &paths,
                 project: &project,
-                formation: &formation,
+                formation: &state.formation,
                 alerts: &alerts,
                 commands: commands.as_ref(),
                 say,
             };
+            if systemd {
+                round.report_uptimes(&state);
+            }
             round.run(watch);
         }
     }
@@ -280,6 +290,25 @@ impl Round<'_> {
         };
         if let Err(e) = status.save(self.paths, self.project) {
             (self.say)(&format!("{}: {}", self.project, crate::error::chain(&e)));
+        }
+    }
+
+    /// With the systemd backend: how long the units of each process type that has an alert
+    /// out have been up, so that the alerts send one "recovered" once that is
+    /// `alerts.stable` (kiln's own instance supervisors report this themselves).
+    fn report_uptimes(&self, state: &ProjectState) {
+        let waiting = alert::alerted_processes(self.root, self.project);
+        if waiting.is_empty() || self.commands.busy(self.project) {
+            return;
+        }
+        let up = crate::runtime::systemd::up_since(state);
+        for process in &waiting {
+            if let Some(since) = up.get(process) {
+                self.report(Report::Running {
+                    process,
+                    since: *since,
+                });
+            }
         }
     }
 
